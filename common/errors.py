@@ -1,0 +1,94 @@
+"""The error hierarchy shared by every part of Berth.
+
+Each error carries a stable machine-readable ``code`` and the HTTP status it maps to;
+the scheduler turns any BerthError into ``{"error": {"code", "message", "details"}}``
+in one place, and the client turns such a body back into the same class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BerthError(Exception):
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidRequest(BerthError):
+    """The request is malformed or fails validation; ``details.field`` names the field."""
+
+    code = "invalid"
+    status = 400
+
+
+class Unauthorized(BerthError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(BerthError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(BerthError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(BerthError):
+    code = "conflict"
+    status = 409
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__(f"cannot go from {old} to {new}", {"from": old, "to": new})
+
+
+class StaleAttempt(Conflict):
+    """A report or heartbeat names an attempt that is no longer current (fencing)."""
+
+    code = "stale_attempt"
+
+
+class PayloadTooLarge(BerthError):
+    code = "too_large"
+    status = 413
+
+
+class Unavailable(BerthError):
+    code = "unavailable"
+    status = 503
+
+
+class CodecError(InvalidRequest):
+    """A payload could not be decoded or did not match its model."""
+
+
+ERRORS_BY_CODE: dict[str, type[BerthError]] = {
+    cls.code: cls
+    for cls in (
+        BerthError,
+        InvalidRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        IllegalTransition,
+        StaleAttempt,
+        PayloadTooLarge,
+        Unavailable,
+    )
+}

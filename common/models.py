@@ -1,0 +1,277 @@
+"""The data records of Berth, each defined once.
+
+The same msgspec definition validates a request (with the field path in the error),
+encodes the response and produces the JSON schema, so no field is checked by hand.
+Records are ``gc=False``: they hold no reference cycles, and leaving them out of the
+garbage collector keeps both memory per job and collection pauses small.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from common.states import JobState, NodeState
+
+# Bounds that keep absurd requests out; named once, used by the models below.
+MAX_CPU = 1024.0
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_GPUS = 64
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+MAX_RETRIES = 100
+MAX_PARALLEL = 1024
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+OptName = Annotated[str, Meta(max_length=200)]
+LabelKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-/]+$")]
+LabelValue = Annotated[str, Meta(max_length=256)]
+Labels = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
+Image = Annotated[str, Meta(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
+Arg = Annotated[str, Meta(max_length=65536)]
+Cpu = Annotated[float, Meta(gt=0, le=MAX_CPU)]
+CpuOrZero = Annotated[float, Meta(ge=0, le=MAX_CPU)]
+MemoryMb = Annotated[int, Meta(ge=1, le=MAX_MEMORY_MB)]
+MemoryMbOrZero = Annotated[int, Meta(ge=0, le=MAX_MEMORY_MB)]
+Gpus = Annotated[int, Meta(ge=0, le=MAX_GPUS)]
+Priority = Annotated[int, Meta(ge=0, le=100)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+EnvName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class Resources(Struct, forbid_unknown_fields=True, gc=False):
+    """What a job requests, or what a node has: cores, MiB of memory, GPUs."""
+
+    cpu: CpuOrZero = 0.0
+    memory_mb: MemoryMbOrZero = 0
+    gpus: Gpus = 0
+
+
+class JobResources(Struct, forbid_unknown_fields=True, gc=False):
+    """A job's request: at least some CPU and some memory."""
+
+    cpu: Cpu = 1.0
+    memory_mb: MemoryMb = 256
+    gpus: Gpus = 0
+
+
+class Constraints(Struct, forbid_unknown_fields=True, gc=False):
+    #: every label here must be present on the node with this value
+    labels: Labels = field(default_factory=dict)
+
+
+class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
+    """What a client submits."""
+
+    image: Image
+    name: OptName = ""
+    #: a list runs as is (exec form); a string runs under ``sh -c``
+    command: Annotated[list[Arg], Meta(max_length=4096)] | Arg | None = None
+    env: Annotated[dict[EnvName, Arg], Meta(max_length=1024)] = field(default_factory=dict)
+    workdir: Annotated[str, Meta(max_length=4096)] | None = None
+    resources: JobResources = field(default_factory=JobResources)
+    timeout_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
+    max_retries: Annotated[int, Meta(ge=0, le=MAX_RETRIES)] = 0
+    priority: Priority = 50
+    constraints: Constraints = field(default_factory=Constraints)
+    network: Literal["none", "bridge"] = "none"
+    #: sha256 of an input archive stored on the scheduler
+    inputs: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    labels: Labels = field(default_factory=dict)
+
+
+class Progress(Struct, gc=False):
+    percent: float = 0.0
+    message: str = ""
+
+
+class Attempt(Struct, gc=False):
+    """One finished attempt of a job, kept as history when the job runs again."""
+
+    attempt: int
+    node_id: str | None
+    state: JobState
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class Job(Struct, gc=False):
+    id: str
+    name: str
+    state: JobState
+    spec: JobSpec
+    created_at: datetime
+    reason: str | None = None
+    attempt: int = 1
+    node_id: str | None = None
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    progress: Progress | None = None
+    #: the event index of the last change to this job
+    index: int = 0
+    #: earlier attempts, oldest first
+    attempts: list[Attempt] = field(default_factory=list)
+    #: nodes where an attempt of this job failed; placement ranks them lower
+    failed_nodes: list[str] = field(default_factory=list)
+    #: a requeued job waits until this time (retry backoff)
+    not_before: datetime | None = None
+    submitted_by: str | None = None
+
+
+class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):
+    cpu_percent: Percent = 0.0
+    ram_total_mb: MemoryMbOrZero = 0
+    ram_free_mb: MemoryMbOrZero = 0
+    load1: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    disk_free_mb: Annotated[int, Meta(ge=0)] = 0
+
+
+class Node(Struct, gc=False):
+    id: str
+    name: str
+    state: NodeState
+    capacity: Resources
+    registered_at: datetime
+    hostname: str = ""
+    reason: str | None = None
+    draining: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    reserved: Resources = field(default_factory=Resources)
+    allocated: Resources = field(default_factory=Resources)
+    max_parallel: int = 1
+    running_jobs: list[str] = field(default_factory=list)
+    metrics: NodeMetrics | None = None
+    last_heartbeat_at: datetime | None = None
+    cooldown_until: datetime | None = None
+    #: consecutive infrastructure failures; reset by a healthy run
+    infra_failures: int = 0
+    executor: str = "docker"
+    version: str = ""
+    index: int = 0
+
+
+# --- requests and replies of the agent protocol ---------------------------------------
+
+
+class RegisterRequest(Struct, forbid_unknown_fields=True):
+    name: Name
+    capacity: Resources
+    hostname: OptName = ""
+    labels: Labels = field(default_factory=dict)
+    reserved: Resources = field(default_factory=Resources)
+    max_parallel: Annotated[int, Meta(ge=1, le=MAX_PARALLEL)] = 1
+    executor: Literal["docker", "process"] = "docker"
+    version: Annotated[str, Meta(max_length=64)] = ""
+
+
+class RegisterReply(Struct):
+    node_id: str
+    node_token: str
+    heartbeat_interval_s: float
+    assignment_wait_s: float
+
+
+class RunningAttempt(Struct, forbid_unknown_fields=True):
+    job_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    attempt: Annotated[int, Meta(ge=1)]
+
+
+class HeartbeatRequest(Struct, forbid_unknown_fields=True):
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    running: Annotated[list[RunningAttempt], Meta(max_length=MAX_PARALLEL)] = field(
+        default_factory=list
+    )
+    #: set when the agent's executor is broken (for example dockerd does not answer)
+    executor_error: Annotated[str, Meta(max_length=1024)] | None = None
+
+
+class Command(Struct):
+    """What the scheduler tells an agent to do with an attempt it runs."""
+
+    action: Literal["cancel", "pause", "resume"]
+    job_id: str
+    attempt: int
+    reason: str = ""
+
+
+class HeartbeatReply(Struct):
+    heartbeat_interval_s: float
+    commands: list[Command] = field(default_factory=list)
+
+
+class Assignment(Struct):
+    job_id: str
+    attempt: int
+    spec: JobSpec
+
+
+class AssignmentsReply(Struct):
+    assignments: list[Assignment]
+    index: int
+
+
+ReportState = Literal["running", "completed", "failed", "timed_out", "cancelled"]
+
+
+class Report(Struct, forbid_unknown_fields=True):
+    attempt: Annotated[int, Meta(ge=1)]
+    state: ReportState | None = None
+    exit_code: Annotated[int, Meta(ge=-255, le=255)] | None = None
+    error: Annotated[str, Meta(max_length=4096)] | None = None
+    #: True when the failure is the node's (container could not start, executor error),
+    #: not the job's own; such failures count toward the node's cooldown
+    infra_failure: bool = False
+    #: the container was killed for using more memory than its limit
+    oom_killed: bool = False
+    progress: Progress | None = None
+
+
+class ReportReply(Struct):
+    ok: bool
+    state: JobState
+    commands: list[Command] = field(default_factory=list)
+
+
+# --- client requests -------------------------------------------------------------------
+
+
+class DrainRequest(Struct, forbid_unknown_fields=True):
+    drain: bool = True
+    reason: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class JobList(Struct):
+    jobs: list[Job]
+    next_cursor: str | None
+    index: int
+
+
+class NodeList(Struct):
+    nodes: list[Node]
+    index: int
+
+
+class Stats(Struct):
+    jobs: dict[str, int]
+    nodes: dict[str, int]
+    capacity: Resources
+    allocated: Resources
+    queue_depth: int
+    index: int
+
+
+def schema_components() -> dict[str, object]:
+    """JSON schema of every public model, for the OpenAPI document."""
+    _, components = msgspec.json.schema_components(
+        [JobSpec, Job, Node, RegisterRequest, HeartbeatRequest, Report, DrainRequest, Stats],
+        ref_template="#/components/schemas/{name}",
+    )
+    return dict(components)

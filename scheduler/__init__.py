@@ -1,0 +1,1 @@
+"""The Berth scheduler daemon."""

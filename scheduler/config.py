@@ -1,0 +1,64 @@
+"""Scheduler settings and their defaults, named once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_LISTEN = "127.0.0.1:8750"
+DEFAULT_STATE_DIR = Path("./state")
+#: how often agents are told to heartbeat
+HEARTBEAT_INTERVAL_S = 5.0
+#: a node whose last heartbeat is older than interval * 3 is unhealthy (late)
+LATE_AFTER_INTERVALS = 3.0
+#: TTL + grace: no heartbeat for this long and the node is offline, its jobs lost
+NODE_TTL_S = 30.0
+#: right after a scheduler restart every node gets this long before it is declared offline
+RESTART_GRACE_S = 90.0
+#: the longest an agent's assignment long-poll is held open
+ASSIGNMENT_WAIT_S = 30.0
+#: periodic placement sweep (placement is also triggered by events)
+SWEEP_INTERVAL_S = 5.0
+#: how often liveness (node expiry, job timeouts, cooldown ends) is checked
+LIVENESS_INTERVAL_S = 1.0
+#: a silent agent's job is timed out by the scheduler this long after its timeout
+TIMEOUT_GRACE_S = 30.0
+#: cooldown after the Nth consecutive infrastructure failure: base * 2^(N-threshold)
+COOLDOWN_THRESHOLD = 3
+COOLDOWN_BASE_S = 30.0
+COOLDOWN_MAX_S = 3600.0
+#: automatic retry backoff: base * 2^(attempt-1), capped
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 300.0
+#: largest accepted request body
+MAX_BODY_BYTES = 1024 * 1024
+#: most changes grouped into one SQLite transaction
+MAX_COMMIT_BATCH = 5000
+#: longest a blocking query may wait
+MAX_WAIT_S = 300.0
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    listen: str = DEFAULT_LISTEN
+    strategy: Literal["binpack", "spread"] = "binpack"
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    node_ttl_s: float = NODE_TTL_S
+    restart_grace_s: float = RESTART_GRACE_S
+    assignment_wait_s: float = ASSIGNMENT_WAIT_S
+    sweep_interval_s: float = SWEEP_INTERVAL_S
+    liveness_interval_s: float = LIVENESS_INTERVAL_S
+    timeout_grace_s: float = TIMEOUT_GRACE_S
+    cooldown_threshold: int = COOLDOWN_THRESHOLD
+    cooldown_base_s: float = COOLDOWN_BASE_S
+    cooldown_max_s: float = COOLDOWN_MAX_S
+    retry_base_s: float = RETRY_BASE_S
+    retry_max_s: float = RETRY_MAX_S
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
