@@ -123,6 +123,8 @@ class Job(Struct, gc=False):
     failed_nodes: list[str] = field(default_factory=list)
     #: a requeued job waits until this time (retry backoff)
     not_before: datetime | None = None
+    #: automatic retries used so far (manual retries do not count)
+    retries: int = 0
     submitted_by: str | None = None
 
 
@@ -153,6 +155,8 @@ class Node(Struct, gc=False):
     cooldown_until: datetime | None = None
     #: consecutive infrastructure failures; reset by a healthy run
     infra_failures: int = 0
+    #: what the agent last said is wrong with its executor, if anything
+    executor_error: str | None = None
     executor: str = "docker"
     version: str = ""
     index: int = 0

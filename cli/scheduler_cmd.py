@@ -1,0 +1,63 @@
+"""`berth scheduler`: run the scheduler daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Literal, cast
+
+import click
+
+from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
+
+
+@click.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the database and tokens live.",
+)
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["binpack", "spread"]),
+    default="binpack",
+    show_default=True,
+    help="binpack fills nodes up; spread keeps load even.",
+)
+@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True, help="Seconds.")
+@click.option(
+    "--node-ttl", type=float, default=30.0, show_default=True, help="Seconds of silence before a node is offline."
+)
+@click.option(
+    "--restart-grace", type=float, default=90.0, show_default=True,
+    help="Seconds every node gets after a scheduler restart before it can be declared offline.",
+)
+@click.option("--log-level", default="info", show_default=True)
+def scheduler(
+    state_dir: Path,
+    listen: str,
+    strategy: str,
+    heartbeat_interval: float,
+    node_ttl: float,
+    restart_grace: float,
+    log_level: str,
+) -> None:
+    """Run the scheduler daemon."""
+    from scheduler.app import serve
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = SchedulerConfig(
+        state_dir=state_dir,
+        listen=listen,
+        strategy=cast(Literal["binpack", "spread"], strategy),
+        heartbeat_interval_s=heartbeat_interval,
+        node_ttl_s=node_ttl,
+        restart_grace_s=restart_grace,
+    )
+    asyncio.run(serve(config))

@@ -1,0 +1,65 @@
+"""Builds the scheduler's aiohttp application and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from scheduler.cluster import Cluster
+from scheduler.config import SchedulerConfig
+from scheduler.http import MAX_BODY, PRINCIPAL, auth_middleware, errors_middleware
+from scheduler.routes import SERVICE, agents, jobs, nodes, system
+from scheduler.service import Service
+from scheduler.store.sqlite import SQLiteStore
+
+log = logging.getLogger("berth.scheduler")
+
+DB_FILE = "berth.db"
+
+
+def build_app(config: SchedulerConfig) -> web.Application:
+    cluster = Cluster(config)
+    store = SQLiteStore(config.state_dir / DB_FILE)
+    svc = Service(config, store, cluster)
+    # Bodies over the limit are refused by aiohttp before they are read in full.
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=config.max_body_bytes
+    )
+    app[SERVICE] = svc
+    app[PRINCIPAL] = cluster.authenticate
+    app[MAX_BODY] = config.max_body_bytes
+    for module in (system, jobs, nodes, agents):
+        app.add_routes(module.routes)
+
+    async def on_startup(_: web.Application) -> None:
+        await svc.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await svc.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = config.host_port
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    log.info("listening on http://%s:%d (state in %s)", host, port, config.state_dir.resolve())
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()

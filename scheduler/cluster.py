@@ -1,0 +1,756 @@
+"""The scheduler's authoritative in-memory state and every change made to it.
+
+A Cluster holds jobs, nodes and the queue. Its methods are synchronous and do no I/O:
+each checks its inputs, changes the state, and records what changed (records and
+events) in ``self.changes``. The service around it makes those changes durable before
+anyone is told about them. The clock is injected, so liveness and timeouts are
+testable without waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from common.errors import Conflict, Forbidden, NotFound, StaleAttempt
+from common.models import (
+    Assignment,
+    Attempt,
+    Command,
+    HeartbeatRequest,
+    Job,
+    JobSpec,
+    Node,
+    Progress,
+    RegisterRequest,
+    Report,
+    Resources,
+)
+from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
+from scheduler import liveness, placement
+from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
+from scheduler.events import Event, EventLog
+from scheduler.nodes import add, cooldown_seconds, node_status, sub
+from scheduler.store.base import Changes, Loaded, LogChunk, TokenRow
+
+#: a running job missing from this many consecutive heartbeats of its node is lost
+MISSING_HEARTBEATS_LOST = 2
+#: per-attempt log cap; past it the log ends with a marker
+LOG_CAP_BYTES = 10 * 1024 * 1024
+LOG_TRUNCATED_MARKER = b"\n[berth: log truncated at 10 MiB]\n"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return dt.timestamp() if dt is not None else None
+
+
+def _request(job: Job) -> Resources:
+    r = job.spec.resources
+    return Resources(cpu=r.cpu, memory_mb=r.memory_mb, gpus=r.gpus)
+
+
+class Cluster:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.events = EventLog()
+        self.changes = Changes()
+        self.booted = clock()
+        self.jobs: dict[str, Job] = {}
+        #: queued jobs by id, with their placement request (built once per enqueue)
+        self.queue: dict[str, placement.JobRequest] = {}
+        self.nodes: dict[str, Node] = {}
+        self.node_by_name: dict[str, str] = {}
+        self.idempotency: dict[str, str] = {}
+        self.tokens: dict[str, TokenRow] = {}
+        self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        #: why each queued job waits, from the last placement pass
+        self.pending_reason: dict[str, str] = {}
+        #: node id -> {(job id, attempt): resources} still held by attempts that were
+        #: cancelled or superseded until the agent confirms they stopped
+        self.releasing: dict[str, dict[tuple[str, int], Resources]] = {}
+        #: node id -> {job id: consecutive heartbeats that did not list it}
+        self.missing: dict[str, dict[str, int]] = {}
+        #: (job id, attempt) -> bytes of log stored
+        self.log_ends: dict[tuple[str, int], int] = {}
+        self._last_id = 0
+        #: called when something happened that may let a queued job be placed
+        self.on_placement_wanted: Callable[[], None] = lambda: None
+        #: called with a node id when it has new assignments or commands
+        self.on_node_changed: Callable[[str], None] = lambda node_id: None
+
+    # --- loading ---------------------------------------------------------------------
+
+    def load(self, loaded: Loaded) -> None:
+        """Rebuild the state read from the store; allocations are recomputed from jobs."""
+        self.events = EventLog(loaded.last_index)
+        self.booted = self.clock()
+        for node in loaded.nodes:
+            node.allocated = Resources()
+            node.running_jobs = []
+            self.nodes[node.id] = node
+            self.node_by_name[node.name] = node.id
+        for job in loaded.jobs:
+            self.jobs[job.id] = job
+            self.counts[job.state] += 1
+            if job.state is JobState.QUEUED:
+                self._enqueue(job)
+            elif job.state in ON_NODE and job.node_id in self.nodes:
+                node = self.nodes[job.node_id]
+                node.allocated = add(node.allocated, _request(job))
+                node.running_jobs.append(job.id)
+        if loaded.jobs:
+            self._last_id = int(loaded.jobs[-1].id, 16)
+        self.idempotency = dict(loaded.idempotency)
+        self.tokens = {t.digest: t for t in loaded.tokens}
+        self.log_ends = dict(loaded.log_ends)
+        for node in self.nodes.values():
+            self._refresh_node(node, record=False)
+
+    def take_changes(self) -> Changes:
+        changes, self.changes = self.changes, Changes()
+        return changes
+
+    # --- recording -------------------------------------------------------------------
+
+    def _event(
+        self,
+        type_: str,
+        *,
+        job: Job | None = None,
+        node: Node | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> int:
+        index = self.events.next_index()
+        self.changes.events.append(
+            Event(
+                index=index,
+                type=type_,
+                ts=_dt(self.clock()),
+                job_id=job.id if job else None,
+                node_id=node.id if node else None,
+                data=data,
+            )
+        )
+        if job is not None:
+            job.index = index
+            self.changes.jobs[job.id] = job
+        if node is not None:
+            node.index = index
+            self.changes.nodes[node.id] = node
+        return index
+
+    def _new_job_id(self) -> str:
+        # Strictly increasing and time-ordered, so ids sort by submission.
+        self._last_id = max(int(self.clock() * 1000) << 10, self._last_id + 1)
+        return f"{self._last_id:014x}"
+
+    # --- tokens ----------------------------------------------------------------------
+
+    def add_token(self, token: str, role: str, name: str, node_id: str | None = None) -> None:
+        row = TokenRow(token_digest(token), role, name, node_id)
+        self.tokens[row.digest] = row
+        self.changes.tokens.append(row)
+
+    def authenticate(self, token: str) -> TokenRow | None:
+        return self.tokens.get(token_digest(token))
+
+    # --- jobs: the one place where a job changes state -----------------------------------
+
+    def _set_state(
+        self, job: Job, new: JobState, reason: str | None = None, *, hold: bool = False
+    ) -> None:
+        """Move a job to ``new``. ``hold``: the job leaves its node without word from its
+        agent (cancel, timeout by the scheduler), so its resources stay held until the
+        agent confirms the attempt stopped."""
+        old = job.state
+        check_transition(old, new)
+        now = _dt(self.clock())
+        if old is JobState.QUEUED:
+            self.queue.pop(job.id, None)
+            self.pending_reason.pop(job.id, None)
+        if old in ON_NODE and new not in ON_NODE:
+            self._release(job, hold=hold)
+        self.counts[old] -= 1
+        self.counts[new] += 1
+        job.state = new
+        job.reason = reason
+        if new is JobState.QUEUED:
+            self._enqueue(job)
+        elif new is JobState.RUNNING and job.started_at is None:
+            job.started_at = now
+        elif new in TERMINAL:
+            job.finished_at = now
+        data: dict[str, Any] = {"state": new.value, "from": old.value, "attempt": job.attempt}
+        if job.node_id:
+            data["node_id"] = job.node_id
+        if reason:
+            data["reason"] = reason
+        if job.exit_code is not None and new in TERMINAL:
+            data["exit_code"] = job.exit_code
+        self._event("job.state", job=job, data=data)
+
+    def _enqueue(self, job: Job) -> None:
+        r = job.spec.resources
+        self.queue[job.id] = placement.JobRequest(
+            id=job.id,
+            cpu=r.cpu,
+            memory_mb=r.memory_mb,
+            gpus=r.gpus,
+            priority=job.spec.priority,
+            seq=int(job.id, 16),
+            constraints=job.spec.constraints.labels,
+            avoid=frozenset(job.failed_nodes),
+        )
+
+    def _release(self, job: Job, *, hold: bool) -> None:
+        """Give back a job's resources on its node, or hold them until the agent confirms."""
+        node = self.nodes.get(job.node_id or "")
+        if node is None:
+            return
+        if job.id in node.running_jobs:
+            node.running_jobs.remove(job.id)
+        node.allocated = sub(node.allocated, _request(job))
+        self.missing.get(node.id, {}).pop(job.id, None)
+        if hold and node.state is not NodeState.OFFLINE:
+            # The container may still run; keep its resources until the agent lets go.
+            held = self.releasing.setdefault(node.id, {})
+            held[(job.id, job.attempt)] = _request(job)
+            node.allocated = add(node.allocated, _request(job))
+        self._refresh_node(node)
+        self.on_placement_wanted()
+
+    def _archive_attempt(self, job: Job) -> None:
+        job.attempts.append(
+            Attempt(
+                attempt=job.attempt,
+                node_id=job.node_id,
+                state=job.state,
+                assigned_at=job.assigned_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at or _dt(self.clock()),
+                exit_code=job.exit_code,
+                error=job.error,
+            )
+        )
+
+    def submit(
+        self, spec: JobSpec, *, submitted_by: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a new job; with a known idempotency key return the earlier job instead."""
+        if idempotency_key is not None:
+            scoped = f"{submitted_by}:{idempotency_key}"
+            earlier = self.idempotency.get(scoped)
+            if earlier is not None and earlier in self.jobs:
+                return self.jobs[earlier], False
+        job = Job(
+            id=self._new_job_id(),
+            name=spec.name,
+            state=JobState.QUEUED,
+            spec=spec,
+            created_at=_dt(self.clock()),
+            submitted_by=submitted_by,
+        )
+        self.jobs[job.id] = job
+        self.counts[JobState.QUEUED] += 1
+        self._enqueue(job)
+        if idempotency_key is not None:
+            self.idempotency[scoped] = job.id
+            self.changes.idempotency.append((scoped, job.id))
+        self._event("job.created", job=job, data={"name": job.name, "image": spec.image})
+        self.on_placement_wanted()
+        return job, True
+
+    def job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", {"field": "id"})
+        return job
+
+    def cancel(self, job_id: str, *, by: str) -> Job:
+        job = self.job(job_id)
+        if job.state in TERMINAL:
+            raise Conflict(f"job {job_id} already ended {job.state.value}", {"state": job.state})
+        node_id = job.node_id
+        job.error = f"cancelled by {by}"
+        self._set_state(job, JobState.CANCELLED, reason=f"cancelled by {by}", hold=True)
+        if node_id:
+            self.on_node_changed(node_id)
+        return job
+
+    def iter_jobs(self, state: JobState | None, before: str | None) -> Iterator[Job]:
+        """Jobs newest first, optionally of one state, with ids below ``before``."""
+        for job in reversed(self.jobs.values()):
+            if before is not None and job.id >= before:
+                continue
+            if state is None or job.state is state:
+                yield job
+
+    # --- nodes -----------------------------------------------------------------------
+
+    def node(self, node_id: str) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", {"field": "node_id"})
+        return node
+
+    def register(self, req: RegisterRequest) -> tuple[Node, str]:
+        """Register an agent; the same name keeps its node id. Returns a new node token."""
+        now = self.clock()
+        node_id = self.node_by_name.get(req.name)
+        token = secrets.token_urlsafe(32)
+        if node_id is None:
+            node = Node(
+                id="n" + secrets.token_hex(7),
+                name=req.name,
+                state=NodeState.IDLE,
+                capacity=req.capacity,
+                registered_at=_dt(now),
+            )
+            self.nodes[node.id] = node
+            self.node_by_name[node.name] = node.id
+            fresh = True
+        else:
+            node = self.nodes[node_id]
+            # The agent's previous token stops working.
+            for digest, row in list(self.tokens.items()):
+                if row.node_id == node.id:
+                    del self.tokens[digest]
+                    self.changes.revoked_tokens.append(digest)
+            fresh = False
+        node.hostname = req.hostname
+        node.labels = dict(req.labels)
+        node.capacity = req.capacity
+        node.reserved = req.reserved
+        node.max_parallel = req.max_parallel
+        node.executor = req.executor
+        node.version = req.version
+        node.last_heartbeat_at = _dt(now)
+        node.executor_error = None
+        self.add_token(token, "node", f"node:{node.name}", node.id)
+        self._event(
+            "node.registered",
+            node=node,
+            data={"name": node.name, "new": fresh, "executor": node.executor},
+        )
+        self._refresh_node(node, offline_reason=None)
+        self.on_placement_wanted()
+        return node, token
+
+    def _refresh_node(
+        self, node: Node, *, offline_reason: str | None | bool = False, record: bool = True
+    ) -> None:
+        """Recompute a node's state; record a node.state event when it changed.
+
+        ``offline_reason``: False keeps the node's offline status as it is, None clears
+        it (the node was heard from), a string declares it offline.
+        """
+        now = self.clock()
+        if offline_reason is False:
+            offline = node.reason if node.state is NodeState.OFFLINE else None
+        else:
+            offline = offline_reason if isinstance(offline_reason, str) else None
+        cooldown = _ts(node.cooldown_until)
+        state, reason = node_status(
+            offline_reason=offline,
+            executor_error=node.executor_error,
+            in_cooldown=cooldown is not None and cooldown > now,
+            late=liveness.is_late(
+                _ts(node.last_heartbeat_at),
+                now,
+                interval_s=self.config.heartbeat_interval_s,
+                late_after=LATE_AFTER_INTERVALS,
+            ),
+            jobs=len(node.running_jobs),
+        )
+        if (state, reason) == (node.state, node.reason):
+            return
+        old = node.state
+        node.state, node.reason = state, reason
+        if record:
+            data: dict[str, Any] = {"state": state.value, "from": old.value}
+            if reason:
+                data["reason"] = reason
+            self._event("node.state", node=node, data=data)
+        if old not in (NodeState.IDLE, NodeState.BUSY) and state in (
+            NodeState.IDLE,
+            NodeState.BUSY,
+        ):
+            self.on_placement_wanted()
+
+    def drain(self, node_id: str, drain: bool, reason: str) -> Node:
+        node = self.node(node_id)
+        node.draining = drain
+        data = {"draining": drain, "reason": reason or None}
+        self._event("node.state", node=node, data={"state": node.state.value, **data})
+        if not drain:
+            self.on_placement_wanted()
+        return node
+
+    def heartbeat(self, node_id: str, req: HeartbeatRequest) -> list[Command]:
+        """Take a node's metrics and running attempts; answer with what it must stop."""
+        node = self.node(node_id)
+        now = self.clock()
+        freed_before = len(node.running_jobs)
+        node.last_heartbeat_at = _dt(now)
+        node.metrics = req.metrics
+        node.executor_error = req.executor_error
+        commands: list[Command] = []
+        listed = {(r.job_id, r.attempt) for r in req.running}
+        held = self.releasing.get(node.id, {})
+        for key in [k for k in held if k not in listed]:
+            # The agent stopped what it was told to stop: the resources are free.
+            node.allocated = sub(node.allocated, held.pop(key))
+            self.on_placement_wanted()
+        for job_id, attempt in listed:
+            job = self.jobs.get(job_id)
+            current = (
+                job is not None
+                and job.node_id == node.id
+                and job.attempt == attempt
+                and job.state in ON_NODE
+            )
+            if not current:
+                reason = "attempt is no longer current"
+                if job is not None and job.state is JobState.CANCELLED and job.attempt == attempt:
+                    reason = job.reason or "cancelled"
+                commands.append(Command("cancel", job_id, attempt, reason))
+        self._detect_lost(node, {j for j, _ in listed})
+        self._refresh_node(node, offline_reason=None)
+        self.changes.nodes[node.id] = node
+        if len(node.running_jobs) < freed_before:
+            self.on_placement_wanted()
+        return commands
+
+    def _detect_lost(self, node: Node, listed: set[str]) -> None:
+        """Running jobs the agent stopped listing are lost (it restarted without them)."""
+        missing = self.missing.setdefault(node.id, {})
+        for job_id in list(node.running_jobs):
+            job = self.jobs[job_id]
+            if job.state is JobState.ASSIGNED or job_id in listed:
+                missing.pop(job_id, None)
+                continue
+            missing[job_id] = missing.get(job_id, 0) + 1
+            if missing[job_id] >= MISSING_HEARTBEATS_LOST:
+                missing.pop(job_id, None)
+                self._lose(job, node, "lost: its agent no longer runs it")
+
+    def pending_assignments(self, node_id: str, after: int) -> tuple[list[Assignment], int]:
+        node = self.node(node_id)
+        out = []
+        top = after
+        for job_id in node.running_jobs:
+            job = self.jobs[job_id]
+            if job.state is JobState.ASSIGNED and job.index > after:
+                out.append(Assignment(job.id, job.attempt, job.spec))
+                top = max(top, job.index)
+        return out, max(top, after)
+
+    # --- reports from agents ---------------------------------------------------------
+
+    def _current(self, node: Node, job_id: str, attempt: int) -> Job:
+        """The job a report is about, if that attempt is current on that node (fencing)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise StaleAttempt(f"no job {job_id!r}", {"command": "cancel"})
+        if job.node_id != node.id or job.attempt != attempt or job.state not in ON_NODE:
+            raise StaleAttempt(
+                f"attempt {attempt} of job {job_id} is not current on this node",
+                {"command": "cancel", "current_attempt": job.attempt, "state": job.state},
+            )
+        return job
+
+    def report(self, node_id: str, job_id: str, rep: Report) -> Job:
+        node = self.node(node_id)
+        held = self.releasing.get(node.id, {})
+        job = self.jobs.get(job_id)
+        if (
+            job is not None
+            and (job_id, rep.attempt) in held
+            and rep.state not in (None, "running")
+        ):
+            # The end of an attempt the scheduler had already let go of.
+            node.allocated = sub(node.allocated, held.pop((job_id, rep.attempt)))
+            self.changes.nodes[node.id] = node
+            self.on_placement_wanted()
+            return job
+        job = self._current(node, job_id, rep.attempt)
+        if rep.progress is not None:
+            job.progress = rep.progress
+            if rep.state is None:
+                self._event(
+                    "job.progress",
+                    job=job,
+                    data={"percent": rep.progress.percent, "message": rep.progress.message},
+                )
+        if rep.state is None:
+            return job
+        if rep.state == "running":
+            if job.state is JobState.ASSIGNED:
+                self._set_state(job, JobState.RUNNING)
+            return job
+        if job.state is JobState.ASSIGNED:
+            self._set_state(job, JobState.RUNNING)
+        job.exit_code = rep.exit_code
+        job.error = rep.error
+        if rep.state == "completed":
+            self._healthy_run(node)
+            if job.progress is not None:
+                job.progress = Progress(100.0, job.progress.message)
+            self._set_state(job, JobState.COMPLETED)
+        elif rep.state == "cancelled":
+            self._set_state(job, JobState.CANCELLED, reason=rep.error or "cancelled by its agent")
+        else:
+            if rep.infra_failure:
+                self._infra_failure(node)
+            else:
+                self._healthy_run(node)
+            final = JobState.TIMED_OUT if rep.state == "timed_out" else JobState.FAILED
+            why = rep.error or (
+                "timed out" if final is JobState.TIMED_OUT else f"exit code {rep.exit_code}"
+            )
+            if rep.oom_killed:
+                why = rep.error or "out of memory"
+            self._retry_or_end(job, final, why)
+        return job
+
+    def _retry_or_end(self, job: Job, final: JobState, why: str, *, hold: bool = False) -> None:
+        """Requeue a failed attempt when retries are left, else end the job in ``final``."""
+        if job.error is None:
+            job.error = why
+        if job.retries < job.spec.max_retries:
+            attempt_state = job.state
+            job.state = final  # recorded in the attempt's history as how it ended
+            self._archive_attempt(job)
+            job.state = attempt_state
+            if job.node_id and job.node_id not in job.failed_nodes:
+                job.failed_nodes.append(job.node_id)
+            job.retries += 1
+            delay = liveness.retry_delay(
+                job.retries,
+                base_s=self.config.retry_base_s,
+                max_s=self.config.retry_max_s,
+                jitter=self.rng.random(),
+            )
+            job.not_before = _dt(self.clock() + delay)
+            self._set_state(job, JobState.QUEUED, reason=f"retry {job.retries}: {why}", hold=hold)
+            # A new attempt: fresh fields, same id.
+            job.attempt += 1
+            job.node_id = None
+            job.assigned_at = job.started_at = job.finished_at = None
+            job.exit_code = None
+            job.error = None
+            job.progress = None
+            self.queue[job.id].avoid = frozenset(job.failed_nodes)
+        else:
+            self._set_state(job, final, reason=why, hold=hold)
+
+    def _lose(self, job: Job, node: Node, why: str) -> None:
+        job.error = why
+        self._infra_failure(node)
+        self._retry_or_end(job, JobState.FAILED, why)
+
+    def _healthy_run(self, node: Node) -> None:
+        if node.infra_failures or node.cooldown_until is not None:
+            node.infra_failures = 0
+            node.cooldown_until = None
+            self._refresh_node(node)
+            self.changes.nodes[node.id] = node
+
+    def _infra_failure(self, node: Node) -> None:
+        node.infra_failures += 1
+        seconds = cooldown_seconds(
+            node.infra_failures,
+            threshold=self.config.cooldown_threshold,
+            base_s=self.config.cooldown_base_s,
+            max_s=self.config.cooldown_max_s,
+        )
+        if seconds > 0:
+            node.cooldown_until = _dt(self.clock() + seconds)
+        self._refresh_node(node)
+        self.changes.nodes[node.id] = node
+
+    def append_log(self, node_id: str, job_id: str, attempt: int, offset: int, data: bytes) -> int:
+        """Append an attempt's log bytes at ``offset``; duplicates are dropped. Returns the end."""
+        node = self.node(node_id)
+        job = self.jobs.get(job_id)
+        if job is None or job.node_id != node.id or attempt > job.attempt:
+            if job is None or (job_id, attempt) not in self.releasing.get(node.id, {}):
+                raise StaleAttempt(f"attempt {attempt} of job {job_id} is not on this node")
+        key = (job_id, attempt)
+        end = self.log_ends.get(key, 0)
+        if offset > end:
+            raise Conflict(f"log offset {offset} is past the end {end}", {"offset": end})
+        fresh = data[end - offset :]
+        if not fresh or end >= LOG_CAP_BYTES + len(LOG_TRUNCATED_MARKER):
+            return end
+        room = LOG_CAP_BYTES - end
+        if len(fresh) > room:
+            fresh = fresh[: max(0, room)] + LOG_TRUNCATED_MARKER
+        self.changes.logs.append(LogChunk(job_id, attempt, end, fresh))
+        self.log_ends[key] = end + len(fresh)
+        return end + len(fresh)
+
+    # --- placement -------------------------------------------------------------------
+
+    def node_view(self, node: Node) -> placement.NodeView:
+        cap, res, alloc = node.capacity, node.reserved, node.allocated
+        total_cpu = max(0.0, cap.cpu - res.cpu)
+        total_mem = max(0, cap.memory_mb - res.memory_mb)
+        return placement.NodeView(
+            id=node.id,
+            free_cpu=total_cpu - alloc.cpu,
+            free_memory_mb=total_mem - alloc.memory_mb,
+            free_gpus=cap.gpus - res.gpus - alloc.gpus,
+            free_slots=node.max_parallel
+            - len(node.running_jobs)
+            - len(self.releasing.get(node.id, ())),
+            total_cpu=total_cpu,
+            total_memory_mb=total_mem,
+            labels=node.labels,
+            healthy=node.state in (NodeState.IDLE, NodeState.BUSY),
+            draining=node.draining,
+            cooldown_until=_ts(node.cooldown_until),
+            live_free_memory_mb=node.metrics.ram_free_mb
+            if node.metrics and node.metrics.ram_total_mb
+            else None,
+            cpu_percent=node.metrics.cpu_percent if node.metrics else 0.0,
+        )
+
+    def place(self) -> list[str]:
+        """One placement pass over the queue. Returns the ids of nodes given new jobs."""
+        now = self.clock()
+        ready = []
+        for req in self.queue.values():
+            job = self.jobs[req.id]
+            if job.not_before is not None and job.not_before.timestamp() > now:
+                self.pending_reason[req.id] = "waiting to retry"
+                continue
+            ready.append(req)
+        if not ready or not self.nodes:
+            for req in ready:
+                self.pending_reason[req.id] = "no node fits the request"
+            return []
+        views = [self.node_view(n) for n in self.nodes.values()]
+        result = placement.place(
+            views, ready, now=now, strategy=self.config.strategy, rng=self.rng
+        )
+        touched: list[str] = []
+        for d in result.decisions:
+            job = self.jobs[d.job_id]
+            node = self.nodes[d.node_id]
+            # Reserve with a re-check against the node as it is now.
+            if not placement.fits(self.node_view(node), self.queue[job.id], now):
+                self.pending_reason[job.id] = "no node fits the request"
+                continue
+            self._assign(job, node)
+            touched.append(node.id)
+        for job_id, why in result.unplaced.items():
+            self.pending_reason[job_id] = why
+        return touched
+
+    def _assign(self, job: Job, node: Node) -> None:
+        job.node_id = node.id
+        job.assigned_at = _dt(self.clock())
+        job.not_before = None
+        node.allocated = add(node.allocated, _request(job))
+        node.running_jobs.append(job.id)
+        self._set_state(job, JobState.ASSIGNED)
+        self._refresh_node(node)
+        self.changes.nodes[node.id] = node
+
+    # --- liveness --------------------------------------------------------------------
+
+    def check_liveness(self) -> bool:
+        """Expire silent nodes, time out jobs of silent agents, end cooldowns.
+
+        Returns True when a retry's wait ended, so placement should run.
+        """
+        now = self.clock()
+        cfg = self.config
+        for node in self.nodes.values():
+            if node.state is NodeState.OFFLINE:
+                continue
+            deadline = liveness.heartbeat_deadline(
+                _ts(node.last_heartbeat_at),
+                node.registered_at.timestamp(),
+                self.booted,
+                ttl_s=cfg.node_ttl_s,
+                grace_s=cfg.restart_grace_s,
+            )
+            if now > deadline:
+                self._node_offline(node, f"no heartbeat for {cfg.node_ttl_s:g}s")
+            else:
+                self._refresh_node(node)
+        for node in self.nodes.values():
+            for job_id in list(node.running_jobs):
+                job = self.jobs[job_id]
+                started = _ts(job.started_at) or _ts(job.assigned_at) or now
+                if now > liveness.job_deadline(started, job.spec.timeout_s, cfg.timeout_grace_s):
+                    job.error = f"timed out after {job.spec.timeout_s:g}s (enforced by the scheduler)"
+                    self._retry_or_end(job, JobState.TIMED_OUT, job.error, hold=True)
+                    self.on_node_changed(node.id)
+        retry_due = False
+        for req in self.queue.values():
+            nb = self.jobs[req.id].not_before
+            if nb is not None and nb.timestamp() <= now:
+                retry_due = True
+                break
+        return retry_due
+
+    def _node_offline(self, node: Node, why: str) -> None:
+        self._refresh_node(node, offline_reason=why)
+        self.releasing.pop(node.id, None)
+        lost = [self.jobs[j] for j in node.running_jobs]
+        if lost:
+            # Counted once per loss of the node, whatever the number of jobs it had.
+            self._infra_failure(node)
+        for job in lost:
+            job.error = f"lost: node {node.name} went offline"
+            self._retry_or_end(job, JobState.FAILED, job.error)
+        node.allocated = Resources()
+        self.changes.nodes[node.id] = node
+
+    # --- stats -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        capacity = Resources()
+        allocated = Resources()
+        nodes = dict.fromkeys((s.value for s in NodeState), 0)
+        for n in self.nodes.values():
+            nodes[n.state.value] += 1
+            if n.state is not NodeState.OFFLINE:
+                capacity = add(capacity, sub(n.capacity, n.reserved))
+                allocated = add(allocated, n.allocated)
+        return {
+            "jobs": {s.value: c for s, c in self.counts.items()},
+            "nodes": nodes,
+            "capacity": capacity,
+            "allocated": allocated,
+            "queue_depth": len(self.queue),
+            "index": self.events.committed_index,
+        }
+
+    def check_node_token(self, row: TokenRow, node_id: str) -> None:
+        if row.role != "admin" and row.node_id != node_id:
+            raise Forbidden("this token does not act for that node")

@@ -1,0 +1,142 @@
+"""HTTP plumbing shared by every route: the one place that turns an exception into an
+error response, authentication, body limits, and JSON replies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from common import codec
+from common.errors import BerthError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from scheduler.store.base import TokenRow
+
+log = logging.getLogger("berth.http")
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: routes anyone may call
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PRINCIPAL = web.AppKey("principal_lookup", Callable[[str], TokenRow | None])
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=codec.encode(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(err: BerthError) -> web.Response:
+    return web.Response(
+        body=codec.dumps(err.to_body()), status=err.status, content_type="application/json"
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BerthError as e:
+        return error_response(e)
+    except web.HTTPRequestEntityTooLarge as e:
+        return error_response(
+            PayloadTooLarge("request body too large", {"field": "$", "max_bytes": e.max_size})
+        )
+    except web.HTTPException as e:
+        if e.status >= 400:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+            body = {"error": {"code": code, "message": e.reason, "details": {}}}
+            return web.Response(
+                body=codec.dumps(body), status=e.status, content_type="application/json"
+            )
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(BerthError("internal error"))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a Bearer token is required")
+    row = request.app[PRINCIPAL](token.strip())
+    if row is None:
+        raise Unauthorized("invalid token")
+    request["principal"] = row
+    return await handler(request)
+
+
+def principal(request: web.Request) -> TokenRow:
+    row: TokenRow = request["principal"]
+    return row
+
+
+def require_role(request: web.Request, *roles: str) -> TokenRow:
+    """The caller's token, if its role is one of ``roles`` (admin may do anything)."""
+    row = principal(request)
+    if row.role != "admin" and row.role not in roles:
+        raise Forbidden("this token may not do that")
+    return row
+
+
+def require_node(request: web.Request, node_id: str) -> TokenRow:
+    """A node token acts only for its own node."""
+    row = principal(request)
+    if row.role == "admin":
+        return row
+    if row.role != "node" or row.node_id != node_id:
+        raise Forbidden("this token does not act for that node")
+    return row
+
+
+async def read_body(request: web.Request, type_: type[T], *, empty_ok: bool = False) -> T:
+    """Read and validate a JSON body; errors name the field."""
+    if request.content_length is not None and request.content_length > request.app[MAX_BODY]:
+        raise PayloadTooLarge(
+            "request body too large", {"field": "$", "max_bytes": request.app[MAX_BODY]}
+        )
+    data = await request.read()
+    if not data.strip():
+        if empty_ok:
+            return codec.decode(b"{}", type_)
+        raise InvalidRequest("a JSON body is required", {"field": "$"})
+    return codec.decode(data, type_)
+
+
+MAX_BODY = web.AppKey("max_body", int)
+
+
+def query_int(
+    request: web.Request, name: str, default: int | None, *, lo: int = 0, hi: int | None = None
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", {"field": name}) from None
+    if value < lo or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise InvalidRequest(f"{name} must be {bounds}", {"field": name})
+    return value
+
+
+def query_float(request: web.Request, name: str, default: float, *, lo: float, hi: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number", {"field": name}) from None
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo:g} and {hi:g}", {"field": name})
+    return value

@@ -1,0 +1,99 @@
+"""The agent protocol: register, heartbeat, long-poll assignments, reports, log appends."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.errors import Forbidden, InvalidRequest, PayloadTooLarge
+from common.models import (
+    AssignmentsReply,
+    HeartbeatReply,
+    HeartbeatRequest,
+    RegisterReply,
+    RegisterRequest,
+    Report,
+    ReportReply,
+)
+from scheduler.http import json_response, principal, query_float, query_int, read_body, require_node
+from scheduler.routes import service
+
+routes = web.RouteTableDef()
+
+#: largest single log append
+MAX_LOG_APPEND = 4 * 1024 * 1024
+
+
+@routes.post("/api/v1/nodes/register")
+async def register(request: web.Request) -> web.Response:
+    if principal(request).role not in ("join", "admin"):
+        raise Forbidden("registering needs the join token")
+    req = await read_body(request, RegisterRequest)
+    svc = service(request)
+    node, token = svc.cluster.register(req)
+    await svc.commit()
+    cfg = svc.config
+    return json_response(
+        RegisterReply(
+            node_id=node.id,
+            node_token=token,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            assignment_wait_s=cfg.assignment_wait_s,
+        )
+    )
+
+
+@routes.post("/api/v1/nodes/{id}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    node_id = request.match_info["id"]
+    require_node(request, node_id)
+    req = await read_body(request, HeartbeatRequest, empty_ok=True)
+    svc = service(request)
+    commands = svc.cluster.heartbeat(node_id, req)
+    await svc.commit()
+    return json_response(
+        HeartbeatReply(heartbeat_interval_s=svc.config.heartbeat_interval_s, commands=commands)
+    )
+
+
+@routes.get("/api/v1/nodes/{id}/assignments")
+async def assignments(request: web.Request) -> web.Response:
+    node_id = request.match_info["id"]
+    require_node(request, node_id)
+    svc = service(request)
+    after = query_int(request, "after", 0) or 0
+    wait = query_float(request, "wait", svc.config.assignment_wait_s, lo=0, hi=svc.config.assignment_wait_s)
+    found, index = svc.cluster.pending_assignments(node_id, after)
+    if not found and wait > 0:
+        await svc.wait_for_node(node_id, wait)
+        found, index = svc.cluster.pending_assignments(node_id, after)
+    return json_response(AssignmentsReply(assignments=found, index=index))
+
+
+@routes.post("/api/v1/nodes/{id}/jobs/{job}/report")
+async def report(request: web.Request) -> web.Response:
+    node_id = request.match_info["id"]
+    require_node(request, node_id)
+    rep = await read_body(request, Report)
+    svc = service(request)
+    job = svc.cluster.report(node_id, request.match_info["job"], rep)
+    await svc.commit()
+    return json_response(ReportReply(ok=True, state=job.state))
+
+
+@routes.post("/api/v1/nodes/{id}/jobs/{job}/logs")
+async def append_log(request: web.Request) -> web.Response:
+    node_id = request.match_info["id"]
+    require_node(request, node_id)
+    attempt = query_int(request, "attempt", None, lo=1)
+    offset = query_int(request, "offset", None, lo=0)
+    if attempt is None:
+        raise InvalidRequest("attempt is required", {"field": "attempt"})
+    if offset is None:
+        raise InvalidRequest("offset is required", {"field": "offset"})
+    if request.content_length is not None and request.content_length > MAX_LOG_APPEND:
+        raise PayloadTooLarge("log append too large", {"max_bytes": MAX_LOG_APPEND})
+    data = await request.read()
+    svc = service(request)
+    end = svc.cluster.append_log(node_id, request.match_info["job"], attempt, offset, data)
+    await svc.commit()
+    return json_response({"offset": end})

@@ -1,0 +1,91 @@
+"""Client routes for jobs: submit, list, get (blocking), cancel."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.errors import InvalidRequest
+from common.models import JobList, JobSpec
+from common.states import JobState
+from scheduler.config import MAX_WAIT_S
+from scheduler.http import json_response, query_float, query_int, read_body, require_role
+from scheduler.routes import service
+
+routes = web.RouteTableDef()
+
+MAX_IDEMPOTENCY_KEY = 200
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+@routes.post("/api/v1/jobs")
+async def submit(request: web.Request) -> web.Response:
+    who = require_role(request, "submit")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            {"field": "Idempotency-Key"},
+        )
+    spec = await read_body(request, JobSpec)
+    svc = service(request)
+    job, created = svc.cluster.submit(spec, submitted_by=who.name, idempotency_key=key)
+    await svc.commit()
+    return json_response(job, status=201 if created else 200, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+@routes.get("/api/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    svc = service(request)
+    raw_state = request.query.get("state")
+    state = None
+    if raw_state:
+        try:
+            state = JobState(raw_state)
+        except ValueError:
+            allowed = ", ".join(s.value for s in JobState)
+            raise InvalidRequest(f"state must be one of {allowed}", {"field": "state"}) from None
+    limit = query_int(request, "limit", DEFAULT_PAGE, lo=1, hi=MAX_PAGE) or DEFAULT_PAGE
+    cursor = request.query.get("cursor") or None
+    index = query_int(request, "index", None)
+    if index is not None:
+        wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S)
+        await svc.cluster.events.wait_past(index, wait)
+    jobs = []
+    for job in svc.cluster.iter_jobs(state, cursor):
+        jobs.append(job)
+        if len(jobs) > limit:
+            break
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    current = svc.cluster.events.committed_index
+    body = JobList(jobs=jobs[:limit], next_cursor=next_cursor, index=current)
+    return json_response(body, headers={"X-Berth-Index": str(current)})
+
+
+@routes.get("/api/v1/jobs/{id}")
+async def get_job(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    svc = service(request)
+    job = svc.cluster.job(request.match_info["id"])
+    index = query_int(request, "index", None)
+    if index is not None:
+        wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S)
+        loop_deadline = wait
+        # Wake on every commit; stop as soon as this job moved past the index.
+        while job.index <= index and loop_deadline > 0:
+            before = svc.cluster.events.committed_index
+            t0 = request.loop.time()
+            await svc.cluster.events.wait_past(before, loop_deadline)
+            loop_deadline -= request.loop.time() - t0
+            job = svc.cluster.job(job.id)
+    return json_response(job, headers={"X-Berth-Index": str(job.index)})
+
+
+@routes.post("/api/v1/jobs/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    who = require_role(request, "submit")
+    svc = service(request)
+    job = svc.cluster.cancel(request.match_info["id"], by=who.name)
+    await svc.commit()
+    return json_response(job)

@@ -1,0 +1,35 @@
+"""The node-status endpoint and drain, for clients."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.models import DrainRequest, NodeList
+from scheduler.http import json_response, read_body, require_role
+from scheduler.routes import service
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/nodes")
+async def list_nodes(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    cluster = service(request).cluster
+    nodes = sorted(cluster.nodes.values(), key=lambda n: n.name)
+    return json_response(NodeList(nodes=nodes, index=cluster.events.committed_index))
+
+
+@routes.get("/api/v1/nodes/{id}")
+async def get_node(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    return json_response(service(request).cluster.node(request.match_info["id"]))
+
+
+@routes.post("/api/v1/nodes/{id}/drain")
+async def drain(request: web.Request) -> web.Response:
+    require_role(request)
+    req = await read_body(request, DrainRequest, empty_ok=True)
+    svc = service(request)
+    node = svc.cluster.drain(request.match_info["id"], req.drain, req.reason)
+    await svc.commit()
+    return json_response(node)

@@ -1,0 +1,30 @@
+"""Probes and cluster-wide statistics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.models import Stats
+from scheduler.http import json_response, require_role
+from scheduler.routes import service
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    if not service(request).ready:
+        return json_response({"status": "starting"}, status=503)
+    return json_response({"status": "ready"})
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    s = service(request).cluster.stats()
+    return json_response(Stats(**s))

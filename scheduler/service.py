@@ -1,0 +1,150 @@
+"""The scheduler's running machinery around the Cluster: durable commits, the
+coalesced placement loop, the liveness loop, and long-poll wake-ups for agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from pathlib import Path
+
+from scheduler.cluster import Cluster
+from scheduler.config import SchedulerConfig
+from scheduler.store.base import Changes, Store
+
+log = logging.getLogger("berth.scheduler")
+
+ADMIN_TOKEN_FILE = "admin.token"
+JOIN_TOKEN_FILE = "join.token"
+
+
+class Service:
+    def __init__(self, config: SchedulerConfig, store: Store, cluster: Cluster) -> None:
+        self.config = config
+        self.store = store
+        self.cluster = cluster
+        self.ready = False
+        self._placement_wanted = asyncio.Event()
+        self._node_waiters: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_commit: asyncio.Future[None] | None = None
+        cluster.on_placement_wanted = self._placement_wanted.set
+        cluster.on_node_changed = self.wake_node
+
+    async def start(self) -> None:
+        loaded = await self.store.open()
+        self.cluster.load(loaded)
+        await self._ensure_tokens()
+        await self.commit()
+        self._tasks = [
+            asyncio.create_task(self._placement_loop(), name="berth-placement"),
+            asyncio.create_task(self._liveness_loop(), name="berth-liveness"),
+        ]
+        self._placement_wanted.set()
+        self.ready = True
+        log.info(
+            "scheduler ready: %d jobs, %d nodes, event index %d",
+            len(self.cluster.jobs),
+            len(self.cluster.nodes),
+            self.cluster.events.last_index,
+        )
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(Exception):
+            await self.commit()
+        await self.store.close()
+
+    async def commit(self) -> None:
+        """Return once every change made so far is durable (and its events published).
+
+        Changes made by one request may have been taken by another request's commit
+        still under way; batches commit in order, so waiting for the latest one covers
+        them too.
+        """
+        changes = self.cluster.take_changes()
+        if changes:
+            self._last_commit = asyncio.ensure_future(self._commit(changes))
+        if self._last_commit is not None and not self._last_commit.done():
+            await asyncio.shield(self._last_commit)
+        elif self._last_commit is not None:
+            self._last_commit.result()
+
+    async def _commit(self, changes: Changes) -> None:
+        await self.store.commit(changes)
+        top = changes.events[-1].index if changes.events else self.cluster.events.committed_index
+        self.cluster.events.committed(changes.events, top)
+
+    async def _ensure_tokens(self) -> None:
+        """On first start write admin.token and join.token (mode 0600) into the state dir."""
+        state_dir = self.config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        for filename, role in ((ADMIN_TOKEN_FILE, "admin"), (JOIN_TOKEN_FILE, "join")):
+            path = state_dir / filename
+            if path.exists():
+                token = path.read_text().strip()
+                if self.cluster.authenticate(token) is None:
+                    self.cluster.add_token(token, role, role)
+                continue
+            token = secrets.token_urlsafe(32)
+            _write_secret(path, token)
+            self.cluster.add_token(token, role, role)
+            log.info("wrote the %s token to %s", role, path.resolve())
+
+    # --- agents' long polls ----------------------------------------------------------
+
+    def wake_node(self, node_id: str) -> None:
+        ev = self._node_waiters.get(node_id)
+        if ev is not None:
+            ev.set()
+
+    async def wait_for_node(self, node_id: str, timeout: float) -> None:
+        ev = self._node_waiters.setdefault(node_id, asyncio.Event())
+        ev.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+
+    # --- loops -----------------------------------------------------------------------
+
+    async def _placement_loop(self) -> None:
+        """Runs a placement pass whenever one is wanted; bursts make a single pass."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._placement_wanted.wait(), self.config.sweep_interval_s
+                )
+            self._placement_wanted.clear()
+            # Let the rest of a burst of submits arrive before the pass.
+            await asyncio.sleep(0)
+            try:
+                touched = self.cluster.place()
+                await self.commit()
+            except Exception:
+                log.exception("placement pass failed")
+                await asyncio.sleep(1.0)
+                continue
+            # Agents hear of their assignments only once those are durable.
+            for node_id in set(touched):
+                self.wake_node(node_id)
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.liveness_interval_s)
+            try:
+                if self.cluster.check_liveness():
+                    self._placement_wanted.set()
+                await self.commit()
+            except Exception:
+                log.exception("liveness check failed")
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(secret + "\n")

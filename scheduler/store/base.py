@@ -1,0 +1,96 @@
+"""The store interface: what the scheduler persists and how it reads it back.
+
+The scheduler's in-memory state is authoritative while it runs; the store makes every
+acknowledged change survive a crash. Changes are grouped: many mutations are staged
+and written in one transaction, and each caller awaits the commit of the batch that
+holds its change before it answers its client.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from common.models import Job, Node
+from scheduler.events import Event
+
+
+@dataclass(slots=True, frozen=True)
+class TokenRow:
+    #: sha256 of the token; the token itself is never stored
+    digest: str
+    role: str
+    name: str
+    node_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class LogChunk:
+    job_id: str
+    attempt: int
+    offset: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class Changes:
+    """Everything one batch writes. Jobs and nodes are keyed by id: last write wins."""
+
+    jobs: dict[str, Job] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    idempotency: list[tuple[str, str]] = field(default_factory=list)
+    tokens: list[TokenRow] = field(default_factory=list)
+    revoked_tokens: list[str] = field(default_factory=list)
+    logs: list[LogChunk] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.jobs
+            or self.nodes
+            or self.events
+            or self.idempotency
+            or self.tokens
+            or self.revoked_tokens
+            or self.logs
+        )
+
+    def merge(self, other: Changes) -> None:
+        self.jobs.update(other.jobs)
+        self.nodes.update(other.nodes)
+        self.events.extend(other.events)
+        self.idempotency.extend(other.idempotency)
+        self.tokens.extend(other.tokens)
+        self.revoked_tokens.extend(other.revoked_tokens)
+        self.logs.extend(other.logs)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """The state read back at start."""
+
+    jobs: list[Job]
+    nodes: list[Node]
+    idempotency: dict[str, str]
+    tokens: list[TokenRow]
+    last_index: int
+    #: (job id, attempt) -> bytes of log stored
+    log_ends: dict[tuple[str, int], int]
+
+
+class Store(ABC):
+    @abstractmethod
+    async def open(self) -> Loaded:
+        """Create the schema if needed and read everything back."""
+
+    @abstractmethod
+    async def commit(self, changes: Changes) -> None:
+        """Make ``changes`` durable; return once the batch holding them is committed."""
+
+    @abstractmethod
+    async def read_log(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
+        """Bytes of one attempt's log from ``offset``, at most ``limit``."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Write what is staged and release the database."""

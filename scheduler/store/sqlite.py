@@ -1,0 +1,218 @@
+"""SQLite store: WAL, synchronous=FULL, one writer thread, group commit.
+
+An acknowledged write must survive power loss, so every commit is fsynced; grouping
+all changes staged while the previous transaction was being written into the next
+one makes that cost per batch, not per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from common.errors import Unavailable
+from common.models import Job, Node
+from scheduler.events import Event
+from scheduler.store.base import Changes, Loaded, Store, TokenRow
+
+log = logging.getLogger("berth.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    idx INTEGER PRIMARY KEY, type TEXT NOT NULL, job_id TEXT, node_id TEXT, doc BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id) WHERE job_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, node_id TEXT
+);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (job_id, attempt, offset)
+) WITHOUT ROWID;
+"""
+
+_Row = tuple[Any, ...]
+
+
+class _Batch:
+    __slots__ = ("changes", "waiters")
+
+    def __init__(self) -> None:
+        self.changes = Changes()
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        # One thread owns the connection: SQLite calls never run on the event loop.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
+        self._staged = _Batch()
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._lock = threading.Lock()
+        self._job_encoder = msgspec.json.Encoder()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> Loaded:
+        loop = asyncio.get_running_loop()
+        loaded = await loop.run_in_executor(self._thread, self._open_sync)
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_loop(), name="berth-store-writer")
+        return loaded
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close_sync)
+        self._thread.shutdown(wait=True)
+
+    def _open_sync(self) -> Loaded:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+        job_dec = msgspec.json.Decoder(Job)
+        node_dec = msgspec.json.Decoder(Node)
+        jobs = [job_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM jobs ORDER BY id")]
+        nodes = [node_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM nodes")]
+        idem = dict(conn.execute("SELECT key, job_id FROM idempotency").fetchall())
+        tokens = [TokenRow(*r) for r in conn.execute("SELECT digest, role, name, node_id FROM tokens")]
+        (last,) = conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
+        ends = {
+            (j, a): int(n)
+            for j, a, n in conn.execute(
+                "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id, attempt"
+            )
+        }
+        return Loaded(jobs, nodes, idem, tokens, int(last), ends)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def commit(self, changes: Changes) -> None:
+        if not changes:
+            return
+        if self._closing or self._wake is None:
+            raise Unavailable("the store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._staged.changes.merge(changes)
+        self._staged.waiters.append(fut)
+        self._wake.set()
+        await fut
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._staged = self._staged, _Batch()
+            if batch.waiters:
+                # Encode on the loop: between two awaits no record is half-changed.
+                rows = self._encode(batch.changes)
+                try:
+                    await loop.run_in_executor(self._thread, self._write_sync, rows)
+                except Exception as e:  # the disk is full, the file is gone, ...
+                    log.error("commit of %d changes failed: %s", len(batch.waiters), e)
+                    err = Unavailable(f"the state could not be written: {e}")
+                    for w in batch.waiters:
+                        if not w.done():
+                            w.set_exception(err)
+                else:
+                    for w in batch.waiters:
+                        if not w.done():
+                            w.set_result(None)
+            if self._closing and not self._staged.waiters:
+                return
+
+    def _encode(self, c: Changes) -> dict[str, Sequence[_Row]]:
+        enc = self._job_encoder.encode
+        return {
+            "jobs": [(j.id, j.state.value, enc(j)) for j in c.jobs.values()],
+            "nodes": [(n.id, n.name, enc(n)) for n in c.nodes.values()],
+            "events": [(e.index, e.type, e.job_id, e.node_id, enc(e)) for e in c.events],
+            "idempotency": c.idempotency,
+            "tokens": [(t.digest, t.role, t.name, t.node_id) for t in c.tokens],
+            "revoked": [(d,) for d in c.revoked_tokens],
+            "logs": [(lc.job_id, lc.attempt, lc.offset, lc.data) for lc in c.logs],
+        }
+
+    def _write_sync(self, rows: dict[str, Sequence[_Row]]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", rows["jobs"])
+            conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", rows["nodes"])
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows["events"])
+            conn.executemany("INSERT OR IGNORE INTO idempotency VALUES (?, ?)", rows["idempotency"])
+            conn.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)", rows["tokens"])
+            conn.executemany("DELETE FROM tokens WHERE digest = ?", rows["revoked"])
+            conn.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?)", rows["logs"])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def read_log(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, self._read_log_sync, job_id, attempt, offset, limit
+        )
+
+    def _read_log_sync(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
+        conn = self._conn
+        assert conn is not None
+        out = bytearray()
+        rows = conn.execute(
+            "SELECT offset, data FROM logs WHERE job_id = ? AND attempt = ? "
+            "AND offset + LENGTH(data) > ? ORDER BY offset",
+            (job_id, attempt, offset),
+        )
+        for start, data in rows:
+            skip = max(0, offset - start)
+            out += data[skip:]
+            if len(out) >= limit:
+                break
+        return bytes(out[:limit])
+
+    async def read_events(self, after: int, limit: int) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._read_events_sync, after, limit)
+
+    def _read_events_sync(self, after: int, limit: int) -> list[Event]:
+        conn = self._conn
+        assert conn is not None
+        dec = msgspec.json.Decoder(Event)
+        rows = conn.execute(
+            "SELECT doc FROM events WHERE idx > ? ORDER BY idx LIMIT ?", (after, limit)
+        )
+        return [dec.decode(d) for (d,) in rows]
