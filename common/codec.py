@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
-_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 _NAMED = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 

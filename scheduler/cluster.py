@@ -413,6 +413,11 @@ class Cluster:
         now = self.clock()
         freed_before = len(node.running_jobs)
         node.last_heartbeat_at = _dt(now)
+        if self.queue and (
+            node.metrics is None or req.metrics.ram_free_mb > node.metrics.ram_free_mb
+        ):
+            # More live memory may let a waiting job fit.
+            self.on_placement_wanted()
         node.metrics = req.metrics
         node.executor_error = req.executor_error
         commands: list[Command] = []

@@ -24,9 +24,9 @@ PRINCIPAL = web.AppKey("principal_lookup", Callable[[str], TokenRow | None])
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=codec.encode(obj), status=status, content_type="application/json", headers=headers
-    )
+    """A JSON reply; ``obj`` may be already-encoded bytes (a snapshot taken before an await)."""
+    body = obj if isinstance(obj, bytes) else codec.encode(obj)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 def error_response(err: BerthError) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common import codec
 from common.errors import InvalidRequest
 from common.models import JobList, JobSpec
 from common.states import JobState
@@ -30,8 +31,11 @@ async def submit(request: web.Request) -> web.Response:
     spec = await read_body(request, JobSpec)
     svc = service(request)
     job, created = svc.cluster.submit(spec, submitted_by=who.name, idempotency_key=key)
+    # The reply shows the job as submitted, even if placement moves it before the commit.
+    body = codec.encode(job)
     await svc.commit()
-    return json_response(job, status=201 if created else 200, headers={"Location": f"/api/v1/jobs/{job.id}"})
+    headers = {"Location": f"/api/v1/jobs/{job.id}"}
+    return json_response(body, status=201 if created else 200, headers=headers)
 
 
 @routes.get("/api/v1/jobs")
@@ -87,5 +91,6 @@ async def cancel(request: web.Request) -> web.Response:
     who = require_role(request, "submit")
     svc = service(request)
     job = svc.cluster.cancel(request.match_info["id"], by=who.name)
+    body = codec.encode(job)
     await svc.commit()
-    return json_response(job)
+    return json_response(body)

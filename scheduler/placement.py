@@ -1,0 +1,517 @@
+"""Placement decides, for one snapshot of nodes and queued jobs, which node each job runs on.
+
+The module is pure: no I/O, no clock (the caller passes ``now``), no globals, and the
+caller's objects are never mutated. One pass is a short pipeline, after Nomad's
+``scheduler/feasible`` stack (``stack.go``, ``select.go``, ``rank.go``):
+
+    order jobs (priority, then FIFO)
+      -> filter: eligible nodes whose labels match the constraints  (_Candidates)
+      -> limit:  from a random offset, score only the first few feasible nodes  (_select)
+      -> score:  Nomad's fit score minus penalties  (score_binpack / score_spread)
+      -> pick:   the highest score, ties broken with the caller's rng  (_select)
+      -> consume the chosen node's capacity so later jobs see what is left  (_Cluster)
+
+``fits`` is the one fit check; the scheduler's reserve step calls it again before it
+commits a decision. Inside ``place`` the same check runs over flat per-node arrays
+(``_select``), because calling it per node would cost more than the whole budget of a
+decision; the unit tests hold the two to the same answers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Strategy = Literal["binpack", "spread"]
+
+#: Slack when comparing fractional cores, so that 0.1 + 0.2 cores fit into 0.3 free.
+CPU_EPSILON = 1e-9
+#: Nomad's fit scores lie in [0, 18] (binPackingMaxFitScore in scheduler/feasible/rank.go);
+#: dividing by it gives 0..1.
+MAX_FIT_SCORE = 18.0
+#: Live CPU load, in percent, above which a node starts to rank lower ...
+LOAD_PENALTY_START = 80.0
+#: ... losing up to this much score (out of a fit score of 0..1) at 100 % load, linearly.
+LOAD_PENALTY_MAX = 0.5
+#: Score taken off a node where the job failed before. A fit score lies in 0..1 and the
+#: load penalty in 0..LOAD_PENALTY_MAX, so any other fitting node outranks an avoided one.
+AVOID_PENALTY = 10.0
+#: Up to this many nodes, every feasible node is scored: small clusters get the exact best fit.
+EXACT_NODE_LIMIT = 64
+#: Nomad's floor for the limit stage ("the power of two choices").
+MIN_CANDIDATES = 2
+#: How many failed request shapes a pass remembers per set of constraints.
+MAX_FAILED_SHAPES = 32
+
+REASON_NO_FIT = "no node fits the request"
+REASON_NO_MATCH = "no node matches the constraints"
+REASON_NO_ELIGIBLE = "no eligible node (all unhealthy, draining or in cooldown)"
+
+# A node that can take no further job in this pass has its free CPU set to this, so the
+# first comparison of the fit check rejects it.
+_GONE = -math.inf
+
+
+@dataclass(slots=True)
+class NodeView:
+    """What placement needs to know about one node; built by the caller per pass."""
+
+    id: str
+    #: capacity - reserved - allocated
+    free_cpu: float
+    free_memory_mb: int
+    free_gpus: int
+    #: max_parallel - jobs currently on the node
+    free_slots: int
+    #: capacity - reserved (for normalising scores)
+    total_cpu: float
+    total_memory_mb: int
+    labels: Mapping[str, str]
+    #: the node is idle or busy (the caller decides)
+    healthy: bool = True
+    draining: bool = False
+    #: epoch seconds; the node takes no job before this time
+    cooldown_until: float | None = None
+    #: from the node's live metrics; None means unknown, and is not filtered on
+    live_free_memory_mb: int | None = None
+    #: live CPU load 0-100; heavily loaded nodes rank lower
+    cpu_percent: float = 0.0
+
+
+@dataclass(slots=True)
+class JobRequest:
+    """What placement needs to know about one queued job."""
+
+    id: str
+    cpu: float
+    memory_mb: int
+    gpus: int = 0
+    #: 0-100, higher first
+    priority: int = 50
+    #: submission order: FIFO within a priority
+    seq: int = 0
+    #: node.labels[k] must equal v for every item
+    constraints: Mapping[str, str] = field(default_factory=dict)
+    #: nodes where this job failed before: penalised, not excluded
+    avoid: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    job_id: str
+    node_id: str
+    #: the node's score for this job when it was chosen (see score_binpack)
+    score: float
+
+
+@dataclass(slots=True)
+class PlacementResult:
+    #: in the order the jobs were placed
+    decisions: list[Decision]
+    #: job id -> why it could not be placed in this pass
+    unplaced: dict[str, str]
+
+
+# --- filter ------------------------------------------------------------------------------
+
+
+def _is_eligible(node: NodeView, now: float) -> bool:
+    """Healthy, not draining, out of cooldown, with a free parallel slot."""
+    return (
+        node.healthy
+        and not node.draining
+        and (node.cooldown_until is None or node.cooldown_until <= now)
+        and node.free_slots >= 1
+    )
+
+
+def _matches(labels: Mapping[str, str], constraints: Mapping[str, str]) -> bool:
+    """Every constraint label is on the node with the same value."""
+    return all(labels.get(key) == value for key, value in constraints.items())
+
+
+def _fit_memory(node: NodeView) -> int:
+    """Memory a job may take: the allocation view, capped by live free RAM when known."""
+    live = node.live_free_memory_mb
+    free = node.free_memory_mb
+    return free if live is None or live >= free else live
+
+
+def fits(node: NodeView, job: JobRequest, now: float) -> bool:
+    """Whether ``job`` may be placed on ``node`` at time ``now``: the one fit check."""
+    return (
+        _is_eligible(node, now)
+        and node.free_cpu >= job.cpu - CPU_EPSILON
+        and _fit_memory(node) >= job.memory_mb
+        and node.free_gpus >= job.gpus
+        and _matches(node.labels, job.constraints)
+    )
+
+
+# --- score -------------------------------------------------------------------------------
+
+
+def _fit_score(free_pct_cpu: float, free_pct_mem: float, spread: bool) -> float:
+    """Nomad's ScoreFitBinPack / ScoreFitSpread (nomad/structs/funcs.go), scaled to 0..1.
+
+    The arguments are the fractions of CPU and memory left free once the job is placed.
+    total = 10^freeCpu + 10^freeMem is 20 on an empty node and 2 on a node filled exactly.
+    Binpack scores 20 - total (18 for a perfect fit), spread scores total - 2 (18 for an
+    untouched node); both are clamped to [0, 18] and divided by 18, as Nomad's
+    BinPackIterator does. The powers of ten make the last bits of free space count most,
+    so binpack strongly prefers the node the job nearly fills.
+    """
+    total: float = 10.0**free_pct_cpu + 10.0**free_pct_mem
+    score = total - 2.0 if spread else 20.0 - total
+    if score > MAX_FIT_SCORE:
+        score = MAX_FIT_SCORE
+    elif score < 0.0:
+        score = 0.0
+    return score / MAX_FIT_SCORE
+
+
+def _free_after(free: float, request: float, total: float) -> float:
+    """Fraction of ``total`` still free once ``request`` is taken (0 for a node of no size)."""
+    return (free - request) / _positive_or_inf(total)
+
+
+def _positive_or_inf(total: float) -> float:
+    return total if total > 0 else math.inf
+
+
+def _load_penalty(cpu_percent: float) -> float:
+    """0 up to LOAD_PENALTY_START percent, then linear up to LOAD_PENALTY_MAX at 100 %."""
+    if cpu_percent <= LOAD_PENALTY_START:
+        return 0.0
+    over = min(cpu_percent, 100.0) - LOAD_PENALTY_START
+    return LOAD_PENALTY_MAX * over / (100.0 - LOAD_PENALTY_START)
+
+
+def _score(node: NodeView, job: JobRequest, spread: bool) -> float:
+    fit = _fit_score(
+        _free_after(node.free_cpu, job.cpu, node.total_cpu),
+        _free_after(node.free_memory_mb, job.memory_mb, node.total_memory_mb),
+        spread,
+    )
+    score = fit - _load_penalty(node.cpu_percent)
+    if node.id in job.avoid:
+        score -= AVOID_PENALTY
+    return score
+
+
+def score_binpack(node: NodeView, job: JobRequest) -> float:
+    """Best fit: higher for the node the job leaves fullest; minus load and avoid penalties."""
+    return _score(node, job, spread=False)
+
+
+def score_spread(node: NodeView, job: JobRequest) -> float:
+    """Worst fit: higher for the node the job leaves emptiest; minus the same penalties."""
+    return _score(node, job, spread=True)
+
+
+# --- the working state of one pass -------------------------------------------------------
+
+
+class _Cluster:
+    """Free capacity of the nodes during one pass, as flat lists indexed like ``nodes``.
+
+    A node that no job of this pass could still use (no free slot, or less CPU or memory
+    than the smallest request in the queue) is marked gone: its free CPU becomes _GONE
+    and ``gone`` counts it, so candidate lists can drop it.
+    """
+
+    __slots__ = (
+        "fit_memory",
+        "free_cpu",
+        "free_gpus",
+        "free_memory",
+        "free_slots",
+        "gone",
+        "ids",
+        "index",
+        "load_penalty",
+        "min_cpu",
+        "min_memory",
+        "total_cpu",
+        "total_memory",
+    )
+
+    def __init__(self, nodes: Sequence[NodeView], min_cpu: float, min_memory: int) -> None:
+        self.ids = [node.id for node in nodes]
+        self.index = {node_id: i for i, node_id in enumerate(self.ids)}
+        self.free_cpu = [node.free_cpu for node in nodes]
+        self.free_memory = [node.free_memory_mb for node in nodes]
+        self.fit_memory = [_fit_memory(node) for node in nodes]
+        self.free_gpus = [node.free_gpus for node in nodes]
+        self.free_slots = [node.free_slots for node in nodes]
+        self.total_cpu = [_positive_or_inf(node.total_cpu) for node in nodes]
+        self.total_memory = [_positive_or_inf(node.total_memory_mb) for node in nodes]
+        self.load_penalty = [_load_penalty(node.cpu_percent) for node in nodes]
+        self.min_cpu = min_cpu - CPU_EPSILON
+        self.min_memory = min_memory
+        self.gone = 0
+
+    def consume(self, i: int, job: JobRequest) -> None:
+        """Take ``job``'s request from node ``i``."""
+        self.free_cpu[i] -= job.cpu
+        self.free_memory[i] -= job.memory_mb
+        self.fit_memory[i] -= job.memory_mb
+        self.free_gpus[i] -= job.gpus
+        self.free_slots[i] -= 1
+        if (
+            self.free_slots[i] < 1
+            or self.free_cpu[i] < self.min_cpu
+            or self.fit_memory[i] < self.min_memory
+        ):
+            self.free_cpu[i] = _GONE
+            self.gone += 1
+
+
+class _CandidateList:
+    """The nodes that pass a job's static filter, in a shuffled order.
+
+    ``ring`` is the order written twice, so a scan from any offset is one slice. The
+    ``max_*`` fields bound what any node in the list has free; capacity only shrinks in
+    a pass, so a request above a bound is rejected without a scan.
+    """
+
+    __slots__ = ("gone_seen", "max_cpu", "max_gpus", "max_memory", "order", "ring")
+
+    def __init__(self, order: list[int], cluster: _Cluster) -> None:
+        self.order = order
+        self.ring = order + order
+        self.gone_seen = cluster.gone
+        self.max_cpu = max((cluster.free_cpu[i] for i in order), default=_GONE)
+        self.max_memory = max((cluster.fit_memory[i] for i in order), default=-1)
+        self.max_gpus = max((cluster.free_gpus[i] for i in order), default=-1)
+
+    def admits(self, cpu: float, memory: int, gpus: int) -> bool:
+        return (
+            cpu - CPU_EPSILON <= self.max_cpu
+            and memory <= self.max_memory
+            and gpus <= self.max_gpus
+        )
+
+
+ConstraintKey = tuple[tuple[str, str], ...]
+
+
+def _constraint_key(job: JobRequest) -> ConstraintKey:
+    return tuple(sorted(job.constraints.items())) if job.constraints else ()
+
+
+class _Candidates:
+    """Filter stage: eligible nodes whose labels match, cached per (constraints, needs GPUs).
+
+    Health, draining, cooldown and labels do not change within a pass, so each list is
+    built once; nodes that fill up are dropped from it now and then.
+    """
+
+    __slots__ = ("_cluster", "_eligible", "_labels", "_lists", "_matching", "_rng")
+
+    def __init__(
+        self, nodes: Sequence[NodeView], now: float, cluster: _Cluster, rng: random.Random
+    ) -> None:
+        self._cluster = cluster
+        self._rng = rng
+        self._labels = [node.labels for node in nodes]
+        self._eligible = [i for i, node in enumerate(nodes) if _is_eligible(node, now)]
+        self._matching: dict[ConstraintKey, list[int]] = {(): self._eligible}
+        self._lists: dict[tuple[ConstraintKey, bool], _CandidateList] = {}
+
+    @property
+    def any_eligible(self) -> bool:
+        return bool(self._eligible)
+
+    def get(self, key: ConstraintKey, needs_gpus: bool) -> _CandidateList:
+        cands = self._lists.get((key, needs_gpus))
+        cluster = self._cluster
+        if cands is None:
+            order = list(self._matching_nodes(key))
+            if needs_gpus:
+                order = [i for i in order if cluster.free_gpus[i] >= 1]
+            self._rng.shuffle(order)
+            cands = self._lists[(key, needs_gpus)] = _CandidateList(order, cluster)
+        elif cluster.gone - cands.gone_seen > len(cands.order) // 8 + 4:
+            free_cpu = cluster.free_cpu
+            order = [i for i in cands.order if free_cpu[i] != _GONE]
+            cands = self._lists[(key, needs_gpus)] = _CandidateList(order, cluster)
+        return cands
+
+    def matches_any(self, key: ConstraintKey) -> bool:
+        """Whether any eligible node carries the constraint labels (whatever its capacity)."""
+        return bool(self._matching_nodes(key))
+
+    def _matching_nodes(self, key: ConstraintKey) -> list[int]:
+        matching = self._matching.get(key)
+        if matching is None:
+            constraints = dict(key)
+            labels = self._labels
+            matching = [i for i in self._eligible if _matches(labels[i], constraints)]
+            self._matching[key] = matching
+        return matching
+
+
+class _FailedShapes:
+    """Request shapes that fitted nowhere in this pass, per set of constraints.
+
+    Capacity only shrinks within a pass, so a later job with the same constraints that
+    asks for at least as much on every dimension cannot fit either. Only the minimal
+    shapes are kept.
+    """
+
+    __slots__ = ("_shapes",)
+
+    def __init__(self) -> None:
+        self._shapes: dict[ConstraintKey, list[tuple[float, int, int]]] = {}
+
+    def covers(self, key: ConstraintKey, cpu: float, memory: int, gpus: int) -> bool:
+        shapes = self._shapes.get(key)
+        if shapes:
+            for f_cpu, f_memory, f_gpus in shapes:
+                if cpu >= f_cpu and memory >= f_memory and gpus >= f_gpus:
+                    return True
+        return False
+
+    def add(self, key: ConstraintKey, cpu: float, memory: int, gpus: int) -> None:
+        shapes = self._shapes.setdefault(key, [])
+        if len(shapes) >= MAX_FAILED_SHAPES:
+            return
+        shapes[:] = [s for s in shapes if not (s[0] >= cpu and s[1] >= memory and s[2] >= gpus)]
+        shapes.append((cpu, memory, gpus))
+
+
+# --- limit, score and pick ---------------------------------------------------------------
+
+
+def _default_limit(node_count: int) -> int:
+    """Score every node of a small cluster; otherwise Nomad's max(2, ceil(log2(n)))."""
+    if node_count <= EXACT_NODE_LIMIT:
+        return max(node_count, 1)
+    return max(MIN_CANDIDATES, math.ceil(math.log2(node_count)))
+
+
+def _select(
+    cluster: _Cluster,
+    cands: _CandidateList,
+    job: JobRequest,
+    limit: int,
+    spread: bool,
+    rng: random.Random,
+) -> tuple[int, float] | None:
+    """Scan the candidates from a random offset; return the best of the first ``limit``.
+
+    Nodes the job should avoid are scored (with AVOID_PENALTY) but do not count towards
+    the limit, so another fitting node is looked for before one of them is used. The fit
+    test is ``fits`` on the pass's arrays; the score is ``_score`` on the same arrays.
+    """
+    free_cpu = cluster.free_cpu
+    free_memory = cluster.free_memory
+    fit_memory = cluster.fit_memory
+    free_gpus = cluster.free_gpus
+    total_cpu = cluster.total_cpu
+    total_memory = cluster.total_memory
+    load_penalty = cluster.load_penalty
+    cpu = job.cpu
+    memory = job.memory_mb
+    gpus = job.gpus
+    need_cpu = cpu - CPU_EPSILON
+    avoid = {cluster.index[n] for n in job.avoid if n in cluster.index} if job.avoid else None
+
+    n = len(cands.order)
+    start = int(rng.random() * n) if n > 1 else 0
+    best = -math.inf
+    pick = -1
+    ties = 0
+    found = 0
+    for i in cands.ring[start : start + n]:
+        if free_cpu[i] >= need_cpu and fit_memory[i] >= memory and free_gpus[i] >= gpus:
+            score = (
+                _fit_score(
+                    (free_cpu[i] - cpu) / total_cpu[i],
+                    (free_memory[i] - memory) / total_memory[i],
+                    spread,
+                )
+                - load_penalty[i]
+            )
+            if avoid is not None and i in avoid:
+                score -= AVOID_PENALTY
+            else:
+                found += 1
+            if score > best:
+                best = score
+                pick = i
+                ties = 1
+            elif score == best:
+                # Reservoir sampling: each of the tied nodes is kept with equal chance.
+                ties += 1
+                if rng.random() * ties < 1.0:
+                    pick = i
+            if found >= limit:
+                break
+    return None if pick < 0 else (pick, best)
+
+
+def _queue_order(job: JobRequest) -> tuple[int, int]:
+    return (-job.priority, job.seq)
+
+
+def place(
+    nodes: Sequence[NodeView],
+    jobs: Iterable[JobRequest],
+    *,
+    now: float,
+    strategy: Strategy = "binpack",
+    rng: random.Random,
+    candidate_limit: int | None = None,
+) -> PlacementResult:
+    """Place ``jobs`` on ``nodes`` in one pass, highest priority first, FIFO within one.
+
+    A job that fits nowhere is reported in ``unplaced`` and smaller jobs behind it are
+    still tried (backfill). Every decision consumes the chosen node's capacity for the
+    rest of the pass. ``candidate_limit`` caps how many feasible nodes are scored per
+    job; by default all of them up to EXACT_NODE_LIMIT nodes, else ceil(log2(n)).
+    """
+    if strategy not in ("binpack", "spread"):
+        raise ValueError(f"unknown placement strategy {strategy!r}")
+    if candidate_limit is not None and candidate_limit < 1:
+        raise ValueError("candidate_limit must be at least 1")
+    queue = sorted(jobs, key=_queue_order)
+    limit = _default_limit(len(nodes)) if candidate_limit is None else candidate_limit
+    spread = strategy == "spread"
+
+    min_cpu = min((job.cpu for job in queue), default=0.0)
+    min_memory = min((job.memory_mb for job in queue), default=0)
+    cluster = _Cluster(nodes, min_cpu, min_memory)
+    candidates = _Candidates(nodes, now, cluster, rng)
+    failed = _FailedShapes()
+    decisions: list[Decision] = []
+    unplaced: dict[str, str] = {}
+    ids = cluster.ids
+
+    for job in queue:
+        key = _constraint_key(job)
+        cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
+        if failed.covers(key, cpu, memory, gpus):
+            unplaced[job.id] = REASON_NO_FIT
+            continue
+        cands = candidates.get(key, gpus > 0)
+        picked = None
+        if cands.admits(cpu, memory, gpus):
+            picked = _select(cluster, cands, job, limit, spread, rng)
+        if picked is None:
+            failed.add(key, cpu, memory, gpus)
+            if not candidates.any_eligible:
+                unplaced[job.id] = REASON_NO_ELIGIBLE
+            elif not candidates.matches_any(key):
+                unplaced[job.id] = REASON_NO_MATCH
+            else:
+                unplaced[job.id] = REASON_NO_FIT
+            continue
+        i, score = picked
+        cluster.consume(i, job)
+        decisions.append(Decision(job.id, ids[i], score))
+    return PlacementResult(decisions, unplaced)

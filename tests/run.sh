@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, starts the services it uses, then runs
+# ruff, mypy and pytest. Safe to run again: every step checks before it acts.
+# Usage: bash tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- system packages ----------------------------------------------------------------
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt_install "${need[@]}"
+fi
+
+# --- dockerd --------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  as_root sh -c 'nohup dockerd >/var/log/berth-test-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/berth-test-dockerd.log"; exit 1; }
+fi
+
+# --- Python packages ------------------------------------------------------------------
+log "installing berth with its test dependencies"
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# --- checks ---------------------------------------------------------------------------
+log "ruff"
+python3 -m ruff check common scheduler agent cli tests bench
+python3 -m ruff format --check common scheduler agent cli tests bench
+log "mypy"
+python3 -m mypy
+
+log "pytest"
+export BERTH_TEST_DOCKER=1
+python3 -m pytest -q -p no:cacheprovider "$@"
