@@ -7,7 +7,9 @@ import click
 from common import __version__
 
 
-@click.group(context_settings={"auto_envvar_prefix": "BERTH", "help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"auto_envvar_prefix": "BERTH", "help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="berth")
 def cli() -> None:
     """Berth: a resource-aware cluster scheduler for container jobs."""

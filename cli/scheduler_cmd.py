@@ -30,10 +30,17 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
 )
 @click.option("--heartbeat-interval", type=float, default=5.0, show_default=True, help="Seconds.")
 @click.option(
-    "--node-ttl", type=float, default=30.0, show_default=True, help="Seconds of silence before a node is offline."
+    "--node-ttl",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds of silence before a node is offline.",
 )
 @click.option(
-    "--restart-grace", type=float, default=90.0, show_default=True,
+    "--restart-grace",
+    type=float,
+    default=90.0,
+    show_default=True,
     help="Seconds every node gets after a scheduler restart before it can be declared offline.",
 )
 @click.option("--log-level", default="info", show_default=True)

@@ -57,6 +57,13 @@ def _ts(dt: datetime | None) -> float | None:
     return dt.timestamp() if dt is not None else None
 
 
+def _ran_on(job: Job, attempt: int, node_id: str) -> bool:
+    """Whether that attempt of the job was given to that node (it may have ended since)."""
+    if attempt == job.attempt:
+        return job.node_id == node_id
+    return any(a.attempt == attempt and a.node_id == node_id for a in job.attempts)
+
+
 def _request(job: Job) -> Resources:
     r = job.spec.resources
     return Resources(cpu=r.cpu, memory_mb=r.memory_mb, gpus=r.gpus)
@@ -358,7 +365,7 @@ class Cluster:
         return node, token
 
     def _refresh_node(
-        self, node: Node, *, offline_reason: str | None | bool = False, record: bool = True
+        self, node: Node, *, offline_reason: str | bool | None = False, record: bool = True
     ) -> None:
         """Recompute a node's state; record a node.state event when it changed.
 
@@ -489,11 +496,7 @@ class Cluster:
         node = self.node(node_id)
         held = self.releasing.get(node.id, {})
         job = self.jobs.get(job_id)
-        if (
-            job is not None
-            and (job_id, rep.attempt) in held
-            and rep.state not in (None, "running")
-        ):
+        if job is not None and (job_id, rep.attempt) in held and rep.state not in (None, "running"):
             # The end of an attempt the scheduler had already let go of.
             node.allocated = sub(node.allocated, held.pop((job_id, rep.attempt)))
             self.changes.nodes[node.id] = node
@@ -599,9 +602,8 @@ class Cluster:
         """Append an attempt's log bytes at ``offset``; duplicates are dropped. Returns the end."""
         node = self.node(node_id)
         job = self.jobs.get(job_id)
-        if job is None or job.node_id != node.id or attempt > job.attempt:
-            if job is None or (job_id, attempt) not in self.releasing.get(node.id, {}):
-                raise StaleAttempt(f"attempt {attempt} of job {job_id} is not on this node")
+        if job is None or not _ran_on(job, attempt, node.id):
+            raise StaleAttempt(f"attempt {attempt} of job {job_id} did not run on this node")
         key = (job_id, attempt)
         end = self.log_ends.get(key, 0)
         if offset > end:
@@ -657,9 +659,7 @@ class Cluster:
                 self.pending_reason[req.id] = "no node fits the request"
             return []
         views = [self.node_view(n) for n in self.nodes.values()]
-        result = placement.place(
-            views, ready, now=now, strategy=self.config.strategy, rng=self.rng
-        )
+        result = placement.place(views, ready, now=now, strategy=self.config.strategy, rng=self.rng)
         touched: list[str] = []
         for d in result.decisions:
             job = self.jobs[d.job_id]
@@ -712,7 +712,9 @@ class Cluster:
                 job = self.jobs[job_id]
                 started = _ts(job.started_at) or _ts(job.assigned_at) or now
                 if now > liveness.job_deadline(started, job.spec.timeout_s, cfg.timeout_grace_s):
-                    job.error = f"timed out after {job.spec.timeout_s:g}s (enforced by the scheduler)"
+                    job.error = (
+                        f"timed out after {job.spec.timeout_s:g}s (enforced by the scheduler)"
+                    )
                     self._retry_or_end(job, JobState.TIMED_OUT, job.error, hold=True)
                     self.on_node_changed(node.id)
         retry_due = False

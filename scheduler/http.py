@@ -20,10 +20,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: routes anyone may call
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-PRINCIPAL = web.AppKey("principal_lookup", Callable[[str], TokenRow | None])
+TokenLookup = Callable[[str], TokenRow | None]
+PRINCIPAL: web.AppKey[TokenLookup] = web.AppKey("principal_lookup")
 
 
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON reply; ``obj`` may be already-encoded bytes (a snapshot taken before an await)."""
     body = obj if isinstance(obj, bytes) else codec.encode(obj)
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
@@ -41,9 +44,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except BerthError as e:
         return error_response(e)
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:
+        max_bytes = request.app[MAX_BODY]
         return error_response(
-            PayloadTooLarge("request body too large", {"field": "$", "max_bytes": e.max_size})
+            PayloadTooLarge("request body too large", {"field": "$", "max_bytes": max_bytes})
         )
     except web.HTTPException as e:
         if e.status >= 400:

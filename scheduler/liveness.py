@@ -17,7 +17,9 @@ def heartbeat_deadline(
     return max(seen + ttl_s, booted + grace_s)
 
 
-def is_late(last_heartbeat: float | None, now: float, *, interval_s: float, late_after: float) -> bool:
+def is_late(
+    last_heartbeat: float | None, now: float, *, interval_s: float, late_after: float
+) -> bool:
     """A node is late when it missed several heartbeats in a row (not yet offline)."""
     return last_heartbeat is not None and now - last_heartbeat > interval_s * late_after
 

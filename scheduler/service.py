@@ -116,9 +116,7 @@ class Service:
         """Runs a placement pass whenever one is wanted; bursts make a single pass."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._placement_wanted.wait(), self.config.sweep_interval_s
-                )
+                await asyncio.wait_for(self._placement_wanted.wait(), self.config.sweep_interval_s)
             self._placement_wanted.clear()
             # Let the rest of a burst of submits arrive before the pass.
             await asyncio.sleep(0)

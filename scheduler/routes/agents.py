@@ -61,7 +61,9 @@ async def assignments(request: web.Request) -> web.Response:
     require_node(request, node_id)
     svc = service(request)
     after = query_int(request, "after", 0) or 0
-    wait = query_float(request, "wait", svc.config.assignment_wait_s, lo=0, hi=svc.config.assignment_wait_s)
+    wait = query_float(
+        request, "wait", svc.config.assignment_wait_s, lo=0, hi=svc.config.assignment_wait_s
+    )
     found, index = svc.cluster.pending_assignments(node_id, after)
     if not found and wait > 0:
         await svc.wait_for_node(node_id, wait)

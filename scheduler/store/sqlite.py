@@ -98,7 +98,9 @@ class SQLiteStore(Store):
         jobs = [job_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM jobs ORDER BY id")]
         nodes = [node_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM nodes")]
         idem = dict(conn.execute("SELECT key, job_id FROM idempotency").fetchall())
-        tokens = [TokenRow(*r) for r in conn.execute("SELECT digest, role, name, node_id FROM tokens")]
+        tokens = [
+            TokenRow(*r) for r in conn.execute("SELECT digest, role, name, node_id FROM tokens")
+        ]
         (last,) = conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
         ends = {
             (j, a): int(n)

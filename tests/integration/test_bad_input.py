@@ -147,11 +147,17 @@ async def test_malformed_agent_messages_are_refused(
         (f"/api/v1/nodes/{a.node_id}/heartbeat", {"metrics": {"cpu_percent": 400}}, "$.metrics"),
         (f"/api/v1/nodes/{a.node_id}/heartbeat", {"running": [{"job_id": 1}]}, "$.running"),
         (f"/api/v1/nodes/{a.node_id}/jobs/x/report", {"attempt": 0}, "$.attempt"),
-        (f"/api/v1/nodes/{a.node_id}/jobs/x/report", {"attempt": 1, "state": "exploded"}, "$.state"),
+        (
+            f"/api/v1/nodes/{a.node_id}/jobs/x/report",
+            {"attempt": 1, "state": "exploded"},
+            "$.state",
+        ),
     ]:
         status, reply = await api.post(path, body)
         assert status == 400, (path, reply)
         assert reply["error"]["details"]["field"].startswith(field)
     join = Api(http, sched.url, sched.join_token)
-    status, reply = await join.post("/api/v1/nodes/register", {"name": "x", "capacity": {"cpu": -4}})
+    status, reply = await join.post(
+        "/api/v1/nodes/register", {"name": "x", "capacity": {"cpu": -4}}
+    )
     assert status == 400 and reply["error"]["details"]["field"] == "$.capacity.cpu"

@@ -11,7 +11,9 @@ from tests.support import Api, SchedulerProcess, SimAgent, wait_until
 SPEC = {"image": "busybox", "command": ["echo", "hello"]}
 
 
-def agent(sched: SchedulerProcess, http: aiohttp.ClientSession, name: str, **kw: object) -> SimAgent:
+def agent(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, name: str, **kw: object
+) -> SimAgent:
     return SimAgent(http, sched.url, sched.join_token, name, **kw)  # type: ignore[arg-type]
 
 
