@@ -1,0 +1,1 @@
+"""The Berth agent: registers a worker host, heartbeats, and runs its assignments."""

@@ -1,0 +1,75 @@
+"""The agent's settings, with every default a named constant in this one place."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+#: where the agent keeps its node id, token and pending results
+DEFAULT_STATE_DIR = Path("state/agent")
+#: seconds between heartbeats until the scheduler says otherwise
+DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+#: seconds one assignments long poll may block, until the scheduler says otherwise
+DEFAULT_ASSIGNMENT_WAIT_S = 30.0
+#: seconds to wait for an image pull before failing the job
+DEFAULT_PULL_TIMEOUT_S = 300.0
+#: seconds between SIGTERM and SIGKILL when a job is cancelled or times out
+DEFAULT_STOP_GRACE_S = 10.0
+#: the most processes (threads included) one container may have
+DEFAULT_PIDS_LIMIT = 512
+#: ship logs at least this often while a job writes them
+LOG_FLUSH_INTERVAL_S = 0.5
+#: ship logs at once when this much is buffered
+LOG_FLUSH_BYTES = 64 * 1024
+#: the most bytes sent in one log append
+LOG_MAX_APPEND = 256 * 1024
+#: send progress reports at most this often per attempt
+PROGRESS_MIN_INTERVAL_S = 0.5
+#: seconds a single heartbeat request may take before it counts as failed
+HEARTBEAT_TIMEOUT_S = 10.0
+#: timeout of one report or log append
+REPORT_TIMEOUT_S = 15.0
+#: longest backoff between retries while the scheduler is unreachable
+RETRY_MAX_S = 5.0
+#: first backoff delay while the scheduler is unreachable
+RETRY_BASE_S = 0.2
+#: seconds a draining agent keeps trying to deliver results before it exits anyway
+#: (they stay in the state dir and are sent on the next start)
+SHUTDOWN_DELIVERY_S = 20.0
+
+PullPolicy = Literal["if-not-present", "always", "never"]
+ExecutorKind = Literal["auto", "docker", "process"]
+
+
+def default_max_parallel(cpus: int | None = None) -> int:
+    """Half the host's CPUs, at least 1."""
+    n = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, n // 2)
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent daemon is started with (see ``berth agent --help``)."""
+
+    schedulers: list[str]
+    join_token: str
+    state_dir: Path = DEFAULT_STATE_DIR
+    name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    max_parallel: int = field(default_factory=default_max_parallel)
+    executor: ExecutorKind = "auto"
+    reserve_cpu: float = 0.0
+    reserve_memory_mb: int = 0
+    pull_policy: PullPolicy = "if-not-present"
+    pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    ca_file: str | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space of the process executor; its disk is the one reported free."""
+        return self.state_dir / "work"

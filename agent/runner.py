@@ -1,0 +1,448 @@
+"""One attempt's lifecycle on this node: start, follow, stop, report, clean up.
+
+A :class:`Runner` takes a parallel slot, starts the attempt with the executor (or
+takes over one re-adopted after a restart), ships its output and progress, enforces
+its timeout, obeys cancel/pause/resume, and when it has exited ships the rest of the
+output, then delivers the final report (saved in the state dir until the scheduler
+acknowledges it), frees the slot and removes the container.
+
+Final states: ``completed`` (exit 0), ``failed`` (non-zero exit, out of memory, could
+not start), ``timed_out``, ``cancelled``. A stale attempt (the scheduler answered 409
+``stale_attempt``, or told the agent to cancel it) is killed and its reports dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from agent.config import (
+    DEFAULT_STOP_GRACE_S,
+    LOG_FLUSH_INTERVAL_S,
+    PROGRESS_MIN_INTERVAL_S,
+    REPORT_TIMEOUT_S,
+)
+from agent.executors.base import AttemptInfo, Execution, Executor, ExitStatus, StartError
+from agent.link import Delivery, Link
+from agent.logship import LogShipper
+from agent.progress import LineSplitter, last_progress
+from agent.state import AgentState
+from common.errors import BerthError, StaleAttempt
+from common.models import JobSpec, Progress, Report
+
+log = logging.getLogger("berth.agent.runner")
+
+#: seconds to let the output stream close after the attempt exited
+OUTPUT_CLOSE_S = 5.0
+#: buffered output past which reading pauses until some is shipped
+MAX_BUFFERED = 8 * 1024 * 1024
+
+Key = tuple[str, int]
+
+
+class Slots:
+    """The node's parallel slots: ``acquire`` waits for one, ``take`` never waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used < self.limit)
+            self.used += 1
+
+    def take(self) -> None:
+        """For attempts already running (re-adopted): counted even past the limit."""
+        self.used += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.used -= 1
+            self._cond.notify()
+
+
+def final_report(
+    attempt: int,
+    status: ExitStatus,
+    *,
+    stopped_as: Literal["cancelled", "timed_out"] | None,
+    reason: str = "",
+    timeout_s: float = 0.0,
+    memory_mb: int = 0,
+) -> Report:
+    """The final report of an attempt that ran and exited (pure)."""
+    code = status.exit_code
+    if stopped_as == "cancelled":
+        return Report(attempt, "cancelled", exit_code=code, error=reason or "cancelled")
+    if stopped_as == "timed_out":
+        return Report(
+            attempt, "timed_out", exit_code=code, error=f"timed out after {timeout_s:g} s"
+        )
+    if status.infra_error is not None:
+        return Report(
+            attempt, "failed", exit_code=code, error=status.infra_error, infra_failure=True
+        )
+    if status.oom_killed:
+        limit = f" (limit {memory_mb} MiB)" if memory_mb else ""
+        return Report(
+            attempt, "failed", exit_code=code, error=f"out of memory{limit}", oom_killed=True
+        )
+    if code == 0:
+        return Report(attempt, "completed", exit_code=0)
+    return Report(attempt, "failed", exit_code=code, error=f"exit code {code}")
+
+
+class Runner:
+    """Runs one attempt; ``run()`` returns when it is over and reported."""
+
+    def __init__(
+        self,
+        info: AttemptInfo,
+        spec: JobSpec | None,
+        *,
+        executor: Executor,
+        link: Link,
+        state: AgentState,
+        slots: Slots,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        execution: Execution | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.info = info
+        self.spec = spec
+        self.key: Key = (info.job_id, info.attempt)
+        self.execution = execution
+        self.adopted = execution is not None
+        self._executor = executor
+        self._link = link
+        self._state = state
+        self._slots = slots
+        self._grace = stop_grace_s
+        self._clock = clock
+        self._stop = asyncio.Event()
+        self._stopped_as: Literal["cancelled", "timed_out"] | None = None
+        self._reason = ""
+        self._stop_sent = False
+        self._fenced = False
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._progress: Progress | None = None
+        self._progress_sent_at = 0.0
+        self._flush_now = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.shipper = LogShipper(self._append)
+        #: the final report, once known
+        self.result: Report | None = None
+        #: set once the attempt has exited (or never started); only delivery remains
+        self.exited = asyncio.Event()
+
+    # --- commands ----------------------------------------------------------------------
+
+    def cancel(self, reason: str) -> None:
+        """Stop the attempt (SIGTERM, SIGKILL after the grace) and report it cancelled."""
+        if self._stopped_as is None:
+            self._stopped_as = "cancelled"
+            self._reason = reason
+        self._stop.set()
+
+    def fence(self, reason: str) -> None:
+        """The attempt is stale: kill it and send nothing more about it."""
+        if not self._fenced:
+            log.info(
+                "attempt %d of %s is stale (%s): killing it",
+                self.info.attempt,
+                self.info.job_id,
+                reason,
+            )
+        self._fenced = True
+        self.cancel(reason)
+
+    async def pause(self) -> None:
+        if self.execution is not None and self._paused_at is None and not self._stop.is_set():
+            await self.execution.pause()
+            self._paused_at = self._clock()
+
+    async def resume(self) -> None:
+        if self.execution is not None and self._paused_at is not None:
+            await self.execution.resume()
+            self._paused_total += self._clock() - self._paused_at
+            self._paused_at = None
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("attempt %d of %s: runner failed", self.info.attempt, self.info.job_id)
+        finally:
+            self.exited.set()
+
+    async def _run(self) -> None:
+        job, attempt = self.key
+        if self.execution is None:
+            if not await self._acquire_slot():
+                self.exited.set()
+                await self._conclude(
+                    Report(attempt, "cancelled", error=self._reason or "cancelled")
+                )
+                await self._slots.release()
+                return
+            assert self.spec is not None
+            try:
+                self.execution = await self._executor.start(self.info, self.spec)
+            except StartError as e:
+                log.warning("attempt %d of %s could not start: %s", attempt, job, e.message)
+                self.exited.set()
+                await self._conclude(
+                    Report(attempt, "failed", error=e.message[:4000], infra_failure=e.infra)
+                )
+                await self._slots.release()
+                return
+            log.info("attempt %d of %s started", attempt, job)
+        else:
+            self._slots.take()
+            log.info("attempt %d of %s re-adopted", attempt, job)
+        execution = self.execution
+        running = asyncio.create_task(self._report_running())
+        flusher = asyncio.create_task(self._flush_loop())
+        pump = asyncio.create_task(self._pump(execution))
+        try:
+            status = await self._supervise(execution)
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), OUTPUT_CLOSE_S)
+            except TimeoutError:
+                log.warning("output of %s did not close after exit; shipping what came", job)
+        finally:
+            for task in (pump, flusher, running):
+                task.cancel()
+            await asyncio.gather(pump, flusher, running, return_exceptions=True)
+        self.exited.set()
+        report = final_report(
+            attempt,
+            status,
+            stopped_as=self._stopped_as if self._stop_sent else None,
+            reason=self._reason,
+            timeout_s=self.info.timeout_s,
+            memory_mb=self.info.memory_mb,
+        )
+        if not self._stop_sent and self._stopped_as == "cancelled" and not self._fenced:
+            log.info("attempt %d of %s ended before the cancel reached it", attempt, job)
+        await self._conclude(report, ship_logs=True)
+        await self._slots.release()
+        await self._remove(execution)
+
+    async def _acquire_slot(self) -> bool:
+        """Wait for a free slot; False if the attempt was cancelled meanwhile."""
+        slot = asyncio.create_task(self._slots.acquire())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({slot, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if slot.done() and not slot.cancelled():
+            # When cancelled meanwhile it still holds the slot; the caller releases it.
+            return not self._stop.is_set()
+        slot.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await slot
+        if slot.cancelled():
+            self._slots.take()  # keep release() balanced
+        return False
+
+    async def _supervise(self, execution: Execution) -> ExitStatus:
+        """Wait for the exit; stop the attempt on cancel or at its timeout."""
+        waiter = asyncio.create_task(execution.wait())
+        stopper: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if stopper is None:
+                    stop_wait = asyncio.create_task(self._stop.wait())
+                    remaining = self._time_left()
+                    await asyncio.wait(
+                        {waiter, stop_wait},
+                        timeout=None if remaining is None else max(0.0, remaining),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    stop_wait.cancel()
+                    if waiter.done():
+                        break
+                    if not self._stop.is_set():
+                        left = self._time_left()
+                        if left is None or left > 0:
+                            continue
+                        self._stopped_as = "timed_out"
+                        log.info("attempt %d of %s timed out", self.info.attempt, self.info.job_id)
+                    self._stop_sent = True
+                    stopper = asyncio.create_task(self._stop_execution(execution))
+                else:
+                    await asyncio.wait({waiter}, timeout=self._grace + 10)
+                    if waiter.done():
+                        break
+                    if stopper.done():
+                        stopper = asyncio.create_task(self._stop_execution(execution))
+            try:
+                return waiter.result()
+            except Exception as e:
+                log.exception("lost track of attempt %d of %s", self.info.attempt, self.info.job_id)
+                return ExitStatus(None, infra_error=f"lost track of the attempt: {e}")
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if stopper is not None and not stopper.done():
+                stopper.cancel()
+
+    async def _stop_execution(self, execution: Execution) -> None:
+        try:
+            if self._paused_at is not None:
+                with contextlib.suppress(Exception):
+                    await execution.resume()
+                self._paused_at = None
+            await execution.stop(self._grace)
+        except Exception as e:
+            log.warning(
+                "stopping attempt %d of %s failed: %s", self.info.attempt, self.info.job_id, e
+            )
+
+    def _time_left(self) -> float | None:
+        """Seconds until the timeout (paused time does not count), None if none."""
+        if self.info.timeout_s <= 0:
+            return None
+        started = self.execution.started_at if self.execution else None
+        if started is None:
+            started = self._clock()
+            if self.execution is not None:
+                self.execution.started_at = started
+        paused = self._paused_total
+        if self._paused_at is not None:
+            return max(1.0, self.info.timeout_s)  # look again after a while
+        return started + self.info.timeout_s + paused - self._clock()
+
+    # --- output ------------------------------------------------------------------------
+
+    async def _append(self, offset: int, data: bytes) -> int:
+        return await self._link.append_logs(self.info.job_id, self.info.attempt, offset, data)
+
+    async def _pump(self, execution: Execution) -> None:
+        """Read the attempt's output into the shipper; note progress lines."""
+        if self.adopted:
+            # Resume from what the scheduler already has.
+            try:
+                await self._link.retrying(self.shipper.sync)
+            except StaleAttempt:
+                self.fence("the scheduler refused its log")
+                return
+            except BerthError as e:
+                log.warning("could not learn the log offset of %s: %s", self.info.job_id, e.message)
+        lines = LineSplitter()
+        async for chunk in execution.logs():
+            fresh = self.shipper.write(chunk)
+            progress = last_progress(lines, fresh) if fresh else None
+            if progress is not None:
+                self._progress = progress
+            if self.shipper.should_flush() or progress is not None:
+                self._flush_now.set()
+            if self.shipper.pending > MAX_BUFFERED:
+                self._drained.clear()
+                await self._drained.wait()
+
+    async def _flush_loop(self) -> None:
+        """Ship output every LOG_FLUSH_INTERVAL_S, or at once when enough is buffered."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), LOG_FLUSH_INTERVAL_S)
+            self._flush_now.clear()
+            if not self._link.registered.is_set():
+                continue
+            try:
+                if self.shipper.pending:
+                    await self.shipper.flush()
+                    self._drained.set()
+                await self._send_progress()
+            except StaleAttempt:
+                self.fence("the scheduler refused its log")
+                return
+            except BerthError as e:
+                log.debug("log shipping of %s deferred: %s", self.info.job_id, e.message)
+
+    async def _send_progress(self) -> None:
+        progress = self._progress
+        now = self._clock()
+        if progress is None or now - self._progress_sent_at < PROGRESS_MIN_INTERVAL_S:
+            if progress is not None:
+                self._flush_now.set()  # try again on the next round
+            return
+        self._progress = None
+        self._progress_sent_at = now
+        await self._link.client.report(
+            self._link.node_id,
+            self.info.job_id,
+            Report(self.info.attempt, None, progress=progress),
+            timeout=REPORT_TIMEOUT_S,
+        )
+
+    async def _report_running(self) -> None:
+        if self.adopted:
+            return
+        try:
+            outcome = await self._link.deliver(
+                self.info.job_id, Report(self.info.attempt, "running")
+            )
+        except asyncio.CancelledError:
+            raise
+        if outcome is Delivery.STALE:
+            self.fence("the scheduler refused its running report")
+
+    # --- the end -----------------------------------------------------------------------
+
+    async def _conclude(self, report: Report, *, ship_logs: bool = False) -> None:
+        """Save the final report, ship the remaining output, deliver the report."""
+        job = self.info.job_id
+        self.result = report
+        if self._fenced:
+            self._state.drop_report(job, report.attempt)
+            return
+        self._state.save_report(job, report)
+        if ship_logs and self.shipper.pending:
+            try:
+                await self._link.retrying(self.shipper.flush)
+            except StaleAttempt:
+                self._fenced = True
+            except BerthError as e:
+                log.warning("the rest of the output of %s was refused: %s", job, e.message)
+        if not self._fenced:
+            if self._progress is not None:
+                with contextlib.suppress(BerthError):
+                    self._progress_sent_at = 0.0
+                    await self._send_progress()
+            outcome = await self._link.deliver(job, report)
+            if outcome is Delivery.STALE:
+                self._fenced = True
+            elif outcome is Delivery.OK:
+                log.info(
+                    "attempt %d of %s: %s%s",
+                    report.attempt,
+                    job,
+                    report.state,
+                    f" ({report.error})" if report.error else "",
+                )
+        self._state.drop_report(job, report.attempt)
+
+    async def _remove(self, execution: Execution) -> None:
+        try:
+            await execution.remove()
+        except Exception as e:
+            log.warning(
+                "could not clean up attempt %d of %s: %s", self.info.attempt, self.info.job_id, e
+            )

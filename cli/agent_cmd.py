@@ -1,0 +1,184 @@
+"""`berth agent`: run the agent daemon on a worker host.
+
+Every flag also reads an environment variable ``BERTH_AGENT_<FLAG>`` (for example
+``BERTH_AGENT_SCHEDULER``, ``BERTH_AGENT_JOIN_TOKEN_FILE``, ``BERTH_AGENT_MAX_PARALLEL``);
+a repeated flag (``--label``) takes a space-separated list from its variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import cast
+
+import click
+
+from agent.config import (
+    DEFAULT_PULL_TIMEOUT_S,
+    DEFAULT_STATE_DIR,
+    DEFAULT_STOP_GRACE_S,
+    AgentConfig,
+    ExecutorKind,
+    PullPolicy,
+    default_max_parallel,
+)
+
+
+def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
+    """``("zone=a", "gpu=no")`` -> ``{"zone": "a", "gpu": "no"}``."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+@click.command()
+@click.option(
+    "--scheduler",
+    "schedulers",
+    envvar="BERTH_AGENT_SCHEDULER",
+    required=True,
+    show_envvar=True,
+    help="Scheduler URL, or several separated by commas (failover).",
+)
+@click.option(
+    "--join-token-file",
+    required=True,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="File holding the scheduler's join token (its state dir's join.token).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    show_envvar=True,
+    help="Where the agent keeps its node id, token and undelivered results.",
+)
+@click.option("--name", default=None, show_envvar=True, help="Node name [default: hostname].")
+@click.option(
+    "--label",
+    "labels",
+    envvar="BERTH_AGENT_LABEL",
+    multiple=True,
+    show_envvar=True,
+    help="Node label key=value; repeatable.",
+)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(1, 1024),
+    default=None,
+    show_envvar=True,
+    help="Jobs run at once [default: half the CPUs, at least 1].",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["auto", "docker", "process"]),
+    default="auto",
+    show_default=True,
+    show_envvar=True,
+    help="auto = docker when dockerd answers, else process (not a sandbox).",
+)
+@click.option(
+    "--reserve-cpu",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    show_envvar=True,
+    help="Cores kept for the host, not offered to jobs.",
+)
+@click.option(
+    "--reserve-memory-mb",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    show_envvar=True,
+    help="MiB of RAM kept for the host.",
+)
+@click.option(
+    "--pull-policy",
+    type=click.Choice(["if-not-present", "always", "never"]),
+    default="if-not-present",
+    show_default=True,
+    show_envvar=True,
+    help="When the docker executor pulls a job's image.",
+)
+@click.option(
+    "--pull-timeout",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_PULL_TIMEOUT_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds before a pull fails the job.",
+)
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_STOP_GRACE_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between SIGTERM and SIGKILL on cancel or timeout.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    show_envvar=True,
+    help="CA bundle for https scheduler URLs.",
+)
+@click.option("--log-level", default="info", show_default=True, show_envvar=True)
+def agent(
+    schedulers: str,
+    join_token_file: Path,
+    state_dir: Path,
+    name: str | None,
+    labels: tuple[str, ...],
+    max_parallel: int | None,
+    executor: str,
+    reserve_cpu: float,
+    reserve_memory_mb: int,
+    pull_policy: str,
+    pull_timeout: float,
+    stop_grace: float,
+    ca_file: str | None,
+    log_level: str,
+) -> None:
+    """Run the agent daemon: register with the scheduler and run the jobs it assigns.
+
+    The first SIGTERM drains (no new jobs; running ones finish and are reported); a
+    second one cancels the running jobs, reports them cancelled and exits.
+    """
+    from agent.daemon import run_agent
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    token = join_token_file.read_text().strip()
+    if not token:
+        raise click.BadParameter("the file is empty", param_hint="--join-token-file")
+    urls = [u.strip() for u in schedulers.split(",") if u.strip()]
+    if not urls:
+        raise click.BadParameter("no URL given", param_hint="--scheduler")
+    config = AgentConfig(
+        schedulers=urls,
+        join_token=token,
+        state_dir=state_dir,
+        labels=parse_labels(labels),
+        max_parallel=max_parallel or default_max_parallel(),
+        executor=cast(ExecutorKind, executor),
+        reserve_cpu=reserve_cpu,
+        reserve_memory_mb=reserve_memory_mb,
+        pull_policy=cast(PullPolicy, pull_policy),
+        pull_timeout_s=pull_timeout,
+        stop_grace_s=stop_grace,
+        ca_file=ca_file,
+    )
+    if name:
+        config.name = name
+    sys.exit(asyncio.run(run_agent(config)))

@@ -1,0 +1,431 @@
+"""The HTTP client library of Berth, used by the agent and the CLI.
+
+``BerthClient`` talks to one or several scheduler URLs with a Bearer token. Error
+bodies ``{"error": {"code", "message", "details"}}`` come back as the matching class
+of :mod:`common.errors`. Idempotent calls (every GET, and the POSTs a helper marks
+idempotent) are retried with exponential backoff and jitter on connection errors and
+on 502/503/504, failing over to the next URL; a call that is not idempotent is retried
+only when the connection could not be made at all (nothing was sent).
+
+Parameters of :class:`BerthClient` and their defaults:
+
+- ``timeout``: seconds for one request (``DEFAULT_TIMEOUT_S``); long polls add their wait.
+- ``retries``: extra passes over the URLs for an idempotent call (``DEFAULT_RETRIES``).
+- ``ca_file``: a CA bundle for https URLs signed by a private CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+from common import codec
+from common.errors import ERRORS_BY_CODE, BerthError, Unavailable
+from common.models import (
+    AssignmentsReply,
+    DrainRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Job,
+    JobList,
+    JobSpec,
+    Node,
+    NodeList,
+    RegisterReply,
+    RegisterRequest,
+    Report,
+    ReportReply,
+    Stats,
+)
+
+log = logging.getLogger("berth.client")
+
+T = TypeVar("T")
+
+#: seconds for one request, connection included
+DEFAULT_TIMEOUT_S = 30.0
+#: extra passes over the scheduler URLs for an idempotent call
+DEFAULT_RETRIES = 3
+#: first backoff delay, doubled on every retry
+BACKOFF_BASE_S = 0.2
+#: the longest backoff delay
+BACKOFF_MAX_S = 10.0
+#: margin added to a long poll's wait before the client gives up on the reply
+LONG_POLL_MARGIN_S = 15.0
+#: statuses worth retrying (a proxy or a standby scheduler in the way)
+RETRY_STATUSES = frozenset({502, 503, 504})
+_FALLBACK_BY_STATUS = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "too_large",
+    503: "unavailable",
+}
+
+
+class SchedulerUnreachable(Unavailable):
+    """No scheduler URL answered (connection refused, reset or timed out)."""
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = BACKOFF_BASE_S,
+    cap: float = BACKOFF_MAX_S,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Delay before retry number ``attempt`` (0-based): exponential with equal jitter.
+
+    The ceiling doubles with every attempt up to ``cap``; the delay is half the ceiling
+    plus a random share of the other half, so retries of many clients spread out
+    without ever collapsing to zero.
+    """
+    ceiling = min(cap, base * float(2 ** min(attempt, 32)))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+class Backoff:
+    """Stateful exponential backoff with jitter: ``next()`` grows, ``reset()`` restarts."""
+
+    def __init__(
+        self,
+        base: float = BACKOFF_BASE_S,
+        cap: float = BACKOFF_MAX_S,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rand = rand
+
+    def next(self) -> float:
+        delay = backoff_delay(self.attempt, base=self.base, cap=self.cap, rand=self._rand)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def error_from_body(status: int, body: bytes) -> BerthError:
+    """Turn an error reply into the matching BerthError subclass."""
+    code, message, details = None, "", {}
+    try:
+        doc = codec.loads(body) if body else None
+    except BerthError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        err = doc["error"]
+        code = err.get("code")
+        message = str(err.get("message") or "")
+        raw_details = err.get("details")
+        details = raw_details if isinstance(raw_details, dict) else {}
+    else:
+        message = body[:200].decode("utf-8", "replace").strip()
+    if not isinstance(code, str) or code not in ERRORS_BY_CODE:
+        code = _FALLBACK_BY_STATUS.get(status, "internal")
+    cls = ERRORS_BY_CODE[code]
+    # IllegalTransition has its own __init__; build every class the same way.
+    error = cls.__new__(cls)
+    BerthError.__init__(error, message or f"HTTP {status}", details)
+    return error
+
+
+class BerthClient:
+    """An async client of the scheduler API; use as ``async with BerthClient(...) as c``."""
+
+    def __init__(
+        self,
+        urls: list[str] | str,
+        token: str | None,
+        *,
+        ca_file: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        if isinstance(urls, str):
+            urls = [u for u in urls.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("at least one scheduler URL is needed")
+        self.urls = [u.strip().rstrip("/") for u in urls]
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self._ca_file = ca_file
+        self._current = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> BerthClient:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True
+            if self._ca_file:
+                ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
+            connector = aiohttp.TCPConnector(limit=64, ssl=ssl_ctx)
+            self._session = aiohttp.ClientSession(connector=connector)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def url(self) -> str:
+        """The scheduler URL that answered last."""
+        return self.urls[self._current]
+
+    # --- the core request ------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        token: str | None = None,
+    ) -> bytes:
+        """Send one request; return the body of a 2xx reply or raise a BerthError.
+
+        ``idempotent`` defaults to True for GET. ``token`` overrides the client's token
+        for this call. Raises SchedulerUnreachable when no URL could be reached.
+        """
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        if idempotent is None:
+            idempotent = method.upper() == "GET"
+        passes = (self.retries if retries is None else retries) + 1
+        hdrs = {"Accept": "application/json"}
+        if body is not None:
+            hdrs["Content-Type"] = content_type
+        bearer = token if token is not None else self.token
+        if bearer:
+            hdrs["Authorization"] = f"Bearer {bearer}"
+        if headers:
+            hdrs.update(headers)
+        query = {k: str(v) for k, v in (params or {}).items()}
+        client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout)
+        last: BaseException | None = None
+        for attempt in range(passes):
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt - 1))
+            for _ in range(len(self.urls)):
+                url = self.urls[self._current] + path
+                try:
+                    async with self._session.request(
+                        method, url, params=query, data=body, headers=hdrs, timeout=client_timeout
+                    ) as resp:
+                        data = await resp.read()
+                        status = resp.status
+                except aiohttp.ClientConnectorError as e:
+                    # Nothing was sent: safe to try elsewhere, idempotent or not.
+                    last = e
+                    self._failover()
+                    continue
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    last = e
+                    if not idempotent:
+                        raise SchedulerUnreachable(
+                            f"{method} {path}: {_describe(e)}", {"url": url}
+                        ) from e
+                    self._failover()
+                    continue
+                if 200 <= status < 300:
+                    return data
+                error = error_from_body(status, data)
+                if status in RETRY_STATUSES and idempotent:
+                    last = error
+                    self._failover()
+                    continue
+                raise error
+        if isinstance(last, BerthError):
+            raise last
+        raise SchedulerUnreachable(
+            f"{method} {path}: no scheduler answered ({_describe(last)})", {"urls": self.urls}
+        ) from last
+
+    def _failover(self) -> None:
+        self._current = (self._current + 1) % len(self.urls)
+
+    async def _typed(self, type_: type[T], method: str, path: str, **kw: Any) -> T:
+        return codec.decode(await self.request(method, path, **kw), type_)
+
+    # --- agent routes ----------------------------------------------------------------
+
+    async def register(
+        self, req: RegisterRequest, *, join_token: str | None = None
+    ) -> RegisterReply:
+        """Register a node (idempotent: the same name keeps its node id)."""
+        return await self._typed(
+            RegisterReply,
+            "POST",
+            "/api/v1/nodes/register",
+            body=codec.encode(req),
+            idempotent=True,
+            token=join_token,
+        )
+
+    async def heartbeat(
+        self, node_id: str, req: HeartbeatRequest, *, timeout: float | None = None
+    ) -> HeartbeatReply:
+        return await self._typed(
+            HeartbeatReply,
+            "POST",
+            f"/api/v1/nodes/{node_id}/heartbeat",
+            body=codec.encode(req),
+            idempotent=True,
+            timeout=timeout,
+            retries=0,
+        )
+
+    async def assignments(self, node_id: str, *, after: int, wait: float) -> AssignmentsReply:
+        """Long-poll the node's pending assignments newer than index ``after``."""
+        return await self._typed(
+            AssignmentsReply,
+            "GET",
+            f"/api/v1/nodes/{node_id}/assignments",
+            params={"after": after, "wait": wait},
+            timeout=wait + LONG_POLL_MARGIN_S,
+            retries=0,
+        )
+
+    async def report(
+        self, node_id: str, job_id: str, report: Report, *, timeout: float | None = None
+    ) -> ReportReply:
+        """Report an attempt's state or progress. The same report may be sent twice."""
+        return await self._typed(
+            ReportReply,
+            "POST",
+            f"/api/v1/nodes/{node_id}/jobs/{job_id}/report",
+            body=codec.encode(report),
+            idempotent=True,
+            timeout=timeout,
+            retries=0,
+        )
+
+    async def append_logs(
+        self,
+        node_id: str,
+        job_id: str,
+        attempt: int,
+        offset: int,
+        data: bytes,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Append log bytes at ``offset``; return the server's new end offset.
+
+        A Conflict whose ``details["offset"]`` is the server's end means: resend from there.
+        """
+        reply = await self.request(
+            "POST",
+            f"/api/v1/nodes/{node_id}/jobs/{job_id}/logs",
+            params={"attempt": attempt, "offset": offset},
+            body=data,
+            content_type="application/octet-stream",
+            idempotent=True,
+            timeout=timeout,
+            retries=0,
+        )
+        return int(codec.loads(reply)["offset"])
+
+    # --- client routes ---------------------------------------------------------------
+
+    async def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
+        """Submit a job; with an idempotency key the submit is retried safely."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self._typed(
+            Job,
+            "POST",
+            "/api/v1/jobs",
+            body=codec.encode(spec),
+            headers=headers,
+            idempotent=idempotency_key is not None,
+        )
+
+    async def get_job(
+        self, job_id: str, index: int | None = None, wait: float | None = None
+    ) -> Job:
+        """One job; with ``index`` and ``wait``, block until its index passes ``index``."""
+        params: dict[str, str | int | float] = {}
+        if index is not None:
+            params["index"] = index
+        if wait is not None:
+            params["wait"] = wait
+        timeout = self.timeout + (wait or 0)
+        return await self._typed(
+            Job, "GET", f"/api/v1/jobs/{job_id}", params=params, timeout=timeout
+        )
+
+    async def list_jobs(
+        self, state: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobList:
+        params: dict[str, str | int | float] = {}
+        if state is not None:
+            params["state"] = state
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self._typed(JobList, "GET", "/api/v1/jobs", params=params)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/cancel", body=b"{}")
+
+    async def list_nodes(self) -> NodeList:
+        return await self._typed(NodeList, "GET", "/api/v1/nodes")
+
+    async def get_node(self, node_id: str) -> Node:
+        return await self._typed(Node, "GET", f"/api/v1/nodes/{node_id}")
+
+    async def drain_node(self, node_id: str, drain: bool = True, reason: str = "") -> Node:
+        return await self._typed(
+            Node,
+            "POST",
+            f"/api/v1/nodes/{node_id}/drain",
+            body=codec.encode(DrainRequest(drain=drain, reason=reason)),
+            idempotent=True,
+        )
+
+    async def stats(self) -> Stats:
+        return await self._typed(Stats, "GET", "/api/v1/stats")
+
+    async def healthz(self) -> Any:
+        return codec.loads(await self.request("GET", "/healthz"))
+
+    async def readyz(self) -> Any:
+        return codec.loads(await self.request("GET", "/readyz"))
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return "no attempt made"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
