@@ -5,7 +5,7 @@ caller's objects are never mutated. One pass is a short pipeline, after Nomad's
 ``scheduler/feasible`` stack (``stack.go``, ``select.go``, ``rank.go``):
 
     order jobs (priority, then FIFO)
-      -> filter: eligible nodes whose labels match the constraints  (_Candidates)
+      -> filter: available nodes with a free slot and matching labels  (_Candidates)
       -> limit:  from a random offset, score only the first few feasible nodes  (_select)
       -> score:  Nomad's fit score minus penalties  (score_binpack / score_spread)
       -> pick:   the highest score, ties broken with the caller's rng  (_select)
@@ -48,7 +48,7 @@ MAX_FAILED_SHAPES = 32
 
 REASON_NO_FIT = "no node fits the request"
 REASON_NO_MATCH = "no node matches the constraints"
-REASON_NO_ELIGIBLE = "no eligible node (all unhealthy, draining or in cooldown)"
+REASON_NO_ELIGIBLE = "no node is taking jobs (all unhealthy, draining or in cooldown)"
 
 # A node that can take no further job in this pass has its free CPU set to this, so the
 # first comparison of the fit check rejects it.
@@ -118,13 +118,12 @@ class PlacementResult:
 # --- filter ------------------------------------------------------------------------------
 
 
-def _is_eligible(node: NodeView, now: float) -> bool:
-    """Healthy, not draining, out of cooldown, with a free parallel slot."""
+def _is_available(node: NodeView, now: float) -> bool:
+    """Healthy, not draining and out of cooldown: the node takes new jobs at all."""
     return (
         node.healthy
         and not node.draining
         and (node.cooldown_until is None or node.cooldown_until <= now)
-        and node.free_slots >= 1
     )
 
 
@@ -143,7 +142,8 @@ def _fit_memory(node: NodeView) -> int:
 def fits(node: NodeView, job: JobRequest, now: float) -> bool:
     """Whether ``job`` may be placed on ``node`` at time ``now``: the one fit check."""
     return (
-        _is_eligible(node, now)
+        _is_available(node, now)
+        and node.free_slots >= 1
         and node.free_cpu >= job.cpu - CPU_EPSILON
         and _fit_memory(node) >= job.memory_mb
         and node.free_gpus >= job.gpus
@@ -275,18 +275,28 @@ class _CandidateList:
 
     ``ring`` is the order written twice, so a scan from any offset is one slice. The
     ``max_*`` fields bound what any node in the list has free; capacity only shrinks in
-    a pass, so a request above a bound is rejected without a scan.
+    a pass, so a request above a bound is rejected without a scan, and a bound stays
+    valid until it is tightened (after a scan that found nothing).
     """
 
     __slots__ = ("gone_seen", "max_cpu", "max_gpus", "max_memory", "order", "ring")
 
-    def __init__(self, order: list[int], cluster: _Cluster) -> None:
+    def __init__(
+        self,
+        order: list[int],
+        cluster: _Cluster,
+        bounds: tuple[float, float, float] | None = None,
+    ) -> None:
         self.order = order
         self.ring = order + order
         self.gone_seen = cluster.gone
-        self.max_cpu = max((cluster.free_cpu[i] for i in order), default=_GONE)
-        self.max_memory = max((cluster.fit_memory[i] for i in order), default=-1)
-        self.max_gpus = max((cluster.free_gpus[i] for i in order), default=-1)
+        self.max_cpu: float
+        self.max_memory: float
+        self.max_gpus: float
+        if bounds is None:
+            self.tighten(cluster)
+        else:
+            self.max_cpu, self.max_memory, self.max_gpus = bounds
 
     def admits(self, cpu: float, memory: int, gpus: int) -> bool:
         return (
@@ -294,6 +304,19 @@ class _CandidateList:
             and memory <= self.max_memory
             and gpus <= self.max_gpus
         )
+
+    def compacted(self, cluster: _Cluster) -> _CandidateList:
+        """The same list without the nodes that are gone; the bounds carry over."""
+        free_cpu = cluster.free_cpu
+        order = [i for i in self.order if free_cpu[i] != _GONE]
+        return _CandidateList(order, cluster, (self.max_cpu, self.max_memory, self.max_gpus))
+
+    def tighten(self, cluster: _Cluster) -> None:
+        """Set the bounds to what the nodes have free now."""
+        order = self.order
+        self.max_cpu = max((cluster.free_cpu[i] for i in order), default=_GONE)
+        self.max_memory = max((cluster.fit_memory[i] for i in order), default=-1.0)
+        self.max_gpus = max((cluster.free_gpus[i] for i in order), default=-1.0)
 
 
 ConstraintKey = tuple[tuple[str, str], ...]
@@ -304,13 +327,17 @@ def _constraint_key(job: JobRequest) -> ConstraintKey:
 
 
 class _Candidates:
-    """Filter stage: eligible nodes whose labels match, cached per (constraints, needs GPUs).
+    """Filter stage: available nodes with a free slot whose labels match the constraints.
 
-    Health, draining, cooldown and labels do not change within a pass, so each list is
-    built once; nodes that fill up are dropped from it now and then.
+    Availability and labels do not change within a pass and free slots only shrink, so a
+    list is built once per (constraints, needs GPUs); nodes that fill up are dropped from
+    it now and then. Labels are matched through an index from each (label, value) to the
+    available nodes carrying it: a node matches when it is in the index entry of every
+    constraint, which is ``_matches`` without a pass over every node for every distinct
+    set of constraints.
     """
 
-    __slots__ = ("_cluster", "_eligible", "_labels", "_lists", "_matching", "_rng")
+    __slots__ = ("_available", "_by_label", "_cluster", "_labels", "_lists", "_matching", "_rng")
 
     def __init__(
         self, nodes: Sequence[NodeView], now: float, cluster: _Cluster, rng: random.Random
@@ -318,41 +345,50 @@ class _Candidates:
         self._cluster = cluster
         self._rng = rng
         self._labels = [node.labels for node in nodes]
-        self._eligible = [i for i, node in enumerate(nodes) if _is_eligible(node, now)]
-        self._matching: dict[ConstraintKey, list[int]] = {(): self._eligible}
+        self._available = [i for i, node in enumerate(nodes) if _is_available(node, now)]
+        self._by_label: dict[tuple[str, str], list[int]] | None = None
+        self._matching: dict[ConstraintKey, list[int]] = {(): self._available}
         self._lists: dict[tuple[ConstraintKey, bool], _CandidateList] = {}
 
     @property
-    def any_eligible(self) -> bool:
-        return bool(self._eligible)
+    def any_available(self) -> bool:
+        return bool(self._available)
 
     def get(self, key: ConstraintKey, needs_gpus: bool) -> _CandidateList:
         cands = self._lists.get((key, needs_gpus))
         cluster = self._cluster
         if cands is None:
-            order = list(self._matching_nodes(key))
+            slots = cluster.free_slots
+            order = [i for i in self._matching_nodes(key) if slots[i] >= 1]
             if needs_gpus:
                 order = [i for i in order if cluster.free_gpus[i] >= 1]
             self._rng.shuffle(order)
             cands = self._lists[(key, needs_gpus)] = _CandidateList(order, cluster)
         elif cluster.gone - cands.gone_seen > len(cands.order) // 8 + 4:
-            free_cpu = cluster.free_cpu
-            order = [i for i in cands.order if free_cpu[i] != _GONE]
-            cands = self._lists[(key, needs_gpus)] = _CandidateList(order, cluster)
+            cands = self._lists[(key, needs_gpus)] = cands.compacted(cluster)
         return cands
 
     def matches_any(self, key: ConstraintKey) -> bool:
-        """Whether any eligible node carries the constraint labels (whatever its capacity)."""
+        """Whether any available node carries the constraint labels (whatever its capacity)."""
         return bool(self._matching_nodes(key))
 
     def _matching_nodes(self, key: ConstraintKey) -> list[int]:
         matching = self._matching.get(key)
         if matching is None:
-            constraints = dict(key)
-            labels = self._labels
-            matching = [i for i in self._eligible if _matches(labels[i], constraints)]
+            by_label = self._label_index()
+            carriers = sorted((by_label.get(item, []) for item in key), key=len)
+            others = [set(nodes) for nodes in carriers[1:]]
+            matching = [i for i in carriers[0] if all(i in other for other in others)]
             self._matching[key] = matching
         return matching
+
+    def _label_index(self) -> dict[tuple[str, str], list[int]]:
+        if self._by_label is None:
+            self._by_label = {}
+            for i in self._available:
+                for item in self._labels[i].items():
+                    self._by_label.setdefault(item, []).append(i)
+        return self._by_label
 
 
 class _FailedShapes:
@@ -455,6 +491,15 @@ def _select(
     return None if pick < 0 else (pick, best)
 
 
+def _reason(candidates: _Candidates, key: ConstraintKey) -> str:
+    """Why a job with these constraints that fits nowhere was not placed."""
+    if not candidates.any_available:
+        return REASON_NO_ELIGIBLE
+    if not candidates.matches_any(key):
+        return REASON_NO_MATCH
+    return REASON_NO_FIT
+
+
 def _queue_order(job: JobRequest) -> tuple[int, int]:
     return (-job.priority, job.seq)
 
@@ -496,20 +541,17 @@ def place(
         key = _constraint_key(job)
         cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
         if failed.covers(key, cpu, memory, gpus):
-            unplaced[job.id] = REASON_NO_FIT
+            unplaced[job.id] = _reason(candidates, key)
             continue
         cands = candidates.get(key, gpus > 0)
         picked = None
         if cands.admits(cpu, memory, gpus):
             picked = _select(cluster, cands, job, limit, spread, rng)
+            if picked is None:
+                cands.tighten(cluster)
         if picked is None:
             failed.add(key, cpu, memory, gpus)
-            if not candidates.any_eligible:
-                unplaced[job.id] = REASON_NO_ELIGIBLE
-            elif not candidates.matches_any(key):
-                unplaced[job.id] = REASON_NO_MATCH
-            else:
-                unplaced[job.id] = REASON_NO_FIT
+            unplaced[job.id] = _reason(candidates, key)
             continue
         i, score = picked
         cluster.consume(i, job)
