@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -62,6 +63,32 @@ def _ran_on(job: Job, attempt: int, node_id: str) -> bool:
     if attempt == job.attempt:
         return job.node_id == node_id
     return any(a.attempt == attempt and a.node_id == node_id for a in job.attempts)
+
+
+def _share_strings(job: Job) -> None:
+    """Let jobs share their many repeated strings (images, commands, env, labels).
+
+    Batch jobs come in families that differ in an argument or two; interning what
+    repeats is most of what keeps a retained job small.
+    """
+    intern = sys.intern
+    spec = job.spec
+    spec.image = intern(spec.image)
+    job.name = spec.name = intern(spec.name)
+    if isinstance(spec.command, list):
+        spec.command = [intern(a) if len(a) <= _INTERN_MAX else a for a in spec.command]
+    for mapping in (spec.env, spec.labels, spec.constraints.labels):
+        for k, v in mapping.items():
+            if len(v) <= _INTERN_MAX:
+                mapping[k] = intern(v)
+    if job.node_id is not None:
+        job.node_id = intern(job.node_id)
+    if job.submitted_by is not None:
+        job.submitted_by = intern(job.submitted_by)
+
+
+#: longer strings are rarely shared and not worth the lookup
+_INTERN_MAX = 64
 
 
 def _request(job: Job) -> Resources:
@@ -118,6 +145,7 @@ class Cluster:
             self.nodes[node.id] = node
             self.node_by_name[node.name] = node.id
         for job in loaded.jobs:
+            _share_strings(job)
             self.jobs[job.id] = job
             self.counts[job.state] += 1
             if job.state is JobState.QUEUED:
@@ -248,7 +276,8 @@ class Cluster:
         self.on_placement_wanted()
 
     def _archive_attempt(self, job: Job) -> None:
-        job.attempts.append(
+        job.attempts = (
+            *job.attempts,
             Attempt(
                 attempt=job.attempt,
                 node_id=job.node_id,
@@ -258,7 +287,7 @@ class Cluster:
                 finished_at=job.finished_at or _dt(self.clock()),
                 exit_code=job.exit_code,
                 error=job.error,
-            )
+            ),
         )
 
     def submit(
@@ -278,6 +307,7 @@ class Cluster:
             created_at=_dt(self.clock()),
             submitted_by=submitted_by,
         )
+        _share_strings(job)
         self.jobs[job.id] = job
         self.counts[JobState.QUEUED] += 1
         self._enqueue(job)
@@ -552,7 +582,7 @@ class Cluster:
             self._archive_attempt(job)
             job.state = attempt_state
             if job.node_id and job.node_id not in job.failed_nodes:
-                job.failed_nodes.append(job.node_id)
+                job.failed_nodes = (*job.failed_nodes, job.node_id)
             job.retries += 1
             delay = liveness.retry_delay(
                 job.retries,

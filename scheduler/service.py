@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 from pathlib import Path
@@ -35,6 +36,9 @@ class Service:
     async def start(self) -> None:
         loaded = await self.store.open()
         self.cluster.load(loaded)
+        # What was loaded lives long: keep it out of every later collection.
+        gc.collect()
+        gc.freeze()
         await self._ensure_tokens()
         await self.commit()
         self._tasks = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common.errors import Forbidden, InvalidRequest, PayloadTooLarge
+from common.errors import BerthError, Forbidden, InvalidRequest, PayloadTooLarge
 from common.models import (
     AssignmentsReply,
     HeartbeatReply,
@@ -12,7 +12,10 @@ from common.models import (
     RegisterReply,
     RegisterRequest,
     Report,
+    ReportBatch,
+    ReportBatchReply,
     ReportReply,
+    ReportResult,
 )
 from scheduler.http import json_response, principal, query_float, query_int, read_body, require_node
 from scheduler.routes import service
@@ -80,6 +83,28 @@ async def report(request: web.Request) -> web.Response:
     job = svc.cluster.report(node_id, request.match_info["job"], rep)
     await svc.commit()
     return json_response(ReportReply(ok=True, state=job.state))
+
+
+@routes.post("/api/v1/nodes/{id}/reports")
+async def report_batch(request: web.Request) -> web.Response:
+    """Many reports in one request and one commit; each is accepted or refused alone."""
+    node_id = request.match_info["id"]
+    require_node(request, node_id)
+    batch = await read_body(request, ReportBatch)
+    svc = service(request)
+    results = []
+    for item in batch.reports:
+        if not item.job_id:
+            raise InvalidRequest("job_id is required", {"field": "$.reports[].job_id"})
+    for item in batch.reports:
+        try:
+            job = svc.cluster.report(node_id, item.job_id, item)
+        except BerthError as e:
+            results.append(ReportResult(item.job_id, False, error=e.to_body()["error"]))
+        else:
+            results.append(ReportResult(item.job_id, True, state=job.state))
+    await svc.commit()
+    return json_response(ReportBatchReply(results=results))
 
 
 @routes.post("/api/v1/nodes/{id}/jobs/{job}/logs")

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from common import codec
 from common.errors import InvalidRequest
-from common.models import JobList, JobSpec
+from common.models import JobBatch, JobList, JobSpec
 from common.states import JobState
 from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
@@ -36,6 +36,18 @@ async def submit(request: web.Request) -> web.Response:
     await svc.commit()
     headers = {"Location": f"/api/v1/jobs/{job.id}"}
     return json_response(body, status=201 if created else 200, headers=headers)
+
+
+@routes.post("/api/v1/jobs/batch")
+async def submit_batch(request: web.Request) -> web.Response:
+    """Up to 1,000 specs, all validated before any is queued, committed together."""
+    who = require_role(request, "submit")
+    batch = await read_body(request, JobBatch)
+    svc = service(request)
+    jobs = [svc.cluster.submit(spec, submitted_by=who.name)[0] for spec in batch.jobs]
+    body = codec.encode({"jobs": jobs})
+    await svc.commit()
+    return json_response(body, status=201)
 
 
 @routes.get("/api/v1/jobs")
