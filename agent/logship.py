@@ -77,9 +77,11 @@ class LogShipper:
         return data
 
     async def flush(self) -> None:
-        """Send everything buffered. Transport errors propagate; nothing is lost by them."""
-        while self._buf:
-            chunk = bytes(self._buf[: self.max_append])
+        """Send what is buffered now. Transport errors propagate; nothing is lost by them."""
+        left = len(self._buf)
+        while left > 0 and self._buf:
+            chunk = bytes(self._buf[: min(self.max_append, left)])
+            left -= len(chunk)
             end = await self._append(self.offset, chunk)
             if end != self.offset + len(chunk) and end >= self.offset:
                 # The server kept less (or added its truncation marker): its cap is

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -51,8 +53,8 @@ LABEL_MEMORY = "berth.memory_mb"
 API_TIMEOUT_S = 60.0
 #: seconds a health check may take before dockerd counts as not answering
 PING_TIMEOUT_S = 5.0
-#: chunks of output buffered between a log thread and the event loop
-LOG_QUEUE_CHUNKS = 256
+#: bytes of output buffered between a log thread and the event loop
+LOG_PIPE_BYTES = 1024 * 1024
 #: error texts of a failed start that are the job's fault (bad command or workdir)
 _JOB_START_ERRORS = (
     "executable file not found",
@@ -299,63 +301,58 @@ class DockerExecution(Execution):
         return str(self._container.id)
 
     async def logs(self, skip: int = 0) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(LOG_QUEUE_CHUNKS)
-        stop = threading.Event()
-
-        def emit(item: bytes | BaseException | None) -> bool:
-            while not stop.is_set():
-                fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-                try:
-                    fut.result(timeout=1.0)
-                    return True
-                except concurrent.futures.TimeoutError:
-                    if not fut.cancel():
-                        return True
-                except (concurrent.futures.CancelledError, RuntimeError):
-                    return False
-            return False
+        pipe = _Pipe(asyncio.get_running_loop(), LOG_PIPE_BYTES)
+        container = self._container
 
         def follow() -> None:
             emitted = skip  # stream position up to which output has been handed over
+
+            def hand_over(chunks: Iterator[bytes]) -> bool:
+                nonlocal emitted
+                pos = 0
+                for chunk in chunks:
+                    start, pos = pos, pos + len(chunk)
+                    if pos <= emitted:
+                        continue
+                    piece = chunk[max(0, emitted - start) :]
+                    emitted = pos
+                    if not pipe.put(piece):
+                        return False
+                return True
+
             try:
-                while not stop.is_set():
-                    pos = 0
-                    for chunk in self._container.logs(
-                        stream=True, follow=True, stdout=True, stderr=True
+                while True:
+                    if not hand_over(
+                        container.logs(stream=True, follow=True, stdout=True, stderr=True)
                     ):
-                        start, pos = pos, pos + len(chunk)
-                        if pos <= emitted:
-                            continue
-                        piece = chunk[max(0, emitted - start) :]
-                        emitted = pos
-                        if not emit(piece):
-                            return
-                    # The stream ends when the container exits, or when the connection
-                    # to dockerd broke; in the second case follow again from the start.
-                    self._container.reload()
-                    if self._container.status not in ("running", "paused", "restarting"):
+                        return
+                    # A follower that lags behind may be cut off when the container
+                    # exits, and the stream also ends when the connection to dockerd
+                    # breaks: read what is stored, and follow again while it runs.
+                    if not hand_over(
+                        container.logs(stream=True, follow=False, stdout=True, stderr=True)
+                    ):
+                        return
+                    container.reload()
+                    if container.status not in ("running", "paused", "restarting"):
                         break
             except Exception as e:
-                emit(e)
+                pipe.close(e)
             finally:
-                emit(None)
+                pipe.close()
 
         thread = threading.Thread(target=follow, name=f"logs-{self.info.job_id}", daemon=True)
         thread.start()
         try:
             while True:
-                item = await queue.get()
-                if item is None:
+                data = await pipe.get()
+                if data is None:
+                    if pipe.error is not None:
+                        log.warning("log stream of %s broke: %s", self.info.job_id, pipe.error)
                     return
-                if isinstance(item, BaseException):
-                    log.warning("log stream of %s broke: %s", self.info.job_id, item)
-                    return
-                yield item
+                yield data
         finally:
-            stop.set()
-            while not queue.empty():
-                queue.get_nowait()
+            pipe.stop()
 
     async def wait(self) -> ExitStatus:
         while True:
@@ -399,6 +396,74 @@ class DockerExecution(Execution):
             return
         await self._ex._remove_quietly(self._container)
         self._removed = True
+
+
+class _Pipe:
+    """Bytes from a thread to the event loop, joined up, with a bound on what waits.
+
+    The thread side blocks while ``limit`` bytes wait; the loop side gets everything
+    waiting in one piece, and None once the thread closed the pipe.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._closed = False
+        self._stopped = False
+        self._ready = asyncio.Event()
+        self.error: BaseException | None = None
+
+    # --- thread side ---
+
+    def put(self, data: bytes) -> bool:
+        """Hand bytes over; False when the reader went away."""
+        with self._cond:
+            while self._size >= self._limit and not self._stopped:
+                self._cond.wait(0.5)
+            if self._stopped:
+                return False
+            wake = not self._chunks
+            self._chunks.append(data)
+            self._size += len(data)
+        if wake:
+            self._wake()
+        return True
+
+    def close(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    # --- loop side ---
+
+    async def get(self) -> bytes | None:
+        while True:
+            with self._cond:
+                if self._chunks:
+                    data = b"".join(self._chunks)
+                    self._chunks.clear()
+                    self._size = 0
+                    self._cond.notify_all()
+                    return data
+                if self._closed:
+                    return None
+                self._ready.clear()
+            await self._ready.wait()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
 
 
 def _explain(e: Exception) -> str:
