@@ -9,6 +9,7 @@ testable without waiting.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 import secrets
@@ -34,6 +35,7 @@ from common.models import (
 )
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
 from scheduler import liveness, placement
+from scheduler.archive import JobArchive
 from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
 from scheduler.events import Event, EventLog
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
@@ -110,7 +112,12 @@ class Cluster:
         self.events = EventLog()
         self.changes = Changes()
         self.booted = clock()
+        #: jobs that have not ended
         self.jobs: dict[str, Job] = {}
+        #: jobs that have ended, compact
+        self.archive = JobArchive()
+        #: every job id, in submission order (ids sort by submission)
+        self.ids: list[str] = []
         #: queued jobs by id, with their placement request (built once per enqueue)
         self.queue: dict[str, placement.JobRequest] = {}
         self.nodes: dict[str, Node] = {}
@@ -144,6 +151,9 @@ class Cluster:
             node.running_jobs = []
             self.nodes[node.id] = node
             self.node_by_name[node.name] = node.id
+        for job_id, state, doc in loaded.archived:
+            self.archive.put_encoded(job_id, doc)
+            self.counts[state] += 1
         for job in loaded.jobs:
             _share_strings(job)
             self.jobs[job.id] = job
@@ -154,8 +164,9 @@ class Cluster:
                 node = self.nodes[job.node_id]
                 node.allocated = add(node.allocated, _request(job))
                 node.running_jobs.append(job.id)
-        if loaded.jobs:
-            self._last_id = int(loaded.jobs[-1].id, 16)
+        self.ids = sorted([*self.jobs, *self.archive])
+        if self.ids:
+            self._last_id = int(self.ids[-1], 16)
         self.idempotency = dict(loaded.idempotency)
         self.tokens = {t.digest: t for t in loaded.tokens}
         self.log_ends = dict(loaded.log_ends)
@@ -164,6 +175,11 @@ class Cluster:
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
+        for job in changes.jobs.values():
+            if job.state in TERMINAL and self.jobs.get(job.id) is job:
+                # It will not change again: keep it compact from now on.
+                del self.jobs[job.id]
+                self.archive.put(job)
         return changes
 
     # --- recording -------------------------------------------------------------------
@@ -297,8 +313,8 @@ class Cluster:
         if idempotency_key is not None:
             scoped = f"{submitted_by}:{idempotency_key}"
             earlier = self.idempotency.get(scoped)
-            if earlier is not None and earlier in self.jobs:
-                return self.jobs[earlier], False
+            if earlier is not None and (found := self.find(earlier)) is not None:
+                return found, False
         job = Job(
             id=self._new_job_id(),
             name=spec.name,
@@ -309,6 +325,7 @@ class Cluster:
         )
         _share_strings(job)
         self.jobs[job.id] = job
+        self.ids.append(job.id)
         self.counts[JobState.QUEUED] += 1
         self._enqueue(job)
         if idempotency_key is not None:
@@ -318,8 +335,13 @@ class Cluster:
         self.on_placement_wanted()
         return job, True
 
-    def job(self, job_id: str) -> Job:
+    def find(self, job_id: str) -> Job | None:
+        """The job, live or ended; an ended one is a decoded copy."""
         job = self.jobs.get(job_id)
+        return job if job is not None else self.archive.get(job_id)
+
+    def job(self, job_id: str) -> Job:
+        job = self.find(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}", {"field": "id"})
         return job
@@ -337,11 +359,17 @@ class Cluster:
 
     def iter_jobs(self, state: JobState | None, before: str | None) -> Iterator[Job]:
         """Jobs newest first, optionally of one state, with ids below ``before``."""
-        for job in reversed(self.jobs.values()):
-            if before is not None and job.id >= before:
-                continue
-            if state is None or job.state is state:
-                yield job
+        end = bisect.bisect_left(self.ids, before) if before is not None else len(self.ids)
+        for i in range(end - 1, -1, -1):
+            job_id = self.ids[i]
+            job = self.jobs.get(job_id)
+            if job is not None:
+                if state is None or job.state is state:
+                    yield job
+            elif job_id in self.archive and (state is None or self.archive.state(job_id) is state):
+                ended = self.archive.get(job_id)
+                if ended is not None:
+                    yield ended
 
     # --- nodes -----------------------------------------------------------------------
 
@@ -474,8 +502,13 @@ class Cluster:
             )
             if not current:
                 reason = "attempt is no longer current"
-                if job is not None and job.state is JobState.CANCELLED and job.attempt == attempt:
-                    reason = job.reason or "cancelled"
+                ended = self.archive.get(job_id) if job is None else job
+                if (
+                    ended is not None
+                    and ended.state is JobState.CANCELLED
+                    and ended.attempt == attempt
+                ):
+                    reason = ended.reason or "cancelled"
                 commands.append(Command("cancel", job_id, attempt, reason))
         self._detect_lost(node, {j for j, _ in listed})
         self._refresh_node(node, offline_reason=None)
@@ -631,7 +664,7 @@ class Cluster:
     def append_log(self, node_id: str, job_id: str, attempt: int, offset: int, data: bytes) -> int:
         """Append an attempt's log bytes at ``offset``; duplicates are dropped. Returns the end."""
         node = self.node(node_id)
-        job = self.jobs.get(job_id)
+        job = self.find(job_id)
         if job is None or not _ran_on(job, attempt, node.id):
             raise StaleAttempt(f"attempt {attempt} of job {job_id} did not run on this node")
         key = (job_id, attempt)

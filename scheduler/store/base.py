@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from common.models import Job, Node
+from common.states import JobState
 from scheduler.events import Event
 
 
@@ -76,6 +77,8 @@ class Loaded:
     last_index: int
     #: (job id, attempt) -> bytes of log stored
     log_ends: dict[tuple[str, int], int]
+    #: ended jobs as (id, state, JSON document prefixed with the archive's state code)
+    archived: list[tuple[str, JobState, bytes]] = field(default_factory=list)
 
 
 class Store(ABC):

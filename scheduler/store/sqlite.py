@@ -20,6 +20,8 @@ import msgspec
 
 from common.errors import Unavailable
 from common.models import Job, Node
+from common.states import TERMINAL, JobState
+from scheduler.archive import CODES
 from scheduler.events import Event
 from scheduler.store.base import Changes, Loaded, Store, TokenRow
 
@@ -43,6 +45,9 @@ CREATE TABLE IF NOT EXISTS logs (
 """
 
 _Row = tuple[Any, ...]
+
+_PREFIX = " ".join(f"WHEN '{st.value}' THEN '{code.decode()}'" for st, code in CODES.items())
+_LOAD_JOBS = f"SELECT id, state, CAST((CASE state {_PREFIX} ELSE '' END) || doc AS BLOB) FROM jobs"
 
 
 class _Batch:
@@ -96,9 +101,17 @@ class SQLiteStore(Store):
         node_dec = msgspec.json.Decoder(Node)
         # Collections during a bulk load only re-scan what was just made: skip them.
         gc.disable()
+        jobs: list[Job] = []
+        archived: list[tuple[str, JobState, bytes]] = []
         try:
-            rows = conn.execute("SELECT doc FROM jobs ORDER BY id")
-            jobs = [job_dec.decode(d) for (d,) in rows]
+            # Ended jobs stay encoded, as the archive keeps them; SQLite adds the
+            # archive's prefix so that no copy of each document is made here.
+            for job_id, state, doc in conn.execute(_LOAD_JOBS):
+                st = JobState(state)
+                if st in TERMINAL:
+                    archived.append((job_id, st, doc))
+                else:
+                    jobs.append(job_dec.decode(doc))
         finally:
             gc.enable()
         nodes = [node_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM nodes")]
@@ -113,7 +126,7 @@ class SQLiteStore(Store):
                 "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id, attempt"
             )
         }
-        return Loaded(jobs, nodes, idem, tokens, int(last), ends)
+        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived)
 
     def _close_sync(self) -> None:
         if self._conn is not None:
