@@ -243,3 +243,40 @@ async def test_live_free_ram_keeps_jobs_off_a_node_short_of_memory(
     assert await a.poll(wait=0.5) == []
     await a.heartbeat(ram_free_mb=6000)
     assert [x["job_id"] for x in await a.poll(wait=5)] == [job["id"]]
+
+
+async def test_batch_submit_is_all_or_nothing(admin: Api) -> None:
+    specs = [{"image": "busybox", "name": f"b{i}"} for i in range(5)]
+    status, body = await admin.post("/api/v1/jobs/batch", {"jobs": specs})
+    assert status == 201 and [j["name"] for j in body["jobs"]] == [f"b{i}" for i in range(5)]
+    bad = [*specs, {"image": "busybox", "resources": {"cpu": -1}}]
+    status, body = await admin.post("/api/v1/jobs/batch", {"jobs": bad})
+    assert status == 400 and body["error"]["details"]["field"] == "$.jobs[5].resources.cpu"
+    _, stats = await admin.get("/api/v1/stats")
+    assert sum(stats["jobs"].values()) == 5
+
+
+async def test_batch_reports_are_accepted_or_refused_one_by_one(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
+) -> None:
+    a = agent(sched, http, "a")
+    await a.register()
+    _, body = await admin.post("/api/v1/jobs/batch", {"jobs": [SPEC, SPEC]})
+    ids = [j["id"] for j in body["jobs"]]
+    await wait_until(lambda: _polled(a, 2), timeout=10)
+    reports = [
+        {"job_id": ids[0], "attempt": 1, "state": "completed", "exit_code": 0},
+        {"job_id": ids[1], "attempt": 7, "state": "completed", "exit_code": 0},
+    ]
+    status, reply = await a.api.post(f"/api/v1/nodes/{a.node_id}/reports", {"reports": reports})
+    assert status == 200
+    ok, stale = reply["results"]
+    assert ok == {"job_id": ids[0], "ok": True, "state": "completed", "error": None}
+    assert stale["ok"] is False and stale["error"]["code"] == "stale_attempt"
+    _, second = await admin.get(f"/api/v1/jobs/{ids[1]}")
+    assert second["state"] == "assigned"
+
+
+async def _polled(a: SimAgent, n: int) -> bool:
+    await a.poll()
+    return len(a.running) >= n

@@ -1,0 +1,55 @@
+"""Ended jobs are kept encoded and come back unchanged."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from common.models import Job, JobSpec
+from common.states import JobState
+from scheduler.archive import CODES, JobArchive
+
+
+def _job(job_id: str, state: JobState) -> Job:
+    return Job(
+        id=job_id,
+        name="n",
+        state=state,
+        spec=JobSpec(image="busybox", command=["true"], env={"A": "1"}),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        exit_code=0,
+    )
+
+
+def test_an_archived_job_reads_back_equal_with_its_state() -> None:
+    archive = JobArchive()
+    job = _job("a", JobState.COMPLETED)
+    archive.put(job)
+    assert "a" in archive and len(archive) == 1
+    assert archive.state("a") is JobState.COMPLETED
+    assert archive.get("a") == job
+
+
+def test_each_ended_state_has_its_own_code() -> None:
+    archive = JobArchive()
+    for i, state in enumerate(CODES):
+        archive.put(_job(str(i), state))
+    assert [archive.state(str(i)) for i in range(len(CODES))] == list(CODES)
+    assert len(set(CODES.values())) == len(CODES)
+
+
+def test_a_decoded_copy_does_not_change_the_archive() -> None:
+    archive = JobArchive()
+    archive.put(_job("a", JobState.FAILED))
+    copy = archive.get("a")
+    assert copy is not None
+    copy.exit_code = 99
+    again = archive.get("a")
+    assert again is not None and again.exit_code == 0
+
+
+def test_pop_revives_the_job_and_forgets_it() -> None:
+    archive = JobArchive()
+    archive.put(_job("a", JobState.CANCELLED))
+    revived = archive.pop("a")
+    assert revived is not None and revived.state is JobState.CANCELLED
+    assert "a" not in archive and archive.get("a") is None
