@@ -5,6 +5,7 @@ The cases that need no isolation run on both the docker and the process executor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 
@@ -122,6 +123,12 @@ async def test_cancel_stops_a_running_job(api: BerthClient, cluster: Cluster, po
         )
 
 
+def _docker_inspect(container_id: str) -> bytes:
+    return subprocess.run(
+        ["docker", "inspect", container_id], capture_output=True, check=True
+    ).stdout
+
+
 async def _has_logs(api: BerthClient, cluster: Cluster, job_id: str) -> bool:
     return bool(await job_logs(api, cluster.sched, await api.get_job(job_id)))
 
@@ -158,9 +165,7 @@ async def test_container_is_locked_down(api: BerthClient) -> None:
     job = await api.submit_job(spec("sleep 30", "docker", cpu=0.5, memory_mb=48))
     await wait_state(api, job.id, {"running"})
     ids = await poll(lambda: containers(f"berth.job={job.id}"), 20, what="the container")
-    inspect = json.loads(
-        subprocess.run(["docker", "inspect", ids[0]], capture_output=True, check=True).stdout
-    )[0]
+    inspect = json.loads(await asyncio.to_thread(_docker_inspect, ids[0]))[0]
     host = inspect["HostConfig"]
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == 48 * 1024 * 1024
