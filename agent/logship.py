@@ -91,7 +91,8 @@ class LogShipper:
                 self._buf.clear()
                 self.offset = end
                 return
-            self._acknowledge(end)
+            if not self._acknowledge(end):
+                left = len(self._buf)  # rebased on the server's end: send it all again
 
     async def _append(self, offset: int, chunk: bytes) -> int:
         try:
@@ -104,7 +105,8 @@ class LogShipper:
                 raise
             return end
 
-    def _acknowledge(self, end: int) -> None:
+    def _acknowledge(self, end: int) -> bool:
+        """Drop what the server has; False when it had less than acknowledged before."""
         if end >= self.offset:
             done = end - self.offset
             take = min(done, len(self._buf))
@@ -112,6 +114,7 @@ class LogShipper:
             self.offset = end
             # The server had more than this shipper held: skip that much future output.
             self._skip += done - take
+            return True
         else:
             # The server lost bytes that were acknowledged before; say so in the log.
             lost = self.offset - end
@@ -120,3 +123,4 @@ class LogShipper:
             )
             self._buf[:0] = _LOST_MARKER % lost
             self.offset = end
+            return False
