@@ -8,6 +8,7 @@ from common import __version__
 
 
 @click.group(
+    # Flags without an explicit variable read BERTH_<COMMAND>_<FLAG>.
     context_settings={"auto_envvar_prefix": "BERTH", "help_option_names": ["-h", "--help"]}
 )
 @click.version_option(__version__, prog_name="berth")
@@ -16,13 +17,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cli import scheduler_cmd
+    # Imported here so that `berth --help` does not load every daemon's modules twice.
+    from cli import agent_cmd, scheduler_cmd
 
     cli.add_command(scheduler_cmd.scheduler)
-    try:
-        from cli import agent_cmd
-    except ImportError:  # the agent command ships with the agent package
-        return
     cli.add_command(agent_cmd.agent)
 
 

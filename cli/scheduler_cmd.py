@@ -15,22 +15,43 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
 @click.command()
 @click.option(
     "--state-dir",
+    envvar="BERTH_STATE_DIR",
+    show_envvar=True,
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where the database and tokens live.",
 )
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--listen",
+    envvar="BERTH_LISTEN",
+    show_envvar=True,
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="HOST:PORT to serve on.",
+)
 @click.option(
     "--strategy",
+    envvar="BERTH_STRATEGY",
+    show_envvar=True,
     type=click.Choice(["binpack", "spread"]),
     default="binpack",
     show_default=True,
     help="binpack fills nodes up; spread keeps load even.",
 )
-@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True, help="Seconds.")
+@click.option(
+    "--heartbeat-interval",
+    envvar="BERTH_HEARTBEAT_INTERVAL",
+    show_envvar=True,
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds.",
+)
 @click.option(
     "--node-ttl",
+    envvar="BERTH_NODE_TTL",
+    show_envvar=True,
     type=float,
     default=30.0,
     show_default=True,
@@ -38,12 +59,16 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
 )
 @click.option(
     "--restart-grace",
+    envvar="BERTH_RESTART_GRACE",
+    show_envvar=True,
     type=float,
     default=90.0,
     show_default=True,
     help="Seconds every node gets after a scheduler restart before it can be declared offline.",
 )
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
+)
 def scheduler(
     state_dir: Path,
     listen: str,
@@ -53,7 +78,10 @@ def scheduler(
     restart_grace: float,
     log_level: str,
 ) -> None:
-    """Run the scheduler daemon."""
+    """Run the scheduler daemon.
+
+    Every flag also reads the environment variable shown beside it.
+    """
     from scheduler.app import serve
 
     logging.basicConfig(

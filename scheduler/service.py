@@ -117,13 +117,16 @@ class Service:
     # --- loops -----------------------------------------------------------------------
 
     async def _placement_loop(self) -> None:
-        """Runs a placement pass whenever one is wanted; bursts make a single pass."""
+        """Runs a placement pass whenever one is wanted.
+
+        A pass is not started before the previous one is committed, so whatever arrives
+        meanwhile (a burst of submits) is placed by one pass; and a pass that runs
+        before a submit's commit was written shares that commit.
+        """
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._placement_wanted.wait(), self.config.sweep_interval_s)
             self._placement_wanted.clear()
-            # Let the rest of a burst of submits arrive before the pass.
-            await asyncio.sleep(0)
             try:
                 touched = self.cluster.place()
                 await self.commit()
