@@ -137,6 +137,15 @@ class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):
     disk_free_mb: Annotated[int, Meta(ge=0)] = 0
 
 
+class HeldAttempt(Struct, gc=False):
+    """Resources kept for an attempt the scheduler let go of (cancelled, timed out)
+    until its agent confirms the attempt stopped."""
+
+    job_id: str
+    attempt: int
+    resources: Resources
+
+
 class Node(Struct, gc=False):
     id: str
     name: str
@@ -151,6 +160,8 @@ class Node(Struct, gc=False):
     allocated: Resources = field(default_factory=Resources)
     max_parallel: int = 1
     running_jobs: list[str] = field(default_factory=list)
+    #: attempts that were stopped by the scheduler and may still be running on the node
+    releasing: list[HeldAttempt] = field(default_factory=list)
     metrics: NodeMetrics | None = None
     last_heartbeat_at: datetime | None = None
     cooldown_until: datetime | None = None

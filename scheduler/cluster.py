@@ -25,6 +25,7 @@ from common.models import (
     Attempt,
     Command,
     HeartbeatRequest,
+    HeldAttempt,
     Job,
     JobSpec,
     Node,
@@ -127,9 +128,6 @@ class Cluster:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
-        #: node id -> {(job id, attempt): resources} still held by attempts that were
-        #: cancelled or superseded until the agent confirms they stopped
-        self.releasing: dict[str, dict[tuple[str, int], Resources]] = {}
         #: node id -> {job id: consecutive heartbeats that did not list it}
         self.missing: dict[str, dict[str, int]] = {}
         #: (job id, attempt) -> bytes of log stored
@@ -148,6 +146,8 @@ class Cluster:
         self.booted = self.clock()
         for node in loaded.nodes:
             node.allocated = Resources()
+            for held in node.releasing:
+                node.allocated = add(node.allocated, held.resources)
             node.running_jobs = []
             self.nodes[node.id] = node
             self.node_by_name[node.name] = node.id
@@ -285,10 +285,10 @@ class Cluster:
         self.missing.get(node.id, {}).pop(job.id, None)
         if hold and node.state is not NodeState.OFFLINE:
             # The container may still run; keep its resources until the agent lets go.
-            held = self.releasing.setdefault(node.id, {})
-            held[(job.id, job.attempt)] = _request(job)
+            node.releasing.append(HeldAttempt(job.id, job.attempt, _request(job)))
             node.allocated = add(node.allocated, _request(job))
         self._refresh_node(node)
+        self.changes.nodes[node.id] = node
         self.on_placement_wanted()
 
     def _archive_attempt(self, job: Job) -> None:
@@ -487,11 +487,9 @@ class Cluster:
         node.executor_error = req.executor_error
         commands: list[Command] = []
         listed = {(r.job_id, r.attempt) for r in req.running}
-        held = self.releasing.get(node.id, {})
-        for key in [k for k in held if k not in listed]:
+        for held in [h for h in node.releasing if (h.job_id, h.attempt) not in listed]:
             # The agent stopped what it was told to stop: the resources are free.
-            node.allocated = sub(node.allocated, held.pop(key))
-            self.on_placement_wanted()
+            self._let_go(node, held)
         for job_id, attempt in listed:
             job = self.jobs.get(job_id)
             current = (
@@ -510,19 +508,25 @@ class Cluster:
                 ):
                     reason = ended.reason or "cancelled"
                 commands.append(Command("cancel", job_id, attempt, reason))
-        self._detect_lost(node, {j for j, _ in listed})
+        self._detect_lost(node, listed)
         self._refresh_node(node, offline_reason=None)
         self.changes.nodes[node.id] = node
         if len(node.running_jobs) < freed_before:
             self.on_placement_wanted()
         return commands
 
-    def _detect_lost(self, node: Node, listed: set[str]) -> None:
+    def _let_go(self, node: Node, held: HeldAttempt) -> None:
+        node.releasing.remove(held)
+        node.allocated = sub(node.allocated, held.resources)
+        self.changes.nodes[node.id] = node
+        self.on_placement_wanted()
+
+    def _detect_lost(self, node: Node, listed: set[tuple[str, int]]) -> None:
         """Running jobs the agent stopped listing are lost (it restarted without them)."""
         missing = self.missing.setdefault(node.id, {})
         for job_id in list(node.running_jobs):
             job = self.jobs[job_id]
-            if job.state is JobState.ASSIGNED or job_id in listed:
+            if job.state is JobState.ASSIGNED or (job_id, job.attempt) in listed:
                 missing.pop(job_id, None)
                 continue
             missing[job_id] = missing.get(job_id, 0) + 1
@@ -557,14 +561,15 @@ class Cluster:
 
     def report(self, node_id: str, job_id: str, rep: Report) -> Job:
         node = self.node(node_id)
-        held = self.releasing.get(node.id, {})
-        job = self.jobs.get(job_id)
-        if job is not None and (job_id, rep.attempt) in held and rep.state not in (None, "running"):
+        held = next(
+            (h for h in node.releasing if (h.job_id, h.attempt) == (job_id, rep.attempt)), None
+        )
+        if held is not None and rep.state not in (None, "running"):
             # The end of an attempt the scheduler had already let go of.
-            node.allocated = sub(node.allocated, held.pop((job_id, rep.attempt)))
-            self.changes.nodes[node.id] = node
-            self.on_placement_wanted()
-            return job
+            self._let_go(node, held)
+            ended = self.find(job_id)
+            if ended is not None:
+                return ended
         job = self._current(node, job_id, rep.attempt)
         if rep.progress is not None:
             job.progress = rep.progress
@@ -580,7 +585,8 @@ class Cluster:
             if job.state is JobState.ASSIGNED:
                 self._set_state(job, JobState.RUNNING)
             return job
-        if job.state is JobState.ASSIGNED:
+        if job.state is JobState.ASSIGNED and rep.state == "completed":
+            # It ran, even if too briefly for its running report to come first.
             self._set_state(job, JobState.RUNNING)
         job.exit_code = rep.exit_code
         job.error = rep.error
@@ -692,9 +698,7 @@ class Cluster:
             free_cpu=total_cpu - alloc.cpu,
             free_memory_mb=total_mem - alloc.memory_mb,
             free_gpus=cap.gpus - res.gpus - alloc.gpus,
-            free_slots=node.max_parallel
-            - len(node.running_jobs)
-            - len(self.releasing.get(node.id, ())),
+            free_slots=node.max_parallel - len(node.running_jobs) - len(node.releasing),
             total_cpu=total_cpu,
             total_memory_mb=total_mem,
             labels=node.labels,
@@ -774,7 +778,9 @@ class Cluster:
             for job_id in list(node.running_jobs):
                 job = self.jobs[job_id]
                 started = _ts(job.started_at) or _ts(job.assigned_at) or now
-                if now > liveness.job_deadline(started, job.spec.timeout_s, cfg.timeout_grace_s):
+                deadline = liveness.job_deadline(started, job.spec.timeout_s, cfg.timeout_grace_s)
+                # After a restart the agent gets the same grace as its node to report.
+                if now > max(deadline, self.booted + cfg.restart_grace_s):
                     job.error = (
                         f"timed out after {job.spec.timeout_s:g}s (enforced by the scheduler)"
                     )
@@ -790,7 +796,7 @@ class Cluster:
 
     def _node_offline(self, node: Node, why: str) -> None:
         self._refresh_node(node, offline_reason=why)
-        self.releasing.pop(node.id, None)
+        node.releasing = []
         lost = [self.jobs[j] for j in node.running_jobs]
         if lost:
             # Counted once per loss of the node, whatever the number of jobs it had.

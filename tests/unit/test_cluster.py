@@ -132,7 +132,7 @@ def loaded_from(c: Cluster) -> Loaded:
 def assert_no_overcommit(c: Cluster) -> None:
     """Allocations add up, never exceed what a node offers, and slots are respected."""
     for node in c.nodes.values():
-        held = c.releasing.get(node.id, {})
+        held = {(h.job_id, h.attempt): h.resources for h in node.releasing}
         on_node = [c.jobs[j] for j in node.running_jobs]
         assert all(j.state in ON_NODE and j.node_id == node.id for j in on_node)
         want_cpu = sum(j.spec.resources.cpu for j in on_node) + sum(r.cpu for r in held.values())
