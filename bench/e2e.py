@@ -26,6 +26,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli.loop import event_loop_factory
 from tests.support import SchedulerProcess
 
 
@@ -64,7 +65,7 @@ class Agent:
             try:
                 async with self.http.get(
                     f"{base}/assignments",
-                    params={"after": self.after, "wait": 2},
+                    params={"after": self.after, "wait": 30},
                     headers=self.headers,
                 ) as r:
                     reply = orjson.loads(await r.read())
@@ -227,7 +228,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--latency-samples", type=int, default=300)
     args = p.parse_args()
-    result = asyncio.run(bench(args.agents, args.jobs, args.concurrency, args.latency_samples))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        result = runner.run(bench(args.agents, args.jobs, args.concurrency, args.latency_samples))
     print(json.dumps(result))
 
 

@@ -9,6 +9,7 @@ from typing import Literal, cast
 
 import click
 
+from cli.loop import event_loop_factory
 from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
 
 
@@ -95,4 +96,5 @@ def scheduler(
         node_ttl_s=node_ttl,
         restart_grace_s=restart_grace,
     )
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(config))

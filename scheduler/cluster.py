@@ -128,6 +128,8 @@ class Cluster:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
+        #: placement views of nodes that did not change since they were built
+        self._views: dict[str, placement.NodeView] = {}
         #: node id -> {job id: consecutive heartbeats that did not list it}
         self.missing: dict[str, dict[str, int]] = {}
         #: (job id, attempt) -> bytes of log stored
@@ -430,6 +432,7 @@ class Cluster:
         ``offline_reason``: False keeps the node's offline status as it is, None clears
         it (the node was heard from), a string declares it offline.
         """
+        self._views.pop(node.id, None)
         now = self.clock()
         if offline_reason is False:
             offline = node.reason if node.state is NodeState.OFFLINE else None
@@ -466,6 +469,7 @@ class Cluster:
     def drain(self, node_id: str, drain: bool, reason: str) -> Node:
         node = self.node(node_id)
         node.draining = drain
+        self._views.pop(node.id, None)
         data = {"draining": drain, "reason": reason or None}
         self._event("node.state", node=node, data={"state": node.state.value, **data})
         if not drain:
@@ -509,8 +513,9 @@ class Cluster:
                     reason = ended.reason or "cancelled"
                 commands.append(Command("cancel", job_id, attempt, reason))
         self._detect_lost(node, listed)
+        # Metrics and the heartbeat time are not worth a disk write each time: after a
+        # restart every node gets a grace anyway. State changes are recorded as events.
         self._refresh_node(node, offline_reason=None)
-        self.changes.nodes[node.id] = node
         if len(node.running_jobs) < freed_before:
             self.on_placement_wanted()
         return commands
@@ -518,6 +523,7 @@ class Cluster:
     def _let_go(self, node: Node, held: HeldAttempt) -> None:
         node.releasing.remove(held)
         node.allocated = sub(node.allocated, held.resources)
+        self._views.pop(node.id, None)
         self.changes.nodes[node.id] = node
         self.on_placement_wanted()
 
@@ -711,6 +717,18 @@ class Cluster:
             cpu_percent=node.metrics.cpu_percent if node.metrics else 0.0,
         )
 
+    def _cached_view(self, node: Node) -> placement.NodeView:
+        """The node's placement view, rebuilt only after the node changed.
+
+        Every change to a node goes through _refresh_node (or drops the view itself),
+        and reserving re-checks against a fresh view, so a stale view can cost a
+        decision but never over-commit a node.
+        """
+        view = self._views.get(node.id)
+        if view is None:
+            view = self._views[node.id] = self.node_view(node)
+        return view
+
     def place(self) -> list[str]:
         """One placement pass over the queue. Returns the ids of nodes given new jobs."""
         now = self.clock()
@@ -725,7 +743,7 @@ class Cluster:
             for req in ready:
                 self.pending_reason[req.id] = "no node fits the request"
             return []
-        views = [self.node_view(n) for n in self.nodes.values()]
+        views = [self._cached_view(n) for n in self.nodes.values()]
         result = placement.place(views, ready, now=now, strategy=self.config.strategy, rng=self.rng)
         touched: list[str] = []
         for d in result.decisions:
@@ -805,6 +823,7 @@ class Cluster:
             job.error = f"lost: node {node.name} went offline"
             self._retry_or_end(job, JobState.FAILED, job.error)
         node.allocated = Resources()
+        self._views.pop(node.id, None)
         self.changes.nodes[node.id] = node
 
     # --- stats -----------------------------------------------------------------------
