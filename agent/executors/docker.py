@@ -53,6 +53,8 @@ LABEL_MEMORY = "berth.memory_mb"
 API_TIMEOUT_S = 60.0
 #: seconds a health check may take before dockerd counts as not answering
 PING_TIMEOUT_S = 5.0
+#: seconds a log follower waits for the exit to be noticed before asking dockerd
+EXIT_NOTICE_S = 2.0
 #: bytes of output buffered between a log thread and the event loop
 LOG_PIPE_BYTES = 1024 * 1024
 #: error texts of a failed start that are the job's fault (bad command or workdir)
@@ -71,7 +73,8 @@ def container_name(job_id: str, attempt: int) -> str:
 def container_options(
     info: AttemptInfo, spec: JobSpec, *, pids_limit: int = DEFAULT_PIDS_LIMIT
 ) -> dict[str, Any]:
-    """The keyword arguments of ``containers.create`` for one attempt (pure)."""
+    """The keyword arguments of the API's ``create_container`` for one attempt (pure);
+    ``host_config`` holds those of ``create_host_config``."""
     command: list[str] | None
     if spec.command is None:
         command = None
@@ -88,6 +91,8 @@ def container_options(
         "command": command,
         "name": container_name(info.job_id, info.attempt),
         "detach": True,
+        "stdin_open": False,
+        "tty": False,
         "environment": env,
         "labels": {
             LABEL_JOB: info.job_id,
@@ -96,15 +101,16 @@ def container_options(
             LABEL_TIMEOUT: repr(float(spec.timeout_s)),
             LABEL_MEMORY: str(spec.resources.memory_mb),
         },
-        "nano_cpus": max(1, int(spec.resources.cpu * 1e9)),
-        "mem_limit": memory,
-        "memswap_limit": memory,
-        "pids_limit": pids_limit,
-        "security_opt": ["no-new-privileges"],
-        "cap_drop": ["ALL"],
-        "network_mode": "bridge" if spec.network == "bridge" else "none",
-        "stdin_open": False,
-        "tty": False,
+        "use_config_proxy": False,
+        "host_config": {
+            "nano_cpus": max(1, int(spec.resources.cpu * 1e9)),
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "pids_limit": pids_limit,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "network_mode": "bridge" if spec.network == "bridge" else "none",
+        },
     }
     if spec.workdir:
         opts["working_dir"] = spec.workdir
@@ -145,6 +151,7 @@ class DockerExecutor(Executor):
         workers = 4 * max_parallel + 8
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="docker")
         self._client: Any = connect(pool_size=workers)
+        self._api: Any = self._client.api
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a blocking Docker call in the executor's thread pool."""
@@ -167,53 +174,55 @@ class DockerExecutor(Executor):
     # --- start -------------------------------------------------------------------------
 
     async def start(self, info: AttemptInfo, spec: JobSpec) -> DockerExecution:
-        await self._ensure_image(spec.image)
         opts = container_options(info, spec, pids_limit=self.pids_limit)
-        container = await self._create(opts)
+        if self.pull_policy == "always":
+            await self._pull(spec.image)
+        container_id = await self._create(opts)
         try:
-            await self.call(container.start)
+            await self.call(self._api.start, container_id)
         except docker.errors.APIError as e:
-            await self._remove_quietly(container)
+            await self.remove_container(container_id)
             text = _explain(e)
             job_fault = any(s in text.lower() for s in _JOB_START_ERRORS)
             raise StartError(f"container could not start: {text}", infra=not job_fault) from e
         except docker.errors.DockerException as e:
-            await self._remove_quietly(container)
+            await self.remove_container(container_id)
             raise StartError(f"container could not start: {e}", infra=True) from e
-        return DockerExecution(self, container, info, started_at=time.time())
+        return DockerExecution(self, container_id, info, started_at=time.time())
 
-    async def _create(self, opts: dict[str, Any]) -> Any:
-        for tries in range(2):
+    async def _create(self, opts: dict[str, Any]) -> str:
+        """Create the container; pull a missing image first unless the policy forbids."""
+        pulled = self.pull_policy == "always"
+        removed_leftover = False
+        while True:
+            kwargs = dict(opts)
+            kwargs["host_config"] = self._api.create_host_config(**opts["host_config"])
             try:
-                return await self.call(self._client.containers.create, **opts)
+                created = await self.call(self._api.create_container, **kwargs)
+                return str(created["Id"])
             except docker.errors.ImageNotFound as e:
-                raise StartError(
-                    f"image {opts['image']} not found: {_explain(e)}", infra=False
-                ) from e
+                image = opts["image"]
+                if pulled or self.pull_policy == "never":
+                    why = "the pull policy is never" if not pulled else _explain(e)
+                    raise StartError(
+                        f"image {image} is not present on this node ({why})", infra=False
+                    ) from e
+                await self._pull(image)
+                pulled = True
             except docker.errors.APIError as e:
-                if e.status_code == 409 and tries == 0:
+                if e.status_code == 409 and not removed_leftover:
                     # A leftover of this very attempt (the agent died before starting it).
-                    await self._remove_by_name(opts["name"])
+                    await self.remove_container(opts["name"])
+                    removed_leftover = True
                     continue
                 raise StartError(
                     f"container could not be created: {_explain(e)}", infra=True
                 ) from e
             except docker.errors.DockerException as e:
                 raise StartError(f"container could not be created: {e}", infra=True) from e
-        raise AssertionError("unreachable")
 
-    async def _ensure_image(self, image: str) -> None:
-        """Apply the pull policy; a missing image is the job's fault."""
-        present = await self._image_present(image)
-        if self.pull_policy == "never":
-            if not present:
-                raise StartError(
-                    f"image {image} is not present on this node and the pull policy is never",
-                    infra=False,
-                )
-            return
-        if present and self.pull_policy == "if-not-present":
-            return
+    async def _pull(self, image: str) -> None:
+        """Pull an image within the pull timeout; failing to is the job's fault."""
         repo, tag = parse_repository_tag(image)
         try:
             await asyncio.wait_for(
@@ -229,40 +238,26 @@ class DockerExecutor(Executor):
                 f"image {image} could not be pulled: {_explain(e)}", infra=False
             ) from e
 
-    async def _image_present(self, image: str) -> bool:
+    async def remove_container(self, container: str) -> None:
+        """Remove a container by id or name, running or not; never raises."""
         try:
-            await self.call(self._client.images.get, image)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.DockerException as e:
-            raise StartError(f"could not inspect image {image}: {e}", infra=True) from e
-
-    async def _remove_by_name(self, name: str) -> None:
-        try:
-            old = await self.call(self._client.containers.get, name)
-        except docker.errors.NotFound:
-            return
-        await self._remove_quietly(old)
-
-    async def _remove_quietly(self, container: Any) -> None:
-        try:
-            await self.call(container.remove, force=True)
+            await self.call(self._api.remove_container, container, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.DockerException as e:
-            log.warning("could not remove container %s: %s", container.name, e)
+            log.warning("could not remove container %s: %s", container, e)
 
     # --- re-adoption -------------------------------------------------------------------
 
     async def adopt(self, node_ids: set[str]) -> list[Execution]:
         found: list[Execution] = []
         for node_id in sorted(node_ids):
-            containers = await self.call(
-                self._client.containers.list, all=True, filters={"label": f"{LABEL_NODE}={node_id}"}
+            listed = await self.call(
+                self._api.containers, all=True, filters={"label": f"{LABEL_NODE}={node_id}"}
             )
-            for c in containers:
-                labels = c.labels or {}
+            for row in listed:
+                container_id = str(row["Id"])
+                labels = row.get("Labels") or {}
                 try:
                     info = AttemptInfo(
                         job_id=labels[LABEL_JOB],
@@ -272,37 +267,58 @@ class DockerExecutor(Executor):
                         memory_mb=int(labels.get(LABEL_MEMORY, "0") or 0),
                     )
                 except (KeyError, ValueError):
-                    log.warning("removing container %s with unreadable berth labels", c.name)
-                    await self._remove_quietly(c)
+                    log.warning("removing container %s with unreadable berth labels", container_id)
+                    await self.remove_container(container_id)
                     continue
-                state = c.attrs.get("State", {})
-                if state.get("Status") == "created":
+                if row.get("State") == "created":
                     # Created but never started: the assignment will be started afresh.
-                    await self._remove_quietly(c)
+                    await self.remove_container(container_id)
+                    continue
+                try:
+                    state = (await self.call(self._api.inspect_container, container_id))["State"]
+                except docker.errors.NotFound:
                     continue
                 found.append(
-                    DockerExecution(self, c, info, started_at=_parse_time(state.get("StartedAt")))
+                    DockerExecution(
+                        self, container_id, info, started_at=_parse_time(state.get("StartedAt"))
+                    )
                 )
         return found
+
+    def log_stream(self, container_id: str, *, follow: bool) -> Iterator[bytes]:
+        """A container's output (stdout and stderr, not a tty) as a blocking iterator."""
+        api = self._api
+        params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": int(follow), "tail": "all"}
+        # Berth's containers never have a tty: skip the inspect that the public
+        # ``api.logs`` makes on every call to find that out.
+        res = api._get(api._url("/containers/{0}/logs", container_id), params=params, stream=True)
+        stream: Iterator[bytes] = api._get_result_tty(True, res, False)
+        return stream
 
 
 class DockerExecution(Execution):
     def __init__(
-        self, executor: DockerExecutor, container: Any, info: AttemptInfo, started_at: float | None
+        self,
+        executor: DockerExecutor,
+        container_id: str,
+        info: AttemptInfo,
+        started_at: float | None,
     ) -> None:
         self._ex = executor
-        self._container = container
+        self.container_id = container_id
         self.info = info
         self.started_at = started_at
+        self._exited = threading.Event()
         self._removed = False
 
-    @property
-    def container_id(self) -> str:
-        return str(self._container.id)
+    def _status(self) -> str:
+        state = self._ex._api.inspect_container(self.container_id)["State"]
+        return str(state.get("Status", ""))
 
     async def logs(self, skip: int = 0) -> AsyncIterator[bytes]:
         pipe = _Pipe(asyncio.get_running_loop(), LOG_PIPE_BYTES)
-        container = self._container
+        stream_of = self._ex.log_stream
+        cid = self.container_id
 
         def follow() -> None:
             emitted = skip  # stream position up to which output has been handed over
@@ -322,20 +338,20 @@ class DockerExecution(Execution):
 
             try:
                 while True:
-                    if not hand_over(
-                        container.logs(stream=True, follow=True, stdout=True, stderr=True)
-                    ):
+                    if not hand_over(stream_of(cid, follow=True)):
                         return
-                    # A follower that lags behind may be cut off when the container
-                    # exits, and the stream also ends when the connection to dockerd
-                    # breaks: read what is stored, and follow again while it runs.
-                    if not hand_over(
-                        container.logs(stream=True, follow=False, stdout=True, stderr=True)
-                    ):
+                    # The stream ends when the container exits, or when the connection
+                    # to dockerd broke (then it is followed again).
+                    running = not self._exited.wait(EXIT_NOTICE_S) and self._status() in (
+                        "running",
+                        "paused",
+                        "restarting",
+                    )
+                    if not running:
+                        # A follower that lags behind may be cut off at the exit: read
+                        # what is stored past what was handed over.
+                        hand_over(stream_of(cid, follow=False))
                         return
-                    container.reload()
-                    if container.status not in ("running", "paused", "restarting"):
-                        break
             except Exception as e:
                 pipe.close(e)
             finally:
@@ -355,47 +371,50 @@ class DockerExecution(Execution):
             pipe.stop()
 
     async def wait(self) -> ExitStatus:
+        api = self._ex._api
         while True:
             try:
-                result = await self._ex.call(self._container.wait)
+                result = await self._ex.call(api.wait, self.container_id)
                 break
             except docker.errors.NotFound:
+                self._exited.set()
                 return ExitStatus(None, infra_error="the container disappeared")
             except docker.errors.DockerException as e:
                 # dockerd restarted or the connection broke: the container may still run.
-                log.warning("waiting for %s failed (%s); retrying", self._container.name, e)
+                log.warning("waiting for %s failed (%s); retrying", self.info.job_id, e)
                 await asyncio.sleep(1.0)
+        self._exited.set()
         code = int(result.get("StatusCode", -1))
         oom = False
         try:
-            await self._ex.call(self._container.reload)
-            oom = bool(self._container.attrs.get("State", {}).get("OOMKilled"))
+            state = (await self._ex.call(api.inspect_container, self.container_id))["State"]
+            oom = bool(state.get("OOMKilled"))
         except docker.errors.DockerException as e:
-            log.warning("could not inspect %s after exit: %s", self._container.name, e)
+            log.warning("could not inspect %s after exit: %s", self.info.job_id, e)
         return ExitStatus(exit_code=_clamp(code), oom_killed=oom)
 
     async def stop(self, grace_s: float) -> None:
+        api = self._ex._api
         try:
-            await self._ex.call(self._container.stop, timeout=max(0, round(grace_s)))
+            await self._ex.call(api.stop, self.container_id, timeout=max(0, round(grace_s)))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
             if "is paused" in _explain(e).lower():
-                await self._ex.call(self._container.kill)
+                await self._ex.call(api.kill, self.container_id)
             else:
                 raise
 
     async def pause(self) -> None:
-        await self._ex.call(self._container.pause)
+        await self._ex.call(self._ex._api.pause, self.container_id)
 
     async def resume(self) -> None:
-        await self._ex.call(self._container.unpause)
+        await self._ex.call(self._ex._api.unpause, self.container_id)
 
     async def remove(self) -> None:
-        if self._removed:
-            return
-        await self._ex._remove_quietly(self._container)
-        self._removed = True
+        if not self._removed:
+            await self._ex.remove_container(self.container_id)
+            self._removed = True
 
 
 class _Pipe:

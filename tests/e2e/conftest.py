@@ -77,16 +77,21 @@ def _build_image() -> None:
         )
 
 
+def ensure_test_image() -> str:
+    """Build the test image unless it is there; returns its name."""
+    present = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
+    if present.returncode != 0:
+        _build_image()
+    return IMAGE
+
+
 @pytest.fixture(scope="session")
 def docker_image() -> str:
     if not _docker_answers():
         if os.environ.get("CI") == "true":
             pytest.fail("dockerd does not answer (`docker info` failed); CI needs it")
         pytest.skip("dockerd does not answer")
-    present = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
-    if present.returncode != 0:
-        _build_image()
-    return IMAGE
+    return ensure_test_image()
 
 
 # --- agent processes -------------------------------------------------------------------

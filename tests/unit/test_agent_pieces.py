@@ -221,19 +221,20 @@ def test_container_options_lock_the_container_down() -> None:
     )
     opts = container_options(info, spec, pids_limit=100)
     assert opts["command"] == ["sh", "-c", "echo hi"]
-    assert opts["nano_cpus"] == 1_500_000_000
-    assert opts["mem_limit"] == opts["memswap_limit"] == "128m"
-    assert opts["pids_limit"] == 100
-    assert opts["security_opt"] == ["no-new-privileges"]
-    assert opts["cap_drop"] == ["ALL"]
-    assert opts["network_mode"] == "none"
+    host = opts["host_config"]
+    assert host["nano_cpus"] == 1_500_000_000
+    assert host["mem_limit"] == host["memswap_limit"] == "128m"
+    assert host["pids_limit"] == 100
+    assert host["security_opt"] == ["no-new-privileges"]
+    assert host["cap_drop"] == ["ALL"]
+    assert host["network_mode"] == "none"
     assert opts["working_dir"] == "/w"
     assert opts["environment"]["A"] == "1"
     labels = opts["labels"]
     assert (labels["berth.job"], labels["berth.attempt"], labels["berth.node"]) == ("j1", "3", "n1")
     exec_form = container_options(info, JobSpec(image="i", command=["a", "b c"], network="bridge"))
     assert exec_form["command"] == ["a", "b c"]
-    assert exec_form["network_mode"] == "bridge"
+    assert exec_form["host_config"]["network_mode"] == "bridge"
     assert container_options(info, JobSpec(image="i"))["command"] is None
 
 
