@@ -146,6 +146,9 @@ async def _run(
             while job_id not in seen:
                 await asyncio.sleep(0.0002)
             latencies.append((seen[job_id] - t0) * 1000)
+            # Let the previous job's reports finish: this phase measures latency, the
+            # next one throughput.
+            await asyncio.sleep(0.01)
         while completed[0] < n_latency:
             await asyncio.sleep(0.01)
 

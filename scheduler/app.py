@@ -19,6 +19,8 @@ from scheduler.store.sqlite import SQLiteStore
 log = logging.getLogger("berth.scheduler")
 
 DB_FILE = "berth.db"
+#: how long requests under way may take to finish when the scheduler stops
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def build_app(config: SchedulerConfig) -> web.Application:
@@ -38,10 +40,14 @@ def build_app(config: SchedulerConfig) -> web.Application:
     async def on_startup(_: web.Application) -> None:
         await svc.start()
 
+    async def on_shutdown(_: web.Application) -> None:
+        svc.release_waiters()
+
     async def on_cleanup(_: web.Application) -> None:
         await svc.stop()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
 
@@ -52,7 +58,9 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = config.host_port
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(
+        runner, host, port, backlog=1024, reuse_address=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
     await site.start()
     log.info("listening on http://%s:%d (state in %s)", host, port, config.state_dir.resolve())
     stop = stop or asyncio.Event()

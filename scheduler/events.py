@@ -36,6 +36,7 @@ class EventLog:
         self.committed_index = last_index
         self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._advanced: asyncio.Future[None] | None = None
+        self._closed = False
 
     def next_index(self) -> int:
         self.last_index += 1
@@ -50,11 +51,18 @@ class EventLog:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def wake_all(self) -> None:
+        """Let every waiter return at once (shutdown); later waits return at once too."""
+        self._closed = True
+        fut, self._advanced = self._advanced, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     async def wait_past(self, index: int, timeout: float) -> None:
         """Return once the committed index exceeds ``index`` or ``timeout`` runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.committed_index <= index:
+        while self.committed_index <= index and not self._closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return

@@ -26,6 +26,7 @@ class Service:
         self.store = store
         self.cluster = cluster
         self.ready = False
+        self.stopping = False
         self._placement_wanted = asyncio.Event()
         self._node_waiters: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,12 +104,21 @@ class Service:
 
     # --- agents' long polls ----------------------------------------------------------
 
+    def release_waiters(self) -> None:
+        """Answer every long poll and blocking query now: the scheduler is stopping."""
+        self.stopping = True
+        for ev in self._node_waiters.values():
+            ev.set()
+        self.cluster.events.wake_all()
+
     def wake_node(self, node_id: str) -> None:
         ev = self._node_waiters.get(node_id)
         if ev is not None:
             ev.set()
 
     async def wait_for_node(self, node_id: str, timeout: float) -> None:
+        if self.stopping:
+            return
         ev = self._node_waiters.setdefault(node_id, asyncio.Event())
         ev.clear()
         with contextlib.suppress(TimeoutError):

@@ -89,7 +89,7 @@ async def get_job(request: web.Request) -> web.Response:
         wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S)
         loop_deadline = wait
         # Wake on every commit; stop as soon as this job moved past the index.
-        while job.index <= index and loop_deadline > 0:
+        while job.index <= index and loop_deadline > 0 and not svc.stopping:
             before = svc.cluster.events.committed_index
             t0 = request.loop.time()
             await svc.cluster.events.wait_past(before, loop_deadline)
