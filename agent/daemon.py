@@ -390,6 +390,10 @@ class Agent:
                 continue
             backoff.reset()
             link.note_reachable(True)
+            if reply.index < after:
+                # The scheduler's index went back (its state was reset): start over.
+                after = 0
+                continue
             after = reply.index
             for assignment in reply.assignments:
                 self.accept(assignment)

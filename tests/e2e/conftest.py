@@ -204,6 +204,8 @@ def cluster(docker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "pool=docker",
             "--label",
             "exec=docker",
+            "--pull-timeout",
+            "20",
         )
         c.add_agent(
             "small",

@@ -21,7 +21,7 @@ from tests.e2e.conftest import (
     wait_for_nodes,
     wait_state,
 )
-from tests.support import SchedulerProcess
+from tests.support import SchedulerProcess, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -161,3 +161,27 @@ async def test_first_sigterm_drains_and_the_second_cancels(
     cancelled = await api.get_job(late.id)
     assert cancelled.state == "cancelled"
     assert not containers(f"berth.job={late.id}", all_states=True)
+
+
+async def test_agent_fails_over_to_the_next_scheduler_url(
+    api: BerthClient, cluster: Cluster
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    agent = AgentProcess(
+        cluster.sched,
+        "failover",
+        cluster.root / "failover",
+        "--executor",
+        "docker",
+        "--max-parallel",
+        "1",
+        "--label",
+        "pool=failover",
+        scheduler_url=f"{dead},{cluster.sched.url}",
+    ).start()
+    cluster.agents["failover"] = agent
+    await wait_for_nodes(api, ["failover"])
+    job = await api.submit_job(spec("echo via the second url", "failover"))
+    done = await wait_done(api, job.id)
+    assert done.state == "completed"
+    assert await job_logs(api, cluster.sched, done) == b"via the second url\n"
