@@ -393,8 +393,7 @@ class Runner:
         )
 
     async def _report_running(self) -> None:
-        if self.adopted:
-            return
+        # Also for a re-adopted attempt: the agent may have died before reporting it.
         try:
             outcome = await self._link.deliver(
                 self.info.job_id, Report(self.info.attempt, "running")
@@ -411,9 +410,9 @@ class Runner:
         job = self.info.job_id
         self.result = report
         if self._fenced:
-            self._state.drop_report(job, report.attempt)
+            await asyncio.to_thread(self._state.drop_report, job, report.attempt)
             return
-        self._state.save_report(job, report)
+        await asyncio.to_thread(self._state.save_report, job, report)
         if ship_logs and self.shipper.pending:
             try:
                 await self._link.retrying(self.shipper.flush)
@@ -437,7 +436,7 @@ class Runner:
                     report.state,
                     f" ({report.error})" if report.error else "",
                 )
-        self._state.drop_report(job, report.attempt)
+        await asyncio.to_thread(self._state.drop_report, job, report.attempt)
 
     async def _remove(self, execution: Execution) -> None:
         try:
