@@ -130,6 +130,7 @@ class Runner:
         self._reason = ""
         self._stop_sent = False
         self._fenced = False
+        self._holds_slot = False
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._progress: Progress | None = None
@@ -190,16 +191,23 @@ class Runner:
             log.exception("attempt %d of %s: runner failed", self.info.attempt, self.info.job_id)
         finally:
             self.exited.set()
+            await self._release_slot()
+
+    async def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            await self._slots.release()
 
     async def _run(self) -> None:
         job, attempt = self.key
         if self.execution is None:
-            if not await self._acquire_slot():
+            acquired = await self._acquire_slot()
+            self._holds_slot = True
+            if not acquired:
                 self.exited.set()
                 await self._conclude(
                     Report(attempt, "cancelled", error=self._reason or "cancelled")
                 )
-                await self._slots.release()
                 return
             assert self.spec is not None
             try:
@@ -210,11 +218,11 @@ class Runner:
                 await self._conclude(
                     Report(attempt, "failed", error=e.message[:4000], infra_failure=e.infra)
                 )
-                await self._slots.release()
                 return
             log.info("attempt %d of %s started", attempt, job)
         else:
             self._slots.take()
+            self._holds_slot = True
             log.info("attempt %d of %s re-adopted", attempt, job)
         execution = self.execution
         running = asyncio.create_task(self._report_running())
@@ -242,7 +250,7 @@ class Runner:
         if not self._stop_sent and self._stopped_as == "cancelled" and not self._fenced:
             log.info("attempt %d of %s ended before the cancel reached it", attempt, job)
         await self._conclude(report, ship_logs=True)
-        await self._slots.release()
+        await self._release_slot()  # before the removal: the next attempt may start
         await self._remove(execution)
 
     async def _acquire_slot(self) -> bool:
