@@ -86,6 +86,8 @@ class Agent:
         self._drain = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._registrations = 0
+        self._adopted = False
+        self._previous: NodeIdentity | None = None
         self.link: Link | None = None
 
     # --- the main loop -----------------------------------------------------------------
@@ -251,15 +253,18 @@ class Agent:
     # --- re-adoption and leftovers -------------------------------------------------------
 
     async def _adopt(self, previous: NodeIdentity | None) -> None:
+        """Take over what a previous run left; retried by the health loop if it fails."""
         link = self._link()
+        self._previous = previous
         node_ids = {link.node_id}
         if previous is not None:
             node_ids.add(previous.node_id)
         try:
             found = await self.executor.adopt(node_ids)
         except Exception as e:
-            log.error("could not look for attempts of a previous run: %s", e)
+            log.error("could not look for attempts of a previous run (will retry): %s", e)
             return
+        self._adopted = True
         for execution in found:
             info = execution.info
             if info.node_id != link.node_id:
@@ -364,6 +369,8 @@ class Agent:
                 else:
                     log.info("executor works again")
             self._executor_error = error
+            if error is None and not self._adopted:
+                await self._adopt(self._previous)
             await asyncio.sleep(link.heartbeat_interval_s)
 
     # --- assignments -----------------------------------------------------------------------
@@ -468,7 +475,8 @@ async def make_executor(config: AgentConfig) -> Executor:
         if answers or kind == "docker":
             if not answers:
                 log.error("dockerd does not answer; the node will report its executor broken")
-            return docker_executor.DockerExecutor(
+            return await asyncio.to_thread(
+                docker_executor.DockerExecutor,
                 pull_policy=config.pull_policy,
                 pull_timeout_s=config.pull_timeout_s,
                 pids_limit=config.pids_limit,

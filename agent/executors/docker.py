@@ -51,6 +51,8 @@ LABEL_TIMEOUT = "berth.timeout_s"
 LABEL_MEMORY = "berth.memory_mb"
 #: seconds for one Docker API call (pulls and waits have their own bounds)
 API_TIMEOUT_S = 60.0
+#: the API version assumed when dockerd does not answer at start (Docker 20.10+)
+FALLBACK_API_VERSION = "1.41"
 #: seconds a health check may take before dockerd counts as not answering
 PING_TIMEOUT_S = 5.0
 #: seconds a log follower waits for the exit to be noticed before asking dockerd
@@ -118,8 +120,19 @@ def container_options(
 
 
 def connect(timeout: float = API_TIMEOUT_S, pool_size: int = 32) -> Any:
-    """A Docker client from the environment (DOCKER_HOST or the local socket)."""
-    return docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
+    """A Docker client from the environment (DOCKER_HOST or the local socket).
+
+    Blocking: it asks dockerd for its API version. When dockerd does not answer, the
+    client is made for ``FALLBACK_API_VERSION`` so that the agent still starts, reports
+    its executor broken, and works again once dockerd is back.
+    """
+    try:
+        return docker.from_env(timeout=int(timeout), max_pool_size=pool_size)
+    except docker.errors.DockerException as e:
+        log.warning("dockerd does not answer (%s); assuming API %s", e, FALLBACK_API_VERSION)
+        return docker.from_env(
+            version=FALLBACK_API_VERSION, timeout=int(timeout), max_pool_size=pool_size
+        )
 
 
 def docker_answers(timeout: float = PING_TIMEOUT_S) -> bool:

@@ -107,12 +107,14 @@ class AgentProcess:
         state_dir: Path,
         *extra: str,
         scheduler_url: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.sched = sched
         self.name = name
         self.state_dir = state_dir
         self.extra = extra
         self.url = scheduler_url or sched.url
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"{name}-agent.log"
 
@@ -140,7 +142,8 @@ class AgentProcess:
             *self.extra,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def signal(self, sig: int) -> None:

@@ -185,3 +185,27 @@ async def test_agent_fails_over_to_the_next_scheduler_url(
     done = await wait_done(api, job.id)
     assert done.state == "completed"
     assert await job_logs(api, cluster.sched, done) == b"via the second url\n"
+
+
+async def test_agent_without_a_working_dockerd_reports_its_executor_broken(
+    api: BerthClient, cluster: Cluster, tmp_path: Path
+) -> None:
+    agent = AgentProcess(
+        cluster.sched,
+        "nodocker",
+        cluster.root / "nodocker",
+        "--executor",
+        "docker",
+        "--label",
+        "pool=nodocker",
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no-dockerd.sock"},
+    ).start()
+    cluster.agents["nodocker"] = agent
+
+    async def broken() -> bool:
+        nodes = (await api.list_nodes()).nodes
+        node = next((n for n in nodes if n.name == "nodocker"), None)
+        return node is not None and node.state == "unhealthy" and "dockerd" in (node.reason or "")
+
+    await poll(broken, 30, interval=0.2, what="the node to be unhealthy for its dockerd")
+    agent.kill()
