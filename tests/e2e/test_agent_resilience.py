@@ -75,9 +75,12 @@ async def test_container_of_a_job_cancelled_while_its_agent_was_down_is_removed(
     assert (await api.get_job(job.id)).state == "cancelled"
 
 
+@pytest.mark.parametrize("outage", ["stopped", "restarted"])
 async def test_results_arrive_after_the_scheduler_comes_back(
-    tmp_path: Path, docker_image: str
+    tmp_path: Path, docker_image: str, outage: str
 ) -> None:
+    """The scheduler is frozen (SIGSTOP: calls hang) or killed and started again on
+    its state dir (calls are refused) for about 20 s while jobs finish."""
     sched = SchedulerProcess(
         tmp_path / "scheduler", "--heartbeat-interval", "0.5", "--node-ttl", "60"
     ).start()
@@ -104,7 +107,10 @@ async def test_results_arrive_after_the_scheduler_comes_back(
             for job in jobs:
                 await wait_state(api, job.id, {"running"})
             assert sched.proc is not None
-            sched.proc.send_signal(signal.SIGSTOP)
+            if outage == "stopped":
+                sched.proc.send_signal(signal.SIGSTOP)
+            else:
+                sched.kill()
             try:
                 # The jobs finish while the scheduler is away; their results wait on disk.
                 for job in jobs:
@@ -116,7 +122,10 @@ async def test_results_arrive_after_the_scheduler_comes_back(
                 # Keep the scheduler away for about 20 s in all (an outage, not a wait).
                 await asyncio.sleep(12)
             finally:
-                sched.proc.send_signal(signal.SIGCONT)
+                if outage == "stopped":
+                    sched.proc.send_signal(signal.SIGCONT)
+                else:
+                    sched.start()
             first = await wait_done(api, jobs[0].id, timeout=60)
             second = await wait_done(api, jobs[1].id, timeout=60)
             assert (first.state, first.exit_code) == ("completed", 0)
