@@ -13,7 +13,7 @@ limits (CPU quota, memory, pids, no capabilities). A few untimed jobs warm both 
 and the two alternate in rounds (``--rounds``) so that drifting load on a shared host
 weighs on both alike; the wall times are the sums over the rounds.
 
-Usage: python bench/docker_overhead.py [--jobs 100] [--rounds 4]
+Usage: python bench/docker_overhead.py [--jobs 100] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -115,6 +115,6 @@ async def main(count: int, rounds: int) -> dict[str, object]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of each")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of each")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main(args.jobs, max(1, args.rounds)))))
