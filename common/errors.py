@@ -63,6 +63,13 @@ class StaleAttempt(Conflict):
     code = "stale_attempt"
 
 
+class Gone(BerthError):
+    """What was asked for is no longer kept (for example events past retention)."""
+
+    code = "gone"
+    status = 410
+
+
 class PayloadTooLarge(BerthError):
     code = "too_large"
     status = 413
@@ -88,6 +95,7 @@ ERRORS_BY_CODE: dict[str, type[BerthError]] = {
         Conflict,
         IllegalTransition,
         StaleAttempt,
+        Gone,
         PayloadTooLarge,
         Unavailable,
     )

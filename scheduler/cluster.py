@@ -111,6 +111,8 @@ class Cluster:
         self.clock = clock
         self.rng = rng or random.Random()
         self.events = EventLog()
+        #: events with an index below this may have been dropped by retention
+        self.events_pruned_below = 0
         self.changes = Changes()
         self.booted = clock()
         #: jobs that have not ended
@@ -144,7 +146,8 @@ class Cluster:
 
     def load(self, loaded: Loaded) -> None:
         """Rebuild the state read from the store; allocations are recomputed from jobs."""
-        self.events = EventLog(loaded.last_index)
+        self.events = EventLog(loaded.last_index, on_commit=self.events.on_commit)
+        self.events_pruned_below = loaded.events_pruned_below
         self.booted = self.clock()
         for node in loaded.nodes:
             node.allocated = Resources()

@@ -37,6 +37,13 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_COMMIT_BATCH = 5000
 #: longest a blocking query may wait
 MAX_WAIT_S = 300.0
+#: events kept whatever their job: node events and those of deleted jobs past this
+#: window may be dropped (a job's own events are kept as long as the job)
+EVENT_WINDOW = 100_000
+#: how often old events are dropped
+RETENTION_INTERVAL_S = 60.0
+#: SSE keep-alive comment interval
+KEEPALIVE_S = 15.0
 
 
 @dataclass(slots=True)
@@ -57,6 +64,7 @@ class SchedulerConfig:
     retry_base_s: float = RETRY_BASE_S
     retry_max_s: float = RETRY_MAX_S
     max_body_bytes: int = MAX_BODY_BYTES
+    event_window: int = EVENT_WINDOW
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +30,9 @@ class Event(Struct, gc=False):
 class EventLog:
     """Hands out indexes and wakes whoever waits for the committed index to move."""
 
-    def __init__(self, last_index: int = 0) -> None:
+    def __init__(
+        self, last_index: int = 0, *, on_commit: Callable[[list[Event]], None] | None = None
+    ) -> None:
         #: highest index handed out (possibly not yet committed)
         self.last_index = last_index
         #: highest index known to be committed
@@ -37,6 +40,8 @@ class EventLog:
         self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._advanced: asyncio.Future[None] | None = None
         self._closed = False
+        #: called with each committed batch of events (the subscribers' bus)
+        self.on_commit = on_commit
 
     def next_index(self) -> int:
         self.last_index += 1
@@ -45,11 +50,22 @@ class EventLog:
     def committed(self, events: list[Event], up_to: int) -> None:
         """Called after a batch commits: publish its events and wake waiters."""
         self.recent.extend(events)
+        if self.on_commit is not None and events:
+            self.on_commit(events)
         if up_to > self.committed_index:
             self.committed_index = up_to
         fut, self._advanced = self._advanced, None
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def replay(self, after: int) -> Iterator[Event] | None:
+        """Committed events with index > ``after`` from memory, or None when memory no
+        longer reaches back that far (read them from the store instead)."""
+        if self.recent and self.recent[0].index > after + 1:
+            return None
+        if not self.recent and after < self.committed_index:
+            return None
+        return (e for e in self.recent if e.index > after)
 
     def wake_all(self) -> None:
         """Let every waiter return at once (shutdown); later waits return at once too."""

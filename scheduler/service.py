@@ -10,8 +10,10 @@ import logging
 import secrets
 from pathlib import Path
 
+from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
-from scheduler.config import SchedulerConfig
+from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
+from scheduler.events import Event
 from scheduler.store.base import Changes, Store
 
 log = logging.getLogger("berth.scheduler")
@@ -33,6 +35,9 @@ class Service:
         self._last_commit: asyncio.Future[None] | None = None
         cluster.on_placement_wanted = self._placement_wanted.set
         cluster.on_node_changed = self.wake_node
+        self.bus = EventBus()
+        cluster.events.on_commit = self._published
+        self._job_waiters: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         loaded = await self.store.open()
@@ -45,6 +50,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self._placement_loop(), name="berth-placement"),
             asyncio.create_task(self._liveness_loop(), name="berth-liveness"),
+            asyncio.create_task(self._retention_loop(), name="berth-retention"),
         ]
         self._placement_wanted.set()
         self.ready = True
@@ -83,6 +89,8 @@ class Service:
 
     async def _commit(self, changes: Changes) -> None:
         await self.store.commit(changes)
+        for chunk in changes.logs:
+            self._wake_job(chunk.job_id)
         top = changes.events[-1].index if changes.events else self.cluster.events.committed_index
         self.cluster.events.committed(changes.events, top)
 
@@ -109,7 +117,33 @@ class Service:
         self.stopping = True
         for ev in self._node_waiters.values():
             ev.set()
+        for ev in self._job_waiters.values():
+            ev.set()
         self.cluster.events.wake_all()
+        self.bus.close_all()
+
+    # --- followers of one job (its logs, its end) --------------------------------------
+
+    def _published(self, events: list[Event]) -> None:
+        self.bus.publish(events)
+        for e in events:
+            if e.job_id is not None:
+                self._wake_job(e.job_id)
+
+    def _wake_job(self, job_id: str) -> None:
+        ev = self._job_waiters.pop(job_id, None)
+        if ev is not None:
+            ev.set()
+
+    async def wait_for_job(self, job_id: str, timeout: float) -> None:
+        """Return when the job changes or gets new log bytes, or after ``timeout``."""
+        if self.stopping:
+            return
+        ev = self._job_waiters.get(job_id)
+        if ev is None:
+            ev = self._job_waiters[job_id] = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
 
     def wake_node(self, node_id: str) -> None:
         ev = self._node_waiters.get(node_id)
@@ -147,6 +181,15 @@ class Service:
             # Agents hear of their assignments only once those are durable.
             for node_id in set(touched):
                 self.wake_node(node_id)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+            try:
+                below = await self.store.prune_events(self.config.event_window)
+                self.cluster.events_pruned_below = below
+            except Exception:
+                log.exception("event retention failed")
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -79,6 +79,8 @@ class Loaded:
     log_ends: dict[tuple[str, int], int]
     #: ended jobs as (id, state, JSON document prefixed with the archive's state code)
     archived: list[tuple[str, JobState, bytes]] = field(default_factory=list)
+    #: events below this index may have been dropped by retention
+    events_pruned_below: int = 0
 
 
 class Store(ABC):
@@ -93,6 +95,16 @@ class Store(ABC):
     @abstractmethod
     async def read_log(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
         """Bytes of one attempt's log from ``offset``, at most ``limit``."""
+
+    @abstractmethod
+    async def read_events(self, after: int, limit: int, job_id: str | None = None) -> list[Event]:
+        """Committed events with index > ``after``, oldest first, optionally of one job."""
+
+    @abstractmethod
+    async def prune_events(self, keep: int) -> int:
+        """Drop events older than the newest ``keep`` unless their job is still kept.
+
+        Returns the index below which events may now be missing."""
 
     @abstractmethod
     async def close(self) -> None:

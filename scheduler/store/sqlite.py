@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, node_id TEXT
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     job_id TEXT NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL,
     data BLOB NOT NULL, PRIMARY KEY (job_id, attempt, offset)
@@ -126,7 +127,9 @@ class SQLiteStore(Store):
                 "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id, attempt"
             )
         }
-        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
+        pruned_below = int(row[0]) if row else 0
+        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below)
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -224,15 +227,47 @@ class SQLiteStore(Store):
                 break
         return bytes(out[:limit])
 
-    async def read_events(self, after: int, limit: int) -> list[Event]:
+    async def read_events(self, after: int, limit: int, job_id: str | None = None) -> list[Event]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._read_events_sync, after, limit)
+        return await loop.run_in_executor(
+            self._thread, self._read_events_sync, after, limit, job_id
+        )
 
-    def _read_events_sync(self, after: int, limit: int) -> list[Event]:
+    def _read_events_sync(self, after: int, limit: int, job_id: str | None) -> list[Event]:
         conn = self._conn
         assert conn is not None
         dec = msgspec.json.Decoder(Event)
-        rows = conn.execute(
-            "SELECT doc FROM events WHERE idx > ? ORDER BY idx LIMIT ?", (after, limit)
-        )
-        return [dec.decode(d) for (d,) in rows]
+        if job_id is None:
+            sql, args = "SELECT doc FROM events WHERE idx > ? ORDER BY idx LIMIT ?", (after, limit)
+        else:
+            sql = "SELECT doc FROM events WHERE job_id = ? AND idx > ? ORDER BY idx LIMIT ?"
+            args = (job_id, after, limit)  # type: ignore[assignment]
+        return [dec.decode(d) for (d,) in conn.execute(sql, args)]
+
+    async def prune_events(self, keep: int) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._prune_events_sync, keep)
+
+    def _prune_events_sync(self, keep: int) -> int:
+        conn = self._conn
+        assert conn is not None
+        (top,) = conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
+        below = int(top) - keep + 1
+        row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
+        before = int(row[0]) if row else 0
+        if below <= before:
+            return before
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Events of jobs still kept stay, so a job's own history is always whole.
+            conn.execute(
+                "DELETE FROM events WHERE idx < ? AND (job_id IS NULL OR job_id NOT IN "
+                "(SELECT id FROM jobs))",
+                (below,),
+            )
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('events_pruned_below', ?)", (below,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return below

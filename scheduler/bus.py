@@ -1,0 +1,89 @@
+"""Fan-out of committed events to live subscribers (SSE streams, WebSockets).
+
+A subscriber never slows the scheduler: publishing only appends to each matching
+subscriber's bounded queue. A subscriber whose queue overflows is marked, told to
+resync and cut off (its connection is aborted even if it is stuck writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+from scheduler.events import Event
+
+#: events a subscriber may have waiting before it counts as too slow
+SUBSCRIBER_QUEUE = 10_000
+TOPICS = frozenset({"jobs", "nodes"})
+
+
+def topic_of(event: Event) -> str:
+    """``job.state`` -> ``jobs``, ``node.metrics`` -> ``nodes``."""
+    return event.type.partition(".")[0] + "s"
+
+
+class Subscription:
+    """One subscriber's filter and its queue of events not yet sent."""
+
+    def __init__(
+        self,
+        topics: frozenset[str],
+        job_id: str | None = None,
+        *,
+        maxsize: int = SUBSCRIBER_QUEUE,
+        on_overflow: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.topics = topics
+        self.job_id = job_id
+        # None in the queue means: the stream ends (the scheduler is stopping).
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+        self.closed = False
+        self._on_overflow = on_overflow
+
+    def matches(self, event: Event) -> bool:
+        if self.job_id is not None:
+            return event.job_id == self.job_id
+        return topic_of(event) in self.topics
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed or not self.matches(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._on_overflow()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._on_overflow()
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, sub: Subscription) -> Subscription:
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    def close_all(self) -> None:
+        for sub in list(self._subs):
+            sub.close()
+
+    def publish(self, events: Iterable[Event]) -> None:
+        batch = list(events)
+        for sub in list(self._subs):
+            for event in batch:
+                sub.offer(event)
