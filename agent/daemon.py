@@ -84,6 +84,7 @@ class Agent:
         self._executor_error: str | None = None
         self._signals = 0
         self._drain = asyncio.Event()
+        self._beat_now = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._registrations = 0
         self._adopted = False
@@ -153,6 +154,7 @@ class Agent:
         if self._signals == 1:
             log.info("draining: taking no new jobs, finishing %d running", len(self.runners))
             self._drain.set()
+            self._beat_now.set()
         else:
             log.info("stopping: cancelling %d running jobs", len(self.runners))
             self._hard_stop.set()
@@ -311,6 +313,7 @@ class Agent:
                 metrics=metrics.sample(self.config.work_dir),
                 running=self.listed(),
                 executor_error=self._executor_error,
+                draining=self._drain.is_set(),
             )
             try:
                 reply = await link.client.heartbeat(
@@ -329,7 +332,10 @@ class Agent:
             link.note_reachable(True)
             link.heartbeat_interval_s = reply.heartbeat_interval_s
             self._obey_all(reply.commands)
-            await asyncio.sleep(link.heartbeat_interval_s)
+            # A drain starting is told to the scheduler at once, so it stops assigning.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), link.heartbeat_interval_s)
+            self._beat_now.clear()
 
     def _obey_all(self, commands: list[Command]) -> None:
         for cmd in commands:

@@ -68,6 +68,15 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
     help="Seconds every node gets after a scheduler restart before it can be declared offline.",
 )
 @click.option(
+    "--event-window",
+    envvar="BERTH_EVENT_WINDOW",
+    show_envvar=True,
+    type=click.IntRange(1000, None),
+    default=100_000,
+    show_default=True,
+    help="Events kept beyond those of jobs still kept; older ones may be dropped.",
+)
+@click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
 )
 def scheduler(
@@ -77,6 +86,7 @@ def scheduler(
     heartbeat_interval: float,
     node_ttl: float,
     restart_grace: float,
+    event_window: int,
     log_level: str,
 ) -> None:
     """Run the scheduler daemon.
@@ -95,6 +105,7 @@ def scheduler(
         heartbeat_interval_s=heartbeat_interval,
         node_ttl_s=node_ttl,
         restart_grace_s=restart_grace,
+        event_window=event_window,
     )
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(config))

@@ -155,6 +155,8 @@ class Node(Struct, gc=False):
     hostname: str = ""
     reason: str | None = None
     draining: bool = False
+    #: why it drains: an operator's words, or the agent shutting down
+    drain_reason: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     reserved: Resources = field(default_factory=Resources)
     allocated: Resources = field(default_factory=Resources)
@@ -207,6 +209,8 @@ class HeartbeatRequest(Struct, forbid_unknown_fields=True):
     )
     #: set when the agent's executor is broken (for example dockerd does not answer)
     executor_error: Annotated[str, Meta(max_length=1024)] | None = None
+    #: the agent is shutting down: it takes no new jobs and finishes what it runs
+    draining: bool = False
 
 
 class Command(Struct):

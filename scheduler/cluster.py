@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from common.codec import to_builtins
 from common.errors import Conflict, Forbidden, NotFound, StaleAttempt
 from common.models import (
     Assignment,
@@ -42,6 +43,10 @@ from scheduler.events import Event, EventLog
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
 from scheduler.store.base import Changes, Loaded, LogChunk, TokenRow
 
+#: the drain reason of a node whose agent is shutting down
+AGENT_SHUTTING_DOWN = "its agent is shutting down"
+#: node.metrics events are recorded at most this often per node
+METRICS_EVENT_INTERVAL_S = 15.0
 #: a running job missing from this many consecutive heartbeats of its node is lost
 MISSING_HEARTBEATS_LOST = 2
 #: per-attempt log cap; past it the log ends with a marker
@@ -130,6 +135,8 @@ class Cluster:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
+        #: when each node's last node.metrics event was recorded
+        self._metrics_event_at: dict[str, float] = {}
         #: placement views of nodes that did not change since they were built
         self._views: dict[str, placement.NodeView] = {}
         #: node id -> {job id: consecutive heartbeats that did not list it}
@@ -417,6 +424,10 @@ class Cluster:
         node.version = req.version
         node.last_heartbeat_at = _dt(now)
         node.executor_error = None
+        if node.draining and node.drain_reason == AGENT_SHUTTING_DOWN:
+            # The agent that was shutting down is back.
+            node.draining = False
+            node.drain_reason = None
         self.add_token(token, "node", f"node:{node.name}", node.id)
         self._event(
             "node.registered",
@@ -471,13 +482,17 @@ class Cluster:
 
     def drain(self, node_id: str, drain: bool, reason: str) -> Node:
         node = self.node(node_id)
+        self._set_draining(node, drain, reason or None)
+        return node
+
+    def _set_draining(self, node: Node, drain: bool, reason: str | None) -> None:
         node.draining = drain
+        node.drain_reason = reason if drain else None
         self._views.pop(node.id, None)
-        data = {"draining": drain, "reason": reason or None}
-        self._event("node.state", node=node, data={"state": node.state.value, **data})
+        data = {"state": node.state.value, "draining": drain, "reason": node.drain_reason}
+        self._event("node.state", node=node, data=data)
         if not drain:
             self.on_placement_wanted()
-        return node
 
     def heartbeat(self, node_id: str, req: HeartbeatRequest) -> list[Command]:
         """Take a node's metrics and running attempts; answer with what it must stop."""
@@ -492,6 +507,11 @@ class Cluster:
             self.on_placement_wanted()
         node.metrics = req.metrics
         node.executor_error = req.executor_error
+        if req.draining and not node.draining:
+            self._set_draining(node, True, AGENT_SHUTTING_DOWN)
+        if now - self._metrics_event_at.get(node.id, 0.0) >= METRICS_EVENT_INTERVAL_S:
+            self._metrics_event_at[node.id] = now
+            self._event("node.metrics", node=node, data=to_builtins(req.metrics))
         commands: list[Command] = []
         listed = {(r.job_id, r.attempt) for r in req.running}
         for held in [h for h in node.releasing if (h.job_id, h.attempt) not in listed]:

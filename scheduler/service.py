@@ -184,12 +184,12 @@ class Service:
 
     async def _retention_loop(self) -> None:
         while True:
-            await asyncio.sleep(RETENTION_INTERVAL_S)
             try:
                 below = await self.store.prune_events(self.config.event_window)
                 self.cluster.events_pruned_below = below
             except Exception:
                 log.exception("event retention failed")
+            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -280,3 +280,32 @@ async def test_batch_reports_are_accepted_or_refused_one_by_one(
 async def _polled(a: SimAgent, n: int) -> bool:
     await a.poll()
     return len(a.running) >= n
+
+
+async def test_an_agent_shutting_down_gets_no_new_jobs_until_it_registers_again(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
+) -> None:
+    a = agent(sched, http, "a")
+    await a.register()
+    status, _ = await a.api.post(
+        f"/api/v1/nodes/{a.node_id}/heartbeat", {"running": [], "draining": True}
+    )
+    assert status == 200
+    _, node = await admin.get(f"/api/v1/nodes/{a.node_id}")
+    assert node["draining"] is True and node["drain_reason"] == "its agent is shutting down"
+    _, job = await admin.post("/api/v1/jobs", SPEC)
+    assert await a.poll(wait=0.5) == []
+    await a.register()
+    assert [x["job_id"] for x in await a.poll(wait=5)] == [job["id"]]
+
+
+async def test_heartbeats_publish_node_metrics_events(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
+) -> None:
+    a = agent(sched, http, "a")
+    await a.register()
+    await a.heartbeat(ram_free_mb=1234)
+    _, page = await admin.get("/api/v1/events", params={"since": 0, "topics": "nodes"})
+    metrics = [e for e in page["events"] if e["type"] == "node.metrics"]
+    assert metrics and metrics[-1]["data"]["ram_free_mb"] == 1234
+    assert metrics[-1]["node_id"] == a.node_id
