@@ -38,6 +38,8 @@ MemoryMbOrZero = Annotated[int, Meta(ge=0, le=MAX_MEMORY_MB)]
 Gpus = Annotated[int, Meta(ge=0, le=MAX_GPUS)]
 Priority = Annotated[int, Meta(ge=0, le=100)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
+Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+JobId = Annotated[str, Meta(min_length=1, max_length=64)]
 EnvName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
@@ -77,14 +79,34 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     priority: Priority = 50
     constraints: Constraints = field(default_factory=Constraints)
     network: Literal["none", "bridge"] = "none"
-    #: sha256 of an input archive stored on the scheduler
-    inputs: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    #: sha256 of an input archive stored on the scheduler (POST /api/v1/blobs)
+    inputs: Digest | None = None
     labels: Labels = field(default_factory=dict)
+    #: ids of jobs that must complete before this one may start
+    depends_on: Annotated[list[JobId], Meta(max_length=1000)] = field(default_factory=list)
+    #: a concurrency group: at most its max_concurrent jobs are assigned or running
+    group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    #: the group's limit, when this job is the first to name the group
+    group_max_concurrent: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    #: first automatic retry waits this long, doubling (with jitter) up to retry_max_delay_s
+    retry_delay_s: Annotated[float, Meta(ge=0, le=86_400)] = 1.0
+    retry_max_delay_s: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
+    #: the agent uploads /checkpoint this often while the job runs (and on pause/cancel)
+    checkpoint_interval_s: Annotated[float, Meta(ge=1, le=86_400)] | None = None
 
 
 class Progress(Struct, gc=False):
     percent: float = 0.0
     message: str = ""
+
+
+class Usage(Struct, gc=False):
+    """What a running job uses, sampled by its agent (docker stats)."""
+
+    cpu_percent: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    memory_mb: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    peak_cpu_percent: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    peak_memory_mb: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
 
 
 class Attempt(Struct, gc=False):
@@ -127,6 +149,14 @@ class Job(Struct, gc=False):
     #: automatic retries used so far (manual retries do not count)
     retries: int = 0
     submitted_by: str | None = None
+    cancelled_by: str | None = None
+    cancelled_at: datetime | None = None
+    #: current and peak resource use of the running attempt
+    usage: Usage | None = None
+    #: sha256 of the archive of what the job left in /workspace/out
+    outputs: str | None = None
+    #: sha256 of the latest archive of /checkpoint, restored into the next attempt
+    checkpoint: str | None = None
 
 
 class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):
@@ -200,6 +230,8 @@ class RegisterReply(Struct):
 class RunningAttempt(Struct, forbid_unknown_fields=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=64)]
     attempt: Annotated[int, Meta(ge=1)]
+    #: the agent has it paused (docker pause, SIGSTOP)
+    paused: bool = False
 
 
 class HeartbeatRequest(Struct, forbid_unknown_fields=True):
@@ -231,6 +263,8 @@ class Assignment(Struct):
     job_id: str
     attempt: int
     spec: JobSpec
+    #: sha256 of the checkpoint to restore into /checkpoint before the job starts
+    checkpoint: str | None = None
 
 
 class AssignmentsReply(Struct):
@@ -252,6 +286,11 @@ class Report(Struct, forbid_unknown_fields=True):
     #: the container was killed for using more memory than its limit
     oom_killed: bool = False
     progress: Progress | None = None
+    usage: Usage | None = None
+    #: sha256 of the uploaded archive of /workspace/out (with the final report)
+    outputs: Digest | None = None
+    #: sha256 of a newly uploaded archive of /checkpoint
+    checkpoint: Digest | None = None
 
 
 class JobReport(Report, forbid_unknown_fields=True):
@@ -294,6 +333,31 @@ class JobBatch(Struct, forbid_unknown_fields=True):
     """Many specs submitted at once: all are accepted or none."""
 
     jobs: Annotated[list[JobSpec], Meta(min_length=1, max_length=1000)]
+
+
+class JobFilter(Struct, forbid_unknown_fields=True):
+    state: JobState | None = None
+    #: every label here must be on the job with this value
+    labels: Labels = field(default_factory=dict)
+    group: Annotated[str, Meta(max_length=128)] | None = None
+
+
+class JobSelection(Struct, forbid_unknown_fields=True):
+    """Jobs named by id, or every job matching a filter (not both)."""
+
+    ids: Annotated[list[JobId], Meta(max_length=10_000)] | None = None
+    filter: JobFilter | None = None
+
+
+class ActionResult(Struct):
+    job_id: str
+    ok: bool
+    state: JobState | None = None
+    error: dict[str, Any] | None = None
+
+
+class ActionResults(Struct):
+    results: list[ActionResult]
 
 
 class JobList(Struct):

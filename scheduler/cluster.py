@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.codec import to_builtins
-from common.errors import Conflict, Forbidden, NotFound, StaleAttempt
+from common.errors import Conflict, Forbidden, IllegalTransition, NotFound, StaleAttempt
 from common.models import (
     Assignment,
     Attempt,
@@ -43,6 +43,8 @@ from scheduler.events import Event, EventLog
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
 from scheduler.store.base import Changes, Loaded, LogChunk, TokenRow
 
+#: the ended states a client may retry from
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 #: the drain reason of a node whose agent is shutting down
 AGENT_SHUTTING_DOWN = "its agent is shutting down"
 #: node.metrics events are recorded at most this often per node
@@ -260,6 +262,7 @@ class Cluster:
         job.reason = reason
         if new is JobState.QUEUED:
             self._enqueue(job)
+            self.on_placement_wanted()
         elif new is JobState.RUNNING and job.started_at is None:
             job.started_at = now
         elif new in TERMINAL:
@@ -364,9 +367,66 @@ class Cluster:
             raise Conflict(f"job {job_id} already ended {job.state.value}", {"state": job.state})
         node_id = job.node_id
         job.error = f"cancelled by {by}"
+        job.cancelled_by = by
+        job.cancelled_at = _dt(self.clock())
         self._set_state(job, JobState.CANCELLED, reason=f"cancelled by {by}", hold=True)
         if node_id:
             self.on_node_changed(node_id)
+        return job
+
+    def retry(self, job_id: str, *, by: str) -> Job:
+        """Run an ended job again: same id, attempt + 1, its history kept."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            if job_id not in self.archive:
+                raise NotFound(f"no job {job_id!r}", {"field": "id"})
+            state = self.archive.state(job_id)
+            check_transition(state, JobState.QUEUED)
+            revived = self.archive.pop(job_id)
+            assert revived is not None
+            job = revived
+            self.jobs[job.id] = job
+        if job.state not in RETRYABLE:
+            raise IllegalTransition(job.state.value, JobState.QUEUED.value)
+        self._archive_attempt(job)
+        self._set_state(job, JobState.QUEUED, reason=f"retried by {by}")
+        self._new_attempt(job)
+        return job
+
+    def _new_attempt(self, job: Job) -> None:
+        """Fresh per-attempt fields, same id; the checkpoint is carried over."""
+        job.attempt += 1
+        job.node_id = None
+        job.assigned_at = job.started_at = job.finished_at = None
+        job.exit_code = None
+        job.error = None
+        job.progress = None
+        job.usage = None
+        job.outputs = None
+        job.cancelled_by = job.cancelled_at = None
+        req = self.queue.get(job.id)
+        if req is not None:
+            req.avoid = frozenset(job.failed_nodes)
+
+    def pause(self, job_id: str, *, by: str) -> Job:
+        """Stop a running job where it is; its resources stay reserved.
+
+        Paused time counts toward the job's timeout: timeout_s bounds how long a job
+        holds its node's resources, and a paused job still holds them.
+        """
+        job = self.job(job_id)
+        self._set_state(job, JobState.PAUSED, reason=f"paused by {by}")
+        if job.node_id:
+            self.on_node_changed(job.node_id)
+        return job
+
+    def resume(self, job_id: str, *, by: str) -> Job:
+        job = self.job(job_id)
+        if job.state is not JobState.PAUSED:
+            raise Conflict(f"job {job_id} is {job.state.value}, not paused", {"state": job.state})
+        self._set_state(job, JobState.RUNNING, reason=None)
+        if job.node_id:
+            self.on_node_changed(job.node_id)
         return job
 
     def iter_jobs(self, state: JobState | None, before: str | None) -> Iterator[Job]:
@@ -517,6 +577,7 @@ class Cluster:
         for held in [h for h in node.releasing if (h.job_id, h.attempt) not in listed]:
             # The agent stopped what it was told to stop: the resources are free.
             self._let_go(node, held)
+        paused = {(r.job_id, r.attempt) for r in req.running if r.paused}
         for job_id, attempt in listed:
             job = self.jobs.get(job_id)
             current = (
@@ -525,6 +586,12 @@ class Cluster:
                 and job.attempt == attempt
                 and job.state in ON_NODE
             )
+            if current and job is not None:
+                # Level-triggered: repeated until the agent's heartbeat shows it done.
+                if job.state is JobState.PAUSED and (job_id, attempt) not in paused:
+                    commands.append(Command("pause", job_id, attempt, job.reason or ""))
+                elif job.state is JobState.RUNNING and (job_id, attempt) in paused:
+                    commands.append(Command("resume", job_id, attempt, job.reason or ""))
             if not current:
                 reason = "attempt is no longer current"
                 ended = self.archive.get(job_id) if job is None else job
@@ -570,7 +637,7 @@ class Cluster:
         for job_id in node.running_jobs:
             job = self.jobs[job_id]
             if job.state is JobState.ASSIGNED and job.index > after:
-                out.append(Assignment(job.id, job.attempt, job.spec))
+                out.append(Assignment(job.id, job.attempt, job.spec, job.checkpoint))
                 top = max(top, job.index)
         return out, max(top, after)
 
@@ -600,6 +667,13 @@ class Cluster:
             if ended is not None:
                 return ended
         job = self._current(node, job_id, rep.attempt)
+        if rep.usage is not None:
+            job.usage = rep.usage
+        if rep.checkpoint is not None:
+            job.checkpoint = rep.checkpoint
+            self._event("job.checkpoint", job=job, data={"checkpoint": rep.checkpoint})
+        if rep.outputs is not None:
+            job.outputs = rep.outputs
         if rep.progress is not None:
             job.progress = rep.progress
             if rep.state is None:
@@ -609,6 +683,8 @@ class Cluster:
                     data={"percent": rep.progress.percent, "message": rep.progress.message},
                 )
         if rep.state is None:
+            if rep.usage is not None:
+                self.changes.jobs[job.id] = job
             return job
         if rep.state == "running":
             if job.state is JobState.ASSIGNED:
@@ -654,20 +730,13 @@ class Cluster:
             job.retries += 1
             delay = liveness.retry_delay(
                 job.retries,
-                base_s=self.config.retry_base_s,
-                max_s=self.config.retry_max_s,
+                base_s=job.spec.retry_delay_s,
+                max_s=job.spec.retry_max_delay_s,
                 jitter=self.rng.random(),
             )
             job.not_before = _dt(self.clock() + delay)
             self._set_state(job, JobState.QUEUED, reason=f"retry {job.retries}: {why}", hold=hold)
-            # A new attempt: fresh fields, same id.
-            job.attempt += 1
-            job.node_id = None
-            job.assigned_at = job.started_at = job.finished_at = None
-            job.exit_code = None
-            job.error = None
-            job.progress = None
-            self.queue[job.id].avoid = frozenset(job.failed_nodes)
+            self._new_attempt(job)
         else:
             self._set_state(job, final, reason=why, hold=hold)
 

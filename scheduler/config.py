@@ -28,9 +28,6 @@ TIMEOUT_GRACE_S = 30.0
 COOLDOWN_THRESHOLD = 3
 COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 3600.0
-#: automatic retry backoff: base * 2^(attempt-1), capped
-RETRY_BASE_S = 1.0
-RETRY_MAX_S = 300.0
 #: largest accepted request body
 MAX_BODY_BYTES = 1024 * 1024
 #: most changes grouped into one SQLite transaction
@@ -61,8 +58,6 @@ class SchedulerConfig:
     cooldown_threshold: int = COOLDOWN_THRESHOLD
     cooldown_base_s: float = COOLDOWN_BASE_S
     cooldown_max_s: float = COOLDOWN_MAX_S
-    retry_base_s: float = RETRY_BASE_S
-    retry_max_s: float = RETRY_MAX_S
     max_body_bytes: int = MAX_BODY_BYTES
     event_window: int = EVENT_WINDOW
 

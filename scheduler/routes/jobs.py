@@ -5,12 +5,22 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import codec
-from common.errors import InvalidRequest
-from common.models import JobBatch, JobList, JobSpec
+from common.errors import BerthError, InvalidRequest
+from common.models import (
+    ActionResult,
+    ActionResults,
+    Job,
+    JobBatch,
+    JobFilter,
+    JobList,
+    JobSelection,
+    JobSpec,
+)
 from common.states import JobState
 from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
 from scheduler.routes import service
+from scheduler.service import Service
 
 routes = web.RouteTableDef()
 
@@ -98,11 +108,69 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(job, headers={"X-Berth-Index": str(job.index)})
 
 
-@routes.post("/api/v1/jobs/{id}/cancel")
-async def cancel(request: web.Request) -> web.Response:
+ACTIONS = ("cancel", "retry", "pause", "resume")
+_ACTION_PATTERN = "|".join(ACTIONS)
+#: the most jobs one batch action may touch
+MAX_SELECTED = 10_000
+
+
+def _act(svc: Service, action: str, job_id: str, by: str) -> Job:
+    cluster = svc.cluster
+    method = {
+        "cancel": cluster.cancel,
+        "retry": cluster.retry,
+        "pause": cluster.pause,
+        "resume": cluster.resume,
+    }[action]
+    return method(job_id, by=by)
+
+
+@routes.post(f"/api/v1/jobs/{{id}}/{{action:{_ACTION_PATTERN}}}")
+async def act(request: web.Request) -> web.Response:
+    """Cancel, retry, pause or resume one job; 409 when the job's state does not allow it."""
     who = require_role(request, "submit")
     svc = service(request)
-    job = svc.cluster.cancel(request.match_info["id"], by=who.name)
+    job = _act(svc, request.match_info["action"], request.match_info["id"], who.name)
     body = codec.encode(job)
     await svc.commit()
     return json_response(body)
+
+
+@routes.post(f"/api/v1/jobs/{{action:{_ACTION_PATTERN}}}")
+async def act_many(request: web.Request) -> web.Response:
+    """The same action on many jobs (by ids or a filter), in one commit; each job is
+    changed or refused on its own."""
+    who = require_role(request, "submit")
+    sel = await read_body(request, JobSelection)
+    if (sel.ids is None) == (sel.filter is None):
+        raise InvalidRequest("give either ids or filter", {"field": "$.ids"})
+    svc = service(request)
+    ids = sel.ids if sel.ids is not None else _matching(svc, sel.filter)
+    action = request.match_info["action"]
+    results = []
+    for job_id in ids:
+        try:
+            job = _act(svc, action, job_id, who.name)
+        except BerthError as e:
+            results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
+        else:
+            results.append(ActionResult(job_id, True, state=job.state))
+    body = codec.encode(ActionResults(results))
+    await svc.commit()
+    return json_response(body)
+
+
+def _matching(svc: Service, flt: JobFilter | None) -> list[str]:
+    assert flt is not None
+    out = []
+    for job in svc.cluster.iter_jobs(flt.state, None):
+        if flt.group is not None and job.spec.group != flt.group:
+            continue
+        if any(job.spec.labels.get(k) != v for k, v in flt.labels.items()):
+            continue
+        out.append(job.id)
+        if len(out) > MAX_SELECTED:
+            raise InvalidRequest(
+                f"the filter matches more than {MAX_SELECTED} jobs", {"field": "$.filter"}
+            )
+    return out

@@ -705,7 +705,7 @@ def test_an_executor_error_in_a_heartbeat_makes_the_node_unhealthy(clock: FakeCl
 
 
 def test_a_report_for_a_stale_attempt_is_refused(clock: FakeClock) -> None:
-    c = new_cluster(clock, retry_base_s=1.0)
+    c = new_cluster(clock)
     node = register(c)
     job = submit(c, max_retries=1)
     start(c, job)
@@ -912,9 +912,9 @@ def test_drain_of_an_unknown_node_is_not_found(clock: FakeClock) -> None:
 
 
 def test_an_automatic_retry_waits_for_its_backoff(clock: FakeClock) -> None:
-    c = new_cluster(clock, retry_base_s=10.0, retry_max_s=100.0)
+    c = new_cluster(clock)
     node = register(c)
-    job = submit(c, max_retries=2)
+    job = submit(c, max_retries=2, retry_delay_s=10.0, retry_max_delay_s=100.0)
     start(c, job)
     report(c, job, "failed", exit_code=1)
     assert job.state is JobState.QUEUED
@@ -937,9 +937,9 @@ def test_an_automatic_retry_waits_for_its_backoff(clock: FakeClock) -> None:
 
 
 def test_retry_backoff_doubles_and_is_capped(clock: FakeClock) -> None:
-    c = new_cluster(clock, retry_base_s=10.0, retry_max_s=30.0, node_ttl_s=1e6)
+    c = new_cluster(clock, node_ttl_s=1e6)
     node = register(c)
-    job = submit(c, max_retries=4)
+    job = submit(c, max_retries=4, retry_delay_s=10.0, retry_max_delay_s=30.0)
     waits = []
     for _ in range(4):
         start(c, job)
@@ -961,7 +961,7 @@ def test_retry_backoff_doubles_and_is_capped(clock: FakeClock) -> None:
 
 
 def test_a_retried_job_avoids_the_node_where_it_failed(clock: FakeClock) -> None:
-    c = new_cluster(clock, retry_base_s=1.0)
+    c = new_cluster(clock)
     a = register(c, "a")
     b = register(c, "b")
     job = submit(c, max_retries=1)
@@ -978,7 +978,7 @@ def test_a_retried_job_avoids_the_node_where_it_failed(clock: FakeClock) -> None
 def test_a_retried_job_returns_to_the_failed_node_when_nothing_else_fits(
     clock: FakeClock,
 ) -> None:
-    c = new_cluster(clock, retry_base_s=1.0)
+    c = new_cluster(clock)
     a = register(c, "a", cpu=4.0)
     register(c, "b", cpu=1.0)
     job = submit(c, cpu=3.0, max_retries=1)
@@ -1077,7 +1077,7 @@ def test_a_log_is_capped_with_a_visible_marker(clock: FakeClock) -> None:
 
 
 def test_logs_of_each_attempt_are_kept_apart(clock: FakeClock) -> None:
-    c = new_cluster(clock, retry_base_s=1.0)
+    c = new_cluster(clock)
     node = register(c)
     job = submit(c, max_retries=1)
     start(c, job)
@@ -1212,6 +1212,7 @@ def _drive(c: Cluster, clock: FakeClock, rng: random.Random, steps: int) -> None
                 cpu=rng.choice([0.1, 0.2, 0.25, 0.5, 1.0, 1.5, 3.0]),
                 memory_mb=rng.choice([64, 128, 512, 1000, 2048]),
                 max_retries=rng.randint(0, 2),
+                retry_delay_s=0.5,
             )
         c.place()
         assert_no_overcommit(c)
@@ -1244,7 +1245,7 @@ def _drive(c: Cluster, clock: FakeClock, rng: random.Random, steps: int) -> None
 @pytest.mark.parametrize("seed", range(8))
 def test_capacity_is_never_over_committed(clock: FakeClock, seed: int) -> None:
     c = Cluster(
-        SchedulerConfig(restart_grace_s=0.0, retry_base_s=0.5, cooldown_base_s=3.0),
+        SchedulerConfig(restart_grace_s=0.0, cooldown_base_s=3.0),
         clock=clock,
         rng=random.Random(seed),
     )

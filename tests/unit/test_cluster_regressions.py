@@ -47,9 +47,9 @@ def test_a_timed_out_report_releases_resources_after_the_scheduler_timeout_was_c
 
 def test_a_current_attempt_is_lost_even_when_an_older_attempt_is_still_listed() -> None:
     clock = FakeClock()
-    c = new_cluster(clock, node_ttl_s=1000.0, timeout_grace_s=5.0, retry_base_s=0.1)
+    c = new_cluster(clock, node_ttl_s=1000.0, timeout_grace_s=5.0)
     node = register(c, max_parallel=4)
-    job = submit(c, timeout_s=10.0, max_retries=2)
+    job = submit(c, timeout_s=10.0, max_retries=2, retry_delay_s=0.1)
     c.place()
     report(c, job, "running")
     clock.advance(16)
