@@ -157,6 +157,8 @@ class Job(Struct, gc=False):
     outputs: str | None = None
     #: sha256 of the latest archive of /checkpoint, restored into the next attempt
     checkpoint: str | None = None
+    #: the attempt that wrote that checkpoint
+    checkpoint_attempt: int = 0
 
 
 class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):

@@ -670,8 +670,7 @@ class Cluster:
         if rep.usage is not None:
             job.usage = rep.usage
         if rep.checkpoint is not None:
-            job.checkpoint = rep.checkpoint
-            self._event("job.checkpoint", job=job, data={"checkpoint": rep.checkpoint})
+            self._take_checkpoint(job, rep.attempt, rep.checkpoint)
         if rep.outputs is not None:
             job.outputs = rep.outputs
         if rep.progress is not None:
@@ -715,6 +714,32 @@ class Cluster:
                 why = rep.error or "out of memory"
             self._retry_or_end(job, final, why)
         return job
+
+    def record_checkpoint(self, node_id: str, job_id: str, attempt: int, digest: str) -> Job:
+        """Keep a checkpoint an attempt uploaded, for the job's next attempt.
+
+        Accepted also from an attempt that is no longer current (cancelled, or lost while
+        its agent could still be reached), as long as no later attempt wrote one.
+        """
+        node = self.node(node_id)
+        job = self.find(job_id)
+        if job is None or not _ran_on(job, attempt, node.id):
+            raise StaleAttempt(f"attempt {attempt} of job {job_id} did not run on this node")
+        if attempt < job.checkpoint_attempt:
+            raise StaleAttempt(f"a later attempt of job {job_id} has written a checkpoint")
+        live = self.jobs.get(job_id)
+        if live is None:
+            # An ended job: its checkpoint matters only to a retry, but keep it.
+            revived = self.archive.pop(job_id)
+            assert revived is not None
+            live = self.jobs[job_id] = revived
+        self._take_checkpoint(live, attempt, digest)
+        return live
+
+    def _take_checkpoint(self, job: Job, attempt: int, digest: str) -> None:
+        job.checkpoint = digest
+        job.checkpoint_attempt = attempt
+        self._event("job.checkpoint", job=job, data={"checkpoint": digest, "attempt": attempt})
 
     def _retry_or_end(self, job: Job, final: JobState, why: str, *, hold: bool = False) -> None:
         """Requeue a failed attempt when retries are left, else end the job in ``final``."""
