@@ -46,7 +46,8 @@ ON_NODE: frozenset[JobState] = frozenset({JobState.ASSIGNED, JobState.RUNNING, J
 _J = JobState
 #: The legal job transitions. Anything not listed here is refused (HTTP 409).
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    _J.QUEUED: frozenset({_J.ASSIGNED, _J.CANCELLED}),
+    # queued -> failed: a job it depends on ended failed, cancelled or timed out.
+    _J.QUEUED: frozenset({_J.ASSIGNED, _J.CANCELLED, _J.FAILED}),
     # assigned -> failed: the job could not start and has no retries left;
     # assigned -> timed_out: the scheduler enforces the timeout of a silent agent.
     _J.ASSIGNED: frozenset({_J.RUNNING, _J.QUEUED, _J.CANCELLED, _J.FAILED, _J.TIMED_OUT}),

@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.codec import to_builtins
-from common.errors import Conflict, Forbidden, IllegalTransition, NotFound, StaleAttempt
+from common.errors import (
+    Conflict,
+    Forbidden,
+    IllegalTransition,
+    InvalidRequest,
+    NotFound,
+    StaleAttempt,
+)
 from common.models import (
     Assignment,
     Attempt,
@@ -36,7 +43,7 @@ from common.models import (
     Resources,
 )
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
-from scheduler import liveness, placement
+from scheduler import liveness, placement, queue
 from scheduler.archive import JobArchive
 from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
 from scheduler.events import Event, EventLog
@@ -137,6 +144,10 @@ class Cluster:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
+        #: when each queued job entered the queue (for the starvation bound)
+        self.queued_since: dict[str, float] = {}
+        #: concurrency groups' limits
+        self.group_limits: dict[str, int] = {}
         #: when each node's last node.metrics event was recorded
         self._metrics_event_at: dict[str, float] = {}
         #: placement views of nodes that did not change since they were built
@@ -182,6 +193,7 @@ class Cluster:
         if self.ids:
             self._last_id = int(self.ids[-1], 16)
         self.idempotency = dict(loaded.idempotency)
+        self.group_limits = dict(loaded.groups)
         self.tokens = {t.digest: t for t in loaded.tokens}
         self.log_ends = dict(loaded.log_ends)
         for node in self.nodes.values():
@@ -254,6 +266,7 @@ class Cluster:
         if old is JobState.QUEUED:
             self.queue.pop(job.id, None)
             self.pending_reason.pop(job.id, None)
+            self.queued_since.pop(job.id, None)
         if old in ON_NODE and new not in ON_NODE:
             self._release(job, hold=hold)
         self.counts[old] -= 1
@@ -277,6 +290,7 @@ class Cluster:
         self._event("job.state", job=job, data=data)
 
     def _enqueue(self, job: Job) -> None:
+        self.queued_since[job.id] = self.clock()
         r = job.spec.resources
         self.queue[job.id] = placement.JobRequest(
             id=job.id,
@@ -330,6 +344,14 @@ class Cluster:
             earlier = self.idempotency.get(scoped)
             if earlier is not None and (found := self.find(earlier)) is not None:
                 return found, False
+        self.check_spec(spec)
+        # The first job to name a group may set its limit; the admin route changes it.
+        if (
+            spec.group is not None
+            and spec.group_max_concurrent is not None
+            and spec.group not in self.group_limits
+        ):
+            self.set_group_limit(spec.group, spec.group_max_concurrent)
         job = Job(
             id=self._new_job_id(),
             name=spec.name,
@@ -349,6 +371,41 @@ class Cluster:
         self._event("job.created", job=job, data={"name": job.name, "image": spec.image})
         self.on_placement_wanted()
         return job, True
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """What a spec's own validation cannot know: the jobs it depends on exist.
+
+        A job may depend only on jobs that exist when it is submitted, so the
+        dependency graph never has a cycle.
+        """
+        for i, dep in enumerate(spec.depends_on):
+            if self.state_of(dep) is None:
+                raise InvalidRequest(
+                    f"depends_on names no job {dep!r}", {"field": f"$.depends_on[{i}]"}
+                )
+
+    def set_group_limit(self, group: str, max_concurrent: int) -> None:
+        self.group_limits[group] = max_concurrent
+        self.changes.groups[group] = max_concurrent
+        self.on_placement_wanted()
+
+    def groups(self) -> dict[str, dict[str, int | None]]:
+        """Every known group with its limit, its jobs on nodes and its queued jobs."""
+        active = self._active_by_group()
+        queued: dict[str, int] = {}
+        for job_id in self.queue:
+            group = self.jobs[job_id].spec.group
+            if group is not None:
+                queued[group] = queued.get(group, 0) + 1
+        names = set(self.group_limits) | set(active) | set(queued)
+        return {
+            g: {
+                "max_concurrent": self.group_limits.get(g),
+                "active": active.get(g, 0),
+                "queued": queued.get(g, 0),
+            }
+            for g in sorted(names)
+        }
 
     def find(self, job_id: str) -> Job | None:
         """The job, live or ended; an ended one is a decoded copy."""
@@ -846,21 +903,103 @@ class Cluster:
             view = self._views[node.id] = self.node_view(node)
         return view
 
-    def place(self) -> list[str]:
-        """One placement pass over the queue. Returns the ids of nodes given new jobs."""
-        now = self.clock()
+    def state_of(self, job_id: str) -> JobState | None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.state
+        return self.archive.state(job_id) if job_id in self.archive else None
+
+    def _active_by_group(self) -> dict[str, int]:
+        active: dict[str, int] = {}
+        for node in self.nodes.values():
+            for job_id in node.running_jobs:
+                group = self.jobs[job_id].spec.group
+                if group is not None:
+                    active[group] = active.get(group, 0) + 1
+        return active
+
+    def _gate(self, now: float) -> list[placement.JobRequest]:
+        """The queued jobs that may be placed now, in queue order; the others get their
+        pending reason, and jobs whose dependency failed for good fail."""
+        active = self._active_by_group()
+        room: dict[str, int | None] = {}
         ready = []
-        for req in self.queue.values():
+        doomed: list[tuple[Job, str]] = []
+        for req in sorted(self.queue.values(), key=queue.queue_order):
             job = self.jobs[req.id]
             if job.not_before is not None and job.not_before.timestamp() > now:
-                self.pending_reason[req.id] = "waiting to retry"
+                self.pending_reason[req.id] = queue.WAITING_TO_RETRY
                 continue
+            if job.spec.depends_on:
+                deps = queue.dependencies(job.spec.depends_on, self.state_of)
+                if deps.failed is not None:
+                    doomed.append((job, deps.failed))
+                    continue
+                if deps.waiting:
+                    self.pending_reason[req.id] = f"{queue.WAITING_ON}: {', '.join(deps.waiting)}"
+                    continue
+            group = job.spec.group
+            if group is not None:
+                if group not in room:
+                    limit = self.group_limits.get(group)
+                    room[group] = queue.group_room(active.get(group, 0), limit)
+                left = room[group]
+                if left is not None:
+                    if left <= 0:
+                        limit = self.group_limits.get(group)
+                        self.pending_reason[req.id] = (
+                            f"{queue.GROUP_LIMIT}: group {group} runs its limit of {limit}"
+                        )
+                        continue
+                    room[group] = left - 1
             ready.append(req)
-        if not ready or not self.nodes:
+        for job, dep in doomed:
+            why = f"{queue.DEPENDENCY_FAILED}: job {dep} did not complete"
+            job.error = why
+            self._set_state(job, JobState.FAILED, reason=why)
+        return ready
+
+    def place(self) -> list[str]:
+        """One placement pass over the queue. Returns the ids of nodes given new jobs.
+
+        A job that has waited past the starvation bound without fitting holds a node:
+        jobs behind it may not use that node until it has been placed.
+        """
+        now = self.clock()
+        ready = self._gate(now)
+        touched: list[str] = []
+        if ready and self.nodes:
+            starving = next((r for r in ready if self._starving(r, now)), None)
+            if starving is None:
+                touched = self._pass(ready, now, held=None)
+            else:
+                cut = ready.index(starving) + 1
+                touched = self._pass(ready[:cut], now, held=None)
+                held = None
+                if starving.id in self.queue:
+                    views = [self._cached_view(n) for n in self.nodes.values()]
+                    held = queue.hold_candidate(views, starving, now)
+                    if held is not None:
+                        name = self.nodes[held].name
+                        self.pending_reason[starving.id] = (
+                            f"{queue.HELD}: node {name}, until it has room for this job"
+                        )
+                touched += self._pass(ready[cut:], now, held=held)
+        else:
             for req in ready:
-                self.pending_reason[req.id] = "no node fits the request"
-            return []
-        views = [self._cached_view(n) for n in self.nodes.values()]
+                self.pending_reason[req.id] = placement.REASON_NO_ELIGIBLE
+        for job_id in self.queue:
+            # Every queued job says why it waits (in memory: it changes every pass).
+            self.jobs[job_id].reason = self.pending_reason.get(job_id)
+        return touched
+
+    def _starving(self, req: placement.JobRequest, now: float) -> bool:
+        since = self.queued_since.get(req.id, now)
+        last = self.pending_reason.get(req.id, "")
+        return now - since > self.config.starvation_s and last.startswith("no node")
+
+    def _pass(self, ready: list[placement.JobRequest], now: float, held: str | None) -> list[str]:
+        views = [self._cached_view(n) for n in self.nodes.values() if n.id != held]
         result = placement.place(views, ready, now=now, strategy=self.config.strategy, rng=self.rng)
         touched: list[str] = []
         for d in result.decisions:
@@ -868,7 +1007,7 @@ class Cluster:
             node = self.nodes[d.node_id]
             # Reserve with a re-check against the node as it is now.
             if not placement.fits(self.node_view(node), self.queue[job.id], now):
-                self.pending_reason[job.id] = "no node fits the request"
+                self.pending_reason[job.id] = placement.REASON_NO_FIT
                 continue
             self._assign(job, node)
             touched.append(node.id)

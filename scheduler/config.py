@@ -28,6 +28,8 @@ TIMEOUT_GRACE_S = 30.0
 COOLDOWN_THRESHOLD = 3
 COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 3600.0
+#: a queued job that fits nowhere for this long holds a node (no more backfill past it)
+STARVATION_S = 300.0
 #: largest accepted request body
 MAX_BODY_BYTES = 1024 * 1024
 #: most changes grouped into one SQLite transaction
@@ -59,6 +61,7 @@ class SchedulerConfig:
     cooldown_base_s: float = COOLDOWN_BASE_S
     cooldown_max_s: float = COOLDOWN_MAX_S
     max_body_bytes: int = MAX_BODY_BYTES
+    starvation_s: float = STARVATION_S
     event_window: int = EVENT_WINDOW
 
     @property

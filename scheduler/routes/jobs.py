@@ -54,6 +54,12 @@ async def submit_batch(request: web.Request) -> web.Response:
     who = require_role(request, "submit")
     batch = await read_body(request, JobBatch)
     svc = service(request)
+    for i, spec in enumerate(batch.jobs):
+        try:
+            svc.cluster.check_spec(spec)
+        except InvalidRequest as e:
+            field = str(e.details.get("field", "$")).replace("$", f"$.jobs[{i}]", 1)
+            raise InvalidRequest(e.message, {**e.details, "field": field}) from None
     jobs = [svc.cluster.submit(spec, submitted_by=who.name)[0] for spec in batch.jobs]
     body = codec.encode({"jobs": jobs})
     await svc.commit()

@@ -44,10 +44,13 @@ class Changes:
     tokens: list[TokenRow] = field(default_factory=list)
     revoked_tokens: list[str] = field(default_factory=list)
     logs: list[LogChunk] = field(default_factory=list)
+    #: concurrency groups' limits
+    groups: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
-            self.jobs
+            self.groups
+            or self.jobs
             or self.nodes
             or self.events
             or self.idempotency
@@ -64,6 +67,7 @@ class Changes:
         self.tokens.extend(other.tokens)
         self.revoked_tokens.extend(other.revoked_tokens)
         self.logs.extend(other.logs)
+        self.groups.update(other.groups)
 
 
 @dataclass(slots=True)
@@ -81,6 +85,8 @@ class Loaded:
     archived: list[tuple[str, JobState, bytes]] = field(default_factory=list)
     #: events below this index may have been dropped by retention
     events_pruned_below: int = 0
+    #: concurrency groups' limits
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 class Store(ABC):

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, node_id TEXT
 );
+CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, max_concurrent INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     job_id TEXT NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -129,7 +130,8 @@ class SQLiteStore(Store):
         }
         row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
         pruned_below = int(row[0]) if row else 0
-        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below)
+        groups = dict(conn.execute("SELECT name, max_concurrent FROM groups").fetchall())
+        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below, groups)
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -184,6 +186,7 @@ class SQLiteStore(Store):
             "tokens": [(t.digest, t.role, t.name, t.node_id) for t in c.tokens],
             "revoked": [(d,) for d in c.revoked_tokens],
             "logs": [(lc.job_id, lc.attempt, lc.offset, lc.data) for lc in c.logs],
+            "groups": list(c.groups.items()),
         }
 
     def _write_sync(self, rows: dict[str, Sequence[_Row]]) -> None:
@@ -198,6 +201,7 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)", rows["tokens"])
             conn.executemany("DELETE FROM tokens WHERE digest = ?", rows["revoked"])
             conn.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?)", rows["logs"])
+            conn.executemany("INSERT OR REPLACE INTO groups VALUES (?, ?)", rows["groups"])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

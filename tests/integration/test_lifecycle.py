@@ -91,3 +91,18 @@ async def test_cancel_many_by_filter_and_by_ids(admin: Api) -> None:
 async def test_a_selection_needs_ids_or_a_filter(admin: Api) -> None:
     status, body = await admin.post("/api/v1/jobs/cancel", {})
     assert status == 400 and body["error"]["details"]["field"] == "$.ids"
+
+
+async def test_dependencies_and_groups_over_http(admin: Api) -> None:
+    _, first = await admin.post("/api/v1/jobs", {**SPEC, "group": "etl", "group_max_concurrent": 1})
+    _, second = await admin.post("/api/v1/jobs", {**SPEC, "depends_on": [first["id"]]})
+    status, body = await admin.post(
+        "/api/v1/jobs/batch", {"jobs": [SPEC, {**SPEC, "depends_on": ["missing"]}]}
+    )
+    assert status == 400 and body["error"]["details"]["field"] == "$.jobs[1].depends_on[0]"
+    status, group = await admin.call("PUT", "/api/v1/groups/etl", {"max_concurrent": 3})
+    assert status == 200 and group == {"name": "etl", "max_concurrent": 3, "active": 0, "queued": 1}
+    _, groups = await admin.get("/api/v1/groups")
+    assert groups["groups"]["etl"]["max_concurrent"] == 3
+    _, waiting = await admin.get(f"/api/v1/jobs/{second['id']}")
+    assert waiting["spec"]["depends_on"] == [first["id"]]

@@ -48,11 +48,6 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def new_cluster(clock: FakeClock, **settings: Any) -> Cluster:
     # A fresh Cluster counts as a restart (``booted`` is taken at construction), so the
     # restart grace is off unless a test asks for it.
@@ -221,7 +216,8 @@ def test_a_job_waits_when_no_node_is_registered(clock: FakeClock) -> None:
     c = new_cluster(clock)
     job = submit(c)
     assert c.place() == []
-    assert c.pending_reason[job.id] == REASON_NO_FIT
+    assert c.pending_reason[job.id] == REASON_NO_ELIGIBLE
+    assert job.reason == REASON_NO_ELIGIBLE
     node = register(c)
     assert c.place() == [node.id]
     assert job.id not in c.pending_reason

@@ -1,0 +1,84 @@
+"""What keeps a queued job from being placed, decided apart from placement itself:
+dependencies, concurrency groups, retry backoff, and the starvation hold.
+
+Pure functions over plain values; the Cluster feeds them and applies the answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from common.states import TERMINAL, JobState
+from scheduler import placement
+
+#: pending reasons, Slurm-style: a code, then the detail
+WAITING_TO_RETRY = "waiting to retry"
+WAITING_ON = "waiting_on"
+GROUP_LIMIT = "group_limit"
+HELD = "holding"
+DEPENDENCY_FAILED = "dependency_failed"
+
+
+@dataclass(slots=True, frozen=True)
+class Dependencies:
+    """Where a job stands with the jobs it depends on."""
+
+    #: a dependency that ended without completing, if any
+    failed: str | None
+    #: dependencies not ended yet
+    waiting: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return self.failed is None and not self.waiting
+
+
+def dependencies(
+    depends_on: Iterable[str], state_of: Callable[[str], JobState | None]
+) -> Dependencies:
+    """A dependency that is gone (deleted by retention) counts as failed."""
+    waiting = []
+    for dep in depends_on:
+        state = state_of(dep)
+        if state is None or (state in TERMINAL and state is not JobState.COMPLETED):
+            return Dependencies(failed=dep, waiting=())
+        if state is not JobState.COMPLETED:
+            waiting.append(dep)
+    return Dependencies(failed=None, waiting=tuple(waiting))
+
+
+def queue_order(req: placement.JobRequest) -> tuple[int, int]:
+    """Highest priority first, then first submitted."""
+    return (-req.priority, req.seq)
+
+
+def group_room(active: int, limit: int | None) -> int | None:
+    """How many more jobs of a group may start (None: no limit)."""
+    if limit is None:
+        return None
+    return max(0, limit - active)
+
+
+def hold_candidate(
+    nodes: Sequence[placement.NodeView], job: placement.JobRequest, now: float
+) -> str | None:
+    """The node a starving job holds: one that could take it once its jobs end.
+
+    Among the nodes that take jobs, match the job's labels and are big enough in total,
+    the one with the most free room now, so the hold is likely short.
+    """
+    best: tuple[float, str] | None = None
+    for n in nodes:
+        if not n.healthy or n.draining:
+            continue
+        if n.cooldown_until is not None and n.cooldown_until > now:
+            continue
+        if any(n.labels.get(k) != v for k, v in job.constraints.items()):
+            continue
+        if n.total_cpu + 1e-9 < job.cpu or n.total_memory_mb < job.memory_mb:
+            continue
+        room = n.free_cpu / max(n.total_cpu, 1e-9) + n.free_memory_mb / max(n.total_memory_mb, 1)
+        if best is None or room > best[0]:
+            best = (room, n.id)
+    return best[1] if best else None

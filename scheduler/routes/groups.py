@@ -1,0 +1,35 @@
+"""Concurrency groups: their limits, and how many of their jobs run and wait."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from msgspec import Meta, Struct
+
+from scheduler.http import json_response, read_body, require_role
+from scheduler.routes import service
+
+routes = web.RouteTableDef()
+
+
+class GroupLimit(Struct, forbid_unknown_fields=True):
+    max_concurrent: Annotated[int, Meta(ge=1, le=100_000)]
+
+
+@routes.get("/api/v1/groups")
+async def list_groups(request: web.Request) -> web.Response:
+    require_role(request, "read", "submit")
+    return json_response({"groups": service(request).cluster.groups()})
+
+
+@routes.put("/api/v1/groups/{name}")
+async def set_group(request: web.Request) -> web.Response:
+    require_role(request)
+    name = request.match_info["name"]
+    req = await read_body(request, GroupLimit)
+    svc = service(request)
+    svc.cluster.set_group_limit(name, req.max_concurrent)
+    body = {"name": name, **svc.cluster.groups()[name]}
+    await svc.commit()
+    return json_response(body)

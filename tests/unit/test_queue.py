@@ -1,0 +1,234 @@
+"""The queue: dependencies, concurrency groups, the starvation hold and pending reasons."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.errors import InvalidRequest
+from common.models import Job
+from common.states import ON_NODE, JobState
+from scheduler import queue
+from scheduler.cluster import Cluster
+from scheduler.config import SchedulerConfig
+from tests.unit.test_cluster import (
+    FakeClock,
+    beat,
+    job_spec,
+    new_cluster,
+    register,
+    report,
+    submit,
+)
+
+
+def finish(c: Cluster, job: Job, state: str = "completed", **fields: object) -> None:
+    if job.state is JobState.ASSIGNED:
+        report(c, job, "running")
+    report(c, job, state, **fields)
+
+
+# --- dependencies --------------------------------------------------------------------------
+
+
+def test_a_job_waits_on_its_dependencies_then_runs(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c, max_parallel=1)
+    first = submit(c)
+    second = submit(c, depends_on=[first.id])
+    c.place()
+    assert first.state is JobState.ASSIGNED
+    assert second.state is JobState.QUEUED
+    assert second.reason == f"waiting_on: {first.id}"
+    finish(c, first)
+    c.place()
+    assert second.state is JobState.ASSIGNED
+
+
+def test_a_diamond_runs_its_join_only_after_both_branches(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c, max_parallel=4)
+    top = submit(c)
+    left = submit(c, depends_on=[top.id])
+    right = submit(c, depends_on=[top.id])
+    join = submit(c, depends_on=[left.id, right.id])
+    c.place()
+    assert [j.state for j in (top, left, right, join)] == [JobState.ASSIGNED] + [
+        JobState.QUEUED
+    ] * 3
+    finish(c, top)
+    c.place()
+    assert left.state is right.state is JobState.ASSIGNED
+    finish(c, left)
+    c.place()
+    assert join.state is JobState.QUEUED and join.reason == f"waiting_on: {right.id}"
+    finish(c, right)
+    c.place()
+    assert join.state is JobState.ASSIGNED
+
+
+def test_a_failed_dependency_fails_the_chain_behind_it(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c)
+    first = submit(c)
+    second = submit(c, depends_on=[first.id])
+    third = submit(c, depends_on=[second.id])
+    c.place()
+    finish(c, first, "failed", exit_code=2)
+    c.place()
+    assert second.state is JobState.FAILED
+    assert second.reason == f"dependency_failed: job {first.id} did not complete"
+    c.place()
+    failed_third = c.find(third.id)
+    assert failed_third is not None and failed_third.state is JobState.FAILED
+
+
+def test_a_dependency_with_retries_left_is_not_a_failure_yet(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c)
+    first = submit(c, max_retries=1)
+    second = submit(c, depends_on=[first.id])
+    c.place()
+    finish(c, first, "failed", exit_code=1)
+    assert first.state is JobState.QUEUED
+    c.place()
+    assert second.state is JobState.QUEUED
+
+
+def test_depending_on_an_unknown_job_is_refused_naming_the_field(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    known = submit(c)
+    with pytest.raises(InvalidRequest) as e:
+        c.submit(job_spec(depends_on=[known.id, "nope"]), submitted_by="alice")
+    assert e.value.details["field"] == "$.depends_on[1]"
+    assert len(c.jobs) == 1
+
+
+# --- concurrency groups --------------------------------------------------------------------
+
+
+def test_a_group_never_runs_more_than_its_limit(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c, cpu=16, max_parallel=16)
+    jobs = [submit(c, group="etl", group_max_concurrent=2) for _ in range(5)]
+    other = submit(c)
+    c.place()
+    assert [j.state for j in jobs].count(JobState.ASSIGNED) == 2
+    assert other.state is JobState.ASSIGNED
+    assert jobs[2].reason == "group_limit: group etl runs its limit of 2"
+    finish(c, jobs[0])
+    c.place()
+    assert [j.state for j in jobs[1:]].count(JobState.ASSIGNED) == 2
+    c.set_group_limit("etl", 4)
+    c.place()
+    assert [j.state for j in jobs[1:]].count(JobState.ASSIGNED) == 4
+    assert c.groups()["etl"] == {"max_concurrent": 4, "active": 4, "queued": 0}
+
+
+def test_only_the_first_job_of_a_group_sets_its_limit(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    submit(c, group="g", group_max_concurrent=1)
+    submit(c, group="g", group_max_concurrent=9)
+    assert c.group_limits == {"g": 1}
+
+
+# --- backfill and the starvation hold ------------------------------------------------------
+
+
+def test_small_jobs_backfill_past_a_big_one_until_it_starves(clock: FakeClock) -> None:
+    c = new_cluster(clock, starvation_s=60.0)
+    node = register(c, cpu=4, max_parallel=8)
+    running = submit(c, cpu=3)
+    c.place()
+    big = submit(c, cpu=4)
+    small = submit(c, cpu=1)
+    c.place()
+    assert big.state is JobState.QUEUED and small.state is JobState.ASSIGNED
+    assert big.reason == "no node fits the request"
+    finish(c, small)
+    # Past the bound the big job holds the node: the next small job must wait.
+    clock.advance(61)
+    beat(c, node, running)
+    later = submit(c, cpu=1)
+    c.place()
+    assert later.state is JobState.QUEUED
+    assert big.reason == f"holding: node {node.name}, until it has room for this job"
+    finish(c, running)
+    c.place()
+    assert big.state is JobState.ASSIGNED
+    assert later.state is JobState.QUEUED  # the big job took the whole node
+
+
+def test_higher_priority_goes_first_and_fifo_within_a_priority(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c, max_parallel=1)
+    low = submit(c, priority=10)
+    mid_a = submit(c, priority=50)
+    mid_b = submit(c, priority=50)
+    high = submit(c, priority=90)
+    order = []
+    for _ in range(4):
+        c.place()
+        placed = next(j for j in (low, mid_a, mid_b, high) if j.state is JobState.ASSIGNED)
+        order.append(placed)
+        finish(c, placed)
+    assert order == [high, mid_a, mid_b, low]
+
+
+# --- properties under random workloads -----------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    limit=st.integers(1, 3),
+    steps=st.integers(5, 40),
+)
+def test_random_workloads_keep_group_limits_order_and_the_bound(
+    seed: int, limit: int, steps: int
+) -> None:
+    rng = random.Random(seed)
+    clock = FakeClock()
+    c = Cluster(SchedulerConfig(restart_grace_s=0.0, starvation_s=30.0), clock=clock, rng=rng)
+    for i in range(3):
+        register(c, f"n{i}", cpu=4, memory_mb=8192, max_parallel=4)
+    waited_fit: dict[str, float] = {}
+    for _ in range(steps):
+        for _ in range(rng.randint(0, 4)):
+            submit(
+                c,
+                cpu=rng.choice([0.5, 1.0, 2.0, 4.0]),
+                priority=rng.choice([10, 50, 90]),
+                group=rng.choice([None, "g"]),
+                group_max_concurrent=limit,
+            )
+        queued_before = sorted(
+            (j for j in c.jobs.values() if j.state is JobState.QUEUED),
+            key=lambda j: (-j.spec.priority, j.id),
+        )
+        c.place()
+        on_nodes = [j for j in c.jobs.values() if j.state in ON_NODE]
+        # A group never has more than its limit on nodes.
+        assert sum(1 for j in on_nodes if j.spec.group == "g") <= limit
+        # Nothing was placed ahead of a higher job that fitted and was free to go.
+        placed = [j for j in queued_before if j.state is JobState.ASSIGNED]
+        for j in placed:
+            assert j.reason is None or not j.reason.startswith(queue.WAITING_ON)
+        # A job that fits an empty node waits at most the bound plus the time it takes
+        # the jobs on the node it holds to end (each runs at most 3 steps here).
+        for j in c.jobs.values():
+            if j.state is JobState.QUEUED and j.reason and j.reason.startswith("holding"):
+                waited_fit.setdefault(j.id, clock.now)
+        for job_id, since in waited_fit.items():
+            held = c.jobs.get(job_id)
+            if held is not None and held.state is JobState.QUEUED:
+                assert clock.now - since <= 10 * 4 + 1, "a held job waited too long"
+        for j in on_nodes:
+            if rng.random() < 0.5:
+                finish(c, j)
+        clock.advance(10)
+        for node in c.nodes.values():
+            beat(c, node, *(c.jobs[j] for j in node.running_jobs))
