@@ -77,6 +77,15 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
     help="Events kept beyond those of jobs still kept; older ones may be dropped.",
 )
 @click.option(
+    "--job-retention-days",
+    envvar="BERTH_JOB_RETENTION_DAYS",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Ended jobs, with their events, logs and blobs, are deleted this long after they end.",
+)
+@click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
 )
 def scheduler(
@@ -87,6 +96,7 @@ def scheduler(
     node_ttl: float,
     restart_grace: float,
     event_window: int,
+    job_retention_days: float,
     log_level: str,
 ) -> None:
     """Run the scheduler daemon.
@@ -106,6 +116,7 @@ def scheduler(
         node_ttl_s=node_ttl,
         restart_grace_s=restart_grace,
         event_window=event_window,
+        job_retention_s=job_retention_days * 86400,
     )
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(config))

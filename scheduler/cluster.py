@@ -15,7 +15,7 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -902,6 +902,29 @@ class Cluster:
         if view is None:
             view = self._views[node.id] = self.node_view(node)
         return view
+
+    def forget(self, job_ids: Iterable[str]) -> list[Job]:
+        """Drop ended jobs from memory (retention). Returns the jobs dropped.
+
+        A job that is no longer ended (retried since it was picked) is kept.
+        """
+        gone: list[Job] = []
+        for job_id in job_ids:
+            if job_id not in self.archive:
+                continue
+            job = self.archive.pop(job_id)
+            assert job is not None
+            gone.append(job)
+            self.counts[job.state] -= 1
+            i = bisect.bisect_left(self.ids, job_id)
+            if i < len(self.ids) and self.ids[i] == job_id:
+                del self.ids[i]
+            for attempt in range(1, job.attempt + 1):
+                self.log_ends.pop((job_id, attempt), None)
+        dropped = {j.id for j in gone}
+        if dropped:
+            self.idempotency = {k: v for k, v in self.idempotency.items() if v not in dropped}
+        return gone
 
     def state_of(self, job_id: str) -> JobState | None:
         job = self.jobs.get(job_id)

@@ -39,7 +39,9 @@ MAX_WAIT_S = 300.0
 #: events kept whatever their job: node events and those of deleted jobs past this
 #: window may be dropped (a job's own events are kept as long as the job)
 EVENT_WINDOW = 100_000
-#: how often old events are dropped
+#: ended jobs (with their events, logs and blobs) are deleted this long after they end
+JOB_RETENTION_S = 7 * 24 * 3600.0
+#: how often old events and jobs are dropped
 RETENTION_INTERVAL_S = 60.0
 #: SSE keep-alive comment interval
 KEEPALIVE_S = 15.0
@@ -63,6 +65,7 @@ class SchedulerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     starvation_s: float = STARVATION_S
     event_window: int = EVENT_WINDOW
+    job_retention_s: float = JOB_RETENTION_S
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -8,8 +8,11 @@ import contextlib
 import gc
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+from common.models import Job
 from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
 from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
@@ -17,6 +20,15 @@ from scheduler.events import Event
 from scheduler.store.base import Changes, Store
 
 log = logging.getLogger("berth.scheduler")
+
+#: ended jobs deleted per retention step
+RETENTION_BATCH = 1000
+
+
+def _rfc3339(dt: datetime) -> str:
+    # The form msgspec writes timestamps in, so that stored strings compare in order.
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 ADMIN_TOKEN_FILE = "admin.token"
 JOIN_TOKEN_FILE = "join.token"
@@ -38,6 +50,8 @@ class Service:
         self.bus = EventBus()
         cluster.events.on_commit = self._published
         self._job_waiters: dict[str, asyncio.Event] = {}
+        #: called with the jobs retention deleted (the blob store drops their blobs)
+        self.deletion_hooks: list[Callable[[list[Job]], Awaitable[None]]] = []
 
     async def start(self) -> None:
         loaded = await self.store.open()
@@ -185,11 +199,35 @@ class Service:
     async def _retention_loop(self) -> None:
         while True:
             try:
+                await self.expire_jobs()
                 below = await self.store.prune_events(self.config.event_window)
                 self.cluster.events_pruned_below = below
             except Exception:
-                log.exception("event retention failed")
+                log.exception("retention failed")
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    async def expire_jobs(self) -> int:
+        """Delete ended jobs past their retention with their events, logs and blobs.
+
+        Nothing that has not ended is touched. Returns how many jobs were deleted.
+        """
+        cutoff = datetime.fromtimestamp(self.cluster.clock() - self.config.job_retention_s, UTC)
+        total = 0
+        while True:
+            ids = await self.store.ended_before(_rfc3339(cutoff), RETENTION_BATCH)
+            gone = self.cluster.forget(ids)
+            if gone:
+                await self.store.delete_jobs([j.id for j in gone])
+                await self.on_jobs_deleted(gone)
+                total += len(gone)
+                log.info("retention: deleted %d ended jobs", len(gone))
+            if len(ids) < RETENTION_BATCH:
+                return total
+
+    async def on_jobs_deleted(self, jobs: list[Job]) -> None:
+        """Hook for what else a deleted job owned (its blobs)."""
+        for hook in self.deletion_hooks:
+            await hook(jobs)
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -113,5 +113,13 @@ class Store(ABC):
         Returns the index below which events may now be missing."""
 
     @abstractmethod
+    async def ended_before(self, cutoff: str, limit: int) -> list[str]:
+        """Ids of ended jobs that finished before ``cutoff`` (RFC 3339), oldest first."""
+
+    @abstractmethod
+    async def delete_jobs(self, job_ids: list[str]) -> None:
+        """Delete jobs with their events, logs and idempotency keys, in one transaction."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Write what is staged and release the database."""

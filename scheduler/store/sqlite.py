@@ -248,6 +248,41 @@ class SQLiteStore(Store):
             args = (job_id, after, limit)  # type: ignore[assignment]
         return [dec.decode(d) for (d,) in conn.execute(sql, args)]
 
+    async def ended_before(self, cutoff: str, limit: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._ended_before_sync, cutoff, limit)
+
+    def _ended_before_sync(self, cutoff: str, limit: int) -> list[str]:
+        conn = self._conn
+        assert conn is not None
+        ended = ",".join(f"'{s.value}'" for s in TERMINAL)
+        rows = conn.execute(
+            f"SELECT id FROM jobs WHERE state IN ({ended}) "
+            "AND json_extract(doc, '$.finished_at') < ? "
+            "ORDER BY json_extract(doc, '$.finished_at') LIMIT ?",
+            (cutoff, limit),
+        )
+        return [r[0] for r in rows]
+
+    async def delete_jobs(self, job_ids: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._delete_jobs_sync, job_ids)
+
+    def _delete_jobs_sync(self, job_ids: list[str]) -> None:
+        conn = self._conn
+        assert conn is not None
+        rows = [(j,) for j in job_ids]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
+            conn.executemany("DELETE FROM events WHERE job_id = ?", rows)
+            conn.executemany("DELETE FROM logs WHERE job_id = ?", rows)
+            conn.executemany("DELETE FROM idempotency WHERE job_id = ?", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     async def prune_events(self, keep: int) -> int:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._prune_events_sync, keep)

@@ -1,0 +1,76 @@
+"""Retention deletes ended jobs past their time, with their events and logs, and
+nothing else; the deletion survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.models import (
+    HeartbeatRequest,
+    JobResources,
+    JobSpec,
+    RegisterRequest,
+    Report,
+    Resources,
+    RunningAttempt,
+)
+from common.states import JobState
+from scheduler.cluster import Cluster
+from scheduler.config import SchedulerConfig
+from scheduler.service import Service
+from scheduler.store.sqlite import SQLiteStore
+from tests.unit.test_cluster import FakeClock
+
+DAY = 86400.0
+
+
+def _service(state_dir: Path, clock: FakeClock) -> Service:
+    config = SchedulerConfig(state_dir=state_dir, job_retention_s=7 * DAY, restart_grace_s=0)
+    return Service(config, SQLiteStore(state_dir / "berth.db"), Cluster(config, clock=clock))
+
+
+async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: Path) -> None:
+    clock = FakeClock()
+    svc = _service(tmp_path, clock)
+    await svc.start()
+    c = svc.cluster
+    node, _ = c.register(
+        RegisterRequest(name="n", capacity=Resources(cpu=8, memory_mb=8192), max_parallel=8)
+    )
+    spec = JobSpec(image="busybox", resources=JobResources(cpu=1, memory_mb=64), timeout_s=20 * DAY)
+    old_done, _ = c.submit(spec, submitted_by="t", idempotency_key="k-old")
+    running, _ = c.submit(spec, submitted_by="t")
+    c.place()
+    for job in (old_done, running):
+        c.report(node.id, job.id, Report(attempt=1, state="running"))
+    c.append_log(node.id, old_done.id, 1, 0, b"bye\n")
+    c.report(node.id, old_done.id, Report(attempt=1, state="completed", exit_code=0))
+    await svc.commit()
+    alive = HeartbeatRequest(running=[RunningAttempt(job_id=running.id, attempt=1)])
+
+    clock.advance(6 * DAY)
+    c.heartbeat(node.id, alive)
+    recent, _ = c.submit(spec, submitted_by="t")
+    c.cancel(recent.id, by="t")
+    await svc.commit()
+    assert await svc.expire_jobs() == 0
+
+    clock.advance(1.5 * DAY)
+    c.heartbeat(node.id, alive)
+    assert await svc.expire_jobs() == 1
+    assert c.find(old_done.id) is None
+    assert c.find(recent.id) is not None
+    assert c.jobs[running.id].state is JobState.RUNNING  # running for 7.5 days: untouched
+    assert c.counts[JobState.COMPLETED] == 0
+    assert "t:k-old" not in c.idempotency
+    assert await svc.store.read_events(0, 1000, old_done.id) == []
+    assert await svc.store.read_log(old_done.id, 1, 0, 100) == b""
+    await svc.stop()
+
+    # After a restart the deleted job stays deleted.
+    again = _service(tmp_path, clock)
+    await again.start()
+    assert again.cluster.find(old_done.id) is None
+    assert again.cluster.find(recent.id) is not None
+    assert again.cluster.find(running.id) is not None
+    await again.stop()
