@@ -333,8 +333,11 @@ class Agent:
             link.heartbeat_interval_s = reply.heartbeat_interval_s
             self._obey_all(reply.commands)
             # A drain starting is told to the scheduler at once, so it stops assigning.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives together with the event.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), link.heartbeat_interval_s)
+                async with asyncio.timeout(link.heartbeat_interval_s):
+                    await self._beat_now.wait()
             self._beat_now.clear()
 
     def _obey_all(self, commands: list[Command]) -> None:

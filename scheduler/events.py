@@ -85,6 +85,7 @@ class EventLog:
             if self._advanced is None or self._advanced.done():
                 self._advanced = loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._advanced), remaining)
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(self._advanced)
             except TimeoutError:
                 return

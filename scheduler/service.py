@@ -157,7 +157,8 @@ class Service:
         if ev is None:
             ev = self._job_waiters[job_id] = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await ev.wait()
 
     def wake_node(self, node_id: str) -> None:
         ev = self._node_waiters.get(node_id)
@@ -170,7 +171,8 @@ class Service:
         ev = self._node_waiters.setdefault(node_id, asyncio.Event())
         ev.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await ev.wait()
 
     # --- loops -----------------------------------------------------------------------
 
@@ -183,7 +185,8 @@ class Service:
         """
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._placement_wanted.wait(), self.config.sweep_interval_s)
+                async with asyncio.timeout(self.config.sweep_interval_s):
+                    await self._placement_wanted.wait()
             self._placement_wanted.clear()
             try:
                 touched = self.cluster.place()
