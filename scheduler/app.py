@@ -12,7 +12,7 @@ from aiohttp import web
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
 from scheduler.http import MAX_BODY, PRINCIPAL, auth_middleware, errors_middleware
-from scheduler.routes import SERVICE, agents, events, groups, jobs, logs, nodes, system
+from scheduler.routes import SERVICE, agents, blobs, events, groups, jobs, logs, nodes, system
 from scheduler.service import Service
 from scheduler.store.sqlite import SQLiteStore
 
@@ -34,7 +34,7 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[SERVICE] = svc
     app[PRINCIPAL] = cluster.authenticate
     app[MAX_BODY] = config.max_body_bytes
-    for module in (system, jobs, nodes, agents, events, logs, groups):
+    for module in (system, jobs, nodes, agents, events, logs, groups, blobs):
         app.add_routes(module.routes)
 
     async def on_startup(_: web.Application) -> None:
