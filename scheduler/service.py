@@ -17,6 +17,7 @@ from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
 from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
 from scheduler.events import Event
+from scheduler.metrics import Metrics
 from scheduler.store.base import Changes, Store
 
 log = logging.getLogger("berth.scheduler")
@@ -48,6 +49,7 @@ class Service:
         cluster.on_placement_wanted = self._placement_wanted.set
         cluster.on_node_changed = self.wake_node
         self.bus = EventBus()
+        self.metrics = Metrics(cluster)
         cluster.events.on_commit = self._published
         self._job_waiters: dict[str, asyncio.Event] = {}
         #: called with the jobs retention deleted (the blob store drops their blobs)
@@ -141,6 +143,8 @@ class Service:
     def _published(self, events: list[Event]) -> None:
         self.bus.publish(events)
         for e in events:
+            self.metrics.events.labels(e.type).inc()
+        for e in events:
             if e.job_id is not None:
                 self._wake_job(e.job_id)
 
@@ -189,7 +193,9 @@ class Service:
                     await self._placement_wanted.wait()
             self._placement_wanted.clear()
             try:
-                touched = self.cluster.place()
+                with self.metrics.placement_seconds.time():
+                    touched = self.cluster.place()
+                self.metrics.placements.inc(len(touched))
                 await self.commit()
             except Exception:
                 log.exception("placement pass failed")

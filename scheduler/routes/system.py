@@ -6,6 +6,7 @@ from aiohttp import web
 
 from common.models import Stats
 from scheduler.http import json_response, require_role
+from scheduler.metrics import CONTENT_TYPE
 from scheduler.routes import service
 
 routes = web.RouteTableDef()
@@ -21,6 +22,14 @@ async def readyz(request: web.Request) -> web.Response:
     if not service(request).ready:
         return json_response({"status": "starting"}, status=503)
     return json_response({"status": "ready"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (any token that may read; Prometheus sends it as a bearer token)."""
+    require_role(request, "read", "submit")
+    body = service(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 @routes.get("/api/v1/stats")

@@ -1,0 +1,99 @@
+"""Prometheus metrics of the scheduler, on a registry of its own (no globals).
+
+Counts that follow from the state (jobs and nodes by state, queue depth, heartbeat lag)
+are read at scrape time; what happens over time (placement passes, events, requests)
+is counted as it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from common.states import JobState, NodeState
+from scheduler.cluster import Cluster
+from scheduler.http import Handler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StateCollector(Collector):
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        c = self.cluster
+        jobs = GaugeMetricFamily("berth_jobs", "Jobs by state.", labels=["state"])
+        for job_state in JobState:
+            jobs.add_metric([job_state.value], c.counts[job_state])
+        yield jobs
+        yield GaugeMetricFamily("berth_queue_depth", "Jobs waiting to be placed.", len(c.queue))
+        nodes = GaugeMetricFamily("berth_nodes", "Nodes by state.", labels=["state"])
+        by_state = dict.fromkeys(NodeState, 0)
+        for node in c.nodes.values():
+            by_state[node.state] += 1
+        for state, n in by_state.items():
+            nodes.add_metric([state.value], n)
+        yield nodes
+        lag = GaugeMetricFamily(
+            "berth_heartbeat_lag_seconds",
+            "Seconds since the last heartbeat of each node that is not offline.",
+            labels=["node"],
+        )
+        now = c.clock()
+        for node in c.nodes.values():
+            if node.state is not NodeState.OFFLINE and node.last_heartbeat_at is not None:
+                lag.add_metric([node.name], max(0.0, now - node.last_heartbeat_at.timestamp()))
+        yield lag
+        yield GaugeMetricFamily(
+            "berth_event_index", "Index of the last committed event.", c.events.committed_index
+        )
+
+
+class Metrics:
+    def __init__(self, cluster: Cluster) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_StateCollector(cluster))
+        self.placement_seconds = Histogram(
+            "berth_placement_pass_seconds",
+            "Time one placement pass takes.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.placements = Counter(
+            "berth_placements", "Jobs placed on nodes.", registry=self.registry
+        )
+        self.events = Counter(
+            "berth_events", "Events committed, by type.", ["type"], registry=self.registry
+        )
+        self.requests = Counter(
+            "berth_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def middleware(self) -> web.middleware:  # type: ignore[valid-type]
+        requests = self.requests
+
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # The route's pattern, not its path: ids would make unbounded label values.
+            info = request.match_info.route.resource
+            route = info.canonical if info is not None else "unmatched"
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:
+                requests.labels(request.method, route, str(e.status)).inc()
+                raise
+            requests.labels(request.method, route, str(response.status)).inc()
+            return response
+
+        return count
