@@ -17,17 +17,20 @@ Parameters of :class:`BerthClient` and their defaults:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 
 from common import codec
-from common.errors import ERRORS_BY_CODE, BerthError, Unavailable
+from common.errors import ERRORS_BY_CODE, BerthError, InvalidRequest, Unavailable
 from common.models import (
     AssignmentsReply,
     DrainRequest,
@@ -59,6 +62,10 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 10.0
 #: margin added to a long poll's wait before the client gives up on the reply
 LONG_POLL_MARGIN_S = 15.0
+#: a file transfer (blob up- or download) that stays silent this long is dropped
+TRANSFER_IDLE_TIMEOUT_S = 60.0
+#: bytes of a download handled at a time
+TRANSFER_CHUNK = 1024 * 1024
 #: statuses worth retrying (a proxy or a standby scheduler in the way)
 RETRY_STATUSES = frozenset({502, 503, 504})
 _FALLBACK_BY_STATUS = {
@@ -355,6 +362,102 @@ class BerthClient:
         )
         return int(codec.loads(reply)["offset"])
 
+    # --- blobs: archives of inputs, outputs and checkpoints ----------------------------
+
+    async def upload_blob(self, source: Path) -> str:
+        """Store a file as a blob and return its sha256 digest.
+
+        Blobs are named by their content, so a retried upload is harmless.
+        """
+        reply = await self._transfer("POST", "/api/v1/blobs", source=source)
+        return str(codec.loads(reply)["digest"])
+
+    async def download_blob(self, digest: str, dest: Path) -> None:
+        """Fetch a blob into the file ``dest``; raise InvalidRequest if its sha256 differs."""
+        await self._transfer("GET", f"/api/v1/blobs/{digest}", sink=dest, digest=digest)
+
+    async def download_outputs(self, job_id: str, dest: Path) -> str:
+        """Fetch the archive (tar.gz) of a job's outputs into ``dest``; return its digest.
+
+        NotFound when the job has no outputs (yet).
+        """
+        return str(await self._transfer("GET", f"/api/v1/jobs/{job_id}/outputs", sink=dest))
+
+    async def upload_checkpoint(self, node_id: str, job_id: str, attempt: int, source: Path) -> str:
+        """Store the archive of an attempt's /checkpoint for the job's next attempt."""
+        reply = await self._transfer(
+            "POST",
+            f"/api/v1/nodes/{node_id}/jobs/{job_id}/checkpoint",
+            params={"attempt": attempt},
+            source=source,
+        )
+        return str(codec.loads(reply)["digest"])
+
+    async def _transfer(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        source: Path | None = None,
+        sink: Path | None = None,
+        digest: str | None = None,
+    ) -> Any:
+        """Stream a file up (``source``) or down (``sink``), retried like an idempotent
+        call. A download is written next to ``sink`` and renamed once its sha256 (the
+        ``digest`` given, else the one the reply names) is checked; returns that digest.
+        An upload returns the reply's body. Each wait for bytes is bounded, not the
+        whole transfer.
+        """
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        hdrs = {"Accept": "application/json"}
+        if source is not None:
+            hdrs["Content-Type"] = "application/octet-stream"
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        query = {k: str(v) for k, v in (params or {}).items()}
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=TRANSFER_IDLE_TIMEOUT_S
+        )
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt - 1))
+            for _ in range(len(self.urls)):
+                url = self.urls[self._current] + path
+                body = await asyncio.to_thread(source.open, "rb") if source is not None else None
+                try:
+                    async with self._session.request(
+                        method, url, params=query, data=body, headers=hdrs, timeout=timeout
+                    ) as resp:
+                        if 200 <= resp.status < 300:
+                            if sink is None:
+                                return await resp.read()
+                            expected = digest or resp.headers.get("X-Berth-Digest")
+                            return await _receive_file(resp, sink, expected)
+                        data = await resp.read()
+                        status = resp.status
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    last = e
+                    self._failover()
+                    continue
+                finally:
+                    if body is not None:
+                        body.close()
+                error = error_from_body(status, data)
+                if status in RETRY_STATUSES:
+                    last = error
+                    self._failover()
+                    continue
+                raise error
+        if isinstance(last, BerthError):
+            raise last
+        raise SchedulerUnreachable(
+            f"{method} {path}: no scheduler answered ({_describe(last)})", {"urls": self.urls}
+        ) from last
+
     # --- client routes ---------------------------------------------------------------
 
     async def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
@@ -421,6 +524,32 @@ class BerthClient:
 
     async def readyz(self) -> Any:
         return codec.loads(await self.request("GET", "/readyz"))
+
+
+async def _receive_file(resp: aiohttp.ClientResponse, sink: Path, expected: str | None) -> str:
+    """Write a reply's body to ``sink`` (via a temporary file); return its sha256."""
+    part = sink.with_name(sink.name + ".part")
+    f = await asyncio.to_thread(part.open, "wb")
+    h = hashlib.sha256()
+    try:
+        async for chunk in resp.content.iter_chunked(TRANSFER_CHUNK):
+            await asyncio.to_thread(_write_hashed, f, h, chunk)
+    finally:
+        await asyncio.to_thread(f.close)
+    got = h.hexdigest()
+    if expected is not None and got != expected:
+        await asyncio.to_thread(part.unlink, True)
+        raise InvalidRequest(
+            f"the download of {expected} has sha256 {got}: it was corrupted on the way",
+            {"digest": expected},
+        )
+    await asyncio.to_thread(os.replace, part, sink)
+    return got
+
+
+def _write_hashed(f: BinaryIO, h: Any, data: bytes) -> None:
+    h.update(data)
+    f.write(data)
 
 
 def _describe(e: BaseException | None) -> str:
