@@ -295,10 +295,10 @@ class Report(Struct, forbid_unknown_fields=True):
     checkpoint: Digest | None = None
 
 
-class JobReport(Report, forbid_unknown_fields=True):
+class JobReport(Report, forbid_unknown_fields=True, kw_only=True):
     """One item of a batch of reports: a Report naming its job."""
 
-    job_id: Annotated[str, Meta(min_length=1, max_length=64)] = ""
+    job_id: JobId
 
 
 class ReportBatch(Struct, forbid_unknown_fields=True):

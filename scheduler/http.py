@@ -19,7 +19,7 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: routes anyone may call
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
 TokenLookup = Callable[[str], TokenRow | None]
 PRINCIPAL: web.AppKey[TokenLookup] = web.AppKey("principal_lookup")
 

@@ -94,9 +94,6 @@ async def report_batch(request: web.Request) -> web.Response:
     svc = service(request)
     results = []
     for item in batch.reports:
-        if not item.job_id:
-            raise InvalidRequest("job_id is required", {"field": "$.reports[].job_id"})
-    for item in batch.reports:
         try:
             job = svc.cluster.report(node_id, item.job_id, item)
         except BerthError as e:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common import codec
 from common.models import Stats
 from scheduler.http import json_response, require_role
 from scheduler.metrics import CONTENT_TYPE
+from scheduler.openapi import document
 from scheduler.routes import service
 
 routes = web.RouteTableDef()
+OPENAPI = web.AppKey("openapi", bytes)
 
 
 @routes.get("/healthz")
@@ -22,6 +25,15 @@ async def readyz(request: web.Request) -> web.Response:
     if not service(request).ready:
         return json_response({"status": "starting"}, status=503)
     return json_response({"status": "ready"})
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document, built once from the models."""
+    app = request.app
+    if OPENAPI not in app:
+        app[OPENAPI] = codec.dumps(document())
+    return web.Response(body=app[OPENAPI], content_type="application/json")
 
 
 @routes.get("/metrics")
