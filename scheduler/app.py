@@ -11,9 +11,28 @@ from aiohttp import web
 
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
-from scheduler.http import MAX_BODY, PRINCIPAL, auth_middleware, errors_middleware
-from scheduler.routes import SERVICE, agents, blobs, events, groups, jobs, logs, nodes, system
+from scheduler.http import (
+    MAX_BODY,
+    PRINCIPAL,
+    PRINCIPAL_BY_DIGEST,
+    SESSIONS,
+    auth_middleware,
+    errors_middleware,
+)
+from scheduler.routes import (
+    SERVICE,
+    agents,
+    blobs,
+    events,
+    groups,
+    jobs,
+    logs,
+    nodes,
+    session,
+    system,
+)
 from scheduler.service import Service
+from scheduler.sessions import Sessions
 from scheduler.store.sqlite import SQLiteStore
 
 log = logging.getLogger("berth.scheduler")
@@ -34,8 +53,10 @@ def build_app(config: SchedulerConfig) -> web.Application:
     )
     app[SERVICE] = svc
     app[PRINCIPAL] = cluster.authenticate
+    app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.get(digest)
+    app[SESSIONS] = Sessions()
     app[MAX_BODY] = config.max_body_bytes
-    for module in (system, jobs, nodes, agents, events, logs, groups, blobs):
+    for module in (system, jobs, nodes, agents, events, logs, groups, blobs, session):
         app.add_routes(module.routes)
 
     async def on_startup(_: web.Application) -> None:

@@ -3,6 +3,7 @@ error response, authentication, body limits, and JSON replies."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from common import codec
 from common.errors import BerthError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from scheduler.sessions import COOKIE, CSRF_HEADER, Sessions
 from scheduler.store.base import TokenRow
 
 log = logging.getLogger("berth.http")
@@ -19,9 +21,14 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: routes anyone may call
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json", "/api/v1/session"})
+#: what needs a token: the API and metrics (the dashboard's static files do not)
+PROTECTED_PREFIXES = ("/api/", "/metrics")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TokenLookup = Callable[[str], TokenRow | None]
 PRINCIPAL: web.AppKey[TokenLookup] = web.AppKey("principal_lookup")
+PRINCIPAL_BY_DIGEST: web.AppKey[TokenLookup] = web.AppKey("principal_by_digest")
+SESSIONS = web.AppKey("sessions", Sessions)
 
 
 def json_response(
@@ -64,17 +71,33 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    """A Bearer token, or a dashboard session cookie (with its CSRF header on mutations)."""
+    if request.path in PUBLIC_PATHS or not request.path.startswith(PROTECTED_PREFIXES):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() == "bearer" and token.strip():
+        row = request.app[PRINCIPAL](token.strip())
+    elif COOKIE in request.cookies:
+        row = _session_principal(request)
+    else:
         raise Unauthorized("a Bearer token is required")
-    row = request.app[PRINCIPAL](token.strip())
     if row is None:
         raise Unauthorized("invalid token")
     request["principal"] = row
     return await handler(request)
+
+
+def _session_principal(request: web.Request) -> TokenRow | None:
+    session = request.app[SESSIONS].get(request.cookies[COOKIE])
+    if session is None:
+        raise Unauthorized("the session has ended; log in again")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent, session.csrf):
+            raise Forbidden(f"a {CSRF_HEADER} header is required with a session cookie")
+    request["session"] = session
+    return request.app[PRINCIPAL_BY_DIGEST](session.token_digest)
 
 
 def principal(request: web.Request) -> TokenRow:

@@ -153,6 +153,16 @@ OPERATIONS: list[_Op] = [
         "object",
         (("attempt", "integer"),),
     ),
+    (
+        "post",
+        "/api/v1/session",
+        "Log in with a token: an HttpOnly session cookie",
+        "object",
+        "object",
+        (),
+    ),
+    ("get", "/api/v1/session", "The session's user and CSRF token", None, "object", ()),
+    ("delete", "/api/v1/session", "Log out", None, "object", ()),
     ("get", "/healthz", "Liveness probe", None, "object", ()),
     ("get", "/readyz", "Readiness probe", None, "object", ()),
     ("get", "/metrics", "Prometheus metrics", None, "text", ()),
@@ -217,7 +227,7 @@ def document() -> dict[str, Any]:
         }
         if method == "post" and path in ("/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/blobs"):
             op["responses"]["201"] = op["responses"].pop("200")
-        if path in ("/healthz", "/readyz"):
+        if path in ("/healthz", "/readyz", "/api/v1/session"):
             op["security"] = []
         if body is not None:
             op["requestBody"] = {"required": True, "content": _content(body, refs)}
