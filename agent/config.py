@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from common.archives import MAX_EXPANDED_BYTES, MAX_MEMBERS
+
 #: where the agent keeps its node id, token and pending results
 DEFAULT_STATE_DIR = Path("state/agent")
 #: seconds between heartbeats until the scheduler says otherwise
@@ -39,6 +41,15 @@ RETRY_BASE_S = 0.2
 #: seconds a draining agent keeps trying to deliver results before it exits anyway
 #: (they stay in the state dir and are sent on the next start)
 SHUTDOWN_DELIVERY_S = 20.0
+#: sample each running attempt's CPU and memory this often
+USAGE_SAMPLE_INTERVAL_S = 2.0
+#: send an attempt's resource use at most this often
+USAGE_REPORT_INTERVAL_S = 5.0
+#: an input or checkpoint archive may expand to at most this many bytes (and outputs
+#: and checkpoints are archived up to it)
+DEFAULT_MAX_ARCHIVE_BYTES = MAX_EXPANDED_BYTES
+#: ... and hold at most this many members
+DEFAULT_MAX_ARCHIVE_MEMBERS = MAX_MEMBERS
 
 PullPolicy = Literal["if-not-present", "always", "never"]
 ExecutorKind = Literal["auto", "docker", "process"]
@@ -68,8 +79,15 @@ class AgentConfig:
     stop_grace_s: float = DEFAULT_STOP_GRACE_S
     pids_limit: int = DEFAULT_PIDS_LIMIT
     ca_file: str | None = None
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+    max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
 
     @property
     def work_dir(self) -> Path:
         """Scratch space of the process executor; its disk is the one reported free."""
         return self.state_dir / "work"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        """Attempts' workspace and checkpoint directories (see agent.workspace)."""
+        return self.state_dir / "workspaces"

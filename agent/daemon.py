@@ -6,15 +6,17 @@ calls that retry while the scheduler is away, :mod:`agent.state` for what must s
 a restart. Its tasks:
 
 - heartbeat: at the interval the scheduler gives, send metrics and the attempts this
-  node holds; obey the ``cancel``/``pause``/``resume`` commands of the reply;
+  node holds (saying which are paused); obey the ``cancel``/``pause``/``resume``
+  commands of the reply (repeated by the scheduler until a heartbeat shows them done);
 - assignments: long-poll for new attempts and start a runner for each (deduplicated by
   job and attempt), at most ``max_parallel`` running at once;
 - registration: register again whenever the scheduler stops knowing this node.
 
 On start it re-adopts the containers labelled for this node (their output resumes at
-the scheduler's offset; their exit is reported once) and resends the final reports
-saved in its state dir. Attempts the scheduler no longer wants are cancelled by the
-heartbeat reply or refused as stale, and then killed and removed.
+the scheduler's offset; their exit is reported once), removes the workspaces of
+attempts it no longer has, and resends the final reports saved in its state dir.
+Attempts the scheduler no longer wants are cancelled by the heartbeat reply or refused
+as stale, and then killed and removed.
 
 The first SIGTERM (or SIGINT) drains: no new assignments, running attempts finish and
 are reported, then the agent exits. A second one cancels running attempts, reports
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import shutil
 import signal
 import socket
 from collections import OrderedDict
@@ -45,6 +48,7 @@ from agent.executors.base import AttemptInfo, Execution, Executor
 from agent.link import Delivery, Link
 from agent.runner import Key, Runner, Slots
 from agent.state import AgentState, NodeIdentity
+from agent.workspace import AttemptFiles, Workspaces
 from common import __version__
 from common.client import Backoff, BerthClient
 from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -76,6 +80,11 @@ class Agent:
         self.executor = executor
         self.state = AgentState(config.state_dir)
         self.slots = Slots(config.max_parallel)
+        self.workspaces = Workspaces(
+            config.workspaces_dir,
+            max_bytes=config.max_archive_bytes,
+            max_members=config.max_archive_members,
+        )
         self.runners: dict[Key, Runner] = {}
         self._runner_tasks: dict[Key, asyncio.Task[None]] = {}
         #: final reports saved by a previous run whose attempt has no runner now
@@ -278,6 +287,10 @@ class Agent:
             if (info.job_id, info.attempt) in self.runners:
                 continue
             self._spawn(self._new_runner(info, None, execution))
+        leftovers = await asyncio.to_thread(self.workspaces.leftovers, set(self.runners))
+        for path in leftovers:
+            log.info("removing the workspace %s of an attempt this node no longer runs", path)
+            await asyncio.to_thread(shutil.rmtree, path, True)
 
     def _resume_pending_reports(self) -> None:
         for job_id, report in self.state.pending_reports():
@@ -301,8 +314,16 @@ class Agent:
 
     def listed(self) -> list[RunningAttempt]:
         """The attempts this node holds: running, or ended with the result not yet taken."""
-        keys = [*self.runners, *(k for k in self._orphans if k not in self.runners)]
-        return [RunningAttempt(job_id=j, attempt=a) for j, a in keys]
+        out = [
+            RunningAttempt(job_id=j, attempt=a, paused=runner.paused)
+            for (j, a), runner in self.runners.items()
+        ]
+        out += [
+            RunningAttempt(job_id=j, attempt=a)
+            for j, a in self._orphans
+            if (j, a) not in self.runners
+        ]
+        return out
 
     async def _heartbeat_loop(self) -> None:
         link = self._link()
@@ -427,22 +448,37 @@ class Agent:
             node_id=self._link().node_id,
             timeout_s=a.spec.timeout_s,
             memory_mb=a.spec.resources.memory_mb,
+            checkpoint_interval_s=a.spec.checkpoint_interval_s,
         )
-        self._spawn(self._new_runner(info, a.spec))
+        self._spawn(self._new_runner(info, a.spec, checkpoint=a.checkpoint))
         return True
 
     def _new_runner(
-        self, info: AttemptInfo, spec: JobSpec | None, execution: Execution | None = None
+        self,
+        info: AttemptInfo,
+        spec: JobSpec | None,
+        execution: Execution | None = None,
+        *,
+        checkpoint: str | None = None,
     ) -> Runner:
+        link = self._link()
+        files = AttemptFiles(
+            self.workspaces.of(info.job_id, info.attempt),
+            link,
+            info.job_id,
+            info.attempt,
+            restored=checkpoint,
+        )
         return Runner(
             info,
             spec,
             executor=self.executor,
-            link=self._link(),
+            link=link,
             state=self.state,
             slots=self.slots,
             stop_grace_s=self.config.stop_grace_s,
             execution=execution,
+            files=files,
         )
 
     def _spawn(self, runner: Runner) -> None:

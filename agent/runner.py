@@ -1,10 +1,14 @@
 """One attempt's lifecycle on this node: start, follow, stop, report, clean up.
 
-A :class:`Runner` takes a parallel slot, starts the attempt with the executor (or
-takes over one re-adopted after a restart), ships its output and progress, enforces
-its timeout, obeys cancel/pause/resume, and when it has exited ships the rest of the
-output, then delivers the final report (saved in the state dir until the scheduler
-acknowledges it), frees the slot and removes the container.
+A :class:`Runner` takes a parallel slot, prepares the attempt's workspace (inputs and
+the checkpoint to resume from, see :mod:`agent.workspace`), starts the attempt with
+the executor (or takes over one re-adopted after a restart), ships its output,
+progress and resource use, uploads its checkpoint every ``checkpoint_interval_s`` and
+when it is paused, enforces its timeout (paused time counts, as on the scheduler),
+obeys cancel/pause/resume, and when it has exited uploads its last checkpoint (unless
+it completed) and its outputs, ships the rest of the output, then delivers the final
+report (saved in the state dir until the scheduler acknowledges it), frees the slot
+and removes the container and the workspace.
 
 Final states: ``completed`` (exit 0), ``failed`` (non-zero exit, out of memory, could
 not start), ``timed_out``, ``cancelled``. A stale attempt (the scheduler answered 409
@@ -17,20 +21,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
 
 from agent.config import (
     DEFAULT_STOP_GRACE_S,
     LOG_FLUSH_INTERVAL_S,
     PROGRESS_MIN_INTERVAL_S,
     REPORT_TIMEOUT_S,
+    USAGE_REPORT_INTERVAL_S,
+    USAGE_SAMPLE_INTERVAL_S,
 )
-from agent.executors.base import AttemptInfo, Execution, Executor, ExitStatus, StartError
+from agent.executors.base import (
+    AttemptInfo,
+    Execution,
+    Executor,
+    ExitStatus,
+    Mounts,
+    StartError,
+)
 from agent.link import Delivery, Link
 from agent.logship import LogShipper
 from agent.progress import LineSplitter, last_progress
 from agent.state import AgentState
+from agent.usage import UsageTracker
+from agent.workspace import AttemptFiles, WorkspaceError
 from common.errors import BerthError, StaleAttempt
 from common.models import JobSpec, Progress, Report
 
@@ -112,6 +127,7 @@ class Runner:
         slots: Slots,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         execution: Execution | None = None,
+        files: AttemptFiles | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.info = info
@@ -132,7 +148,13 @@ class Runner:
         self._fenced = False
         self._holds_slot = False
         self._paused_at: float | None = None
-        self._paused_total = 0.0
+        if execution is not None and execution.paused:
+            self._paused_at = clock()
+        #: pause and resume one at a time (the scheduler repeats its commands)
+        self._control = asyncio.Lock()
+        self.files = files
+        self._usage = UsageTracker(USAGE_REPORT_INTERVAL_S)
+        self._side_tasks: set[asyncio.Task[object]] = set()
         self._progress: Progress | None = None
         self._progress_sent_at = 0.0
         self._flush_now = asyncio.Event()
@@ -166,15 +188,32 @@ class Runner:
         self.cancel(reason)
 
     async def pause(self) -> None:
-        if self.execution is not None and self._paused_at is None and not self._stop.is_set():
+        """Freeze the attempt, then upload its checkpoint; a no-op when it is paused."""
+        async with self._control:
+            if self.execution is None or self._paused_at is not None or self._stop.is_set():
+                return
             await self.execution.pause()
             self._paused_at = self._clock()
+            log.info("attempt %d of %s paused", self.info.attempt, self.info.job_id)
+        if self.files is not None:
+            self._side_task(self.files.save_checkpoint("paused"))
 
     async def resume(self) -> None:
-        if self.execution is not None and self._paused_at is not None:
+        async with self._control:
+            if self.execution is None or self._paused_at is None or self._stop.is_set():
+                return
             await self.execution.resume()
-            self._paused_total += self._clock() - self._paused_at
             self._paused_at = None
+            log.info("attempt %d of %s resumed", self.info.attempt, self.info.job_id)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def _side_task(self, coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     @property
     def fenced(self) -> bool:
@@ -211,11 +250,23 @@ class Runner:
                 return
             assert self.spec is not None
             try:
-                self.execution = await self._executor.start(self.info, self.spec)
+                mounts = await self._prepare(self.spec)
+            except WorkspaceError as e:
+                log.warning("attempt %d of %s could not start: %s", attempt, job, e.message)
+                await self._end_unstarted(
+                    Report(attempt, "failed", error=e.message[:4000], infra_failure=e.infra)
+                )
+                return
+            if self._stop.is_set():
+                await self._end_unstarted(
+                    Report(attempt, "cancelled", error=self._reason or "cancelled")
+                )
+                return
+            try:
+                self.execution = await self._executor.start(self.info, self.spec, mounts)
             except StartError as e:
                 log.warning("attempt %d of %s could not start: %s", attempt, job, e.message)
-                self.exited.set()
-                await self._conclude(
+                await self._end_unstarted(
                     Report(attempt, "failed", error=e.message[:4000], infra_failure=e.infra)
                 )
                 return
@@ -225,9 +276,15 @@ class Runner:
             self._holds_slot = True
             log.info("attempt %d of %s re-adopted", attempt, job)
         execution = self.execution
-        running = asyncio.create_task(self._report_running())
-        flusher = asyncio.create_task(self._flush_loop())
         pump = asyncio.create_task(self._pump(execution))
+        helpers = [
+            asyncio.create_task(self._report_running()),
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._usage_loop(execution)),
+        ]
+        interval = self.info.checkpoint_interval_s
+        if interval and self.files is not None:
+            helpers.append(asyncio.create_task(self._checkpoint_loop(self.files, interval)))
         try:
             status = await self._supervise(execution)
             try:
@@ -235,9 +292,9 @@ class Runner:
             except TimeoutError:
                 log.warning("output of %s did not close after exit; shipping what came", job)
         finally:
-            for task in (pump, flusher, running):
+            for task in (pump, *helpers):
                 task.cancel()
-            await asyncio.gather(pump, flusher, running, return_exceptions=True)
+            await asyncio.gather(pump, *helpers, return_exceptions=True)
         self.exited.set()
         report = final_report(
             attempt,
@@ -249,9 +306,64 @@ class Runner:
         )
         if not self._stop_sent and self._stopped_as == "cancelled" and not self._fenced:
             log.info("attempt %d of %s ended before the cancel reached it", attempt, job)
+        report = await self._save_files(report)
         await self._conclude(report, ship_logs=True)
         await self._release_slot()  # before the removal: the next attempt may start
         await self._remove(execution)
+
+    async def _prepare(self, spec: JobSpec) -> Mounts | None:
+        """The attempt's workspace with its inputs and checkpoint; None without one, or
+        when the attempt was cancelled meanwhile (``_stop`` is then set)."""
+        if self.files is None:
+            return None
+        preparing = asyncio.create_task(self.files.prepare(spec.inputs))
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({preparing, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not preparing.done():
+            preparing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WorkspaceError):
+                await preparing
+            return None
+        return preparing.result()
+
+    async def _end_unstarted(self, report: Report) -> None:
+        """Report an attempt that never ran, and drop its workspace."""
+        self.exited.set()
+        if self.files is not None:
+            await self.files.remove()
+        await self._conclude(report)
+
+    async def _save_files(self, report: Report) -> Report:
+        """Upload the last checkpoint (unless the attempt completed) and the outputs;
+        the report carries the outputs' digest and the attempt's resource use."""
+        files = self.files
+        if self._usage.current is not None:
+            report.usage = self._usage.current
+        if files is None or not files.ws.exists():
+            return report
+        for task in list(self._side_tasks):
+            task.cancel()
+        if report.state != "completed":
+            await files.save_checkpoint("stale" if self._fenced else str(report.state))
+        if self._fenced:
+            return report
+        digest, problem = await files.save_outputs()
+        report.outputs = digest
+        if problem is None:
+            return report
+        log.warning("attempt %d of %s: %s", report.attempt, self.info.job_id, problem)
+        if report.state == "completed":
+            # The job asked for its outputs to be kept; without them it did not succeed.
+            return Report(
+                report.attempt,
+                "failed",
+                exit_code=report.exit_code,
+                error=problem[:4000],
+                usage=report.usage,
+            )
+        report.error = f"{report.error}; {problem}"[:4000] if report.error else problem[:4000]
+        return report
 
     async def _acquire_slot(self) -> bool:
         """Wait for a free slot; False if the attempt was cancelled meanwhile."""
@@ -324,7 +436,11 @@ class Runner:
             )
 
     def _time_left(self) -> float | None:
-        """Seconds until the timeout (paused time does not count), None if none."""
+        """Seconds until the timeout, None if none.
+
+        Paused time counts, as it does on the scheduler: the timeout bounds how long
+        the attempt holds its node's resources, and a paused attempt holds them.
+        """
         if self.info.timeout_s <= 0:
             return None
         started = self.execution.started_at if self.execution else None
@@ -332,10 +448,7 @@ class Runner:
             started = self._clock()
             if self.execution is not None:
                 self.execution.started_at = started
-        paused = self._paused_total
-        if self._paused_at is not None:
-            return max(1.0, self.info.timeout_s)  # look again after a while
-        return started + self.info.timeout_s + paused - self._clock()
+        return started + self.info.timeout_s - self._clock()
 
     # --- output ------------------------------------------------------------------------
 
@@ -400,6 +513,34 @@ class Runner:
             timeout=REPORT_TIMEOUT_S,
         )
 
+    async def _usage_loop(self, execution: Execution) -> None:
+        """Sample the attempt's resource use; report it now and then (progress-less)."""
+        while True:
+            try:
+                sample = await execution.usage()
+            except Exception as e:
+                log.debug("usage of %s could not be sampled: %s", self.info.job_id, e)
+                sample = None
+            if sample is not None:
+                usage = self._usage.add(sample)
+                now = self._clock()
+                if self._usage.due(now) and self._link.registered.is_set() and not self._fenced:
+                    self._usage.sent(now)
+                    with contextlib.suppress(BerthError):
+                        await self._link.client.report(
+                            self._link.node_id,
+                            self.info.job_id,
+                            Report(self.info.attempt, None, usage=usage),
+                            timeout=REPORT_TIMEOUT_S,
+                        )
+            await asyncio.sleep(USAGE_SAMPLE_INTERVAL_S)
+
+    async def _checkpoint_loop(self, files: AttemptFiles, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self._stop.is_set():
+                await files.save_checkpoint(f"every {interval:g} s")
+
     async def _report_running(self) -> None:
         # Also for a re-adopted attempt: the agent may have died before reporting it.
         try:
@@ -453,3 +594,5 @@ class Runner:
             log.warning(
                 "could not clean up attempt %d of %s: %s", self.info.attempt, self.info.job_id, e
             )
+        if self.files is not None:
+            await self.files.remove()

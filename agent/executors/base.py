@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from common.models import JobSpec
@@ -49,6 +50,27 @@ class AttemptInfo:
     node_id: str
     timeout_s: float
     memory_mb: int
+    #: upload /checkpoint this often while the attempt runs (None: only when it stops)
+    checkpoint_interval_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """Host directories given to an attempt (see :mod:`agent.workspace`)."""
+
+    #: at /workspace in a container; the cwd of a process, $BERTH_WORKSPACE
+    workspace: Path
+    #: at /checkpoint in a container; $BERTH_CHECKPOINT
+    checkpoint: Path
+
+
+@dataclass(frozen=True)
+class UsageSample:
+    """What an attempt uses right now."""
+
+    #: percent of one core (200 = two cores busy)
+    cpu_percent: float
+    memory_mb: float
 
 
 class Execution(ABC):
@@ -57,6 +79,8 @@ class Execution(ABC):
     info: AttemptInfo
     #: wall-clock time (epoch seconds) the attempt started, None if unknown
     started_at: float | None = None
+    #: it was found paused when re-adopted
+    paused: bool = False
 
     @abstractmethod
     def logs(self, skip: int = 0) -> AsyncIterator[bytes]:
@@ -81,6 +105,10 @@ class Execution(ABC):
     async def remove(self) -> None:
         """Release what the attempt holds (container, scratch files); idempotent."""
 
+    async def usage(self) -> UsageSample | None:
+        """A sample of the attempt's CPU and memory use, None when unknown."""
+        return None
+
 
 class Executor(ABC):
     """Runs attempts on this host."""
@@ -89,8 +117,11 @@ class Executor(ABC):
     kind: ClassVar[str]
 
     @abstractmethod
-    async def start(self, info: AttemptInfo, spec: JobSpec) -> Execution:
-        """Start an attempt; raise StartError when it cannot start."""
+    async def start(
+        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+    ) -> Execution:
+        """Start an attempt with its workspace and checkpoint directories (``mounts``);
+        raise StartError when it cannot start."""
 
     @abstractmethod
     async def adopt(self, node_ids: set[str]) -> list[Execution]:

@@ -7,9 +7,11 @@ loop through a bounded queue.
 
 A container gets: ``nano_cpus`` from the job's cpu, ``mem_limit`` = ``memswap_limit``
 (no swap), a pids limit, ``no-new-privileges``, every capability dropped, network
-``none`` unless the job asks for ``bridge``, the job's env and workdir, and the labels
-``berth.job``, ``berth.attempt``, ``berth.node`` (plus its timeout and memory limit,
-so a restarted agent can re-adopt it).
+``none`` unless the job asks for ``bridge``, the job's env and workdir, its workspace
+and checkpoint directories bind-mounted at /workspace and /checkpoint (nothing else of
+the host, never the docker socket), and the labels ``berth.job``, ``berth.attempt``,
+``berth.node`` (plus its timeout, memory limit and checkpoint interval, so a restarted
+agent can re-adopt it). Resource use is sampled with ``docker stats``.
 
 Parameters of :class:`DockerExecutor` and their defaults (``agent.config``):
 
@@ -36,7 +38,15 @@ import docker.errors
 from docker.utils import parse_repository_tag
 
 from agent.config import DEFAULT_PIDS_LIMIT, DEFAULT_PULL_TIMEOUT_S, PullPolicy
-from agent.executors.base import AttemptInfo, Execution, Executor, ExitStatus, StartError
+from agent.executors.base import (
+    AttemptInfo,
+    Execution,
+    Executor,
+    ExitStatus,
+    Mounts,
+    StartError,
+    UsageSample,
+)
 from common.models import JobSpec
 
 log = logging.getLogger("berth.agent.docker")
@@ -49,6 +59,10 @@ LABEL_ATTEMPT = "berth.attempt"
 LABEL_NODE = "berth.node"
 LABEL_TIMEOUT = "berth.timeout_s"
 LABEL_MEMORY = "berth.memory_mb"
+LABEL_CHECKPOINT = "berth.checkpoint_interval_s"
+#: where the workspace and checkpoint directories appear in a container
+CONTAINER_WORKSPACE = "/workspace"
+CONTAINER_CHECKPOINT = "/checkpoint"
 #: seconds for one Docker API call (pulls and waits have their own bounds)
 API_TIMEOUT_S = 60.0
 #: the API version assumed when dockerd does not answer at start (Docker 20.10+)
@@ -73,7 +87,11 @@ def container_name(job_id: str, attempt: int) -> str:
 
 
 def container_options(
-    info: AttemptInfo, spec: JobSpec, *, pids_limit: int = DEFAULT_PIDS_LIMIT
+    info: AttemptInfo,
+    spec: JobSpec,
+    *,
+    pids_limit: int = DEFAULT_PIDS_LIMIT,
+    mounts: Mounts | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of the API's ``create_container`` for one attempt (pure);
     ``host_config`` holds those of ``create_host_config``."""
@@ -88,6 +106,9 @@ def container_options(
     env = dict(spec.env)
     env.setdefault("BERTH_JOB_ID", info.job_id)
     env.setdefault("BERTH_ATTEMPT", str(info.attempt))
+    if mounts is not None:
+        env.setdefault("BERTH_WORKSPACE", CONTAINER_WORKSPACE)
+        env.setdefault("BERTH_CHECKPOINT", CONTAINER_CHECKPOINT)
     opts: dict[str, Any] = {
         "image": spec.image,
         "command": command,
@@ -114,9 +135,44 @@ def container_options(
             "network_mode": "bridge" if spec.network == "bridge" else "none",
         },
     }
+    if spec.checkpoint_interval_s is not None:
+        opts["labels"][LABEL_CHECKPOINT] = repr(float(spec.checkpoint_interval_s))
+    if mounts is not None:
+        opts["host_config"]["binds"] = {
+            str(mounts.workspace.absolute()): {"bind": CONTAINER_WORKSPACE, "mode": "rw"},
+            str(mounts.checkpoint.absolute()): {"bind": CONTAINER_CHECKPOINT, "mode": "rw"},
+        }
     if spec.workdir:
         opts["working_dir"] = spec.workdir
     return opts
+
+
+def usage_from_stats(stats: dict[str, Any]) -> UsageSample | None:
+    """CPU % and memory from one ``docker stats`` reply, computed as the docker CLI does
+    (memory without the inactive page cache). None when the container is not running."""
+    cpu = stats.get("cpu_stats") or {}
+    pre = stats.get("precpu_stats") or {}
+    mem = stats.get("memory_stats") or {}
+    if not mem.get("usage"):
+        return None  # not running: dockerd reports nothing
+    total = (cpu.get("cpu_usage") or {}).get("total_usage", 0)
+    pre_total = (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system = cpu.get("system_cpu_usage", 0) or 0
+    pre_system = pre.get("system_cpu_usage", 0) or 0
+    cpus = (
+        cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+    )
+    cpu_delta, system_delta = total - pre_total, system - pre_system
+    percent = 0.0
+    if cpu_delta > 0 and system_delta > 0 and pre_total:
+        percent = cpu_delta / system_delta * cpus * 100.0
+    details = mem.get("stats") or {}
+    if "inactive_file" in details:  # cgroup v2
+        cache = details["inactive_file"]
+    else:  # cgroup v1
+        cache = details.get("total_inactive_file", details.get("cache", 0))
+    used = max(0, int(mem.get("usage", 0)) - int(cache or 0))
+    return UsageSample(cpu_percent=max(0.0, percent), memory_mb=used / (1024 * 1024))
 
 
 def connect(timeout: float = API_TIMEOUT_S, pool_size: int = 32) -> Any:
@@ -186,8 +242,10 @@ class DockerExecutor(Executor):
 
     # --- start -------------------------------------------------------------------------
 
-    async def start(self, info: AttemptInfo, spec: JobSpec) -> DockerExecution:
-        opts = container_options(info, spec, pids_limit=self.pids_limit)
+    async def start(
+        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+    ) -> DockerExecution:
+        opts = container_options(info, spec, pids_limit=self.pids_limit, mounts=mounts)
         if self.pull_policy == "always":
             await self._pull(spec.image)
         container_id = await self._create(opts)
@@ -278,6 +336,9 @@ class DockerExecutor(Executor):
                         node_id=labels[LABEL_NODE],
                         timeout_s=float(labels.get(LABEL_TIMEOUT, "0") or 0),
                         memory_mb=int(labels.get(LABEL_MEMORY, "0") or 0),
+                        checkpoint_interval_s=float(labels[LABEL_CHECKPOINT])
+                        if labels.get(LABEL_CHECKPOINT)
+                        else None,
                     )
                 except (KeyError, ValueError):
                     log.warning("removing container %s with unreadable berth labels", container_id)
@@ -291,11 +352,11 @@ class DockerExecutor(Executor):
                     state = (await self.call(self._api.inspect_container, container_id))["State"]
                 except docker.errors.NotFound:
                     continue
-                found.append(
-                    DockerExecution(
-                        self, container_id, info, started_at=_parse_time(state.get("StartedAt"))
-                    )
+                execution = DockerExecution(
+                    self, container_id, info, started_at=_parse_time(state.get("StartedAt"))
                 )
+                execution.paused = bool(state.get("Paused"))
+                found.append(execution)
         return found
 
     def log_stream(self, container_id: str, *, follow: bool) -> Iterator[bytes]:
@@ -420,6 +481,15 @@ class DockerExecution(Execution):
 
     async def pause(self) -> None:
         await self._ex.call(self._ex._api.pause, self.container_id)
+
+    async def usage(self) -> UsageSample | None:
+        """One ``docker stats`` sample (it takes about a second: dockerd measures the
+        CPU over an interval), in the executor's threads."""
+        try:
+            stats = await self._ex.call(self._ex._api.stats, self.container_id, stream=False)
+        except docker.errors.DockerException:
+            return None
+        return usage_from_stats(stats) if isinstance(stats, dict) else None
 
     async def resume(self) -> None:
         await self._ex.call(self._ex._api.unpause, self.container_id)

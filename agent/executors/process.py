@@ -4,7 +4,10 @@ For hosts without Docker. The command runs with the agent's user and privileges,
 the host's files and network, and its resource request is not enforced; the image is
 ignored. Each attempt gets its own session and process group (``start_new_session``),
 so a timeout or cancel reaches every process it started: SIGTERM to the group, then
-SIGKILL after the grace. Stdout and stderr are one stream.
+SIGKILL after the grace; pause and resume are SIGSTOP and SIGCONT to the group, and
+its resource use is the sum over the group (psutil). Stdout and stderr are one stream.
+The attempt's workspace is its working directory (unless the job names one) and
+``$BERTH_WORKSPACE``; its checkpoint directory is ``$BERTH_CHECKPOINT``.
 
 A process cannot be re-attached after the agent restarts: leftovers recorded in the
 state dir are killed on start and reported as lost (an infrastructure failure).
@@ -30,7 +33,9 @@ from agent.executors.base import (
     Execution,
     Executor,
     ExitStatus,
+    Mounts,
     StartError,
+    UsageSample,
     empty_stream,
 )
 from common import codec
@@ -75,16 +80,23 @@ class ProcessExecutor(Executor):
     async def check(self) -> str | None:
         return None
 
-    async def start(self, info: AttemptInfo, spec: JobSpec) -> ProcessExecution:
+    async def start(
+        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+    ) -> ProcessExecution:
         argv = command_argv(spec)
         scratch = self.work_dir / f"{info.job_id}-{info.attempt}"
         scratch.mkdir(parents=True, exist_ok=True)
-        cwd = Path(spec.workdir) if spec.workdir else scratch
+        cwd = scratch if mounts is None else mounts.workspace.absolute()
+        if spec.workdir:
+            cwd = Path(spec.workdir)
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["HOME"] = str(scratch)
         env["BERTH_JOB_ID"] = info.job_id
         env["BERTH_ATTEMPT"] = str(info.attempt)
+        if mounts is not None:
+            env["BERTH_WORKSPACE"] = str(mounts.workspace.absolute())
+            env["BERTH_CHECKPOINT"] = str(mounts.checkpoint.absolute())
         env.update(spec.env)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -153,6 +165,7 @@ class ProcessExecution(Execution):
         self._scratch = scratch
         self._record = record
         self._exited = asyncio.Event()
+        self._group = GroupSampler(proc.pid)
 
     async def logs(self, skip: int = 0) -> AsyncIterator[bytes]:
         stream = self._proc.stdout
@@ -195,6 +208,11 @@ class ProcessExecution(Execution):
     async def pause(self) -> None:
         _signal_group(self._proc.pid, signal.SIGSTOP)
 
+    async def usage(self) -> UsageSample | None:
+        if self._proc.returncode is not None:
+            return None
+        return await asyncio.to_thread(self._group.sample)
+
     async def resume(self) -> None:
         _signal_group(self._proc.pid, signal.SIGCONT)
 
@@ -236,6 +254,35 @@ class LostExecution(Execution):
     async def remove(self) -> None:
         shutil.rmtree(self._scratch, ignore_errors=True)
         self._record.unlink(missing_ok=True)
+
+
+class GroupSampler:
+    """CPU and memory of the processes of one process group, summed (blocking).
+
+    psutil keeps the Process objects it yields, so each one's CPU % is measured since
+    the previous sample; a process seen for the first time counts from the next one.
+    """
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+
+    def sample(self) -> UsageSample | None:
+        cpu = 0.0
+        rss = 0
+        found = False
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) != self.pgid:
+                    continue
+                with p.oneshot():
+                    cpu += p.cpu_percent(interval=None)
+                    rss += p.memory_info().rss
+                found = True
+            except (ProcessLookupError, psutil.Error):
+                continue
+        if not found:
+            return None
+        return UsageSample(cpu_percent=cpu, memory_mb=rss / (1024 * 1024))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
