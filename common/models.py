@@ -64,6 +64,12 @@ class Constraints(Struct, forbid_unknown_fields=True, gc=False):
     labels: Labels = field(default_factory=dict)
 
 
+class Webhook(Struct, forbid_unknown_fields=True, gc=False):
+    """Where to POST (HMAC-signed) when the job ends."""
+
+    url: Annotated[str, Meta(max_length=2048, pattern=r"^https?://[^\s]+$")]
+
+
 class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     """What a client submits."""
 
@@ -93,11 +99,23 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     retry_max_delay_s: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
     #: the agent uploads /checkpoint this often while the job runs (and on pause/cancel)
     checkpoint_interval_s: Annotated[float, Meta(ge=1, le=86_400)] | None = None
+    #: told (a signed POST) when the job reaches a terminal state
+    webhook: Webhook | None = None
 
 
 class Progress(Struct, gc=False):
     percent: float = 0.0
     message: str = ""
+
+
+class WebhookDelivery(Struct, gc=False):
+    """One try to deliver a job's end to its webhook."""
+
+    at: datetime
+    attempt: int
+    #: the HTTP status the receiver answered, if it answered
+    status: int | None = None
+    error: str | None = None
 
 
 class Usage(Struct, gc=False):
@@ -159,6 +177,9 @@ class Job(Struct, gc=False):
     checkpoint: str | None = None
     #: the attempt that wrote that checkpoint
     checkpoint_attempt: int = 0
+    #: the job's end still has to reach its webhook
+    webhook_pending: bool = False
+    webhook_deliveries: tuple[WebhookDelivery, ...] = ()
 
 
 class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):

@@ -41,6 +41,7 @@ from common.models import (
     RegisterRequest,
     Report,
     Resources,
+    WebhookDelivery,
 )
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
 from scheduler import liveness, placement, queue
@@ -280,6 +281,9 @@ class Cluster:
             job.started_at = now
         elif new in TERMINAL:
             job.finished_at = now
+            if job.spec.webhook is not None:
+                # Sent once this state is committed; survives a restart until delivered.
+                job.webhook_pending = True
         data: dict[str, Any] = {"state": new.value, "from": old.value, "attempt": job.attempt}
         if job.node_id:
             data["node_id"] = job.node_id
@@ -925,6 +929,18 @@ class Cluster:
         if dropped:
             self.idempotency = {k: v for k, v in self.idempotency.items() if v not in dropped}
         return gone
+
+    def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
+        """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.archive.pop(job_id)
+            if job is None:
+                return  # deleted by retention meanwhile
+            self.jobs[job_id] = job
+        job.webhook_deliveries = (*job.webhook_deliveries, delivery)
+        job.webhook_pending = not done
+        self.changes.jobs[job.id] = job
 
     def state_of(self, job_id: str) -> JobState | None:
         job = self.jobs.get(job_id)

@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common.models import Job
+from common.models import Job, WebhookDelivery
 from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
 from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
 from scheduler.events import Event
 from scheduler.metrics import Metrics
 from scheduler.store.base import Changes, Store
+from scheduler.webhooks import WebhookSender
 
 log = logging.getLogger("berth.scheduler")
 
@@ -33,6 +34,7 @@ def _rfc3339(dt: datetime) -> str:
 
 ADMIN_TOKEN_FILE = "admin.token"
 JOIN_TOKEN_FILE = "join.token"
+WEBHOOK_KEY_FILE = "webhook.key"
 
 
 class Service:
@@ -52,6 +54,7 @@ class Service:
         self.metrics = Metrics(cluster)
         cluster.events.on_commit = self._published
         self._job_waiters: dict[str, asyncio.Event] = {}
+        self.webhooks: WebhookSender | None = None
         #: called with the jobs retention deleted (the blob store drops their blobs)
         self.deletion_hooks: list[Callable[[list[Job]], Awaitable[None]]] = []
 
@@ -63,6 +66,12 @@ class Service:
         gc.freeze()
         await self._ensure_tokens()
         await self.commit()
+        self.webhooks = WebhookSender(self._webhook_key(), self._record_delivery, self.commit)
+        await self.webhooks.start()
+        for job_id in loaded.webhooks_pending:
+            pending = self.cluster.find(job_id)
+            if pending is not None and pending.webhook_pending:
+                self.webhooks.send(pending)
         self._tasks = [
             asyncio.create_task(self._placement_loop(), name="berth-placement"),
             asyncio.create_task(self._liveness_loop(), name="berth-liveness"),
@@ -79,6 +88,8 @@ class Service:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -105,10 +116,25 @@ class Service:
 
     async def _commit(self, changes: Changes) -> None:
         await self.store.commit(changes)
+        if self.webhooks is not None:
+            for job in changes.jobs.values():
+                if job.webhook_pending:
+                    self.webhooks.send(job)
         for chunk in changes.logs:
             self._wake_job(chunk.job_id)
         top = changes.events[-1].index if changes.events else self.cluster.events.committed_index
         self.cluster.events.committed(changes.events, top)
+
+    def _record_delivery(self, job_id: str, delivery: WebhookDelivery, done: bool) -> None:
+        self.cluster.record_delivery(job_id, delivery, done=done)
+
+    def _webhook_key(self) -> bytes:
+        """The key webhook bodies are signed with, made on first use (mode 0600)."""
+        path = self.config.state_dir / WEBHOOK_KEY_FILE
+        if not path.exists():
+            _write_secret(path, secrets.token_urlsafe(32))
+            log.info("wrote the webhook signing key to %s", path.resolve())
+        return path.read_text().strip().encode()
 
     async def _ensure_tokens(self) -> None:
         """On first start write admin.token and join.token (mode 0600) into the state dir."""

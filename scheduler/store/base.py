@@ -87,6 +87,8 @@ class Loaded:
     events_pruned_below: int = 0
     #: concurrency groups' limits
     groups: dict[str, int] = field(default_factory=dict)
+    #: ended jobs whose webhook has not been delivered yet
+    webhooks_pending: list[str] = field(default_factory=list)
 
 
 class Store(ABC):

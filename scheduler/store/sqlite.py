@@ -131,7 +131,15 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
         pruned_below = int(row[0]) if row else 0
         groups = dict(conn.execute("SELECT name, max_concurrent FROM groups").fetchall())
-        return Loaded(jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below, groups)
+        webhooks = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM jobs WHERE json_extract(doc, '$.webhook_pending') = 1"
+            )
+        ]
+        return Loaded(
+            jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below, groups, webhooks
+        )
 
     def _close_sync(self) -> None:
         if self._conn is not None:
