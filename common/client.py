@@ -22,7 +22,8 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -47,6 +48,7 @@ from common.models import (
     ReportReply,
     Stats,
 )
+from common.states import TERMINAL
 
 log = logging.getLogger("berth.client")
 
@@ -62,6 +64,11 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 10.0
 #: margin added to a long poll's wait before the client gives up on the reply
 LONG_POLL_MARGIN_S = 15.0
+#: a stream (events, a log follow) that stays silent this long is taken as dropped; the
+#: scheduler sends a keep-alive every 15 s
+STREAM_READ_TIMEOUT_S = 45.0
+#: how long a stream that was connected keeps trying to reconnect before giving up
+STREAM_RECONNECT_S = 60.0
 #: a file transfer (blob up- or download) that stays silent this long is dropped
 TRANSFER_IDLE_TIMEOUT_S = 60.0
 #: bytes of a download handled at a time
@@ -524,6 +531,291 @@ class BerthClient:
 
     async def readyz(self) -> Any:
         return codec.loads(await self.request("GET", "/readyz"))
+
+    # --- streams: events and logs ----------------------------------------------------
+
+    async def open_stream(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str | int | float] | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = STREAM_READ_TIMEOUT_S,
+        retries: int = 0,
+    ) -> aiohttp.ClientResponse:
+        """Send a GET whose reply is read as it arrives; the caller closes the reply.
+
+        ``read_timeout`` bounds each wait for more bytes, not the whole reply. Every URL
+        is tried once per pass, with ``retries`` extra passes after a backoff. Raises the
+        BerthError of an error reply, or SchedulerUnreachable when no URL answered.
+        """
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        hdrs = {"Accept": "application/json"}
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        if headers:
+            hdrs.update(headers)
+        query = {k: str(v) for k, v in (params or {}).items()}
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout)
+        last: BaseException | None = None
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt - 1))
+            for _ in range(len(self.urls)):
+                url = self.urls[self._current] + path
+                try:
+                    resp = await self._session.get(url, params=query, headers=hdrs, timeout=timeout)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    last = e
+                    self._failover()
+                    continue
+                if 200 <= resp.status < 300:
+                    return resp
+                try:
+                    body = await resp.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    body = b""
+                finally:
+                    resp.release()
+                error = error_from_body(resp.status, body)
+                if resp.status in RETRY_STATUSES:
+                    last = error
+                    self._failover()
+                    continue
+                raise error
+        if isinstance(last, BerthError):
+            raise last
+        raise SchedulerUnreachable(
+            f"GET {path}: no scheduler answered ({_describe(last)})", {"urls": self.urls}
+        ) from last
+
+    async def _before_reconnect(
+        self,
+        error: BaseException,
+        backoff: Backoff,
+        connected: bool,
+        down_since: float,
+        reconnect_for: float,
+    ) -> None:
+        """Wait before a stream reconnects, or raise when it is time to give up.
+
+        Before a stream ever connected it gets the client's usual retries; once it has,
+        it keeps trying for ``reconnect_for`` seconds from the moment it went down.
+        """
+        if connected:
+            give_up = time.monotonic() - down_since > reconnect_for
+        else:
+            give_up = backoff.attempt >= self.retries
+        if give_up:
+            if isinstance(error, BerthError):
+                raise error
+            raise SchedulerUnreachable(
+                f"stream lost: no scheduler answered ({_describe(error)})", {"urls": self.urls}
+            ) from error
+        log.debug("stream dropped (%s); reconnecting", _describe(error))
+        await asyncio.sleep(backoff.next())
+
+    @staticmethod
+    async def _sse_frames(
+        resp: aiohttp.ClientResponse,
+    ) -> AsyncIterator[tuple[str | None, str, str]]:
+        """Server-sent events of a reply as ``(id, event, data)``, comments skipped.
+
+        Lines may end with CRLF, LF or CR. A frame is yielded only once its closing
+        blank line arrived, so one cut short by a dropped connection never is.
+        """
+        buf = b""
+        frame_id: str | None = None
+        kind = ""
+        data: list[str] = []
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            held = b""
+            if buf.endswith(b"\r"):
+                # A CR may be the first half of a CRLF: wait for the next byte.
+                buf, held = buf[:-1], b"\r"
+            lines = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            buf = lines.pop() + held
+            for raw in lines:
+                line = raw.decode("utf-8", errors="replace")
+                if not line:
+                    if data:
+                        yield frame_id, kind or "message", "\n".join(data)
+                    frame_id, kind, data = None, "", []
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    kind = value
+                elif name == "id" and "\0" not in value:
+                    frame_id = value
+
+    async def stream_events(
+        self,
+        *,
+        topics: Sequence[str] | None = None,
+        job_id: str | None = None,
+        since: int | None = None,
+        reconnect_for: float = STREAM_RECONNECT_S,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Events as the scheduler commits them, each the Event document as a dict.
+
+        ``since``: first replay the events after that index (None: only new ones).
+        ``topics`` (``jobs``, ``nodes``) or ``job_id`` narrow the stream. A dropped
+        connection is resumed with ``Last-Event-ID``, and so is a ``resync`` (this reader
+        fell too far behind), so no event is missed or repeated. When the index asked
+        for is older than what the scheduler keeps, ``{"type": "reset", "reason",
+        "oldest", "index"}`` is yielded and the stream goes on after ``index``.
+        Raises SchedulerUnreachable once no scheduler answered for ``reconnect_for`` s.
+        """
+        last = since
+        backoff = Backoff()
+        connected = False
+        down_since = time.monotonic()
+        while True:
+            params: dict[str, str | int | float] = {}
+            if topics:
+                params["topics"] = ",".join(topics)
+            if job_id is not None:
+                params["job"] = job_id
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                resp = await self.open_stream("/api/v1/events", params=params, headers=headers)
+            except Unavailable as e:
+                await self._before_reconnect(e, backoff, connected, down_since, reconnect_for)
+                continue
+            connected = True
+            backoff.reset()
+            resync = False
+            error: BaseException = SchedulerUnreachable("the scheduler ended the stream")
+            try:
+                async for frame_id, kind, data in self._sse_frames(resp):
+                    if kind == "resync":
+                        resync = True
+                        break
+                    doc = codec.loads(data)
+                    if frame_id is not None and frame_id.isdigit():
+                        last = int(frame_id)
+                    if kind == "reset":
+                        yield {"type": "reset", **doc}
+                    elif isinstance(doc, dict):
+                        yield doc
+            except (aiohttp.ClientError, TimeoutError) as e:
+                error = e
+            finally:
+                resp.close()
+            if resync:
+                continue  # resume at once from the last event received
+            down_since = time.monotonic()
+            await self._before_reconnect(error, backoff, True, down_since, reconnect_for)
+
+    async def follow_logs(
+        self,
+        job_id: str,
+        *,
+        attempt: int | None = None,
+        offset: int = 0,
+        reconnect_for: float = STREAM_RECONNECT_S,
+    ) -> AsyncGenerator[bytes, None]:
+        """An attempt's log bytes as they are appended, from ``offset`` until the attempt
+        is over (ended, or replaced by a retry).
+
+        ``attempt`` defaults to the job's current attempt when the follow starts. A
+        dropped connection is resumed at the byte offset reached, so no byte is missed
+        or repeated. Raises SchedulerUnreachable once no scheduler answered for
+        ``reconnect_for`` seconds.
+        """
+        backoff = Backoff()
+        connected = False
+        down_since = time.monotonic()
+        path = f"/api/v1/jobs/{job_id}/logs"
+        while True:
+            params: dict[str, str | int | float] = {"follow": 1, "offset": offset}
+            if attempt is not None:
+                params["attempt"] = attempt
+            try:
+                resp = await self.open_stream(path, params=params, headers={"Accept": "text/plain"})
+            except Unavailable as e:
+                await self._before_reconnect(e, backoff, connected, down_since, reconnect_for)
+                continue
+            connected = True
+            backoff.reset()
+            error: BaseException | None = None
+            try:
+                if attempt is None:
+                    # Pin the attempt, so that a reconnect goes on with the same one.
+                    attempt = int(resp.headers.get("X-Berth-Attempt", "0")) or None
+                async for chunk in resp.content.iter_any():
+                    offset += len(chunk)
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as e:
+                error = e
+            finally:
+                resp.close()
+            if error is None:
+                job = await self.get_job(job_id)
+                if attempt is None or attempt < job.attempt or job.state in TERMINAL:
+                    return
+                # The scheduler ended the follow (it is stopping) while the attempt goes on.
+                error = SchedulerUnreachable("the scheduler ended the log follow")
+            down_since = time.monotonic()
+            await self._before_reconnect(error, backoff, True, down_since, reconnect_for)
+
+    async def read_logs(
+        self, job_id: str, *, attempt: int | None = None, offset: int = 0
+    ) -> tuple[bytes, int, int]:
+        """An attempt's stored log from ``offset`` (default: the current attempt).
+
+        Returns ``(bytes, end offset, attempt)``; the end is where a later read resumes.
+        """
+        params: dict[str, str | int | float] = {"offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        resp = await self.open_stream(
+            f"/api/v1/jobs/{job_id}/logs",
+            params=params,
+            headers={"Accept": "text/plain"},
+            read_timeout=self.timeout,
+            retries=self.retries,
+        )
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SchedulerUnreachable(f"reading the log failed: {_describe(e)}") from e
+        finally:
+            resp.release()
+        end = int(resp.headers.get("X-Berth-Log-Offset", offset + len(data)))
+        return data, end, int(resp.headers.get("X-Berth-Attempt", attempt or 0))
+
+    async def events_page(
+        self,
+        *,
+        since: int = 0,
+        topics: Sequence[str] | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of stored events after ``since``: ``{"events", "index", "next"}``.
+
+        ``next`` is where the following page starts; raises Gone when ``since`` is older
+        than what the scheduler keeps.
+        """
+        params: dict[str, str | int | float] = {"since": since}
+        if topics:
+            params["topics"] = ",".join(topics)
+        if job_id is not None:
+            params["job"] = job_id
+        page: dict[str, Any] = codec.loads(
+            await self.request("GET", "/api/v1/events", params=params)
+        )
+        return page
 
 
 async def _receive_file(resp: aiohttp.ClientResponse, sink: Path, expected: str | None) -> str:
