@@ -1035,7 +1035,9 @@ class Cluster:
     def _starving(self, req: placement.JobRequest, now: float) -> bool:
         since = self.queued_since.get(req.id, now)
         last = self.pending_reason.get(req.id, "")
-        return now - since > self.config.starvation_s and last.startswith("no node")
+        # It did not fit in the last pass, or already holds a node (and keeps it).
+        blocked = last.startswith(("no node", queue.HELD))
+        return now - since > self.config.starvation_s and blocked
 
     def _pass(self, ready: list[placement.JobRequest], now: float, held: str | None) -> list[str]:
         views = [self._cached_view(n) for n in self.nodes.values() if n.id != held]
