@@ -18,10 +18,11 @@ def cli() -> None:
 
 def _register() -> None:
     # Imported here so that `berth --help` does not load every daemon's modules twice.
-    from cli import agent_cmd, live_cmd, scheduler_cmd
+    from cli import agent_cmd, live_cmd, run_cmd, scheduler_cmd
 
     cli.add_command(scheduler_cmd.scheduler)
     cli.add_command(agent_cmd.agent)
+    cli.add_command(run_cmd.run)
     cli.add_command(live_cmd.logs)
     cli.add_command(live_cmd.events)
     cli.add_command(live_cmd.watch)
