@@ -33,12 +33,14 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so that `berth --help` does not load every daemon's modules twice.
-    from cli import agent_cmd, dev_cmd, live_cmd, run_cmd, scheduler_cmd
+    from cli import agent_cmd, dev_cmd, jobs_cmd, live_cmd, run_cmd, scheduler_cmd
 
     cli.add_command(dev_cmd.dev)
     cli.add_command(scheduler_cmd.scheduler)
     cli.add_command(agent_cmd.agent)
     cli.add_command(run_cmd.run)
+    for command in jobs_cmd.COMMANDS:
+        cli.add_command(command)
     cli.add_command(live_cmd.logs)
     cli.add_command(live_cmd.events)
     cli.add_command(live_cmd.watch)

@@ -33,12 +33,15 @@ import aiohttp
 from common import codec
 from common.errors import ERRORS_BY_CODE, BerthError, InvalidRequest, Unavailable
 from common.models import (
+    ActionResults,
     AssignmentsReply,
     DrainRequest,
     HeartbeatReply,
     HeartbeatRequest,
     Job,
+    JobBatch,
     JobList,
+    JobSelection,
     JobSpec,
     Node,
     NodeList,
@@ -504,6 +507,21 @@ class BerthClient:
         if cursor is not None:
             params["cursor"] = cursor
         return await self._typed(JobList, "GET", "/api/v1/jobs", params=params)
+
+    async def submit_batch(self, specs: list[JobSpec]) -> list[Job]:
+        """Submit up to 1,000 specs at once: all are queued or none."""
+        body = codec.encode(JobBatch(jobs=specs))
+        reply = await self._typed(JobList, "POST", "/api/v1/jobs/batch", body=body)
+        return reply.jobs
+
+    async def act(self, action: str, job_id: str) -> Job:
+        """cancel, retry, pause or resume one job."""
+        return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/{action}", body=b"{}")
+
+    async def act_many(self, action: str, selection: JobSelection) -> ActionResults:
+        """cancel, retry, pause or resume the jobs named by ids or matching a filter."""
+        body = codec.encode(selection)
+        return await self._typed(ActionResults, "POST", f"/api/v1/jobs/{action}", body=body)
 
     async def cancel_job(self, job_id: str) -> Job:
         return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/cancel", body=b"{}")

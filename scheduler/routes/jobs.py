@@ -61,7 +61,7 @@ async def submit_batch(request: web.Request) -> web.Response:
             field = str(e.details.get("field", "$")).replace("$", f"$.jobs[{i}]", 1)
             raise InvalidRequest(e.message, {**e.details, "field": field}) from None
     jobs = [svc.cluster.submit(spec, submitted_by=who.name)[0] for spec in batch.jobs]
-    body = codec.encode({"jobs": jobs})
+    body = codec.encode(JobList(jobs=jobs, next_cursor=None, index=jobs[-1].index))
     await svc.commit()
     return json_response(body, status=201)
 

@@ -1,0 +1,351 @@
+"""`berth submit`, `jobs`, `job`, `nodes`, `cancel`, `retry`, `pause`, `resume`, `drain`.
+
+Listings are tables sized to the terminal, or JSON with ``--json`` for scripts. Address,
+token and exit codes are those of every client command (see ``berth logs --help``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.live_cmd import EXIT_FAILED, EXIT_OK, CommandError, client_options, run_client
+from common import codec
+from common.client import BerthClient
+from common.errors import CodecError
+from common.models import Job, JobFilter, JobSelection, JobSpec, Node
+from common.states import JobState
+
+#: usage errors (click's own) exit with 2
+EXIT_USAGE = 2
+ACTIONS = ("cancel", "retry", "pause", "resume")
+
+
+# --- formatting ------------------------------------------------------------------------
+
+
+def _ago(ts: datetime | None, now: datetime) -> str:
+    if ts is None:
+        return "-"
+    s = max(0, int((now - ts).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+def table(headers: list[str], rows: list[list[str]], *, flexible: int) -> str:
+    """Columns padded to their widths; column ``flexible`` shrinks to fit the terminal."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    if over > 0:
+        widths[flexible] = max(len(headers[flexible]), widths[flexible] - over)
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for cell, w in zip(cells, widths, strict=True):
+            out.append(cell if len(cell) <= w else cell[: max(0, w - 1)] + "…")
+        return "  ".join(c.ljust(w) for c, w in zip(out, widths, strict=True)).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def _progress(job: Job) -> str:
+    if job.progress is None:
+        return "-"
+    return f"{job.progress.percent:.0f}%"
+
+
+def job_rows(jobs: list[Job]) -> str:
+    now = datetime.now(UTC)
+    rows = [
+        [
+            j.id,
+            j.name or "-",
+            j.state.value,
+            j.node_id or "-",
+            str(j.attempt),
+            _progress(j),
+            _ago(j.created_at, now),
+            j.reason or j.error or "",
+        ]
+        for j in jobs
+    ]
+    headers = ["ID", "NAME", "STATE", "NODE", "TRY", "PROGRESS", "SUBMITTED", "REASON"]
+    return table(headers, rows, flexible=7)
+
+
+def node_rows(nodes: list[Node]) -> str:
+    """Like Slurm's sinfo: who can take work, and why not."""
+    now = datetime.now(UTC)
+    rows = []
+    for n in nodes:
+        total_cpu = n.capacity.cpu - n.reserved.cpu
+        total_mem = n.capacity.memory_mb - n.reserved.memory_mb
+        reason = n.reason or ""
+        if n.draining:
+            reason = f"draining: {n.drain_reason}" if n.drain_reason else "draining"
+        rows.append(
+            [
+                n.name,
+                n.state.value,
+                f"{n.allocated.cpu:g}/{total_cpu:g}",
+                f"{n.allocated.memory_mb}/{total_mem} MiB",
+                f"{len(n.running_jobs)}/{n.max_parallel}",
+                _ago(n.last_heartbeat_at, now),
+                reason,
+            ]
+        )
+    headers = ["NAME", "STATE", "CPU", "MEMORY", "JOBS", "HEARTBEAT", "REASON"]
+    return table(headers, rows, flexible=6)
+
+
+def job_detail(job: Job) -> str:
+    now = datetime.now(UTC)
+    lines = [
+        f"job       {job.id}  {job.name}",
+        f"state     {job.state.value}" + (f"  ({job.reason})" if job.reason else ""),
+        f"image     {job.spec.image}",
+        f"command   {job.spec.command!r}",
+        f"resources cpu {job.spec.resources.cpu:g}, memory {job.spec.resources.memory_mb} MiB"
+        + (f", gpus {job.spec.resources.gpus}" if job.spec.resources.gpus else ""),
+        f"attempt   {job.attempt} on {job.node_id or '-'}",
+        f"submitted {_ago(job.created_at, now)} by {job.submitted_by or '-'}",
+    ]
+    if job.progress is not None:
+        lines.append(f"progress  {job.progress.percent:.0f}% {job.progress.message}")
+    if job.exit_code is not None or job.error:
+        lines.append(f"result    exit code {job.exit_code}  {job.error or ''}".rstrip())
+    if job.usage is not None:
+        u = job.usage
+        lines.append(
+            f"usage     cpu {u.cpu_percent:.0f}% (peak {u.peak_cpu_percent:.0f}%), "
+            f"memory {u.memory_mb:.0f} MiB (peak {u.peak_memory_mb:.0f} MiB)"
+        )
+    if job.spec.depends_on:
+        lines.append(f"after     {', '.join(job.spec.depends_on)}")
+    if job.attempts:
+        lines.append("")
+        rows = [
+            [
+                str(a.attempt),
+                a.node_id or "-",
+                a.state.value,
+                "-" if a.exit_code is None else str(a.exit_code),
+                _ago(a.finished_at, now),
+                a.error or "",
+            ]
+            for a in job.attempts
+        ]
+        lines.append(table(["TRY", "NODE", "ENDED", "EXIT", "WHEN", "ERROR"], rows, flexible=5))
+    return "\n".join(lines)
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(codec.encode(obj).decode())
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def _read_specs(path: str) -> list[JobSpec]:
+    """One spec, a list of specs, or {"jobs": [...]}; errors name the field."""
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    data = codec.loads(raw)
+    items = data["jobs"] if isinstance(data, dict) and "jobs" in data else data
+    items = items if isinstance(items, list) else [items]
+    specs = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(codec.convert(item, JobSpec))
+        except CodecError as e:
+            where = f"spec {i}: " if len(items) > 1 else ""
+            raise CommandError(f"{path}: {where}{e.message}", EXIT_USAGE) from None
+    if not specs:
+        raise CommandError(f"{path}: no job spec in it", EXIT_USAGE)
+    return specs
+
+
+@click.command()
+@client_options
+@click.option(
+    "-f",
+    "--file",
+    "spec_file",
+    required=True,
+    help="A JSON job spec, a list of specs, or {'jobs': [...]}; - reads stdin.",
+)
+@click.option("--idempotency-key", default=None, help="Submitting again returns the same job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+def submit(
+    addr: str, token: str | None, spec_file: str, idempotency_key: str | None, as_json: bool
+) -> None:
+    """Submit jobs from a JSON spec file; prints their ids."""
+
+    async def body(client: BerthClient) -> int:
+        specs = _read_specs(spec_file)
+        if len(specs) == 1:
+            jobs = [await client.submit_job(specs[0], idempotency_key=idempotency_key)]
+        else:
+            jobs = await client.submit_batch(specs)
+        if as_json:
+            _print_json(jobs)
+        else:
+            for job in jobs:
+                click.echo(job.id)
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@click.command()
+@client_options
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in JobState]),
+    default=None,
+    help="Only jobs in this state.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def jobs(addr: str, token: str | None, state: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+
+    async def body(client: BerthClient) -> int:
+        page = await client.list_jobs(state=state, limit=limit)
+        if as_json:
+            _print_json(page.jobs)
+        elif page.jobs:
+            click.echo(job_rows(page.jobs))
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@click.command()
+@client_options
+@click.argument("job_id", metavar="JOB")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def job(addr: str, token: str | None, job_id: str, as_json: bool) -> None:
+    """One job: its state, why it waits, and every attempt."""
+
+    async def body(client: BerthClient) -> int:
+        found = await client.get_job(job_id)
+        if as_json:
+            _print_json(found)
+        else:
+            click.echo(job_detail(found))
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@click.command()
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def nodes(addr: str, token: str | None, as_json: bool) -> None:
+    """Node status, like sinfo: state, reason, CPU and memory used, jobs, heartbeat."""
+
+    async def body(client: BerthClient) -> int:
+        listing = await client.list_nodes()
+        if as_json:
+            _print_json(listing.nodes)
+        elif listing.nodes:
+            click.echo(node_rows(listing.nodes))
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+def _action(action: str) -> click.Command:
+    @click.command(name=action)
+    @client_options
+    @click.argument("job_ids", nargs=-1, metavar="[JOB]...")
+    @click.option(
+        "--state",
+        type=click.Choice([s.value for s in JobState]),
+        default=None,
+        help="Every job in this state (with --label: and these labels).",
+    )
+    @click.option("--label", "labels", multiple=True, help="k=v: every job with this label.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+    def command(
+        addr: str,
+        token: str | None,
+        job_ids: tuple[str, ...],
+        state: str | None,
+        labels: tuple[str, ...],
+        as_json: bool,
+    ) -> None:
+        if job_ids and (state or labels):
+            raise click.UsageError("give job ids or a filter (--state, --label), not both")
+        if not job_ids and not (state or labels):
+            raise click.UsageError("give job ids or a filter (--state, --label)")
+        pairs = {}
+        for item in labels:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+            pairs[key] = value
+        if job_ids:
+            selection = JobSelection(ids=list(job_ids))
+        else:
+            job_state = JobState(state) if state else None
+            selection = JobSelection(filter=JobFilter(state=job_state, labels=pairs))
+
+        async def body(client: BerthClient) -> int:
+            results = await client.act_many(action, selection)
+            if as_json:
+                _print_json(results.results)
+            for r in results.results:
+                if as_json:
+                    continue
+                if r.ok:
+                    click.echo(f"{r.job_id}  {r.state.value if r.state else ''}")
+                else:
+                    message = (r.error or {}).get("message", "refused")
+                    click.echo(f"{r.job_id}  refused: {message}", err=True)
+            return EXIT_OK if all(r.ok for r in results.results) else EXIT_FAILED
+
+        run_client(addr, token, body)
+
+    command.__doc__ = (
+        f"{action.capitalize()} jobs: one, several, or every job matching a filter. "
+        "Exits 1 if any of them was refused."
+    )
+    return command
+
+
+cancel, retry, pause, resume = (_action(a) for a in ACTIONS)
+
+
+@click.command()
+@client_options
+@click.argument("node", metavar="NODE")
+@click.option("--reason", default="", help="Shown with the node's status.")
+@click.option("--undo", is_flag=True, help="Take jobs again.")
+def drain(addr: str, token: str | None, node: str, reason: str, undo: bool) -> None:
+    """Stop giving a node new jobs (running ones finish); --undo reverses it.
+
+    NODE is a node id or name."""
+
+    async def body(client: BerthClient) -> int:
+        node_id = node
+        listing = await client.list_nodes()
+        by_name = {n.name: n.id for n in listing.nodes}
+        node_id = by_name.get(node, node)
+        changed = await client.drain_node(node_id, drain=not undo, reason=reason)
+        state = "draining" if changed.draining else "taking jobs"
+        click.echo(f"{changed.name}  {state}")
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+COMMANDS = [submit, jobs, job, nodes, cancel, retry, pause, resume, drain]
