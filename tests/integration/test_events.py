@@ -620,31 +620,40 @@ async def test_bad_filters_are_refused(live_admin: Api) -> None:
 async def test_asking_before_what_is_kept_gets_an_explicit_reset(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """There is no flag for the event window, so retention is run here as the scheduler's
-    retention loop runs it: the store's own prune, on the stopped scheduler's database."""
-    from scheduler.store.sqlite import SQLiteStore
-
-    proc = SchedulerProcess(tmp_path / "state").start()
+    """With the smallest event window (1,000), more node events than that, and a restart
+    (retention runs when the scheduler starts, then every minute)."""
+    window = 1000
+    proc = SchedulerProcess(
+        tmp_path / "state", "--event-window", str(window), "--heartbeat-interval", "30"
+    ).start()
     try:
         admin = Api(http, proc.url, proc.admin_token)
         status, job = await admin.post("/api/v1/jobs", SPEC)
         assert status == 201
-        for i in range(6):
-            await SimAgent(http, proc.url, proc.join_token, f"r{i}").register()
+        agents = [SimAgent(http, proc.url, proc.join_token, f"r{i}") for i in range(10)]
+        for a in agents:
+            await a.register()
+
+        async def toggle(a: SimAgent) -> None:
+            for i in range(110):
+                path = f"/api/v1/nodes/{a.node_id}/drain"
+                assert (await admin.post(path, {"drain": i % 2 == 0}))[0] == 200
+
+        await asyncio.gather(*(toggle(a) for a in agents))
         before = await page_events(admin, 0, await current_index(admin))
+        assert len(before) > window + 100
         proc.stop()
-
-        store = SQLiteStore(proc.state_dir / "berth.db")
-        await store.open()
-        oldest = await store.prune_events(3)
-        await store.close()
-        assert oldest > 2
-
         proc.start()
         admin = Api(http, proc.url, proc.admin_token)
+
+        async def pruned() -> Any:
+            status, body = await admin.get("/api/v1/events", params={"since": 0})
+            return body if status == 410 else None
+
+        body = await wait_until(pruned, timeout=DEADLINE_S)
         top = await current_index(admin)
-        status, body = await admin.get("/api/v1/events", params={"since": 0})
-        assert status == 410, body
+        assert top == before[-1]["index"]
+        oldest = top - window + 1
         assert body["error"]["code"] == "gone"
         assert body["error"]["details"] == {"oldest": oldest, "index": top}
 
@@ -687,7 +696,7 @@ async def test_asking_before_what_is_kept_gets_an_explicit_reset(
         # From the oldest kept index on, replay is whole again: what was kept is intact.
         kept = await page_events(admin, oldest - 1, top)
         survivors = [e for e in before if e["index"] >= oldest]
-        assert kept[: len(survivors)] == survivors
+        assert kept == survivors
         assert [e["index"] for e in kept] == list(range(oldest, top + 1))
         # A job's own history is kept as long as the job, whatever the window.
         status, page = await admin.get(f"/api/v1/jobs/{job['id']}/events", params={"since": 0})
