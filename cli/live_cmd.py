@@ -239,6 +239,9 @@ def logs(addr: str, token: str | None, follow: bool, attempt: int | None, job_id
     With -f, follow it as it is written until the job ends, then exit with the job's
     exit code: 0 completed, the job's own code when it failed with one, 1 when it
     failed without one, 124 when it timed out, 130 when it was cancelled.
+
+    Errors exit with 66 (no such job), 69 (scheduler unreachable), 77 (token missing
+    or refused) or 70 (any other refusal), after one line on stderr.
     """
     run_client(addr, token, lambda c: _logs(c, job_id, attempt, follow))
 
@@ -310,7 +313,8 @@ def events(
 
     A dropped connection is resumed where it stopped, so no event is missed or printed
     twice. When --since is older than what the scheduler keeps, a line with
-    "type": "reset" says so and the stream goes on from the oldest kept event.
+    "type": "reset" (and "oldest", the first index kept) says so, and the stream goes
+    on with the events after its "index".
     """
     wanted = _topics(topics)
     run_client(addr, token, lambda c: _events(c, wanted, job_id, since, count), interrupted=0)
