@@ -995,6 +995,47 @@ def dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
+async def test_client_stream_resumes_across_a_scheduler_restart(tmp_path: Path) -> None:
+    """BerthClient.stream_events reconnects with Last-Event-ID when the scheduler is
+    killed and started again: every event once, in order."""
+    from common.client import BerthClient
+
+    # A fresh connection per request: pooled ones die with the killed scheduler.
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    proc = SchedulerProcess(tmp_path / "state").start()
+    try:
+        admin = Api(http, proc.url, proc.admin_token)
+        start = await current_index(admin)
+        got: list[dict[str, Any]] = []
+        async with BerthClient(proc.url, proc.admin_token) as client:
+
+            async def collect() -> None:
+                async for event in client.stream_events(since=start):
+                    got.append(event)
+
+            reader = asyncio.create_task(collect())
+            try:
+                for _ in range(3):
+                    assert (await admin.post("/api/v1/jobs", UNPLACED))[0] == 201
+                await wait_until(lambda: len(got) >= 3, timeout=DEADLINE_S)
+                proc.kill()
+                proc.start()
+                admin = Api(http, proc.url, proc.admin_token)
+                for _ in range(3):
+                    assert (await admin.post("/api/v1/jobs", UNPLACED))[0] == 201
+                top = await current_index(admin)
+                await wait_until(lambda: got and got[-1]["index"] >= top, timeout=DEADLINE_S)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        assert got == await page_events(admin, start, top)
+        assert sum(e["type"] == "job.created" for e in got) == 6
+    finally:
+        proc.kill()
+        await http.close()
+
+
 # --- the command line ------------------------------------------------------------------------
 
 

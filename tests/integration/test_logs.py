@@ -281,6 +281,39 @@ async def test_client_follow_logs_yields_the_bytes_until_the_attempt_ends(
         assert [c async for c in client.follow_logs(job_id, offset=6)] == [b"world\n"]
 
 
+async def test_client_follow_logs_resumes_across_a_scheduler_restart(tmp_path: Path) -> None:
+    """The follow drops when the scheduler is killed; it goes on from the byte offset
+    it reached once the scheduler is back: no byte is lost or repeated."""
+    # A fresh connection per request: pooled ones die with the killed scheduler.
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    proc = SchedulerProcess(tmp_path / "state").start()
+    try:
+        agent = SimAgent(http, proc.url, proc.join_token, "restart", labels={"pool": "logs"})
+        await agent.register()
+        w = Worker(agent, Api(http, proc.url, proc.admin_token))
+        job_id = await w.start()
+        got = bytearray()
+        async with BerthClient(proc.url, proc.admin_token) as client:
+
+            async def follow() -> None:
+                async for chunk in client.follow_logs(job_id):
+                    got.extend(chunk)
+
+            follower = asyncio.create_task(follow())
+            assert (await w.append(job_id, 0, b"before\n"))[0] == 200
+            await wait_until(lambda: bytes(got) == b"before\n", timeout=DEADLINE_S)
+            proc.kill()
+            proc.start()
+            assert (await w.append(job_id, 7, b"after\n"))[0] == 200
+            await w.end(job_id, "completed", 0)
+            async with asyncio.timeout(DEADLINE_S):
+                await follower
+        assert bytes(got) == b"before\nafter\n"
+    finally:
+        proc.kill()
+        await http.close()
+
+
 async def read_sse_frames(
     resp: aiohttp.ClientResponse, stop: Any, buf: bytes = b""
 ) -> tuple[list[tuple[str | None, str, str]], bytes]:
