@@ -844,8 +844,11 @@ async def _receive_file(resp: aiohttp.ClientResponse, sink: Path, expected: str 
     try:
         async for chunk in resp.content.iter_chunked(TRANSFER_CHUNK):
             await asyncio.to_thread(_write_hashed, f, h, chunk)
-    finally:
+    except BaseException:
         await asyncio.to_thread(f.close)
+        await asyncio.to_thread(part.unlink, True)
+        raise
+    await asyncio.to_thread(f.close)
     got = h.hexdigest()
     if expected is not None and got != expected:
         await asyncio.to_thread(part.unlink, True)
