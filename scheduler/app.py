@@ -9,6 +9,9 @@ import signal
 
 from aiohttp import web
 
+# scheduler.routes binds the name `web` to aiohttp.web; importing the submodule by its
+# full name gets the dashboard's routes.
+import scheduler.routes.web as dashboard
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
 from scheduler.http import (
@@ -56,7 +59,7 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.get(digest)
     app[SESSIONS] = Sessions()
     app[MAX_BODY] = config.max_body_bytes
-    for module in (system, jobs, nodes, agents, events, logs, groups, blobs, session):
+    for module in (system, jobs, nodes, agents, events, logs, groups, blobs, session, dashboard):
         app.add_routes(module.routes)
 
     async def on_startup(_: web.Application) -> None:
