@@ -1,0 +1,334 @@
+// The job table: status tabs, a text filter, newest first, selection with Cancel and
+// Retry for the selected jobs.
+
+import * as api from "../api.js";
+import {
+  STATE_LABEL,
+  TERMINAL,
+  fmtAgo,
+  fmtCores,
+  fmtCount,
+  fmtDuration,
+  fmtMb,
+  fmtTime,
+  h,
+  icon,
+  jobDuration,
+  keyed,
+  pill,
+  setHidden,
+  setPill,
+  setText,
+  setWidth,
+} from "../dom.js";
+import { MAX_JOBS, loadMoreJobs, setTab, state, want } from "../store.js";
+import { toast } from "../toast.js";
+
+const TABS = ["", "queued", "assigned", "running", "paused", "completed", "failed", "cancelled", "timed_out"];
+const CAN_CANCEL = new Set(["queued", "assigned", "running", "paused"]);
+//: rows shown at first, and added by "Show more"
+const ROWS = 50;
+
+export function jobTable() {
+  const selected = new Set();
+  let filter = "";
+  let shownRows = ROWS;
+
+  const tabs = TABS.map((t) => {
+    const count = h("span.tab-count");
+    const el = h(
+      "button.tab",
+      {
+        type: "button",
+        role: "tab",
+        "data-tab": t || "all",
+        onclick: () => {
+          shownRows = ROWS;
+          setTab(t);
+        },
+      },
+      t ? STATE_LABEL[t] : "All",
+      count,
+    );
+    return { t, el, count };
+  });
+
+  const search = h("input.search-input", {
+    type: "search",
+    placeholder: "Filter by name, id or image",
+    "aria-label": "Filter jobs by name, id or image",
+    "data-testid": "job-filter",
+  });
+  search.addEventListener("input", () => {
+    filter = search.value.trim().toLowerCase();
+    shownRows = ROWS;
+    render();
+  });
+
+  const selCount = h("span.sel-count");
+  const cancelBtn = h(
+    "button.btn.btn-danger-outline.btn-sm",
+    { type: "button", "data-testid": "cancel-selected", onclick: () => act("cancel") },
+    icon("x"),
+    "Cancel",
+  );
+  const retryBtn = h(
+    "button.btn.btn-outline.btn-sm",
+    { type: "button", "data-testid": "retry-selected", onclick: () => act("retry") },
+    icon("retry"),
+    "Retry",
+  );
+  const clearBtn = h("button.btn.btn-ghost.btn-sm", { type: "button", onclick: () => clearSelection() }, "Clear");
+
+  const all = h("input", { type: "checkbox", "aria-label": "Select every job shown" });
+  all.addEventListener("change", () => {
+    const shown = visibleJobs();
+    if (all.checked) for (const j of shown) selected.add(j.id);
+    else for (const j of shown) selected.delete(j.id);
+    render();
+  });
+
+  const body = h("tbody");
+  const table = h(
+    "table.jobs",
+    { "data-testid": "jobs-table" },
+    h(
+      "thead",
+      null,
+      h(
+        "tr",
+        null,
+        h("th.col-check", null, all),
+        h("th", { text: "Job" }),
+        h("th", { text: "State" }),
+        h("th.col-image", { text: "Image" }),
+        h("th.col-progress", { text: "Progress" }),
+        h("th.col-node", { text: "Node" }),
+        h("th.col-num", { text: "Attempt" }),
+        h("th.col-res", { text: "Requests" }),
+        h("th.col-time", { text: "Submitted" }),
+        h("th.col-time", { text: "Duration" }),
+      ),
+    ),
+    body,
+  );
+  const wrap = h("div.table-wrap", null, table);
+  const empty = h("div.empty.empty-table", { hidden: true });
+  const loading = h("div.empty.loading", { text: "Loading jobs…" });
+  const more = h("button.btn.btn-outline.btn-sm", { type: "button", onclick: showMore });
+  const shownNote = h("span.muted");
+
+  const el = h(
+    "section.panel.jobs-panel",
+    { "aria-labelledby": "jobs-title" },
+    h(
+      "div.panel-head",
+      null,
+      h("h2#jobs-title", { text: "Jobs" }),
+      h("div.search", null, icon("search"), search),
+    ),
+    h("div.tabs", { role: "tablist" }, ...tabs.map((t) => t.el)),
+    h(
+      "div.toolbar",
+      null,
+      selCount,
+      h("div.toolbar-actions", null, clearBtn, retryBtn, cancelBtn),
+    ),
+    wrap,
+    loading,
+    empty,
+    h("div.panel-foot", null, shownNote, more),
+  );
+
+  function visibleJobs() {
+    const jobs = [];
+    for (const j of state.jobs.values()) {
+      if (state.tab && j.state !== state.tab) continue;
+      if (filter && !matches(j, filter)) continue;
+      jobs.push(j);
+    }
+    jobs.sort((a, b) => (a.created_at === b.created_at ? (a.id < b.id ? 1 : -1) : a.created_at < b.created_at ? 1 : -1));
+    return jobs;
+  }
+
+  function render() {
+    const stats = state.stats;
+    for (const t of tabs) {
+      const active = t.t === state.tab;
+      t.el.classList.toggle("active", active);
+      t.el.setAttribute("aria-selected", String(active));
+      const n = !stats ? null : t.t ? stats.jobs[t.t] || 0 : Object.values(stats.jobs).reduce((a, b) => a + b, 0);
+      setText(t.count, n === null ? "" : fmtCount(n));
+    }
+    const jobs = visibleJobs();
+    // Forget selected jobs that are gone from the list altogether.
+    for (const id of selected) if (!state.jobs.has(id)) selected.delete(id);
+    const rows = jobs.slice(0, shownRows);
+    keyed(body, rows, (j) => j.id, createRow, (row, job) => updateRow(row, job, selected));
+    const shownSelected = jobs.filter((j) => selected.has(j.id)).length;
+    all.checked = jobs.length > 0 && shownSelected === jobs.length;
+    all.indeterminate = shownSelected > 0 && shownSelected < jobs.length;
+
+    const mayChange = state.me && state.me.role !== "read";
+    const chosen = [...selected].map((id) => state.jobs.get(id)).filter(Boolean);
+    cancelBtn.disabled = !mayChange || !chosen.some((j) => CAN_CANCEL.has(j.state));
+    retryBtn.disabled = !mayChange || !chosen.some((j) => TERMINAL.has(j.state) && j.state !== "completed");
+    clearBtn.hidden = selected.size === 0;
+    if (!mayChange) cancelBtn.title = retryBtn.title = "a read token may not change jobs";
+    setText(selCount, selected.size ? `${selected.size} selected` : "Select jobs to cancel or retry them");
+    selCount.classList.toggle("muted", selected.size === 0);
+
+    setHidden(loading, state.jobsLoaded);
+    const none = state.jobsLoaded && jobs.length === 0;
+    setHidden(empty, !none);
+    setHidden(wrap, !state.jobsLoaded || none);
+    if (none) {
+      if (filter) setText(empty, `No loaded job matches “${search.value.trim()}”.`);
+      else if (state.tab) setText(empty, `No ${STATE_LABEL[state.tab].toLowerCase()} jobs.`);
+      else {
+        empty.replaceChildren(
+          h("strong", { text: "No jobs yet." }),
+          " Submit one: ",
+          h("code", { text: "berth run busybox -- echo hello" }),
+        );
+      }
+    }
+    const loadedAll = state.jobsCursor === null || state.jobs.size >= MAX_JOBS;
+    setHidden(more, !state.jobsLoaded || (rows.length >= jobs.length && (loadedAll || filter)));
+    setText(more, rows.length < jobs.length ? "Show more" : "Load older jobs");
+    const kind = state.tab ? `${STATE_LABEL[state.tab].toLowerCase()} ` : "";
+    setText(
+      shownNote,
+      state.jobsLoaded && jobs.length
+        ? `Showing ${fmtCount(rows.length)} of ${fmtCount(jobs.length)} ${filter ? "matching " : ""}${kind}jobs${loadedAll ? "" : " loaded"}`
+        : "",
+    );
+  }
+
+  function showMore() {
+    if (shownRows < visibleJobs().length) shownRows += ROWS;
+    else loadMoreJobs();
+    render();
+  }
+
+  function clearSelection() {
+    selected.clear();
+    render();
+  }
+
+  async function act(action) {
+    const ids = [...selected].filter((id) => {
+      const j = state.jobs.get(id);
+      return j && (action === "cancel" ? CAN_CANCEL.has(j.state) : TERMINAL.has(j.state) && j.state !== "completed");
+    });
+    if (!ids.length) return;
+    cancelBtn.disabled = retryBtn.disabled = true;
+    try {
+      const { results } = await api.actOn(action, ids);
+      const ok = results.filter((r) => r.ok);
+      const refused = results.filter((r) => !r.ok);
+      for (const r of ok) selected.delete(r.job_id);
+      const verb = action === "cancel" ? "Cancelled" : "Retried";
+      if (refused.length) {
+        const why = refused[0].error?.message || "refused";
+        toast(`${verb} ${ok.length}, ${refused.length} refused: ${why}`, ok.length ? "warn" : "error");
+      } else {
+        toast(`${verb} ${ok.length} job${ok.length === 1 ? "" : "s"}`, "success");
+      }
+      want("jobs", "stats");
+    } catch (e) {
+      toast(`Could not ${action}: ${e.message}`, "error");
+    }
+    render();
+  }
+
+  function createRow(job) {
+    const check = h("input", { type: "checkbox", "aria-label": `Select job ${job.id}` });
+    check.addEventListener("change", () => {
+      if (check.checked) selected.add(job.id);
+      else selected.delete(job.id);
+      render();
+    });
+    const refs = {
+      check,
+      name: h("a.job-name", { href: `#/jobs/${encodeURIComponent(job.id)}` }),
+      id: h("div.job-id.mono"),
+      pill: pill(job.state),
+      reason: h("div.cell-sub"),
+      image: h("span.mono"),
+      bar: h("span.bar-fill"),
+      pct: h("span.progress-pct"),
+      progress: null,
+      node: h("span"),
+      attempt: h("span"),
+      res: h("span"),
+      created: h("span"),
+      duration: h("span"),
+    };
+    refs.progress = h("div.mini-progress", null, h("div.bar.bar-thin", null, refs.bar), refs.pct);
+    const row = h(
+      "tr",
+      { "data-job": job.id },
+      h("td.col-check", null, check),
+      h("td.col-job", null, refs.name, refs.id),
+      h("td.col-state", null, refs.pill, refs.reason),
+      h("td.col-image", null, refs.image),
+      h("td.col-progress", null, refs.progress),
+      h("td.col-node", null, refs.node),
+      h("td.col-num", null, refs.attempt),
+      h("td.col-res", null, refs.res),
+      h("td.col-time", null, refs.created),
+      h("td.col-time", null, refs.duration),
+    );
+    row._refs = refs;
+    return row;
+  }
+
+  return { el, render, unmount() {} };
+}
+
+function matches(job, needle) {
+  return (
+    job.id.toLowerCase().includes(needle) ||
+    (job.name || "").toLowerCase().includes(needle) ||
+    (job.spec?.image || "").toLowerCase().includes(needle)
+  );
+}
+
+function updateRow(row, job, selected) {
+  const r = row._refs;
+  row.dataset.state = job.state;
+  const isSelected = selected.has(job.id);
+  if (r.check.checked !== isSelected) r.check.checked = isSelected;
+  row.classList.toggle("selected", isSelected);
+  setText(r.name, job.name || "(unnamed)");
+  r.name.classList.toggle("unnamed", !job.name);
+  setText(r.id, job.id);
+  setPill(r.pill, job.state);
+  const reason = job.error && TERMINAL.has(job.state) ? job.error : job.reason || "";
+  setText(r.reason, reason);
+  r.reason.title = reason;
+  setHidden(r.reason, !reason);
+  setText(r.image, job.spec.image);
+  r.image.title = job.spec.image;
+
+  // A bar while the job is under way; after it ended, only how far a failed one got.
+  const p = job.progress;
+  const active = job.state === "running" || job.state === "paused";
+  const stoppedAt = p && TERMINAL.has(job.state) && job.state !== "completed" && p.percent < 100;
+  if (active) setWidth(r.bar, (p ? p.percent : 0) / 100);
+  setText(r.pct, active ? (p ? `${Math.round(p.percent)}%` : "") : stoppedAt ? `${Math.round(p.percent)}%` : "");
+  r.progress.title = p?.message || "";
+  r.progress.classList.toggle("stopped", Boolean(stoppedAt));
+  setHidden(r.progress, !active && !stoppedAt);
+
+  const node = job.node_id ? state.nodes.get(job.node_id) : null;
+  setText(r.node, node ? node.name : job.node_id ? job.node_id.slice(0, 8) : "–");
+  setText(r.attempt, job.attempt);
+  const res = job.spec.resources;
+  setText(r.res, `${fmtCores(res.cpu)} CPU · ${fmtMb(res.memory_mb)}`);
+  setText(r.created, fmtAgo(job.created_at));
+  r.created.title = fmtTime(job.created_at);
+  const d = jobDuration(job);
+  setText(r.duration, d === null ? "–" : fmtDuration(d));
+}
