@@ -1,0 +1,177 @@
+"""The job page: state, live progress and live log lines, Cancel and Retry, attempts,
+and a browser notification when a watched job ends."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+from playwright.async_api import Page, expect
+
+from tests.browser.conftest import (
+    Heartbeats,
+    PageErrors,
+    add_agent,
+    append_log,
+    login,
+    screenshot,
+)
+from tests.support import Api, SchedulerProcess, SimAgent
+
+SPEC = {
+    "name": "index-build",
+    "image": "busybox",
+    "command": ["sh", "-c", "make index"],
+    "resources": {"cpu": 1, "memory_mb": 256},
+}
+
+#: records the notifications the page shows, with permission already granted
+NOTIFICATION_STUB = """
+window.__notes = [];
+window.Notification = class {
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+  constructor(title, options) { window.__notes.push({title, body: options && options.body}); }
+  close() {}
+};
+"""
+
+
+async def running_job(admin: Api, agent: SimAgent, **fields: object) -> str:
+    status, job = await admin.post("/api/v1/jobs", {**SPEC, **fields})
+    assert status == 201, job
+    await agent.poll()
+    status, body = await agent.report(job["id"], "running")
+    assert status == 200, body
+    job_id: str = job["id"]
+    return job_id
+
+
+async def open_job(p: Page, sched: SchedulerProcess, job_id: str) -> None:
+    await login(p, sched)
+    await p.click(f'tr[data-job="{job_id}"] a.job-name')
+    await expect(p.get_by_test_id("job-page")).to_be_visible()
+
+
+async def test_progress_and_log_lines_arrive_live(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    agent = await add_agent(agents, sched, http, "worker-1")
+    job_id = await running_job(admin, agent)
+    offset = await append_log(agent, job_id, 0, "starting the build\nreading 1,204 files\n")
+    await open_job(p, sched, job_id)
+    await expect(p.locator(".job-title")).to_have_text("index-build")
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Running")
+    log = p.get_by_test_id("log")
+    await expect(log.locator(".ll")).to_have_count(2)
+    await expect(log.locator(".ll").first).to_contain_text("starting the build")
+    await expect(p.locator(".log-status")).to_have_text("live")
+
+    # A line may come in pieces: it is shown once it is complete.
+    offset = await append_log(agent, job_id, offset, "WARNING: cache is cold\nERROR: shard 3 ")
+    offset = await append_log(agent, job_id, offset, "unreadable, skipping\n::progress::40 half\n")
+    await agent.report(job_id, None, progress={"percent": 40, "message": "indexing shard 4"})
+    await expect(log.locator(".ll")).to_have_count(5)
+    await expect(log.locator(".ll-warning")).to_have_text("3WARNING: cache is cold")
+    await expect(log.locator(".ll-error")).to_have_text("4ERROR: shard 3 unreadable, skipping")
+    await expect(log.locator(".ll-progress")).to_have_count(1)
+    await expect(p.get_by_test_id("progress-percent")).to_have_text("40%")
+    await expect(p.locator(".progress-msg")).to_have_text("indexing shard 4")
+
+    lines = "".join(f"indexed file {i}\n" for i in range(200)) + "index built successfully\n"
+    offset = await append_log(agent, job_id, offset, lines)
+    await expect(log.locator(".ll")).to_have_count(206)
+    await expect(log.locator(".ll-success")).to_have_text("206index built successfully")
+    # The view follows the end while the user has not scrolled up.
+    at_end = "(s) => s.scrollHeight - s.scrollTop - s.clientHeight < 24"
+    assert await p.locator(".log-scroll").evaluate(at_end)
+
+    await p.locator(".log-scroll").evaluate("(s) => { s.scrollTop = 0; }")
+    await append_log(agent, job_id, offset, "one more line\n")
+    await expect(p.get_by_test_id("log-jump")).to_have_text("1 new line")
+    assert not await p.locator(".log-scroll").evaluate(at_end)
+    await p.get_by_test_id("log-jump").click()
+    assert await p.locator(".log-scroll").evaluate(at_end)
+    await screenshot(p, "job-page-running")
+
+    await agent.report(job_id, "completed", exit_code=0)
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Completed")
+    await expect(p.locator(".log-status")).to_have_text("ended · exit 0")
+    await expect(p.get_by_test_id("progress-percent")).to_have_text("100%")
+    await expect(p.get_by_test_id("cancel-job")).to_be_hidden()
+
+
+async def test_cancel_from_the_job_page_then_retry_starts_a_new_attempt(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    agent = await add_agent(agents, sched, http, "worker-1")
+    job_id = await running_job(admin, agent, max_retries=2)
+    await append_log(agent, job_id, 0, "attempt one says hello\n")
+    await open_job(p, sched, job_id)
+    await expect(p.get_by_test_id("log").locator(".ll")).to_have_count(1)
+
+    await p.get_by_test_id("cancel-job").click()
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Cancelled")
+    status, job = await admin.get(f"/api/v1/jobs/{job_id}")
+    assert status == 200 and job["state"] == "cancelled"
+    # The agent stops the attempt; its next heartbeat no longer lists it.
+    agent.running.pop(job_id)
+
+    await p.get_by_test_id("retry-job").click()
+    await expect(p.locator(".job-title-row .pill")).to_have_text(re.compile("Queued|Assigned"))
+    await expect(p.locator("select.select")).to_have_value("2")
+    await expect(p.get_by_test_id("attempts").locator("tbody tr")).to_have_count(2)
+    await agent.poll()
+    await agent.report(job_id, "running")
+    await append_log(agent, job_id, 0, "attempt two is here\n")
+    await expect(p.get_by_test_id("log").locator(".ll")).to_have_text(["1attempt two is here"])
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Running")
+
+    # The earlier attempt's log stays readable.
+    await p.locator("select.select").select_option("1")
+    await expect(p.get_by_test_id("log").locator(".ll")).to_have_text(["1attempt one says hello"])
+    await expect(p.locator(".log-status")).to_have_text("ended")
+
+
+async def test_a_watched_job_notifies_when_it_ends(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    await p.add_init_script(NOTIFICATION_STUB)
+    agent = await add_agent(agents, sched, http, "worker-1")
+    job_id = await running_job(admin, agent)
+    await open_job(p, sched, job_id)
+    await p.get_by_test_id("watch").click()
+    await expect(p.get_by_test_id("watch")).to_have_text("Watching")
+    # Back on the overview, the notification still comes.
+    await p.click("a.back")
+    await expect(p.get_by_test_id("jobs-table")).to_be_visible()
+    await agent.report(job_id, "failed", exit_code=3, error="exited with code 3")
+    await expect(p.locator(f'tr[data-job="{job_id}"] .pill')).to_have_text("Failed")
+    notes = await p.evaluate("window.__notes")
+    assert len(notes) == 1
+    assert notes[0]["title"] == "index-build: failed"
+    assert job_id in notes[0]["body"] and "exit code 3" in notes[0]["body"]
+
+
+async def test_an_unknown_job_says_so(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess
+) -> None:
+    p, _ = page
+    await login(p, sched)
+    await p.goto(sched.url + "/#/jobs/0000000000dead")
+    await expect(p.locator(".empty-page")).to_contain_text("No such job.")
