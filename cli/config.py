@@ -36,14 +36,20 @@ def load(path: Path, group: click.Group) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from e
-    unknown = set(data) - set(group.commands) - {CLIENT_SECTION}
+    ctx = click.Context(group)
+    commands = {}
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if command is not None:
+            commands[name] = command
+    unknown = set(data) - set(commands) - {CLIENT_SECTION}
     if unknown:
         raise click.BadParameter(
             f"{path}: unknown section(s) {', '.join(sorted(unknown))}", param_hint="--config"
         )
     defaults: dict[str, dict[str, Any]] = {}
     client = data.get(CLIENT_SECTION, {})
-    for name, command in group.commands.items():
+    for name, command in commands.items():
         section = dict(client) if name not in DAEMONS else {}
         section.update(data.get(name, {}))
         if section:

@@ -315,7 +315,7 @@ def _action(action: str) -> click.Command:
 
         run_client(addr, token, body)
 
-    command.__doc__ = (
+    command.help = (
         f"{action.capitalize()} jobs: one, several, or every job matching a filter. "
         "Exits 1 if any of them was refused."
     )
