@@ -33,6 +33,8 @@ export const state = {
   /** the job on the job page */
   job: null,
   jobId: null,
+  /** the job page's job does not exist (or no longer) */
+  jobMissing: false,
 };
 
 const listeners = new Set();
@@ -100,7 +102,15 @@ const loaders = {
   job: async () => {
     const id = state.jobId;
     if (!id) return;
-    const job = await api.getJob(id);
+    let job;
+    try {
+      job = await api.getJob(id);
+    } catch (e) {
+      if (e.status !== 404 || id !== state.jobId) throw e;
+      state.jobMissing = true;
+      touch("job");
+      return;
+    }
     if (id !== state.jobId) return;
     if (!state.job || state.job.id !== id || job.index >= state.job.index) state.job = job;
     touch("job");
@@ -194,6 +204,7 @@ export function loadMoreJobs() {
 
 export function openJob(id) {
   state.jobId = id;
+  state.jobMissing = false;
   if (!state.job || state.job.id !== id) state.job = state.jobs.get(id) || null;
   touch("job");
   lastRun.delete("job");

@@ -204,7 +204,10 @@ export function jobView(container, jobId) {
   function render(parts) {
     if (!parts.has("job") && !parts.has("nodes")) return;
     const job = state.job && state.job.id === jobId ? state.job : null;
-    if (!job) return;
+    if (!job) {
+      if (state.jobMissing) showMissing();
+      return;
+    }
     setHidden(page, false);
     setHidden(missing, true);
     document.title = `${jobTitle(job)} · Berth`;
@@ -380,15 +383,18 @@ export function jobView(container, jobId) {
   setHidden(page, true);
   setText(missing, "Loading job…");
   setHidden(missing, false);
-  api.getJob(jobId).catch((e) => {
-    if (e.status === 404) {
-      missing.replaceChildren(
-        h("strong", { text: "No such job." }),
-        ` There is no job ${jobId} (ended jobs are deleted after their retention). `,
-        h("a", { href: "#/", text: "Back to the overview" }),
-      );
-    }
-  });
+
+  function showMissing() {
+    setHidden(page, true);
+    setHidden(missing, false);
+    document.title = "No such job · Berth";
+    fill(
+      missing,
+      h("strong", { text: "No such job." }),
+      ` There is no job ${jobId}; ended jobs are deleted once their retention has passed. `,
+      h("a", { href: "#/", text: "Back to the overview" }),
+    );
+  }
 
   return {
     render,
