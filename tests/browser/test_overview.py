@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 from playwright.async_api import Locator, Page, expect
 
@@ -194,3 +196,23 @@ async def test_the_overview_shows_load_reasons_and_draining(
     await expect(p.get_by_test_id("stat-queued").locator(".stat-value")).to_have_text("1")
     await expect(row(p, running[0]).locator(".progress-pct")).to_have_text("40%")
     await screenshot(p, "overview")
+
+
+async def test_a_burst_of_events_is_coalesced_into_few_loads_and_redraws(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    p, _ = page
+    await login(p, sched)
+    loads: list[str] = []
+    p.on("request", lambda r: loads.append(r.url) if "/api/v1/jobs?" in r.url else None)
+    specs = [{**UNPLACED, "name": f"burst-{i}"} for i in range(1000)]
+    began = time.monotonic()
+    for start in range(0, len(specs), 250):
+        status, body = await admin.post("/api/v1/jobs/batch", {"jobs": specs[start : start + 250]})
+        assert status == 201, body
+    await expect(p.get_by_test_id("stat-queued").locator(".stat-value")).to_have_text("1,000")
+    await expect(p.locator("table.jobs tbody tr")).to_have_count(50)
+    await expect(p.locator("table.jobs tbody tr").first).to_contain_text("burst-999")
+    # 1,000 job.created events; the list is loaded at most once a second meanwhile.
+    elapsed = time.monotonic() - began
+    assert len(loads) <= elapsed + 2, (len(loads), elapsed)
