@@ -80,7 +80,9 @@ def build_app(config: SchedulerConfig) -> web.Application:
 async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly."""
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # handler_cancellation: a client that goes away (an SSE subscriber, a log follower)
+    # ends its handler at once instead of at its next write.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     host, port = config.host_port
     site = web.TCPSite(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+from common import codec
 from scheduler.events import Event
 
 #: events a subscriber may have waiting before it counts as too slow
 SUBSCRIBER_QUEUE = 10_000
 TOPICS = frozenset({"jobs", "nodes"})
+#: encoded frames kept for subscribers that are behind
+FRAMES_KEPT = 20_000
 
 
 def topic_of(event: Event) -> str:
@@ -67,6 +70,23 @@ class Subscription:
 class EventBus:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        #: encoded SSE frames of recent events, shared by every subscriber
+        self._frames: dict[int, bytes] = {}
+
+    def sse_frame(self, event: Event) -> bytes:
+        """One event as an SSE frame, encoded once for all subscribers. The JSON has no
+        newlines, so it is one data line."""
+        frame = self._frames.get(event.index)
+        if frame is None:
+            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                event.index,
+                event.type.encode(),
+                codec.encode(event),
+            )
+            if len(self._frames) >= FRAMES_KEPT:
+                self._frames.pop(next(iter(self._frames)))
+            self._frames[event.index] = frame
+        return frame
 
     def __len__(self) -> int:
         return len(self._subs)

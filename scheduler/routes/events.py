@@ -96,15 +96,16 @@ async def history(svc: Service, sub: Subscription, since: int, upto: int) -> Asy
         after = page[-1].index
 
 
-def _cut_off(transport: asyncio.Transport | None) -> None:
+def _cut_off(transport: asyncio.BaseTransport | None) -> None:
     """Abort a slow subscriber's connection even if it is stuck in a write."""
-    if transport is not None and not transport.is_closing():
-        asyncio.get_running_loop().call_later(OVERFLOW_GRACE_S, transport.abort)
+    abort = getattr(transport, "abort", None)
+    if transport is not None and abort is not None and not transport.is_closing():
+        asyncio.get_running_loop().call_later(OVERFLOW_GRACE_S, abort)
 
 
-def _transport(request: web.Request) -> asyncio.Transport | None:
-    t = request.transport
-    return t if isinstance(t, asyncio.Transport) else None
+def _transport(request: web.Request) -> asyncio.BaseTransport | None:
+    # uvloop's transports are not asyncio.Transport subclasses; any with abort() will do.
+    return request.transport
 
 
 async def _sse(request: web.Request, job_id: str | None) -> web.StreamResponse:
@@ -119,9 +120,11 @@ async def _sse(request: web.Request, job_id: str | None) -> web.StreamResponse:
     upto = svc.cluster.events.committed_index
     try:
         async with sse_response(
-            request, ping_interval=KEEPALIVE_S, send_timeout=SEND_TIMEOUT_S
+            request,
+            ping_interval=KEEPALIVE_S,
+            send_timeout=SEND_TIMEOUT_S,
+            headers={"X-Berth-Index": str(upto)},
         ) as resp:
-            resp.headers["X-Berth-Index"] = str(upto)
             last = upto
             if since is not None:
                 last = since
@@ -137,18 +140,28 @@ async def _sse(request: web.Request, job_id: str | None) -> web.StreamResponse:
                     }
                     await resp.send(codec.dumps(body).decode(), id=str(upto), event="reset")
                 last = max(last, upto)
-            while True:
-                live = await sub.queue.get()
+            ended = False
+            while not ended:
+                # Everything already queued goes out in one write: a commit's events
+                # wake each subscriber once, not once per event.
+                batch = [await sub.queue.get()]
+                while not sub.queue.empty():
+                    batch.append(sub.queue.get_nowait())
                 if sub.overflowed:
                     body = {"reason": "too slow: events were dropped", "index": last}
                     await resp.send(codec.dumps(body).decode(), event="resync")
                     break
-                if live is None:
-                    break
-                if live.index <= last:
-                    continue
-                await resp.send(codec.encode(live).decode(), id=str(live.index), event=live.type)
-                last = live.index
+                frames = []
+                for live in batch:
+                    if live is None:
+                        ended = True
+                        break
+                    if live.index > last:
+                        frames.append(svc.bus.sse_frame(live))
+                        last = live.index
+                if frames:
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await resp.write(b"".join(frames))
     except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
         pass
     finally:

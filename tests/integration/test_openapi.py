@@ -40,5 +40,7 @@ def test_every_route_of_the_app_is_in_the_document() -> None:
             expanded |= {(method, path.split("{action")[0] + a) for a in actions}
         else:
             expanded.add((method, path))
-    missing = expanded - documented - {("get", "/api/v1/ws"), ("get", "/api/v1/openapi.json")}
+    api = {(m, p) for m, p in expanded if p.startswith("/api/") or p in ("/healthz", "/metrics")}
+    # The dashboard's pages and files are not part of the API.
+    missing = api - documented - {("get", "/api/v1/ws"), ("get", "/api/v1/openapi.json")}
     assert not missing
