@@ -78,7 +78,7 @@ class EventBus:
         newlines, so it is one data line."""
         frame = self._frames.get(event.index)
         if frame is None:
-            frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+            frame = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
                 event.index,
                 event.type.encode(),
                 codec.encode(event),
