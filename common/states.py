@@ -54,7 +54,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _J.RUNNING: frozenset(
         {_J.COMPLETED, _J.FAILED, _J.TIMED_OUT, _J.PAUSED, _J.QUEUED, _J.CANCELLED}
     ),
-    _J.PAUSED: frozenset({_J.RUNNING, _J.QUEUED, _J.CANCELLED, _J.FAILED, _J.TIMED_OUT}),
+    # paused -> completed/failed/timed_out: it ended before the pause reached it.
+    _J.PAUSED: frozenset(
+        {_J.RUNNING, _J.QUEUED, _J.CANCELLED, _J.COMPLETED, _J.FAILED, _J.TIMED_OUT}
+    ),
     _J.COMPLETED: frozenset(),
     # Manual retry: the same job, attempt + 1.
     _J.FAILED: frozenset({_J.QUEUED}),

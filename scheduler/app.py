@@ -12,6 +12,8 @@ from aiohttp import web
 # scheduler.routes binds the name `web` to aiohttp.web; importing the submodule by its
 # full name gets the dashboard's routes.
 import scheduler.routes.web as dashboard
+from common.models import Job
+from scheduler.blobs import BlobStore
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
 from scheduler.http import (
@@ -61,6 +63,17 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[MAX_BODY] = config.max_body_bytes
     for module in (system, jobs, nodes, agents, events, logs, groups, blobs, session, dashboard):
         app.add_routes(module.routes)
+
+    blob_store = BlobStore.in_state_dir(config.state_dir)
+
+    async def drop_blobs(ended: list[Job]) -> None:
+        # Outputs and checkpoints belong to one job; inputs may be shared, so they stay.
+        for job in ended:
+            for digest in (job.outputs, job.checkpoint):
+                if digest is not None:
+                    await blob_store.delete(digest)
+
+    svc.deletion_hooks.append(drop_blobs)
 
     async def on_startup(_: web.Application) -> None:
         await svc.start()

@@ -726,6 +726,14 @@ class Cluster:
             self._let_go(node, held)
             ended = self.find(job_id)
             if ended is not None:
+                if rep.outputs is not None and ended.attempt == rep.attempt:
+                    # What a cancelled job left in /workspace/out is still its output.
+                    live = self.jobs.get(job_id) or self.archive.pop(job_id)
+                    assert live is not None
+                    self.jobs[job_id] = live
+                    live.outputs = rep.outputs
+                    self.changes.jobs[job_id] = live
+                    return live
                 return ended
         job = self._current(node, job_id, rep.attempt)
         if rep.usage is not None:
@@ -743,8 +751,7 @@ class Cluster:
                     data={"percent": rep.progress.percent, "message": rep.progress.message},
                 )
         if rep.state is None:
-            if rep.usage is not None:
-                self.changes.jobs[job.id] = job
+            # Usage alone is not written to disk: it goes with the job's next change.
             return job
         if rep.state == "running":
             if job.state is JobState.ASSIGNED:

@@ -41,6 +41,8 @@ def _diagram() -> set[tuple[JobState, JobState]]:
     # documented extras: start failure with no retries left, scheduler-enforced timeout,
     # and a queued job whose dependency failed for good
     edges |= {(A, F), (A, T), (P, F), (P, T), (Q, F)}
+    # a paused job that ended before its pause reached the agent
+    edges |= {(P, C)}
     return edges
 
 
