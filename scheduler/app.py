@@ -67,11 +67,14 @@ def build_app(config: SchedulerConfig) -> web.Application:
     blob_store = BlobStore.in_state_dir(config.state_dir)
 
     async def drop_blobs(ended: list[Job]) -> None:
-        # Outputs and checkpoints belong to one job; inputs may be shared, so they stay.
+        # Outputs and checkpoints belong to one job; an input archive may be shared,
+        # and goes with the last job that names it.
         for job in ended:
             for digest in (job.outputs, job.checkpoint):
                 if digest is not None:
                     await blob_store.delete(digest)
+        for digest in cluster.release_inputs(ended):
+            await blob_store.delete(digest)
 
     svc.deletion_hooks.append(drop_blobs)
 

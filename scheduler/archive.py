@@ -59,6 +59,11 @@ class JobArchive:
             return None
         return self._decoder.decode(memoryview(doc)[1:])
 
+    def stored(self, job_id: str) -> bytes:
+        """The document as kept here (prefixed with its state code), as the store gives
+        it back on a restart."""
+        return self._docs[job_id]
+
     def raw(self, job_id: str) -> bytes:
         """The job's JSON document as the API sends it."""
         return self._docs[job_id][1:]

@@ -51,6 +51,8 @@ from scheduler.events import Event, EventLog
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
 from scheduler.store.base import Changes, Loaded, LogChunk, TokenRow
 
+#: an encoded job whose spec may name an input archive contains this
+_NAMES_INPUTS = b'"inputs":"'
 #: the ended states a client may retry from
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 #: the drain reason of a node whose agent is shutting down
@@ -149,6 +151,8 @@ class Cluster:
         self.queued_since: dict[str, float] = {}
         #: concurrency groups' limits
         self.group_limits: dict[str, int] = {}
+        #: input archive digest -> jobs kept that name it
+        self.input_refs: dict[str, int] = {}
         #: when each node's last node.metrics event was recorded
         self._metrics_event_at: dict[str, float] = {}
         #: placement views of nodes that did not change since they were built
@@ -180,7 +184,13 @@ class Cluster:
         for job_id, state, doc in loaded.archived:
             self.archive.put_encoded(job_id, doc)
             self.counts[state] += 1
+            if _NAMES_INPUTS in doc:
+                # Rare enough to decode: only jobs that may have an input archive.
+                ended = self.archive.get(job_id)
+                if ended is not None:
+                    self._count_inputs(ended)
         for job in loaded.jobs:
+            self._count_inputs(job)
             _share_strings(job)
             self.jobs[job.id] = job
             self.counts[job.state] += 1
@@ -365,6 +375,7 @@ class Cluster:
             submitted_by=submitted_by,
         )
         _share_strings(job)
+        self._count_inputs(job)
         self.jobs[job.id] = job
         self.ids.append(job.id)
         self.counts[JobState.QUEUED] += 1
@@ -936,6 +947,28 @@ class Cluster:
         if dropped:
             self.idempotency = {k: v for k, v in self.idempotency.items() if v not in dropped}
         return gone
+
+    def release_inputs(self, gone: Iterable[Job]) -> list[str]:
+        """Input archives no kept job names any more, once ``gone`` are deleted.
+
+        Several jobs may share one input archive, so it goes with the last of them.
+        """
+        free = []
+        for job in gone:
+            digest = job.spec.inputs
+            if digest is None:
+                continue
+            left = self.input_refs.get(digest, 1) - 1
+            if left > 0:
+                self.input_refs[digest] = left
+            else:
+                self.input_refs.pop(digest, None)
+                free.append(digest)
+        return free
+
+    def _count_inputs(self, job: Job) -> None:
+        if job.spec.inputs is not None:
+            self.input_refs[job.spec.inputs] = self.input_refs.get(job.spec.inputs, 0) + 1
 
     def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
         """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""
