@@ -42,7 +42,10 @@ async def test_berth_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(
             api = Api(http, f"http://127.0.0.1:{port}", token_file.read_text().strip())
 
             async def node_up() -> bool:
-                status, body = await api.get("/api/v1/nodes")
+                try:
+                    status, body = await api.get("/api/v1/nodes")
+                except aiohttp.ClientConnectionError:
+                    return False  # the tokens are written before the port listens
                 return status == 200 and any(n["state"] == "idle" for n in body["nodes"])
 
             await wait_until(node_up, timeout=30, interval=0.2)
