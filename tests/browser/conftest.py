@@ -59,7 +59,8 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Closed once the browser tests are done, not at the end of the whole session.
+@pytest.fixture(scope="package")
 async def browser(chromium: Path) -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
