@@ -64,6 +64,7 @@ async function loggedIn(me) {
     if (e.status === 401) return;
     toast(`Could not load the cluster: ${e.message}`, "error");
   }
+  if (store.state.me !== me) return; // logged out meanwhile
   live = new LiveStream({
     onEvent: store.apply,
     onLost: () => store.loadAll().catch(() => {}),
