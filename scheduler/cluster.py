@@ -111,6 +111,16 @@ def _share_strings(job: Job) -> None:
 _INTERN_MAX = 64
 
 
+def _live_ram_was_binding(node: Node, ram_free_mb: int) -> bool:
+    """Whether a heartbeat's free RAM can let more jobs fit than before: only when the
+    node's live free RAM was below what its allocations left, and has grown."""
+    if node.metrics is None:
+        return True
+    old = node.metrics.ram_free_mb
+    allocatable = node.capacity.memory_mb - node.reserved.memory_mb - node.allocated.memory_mb
+    return ram_free_mb > old and old < allocatable
+
+
 def _request(job: Job) -> Resources:
     r = job.spec.resources
     return Resources(cpu=r.cpu, memory_mb=r.memory_mb, gpus=r.gpus)
@@ -632,9 +642,7 @@ class Cluster:
         now = self.clock()
         freed_before = len(node.running_jobs)
         node.last_heartbeat_at = _dt(now)
-        if self.queue and (
-            node.metrics is None or req.metrics.ram_free_mb > node.metrics.ram_free_mb
-        ):
+        if self.queue and _live_ram_was_binding(node, req.metrics.ram_free_mb):
             # More live memory may let a waiting job fit.
             self.on_placement_wanted()
         node.metrics = req.metrics
@@ -1000,7 +1008,8 @@ class Cluster:
     def _gate(self, now: float) -> list[placement.JobRequest]:
         """The queued jobs that may be placed now, in queue order; the others get their
         pending reason, and jobs whose dependency failed for good fail."""
-        active = self._active_by_group()
+        # Only groups with a limit need counting, and most clusters have none.
+        active = self._active_by_group() if self.group_limits else {}
         room: dict[str, int | None] = {}
         ready = []
         doomed: list[tuple[Job, str]] = []
