@@ -24,6 +24,8 @@ from agent.config import (
     PullPolicy,
     default_max_parallel,
 )
+from cli.tls import CA_FILE_HELP
+from common.tls import TLSSetupError, client_context
 
 
 def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
@@ -127,10 +129,12 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option(
     "--ca-file",
+    # BERTH_CA_FILE as for the client commands, so one setting serves a whole host.
+    envvar=["BERTH_AGENT_CA_FILE", "BERTH_CA_FILE"],
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     show_envvar=True,
-    help="CA bundle for https scheduler URLs.",
+    help=CA_FILE_HELP,
 )
 @click.option("--log-level", default="info", show_default=True, show_envvar=True)
 def agent(
@@ -159,6 +163,12 @@ def agent(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ca_file:
+        try:
+            # Checked here: a file that is not a CA bundle is a usage error, not a traceback.
+            client_context(ca_file)
+        except TLSSetupError as e:
+            raise click.BadParameter(str(e), param_hint="--ca-file") from e
     token = join_token_file.read_text().strip()
     if not token:
         raise click.BadParameter("the file is empty", param_hint="--join-token-file")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cli.tls import server_tls_options, tls_pair
 from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR
 
 #: how long the scheduler may take to start answering
@@ -75,8 +76,23 @@ def _stop(proc: subprocess.Popen[bytes], *, twice: bool = False) -> None:
     help="auto = docker when dockerd answers, else local processes (not a sandbox).",
 )
 @click.option("--max-parallel", type=click.IntRange(1, 1024), default=None)
-def dev(state_dir: Path, listen: str, executor: str, max_parallel: int | None) -> None:
-    """Run a scheduler and one local agent on an embedded SQLite store; Ctrl-C stops both."""
+@server_tls_options
+def dev(
+    state_dir: Path,
+    listen: str,
+    executor: str,
+    max_parallel: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Run a scheduler and one local agent on an embedded SQLite store; Ctrl-C stops both.
+
+    With --tls-cert/--tls-key the scheduler serves HTTPS and the agent trusts that
+    certificate itself (as a self-signed one, or the chain the file holds).
+    """
+    tls = tls_pair(tls_cert, tls_key)
+    scheme = "https" if tls else "http"
+    tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     host, _, port_text = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_text)
@@ -86,7 +102,7 @@ def dev(state_dir: Path, listen: str, executor: str, max_parallel: int | None) -
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Own sessions: Ctrl-C reaches this process only, which stops the agent first.
     scheduler = subprocess.Popen(
-        _daemon("scheduler", "--state-dir", str(state_dir), "--listen", listen),
+        _daemon("scheduler", "--state-dir", str(state_dir), "--listen", listen, *tls_args),
         start_new_session=True,
     )
     agent: subprocess.Popen[bytes] | None = None
@@ -95,7 +111,7 @@ def dev(state_dir: Path, listen: str, executor: str, max_parallel: int | None) -
         agent_args = [
             "agent",
             "--scheduler",
-            f"http://{host}:{port}",
+            f"{scheme}://{host}:{port}",
             "--join-token-file",
             str(join_token),
             "--state-dir",
@@ -105,13 +121,19 @@ def dev(state_dir: Path, listen: str, executor: str, max_parallel: int | None) -
         ]
         if max_parallel is not None:
             agent_args += ["--max-parallel", str(max_parallel)]
+        if tls:
+            agent_args += ["--ca-file", str(tls[0])]
         agent = subprocess.Popen(_daemon(*agent_args), start_new_session=True)
         admin = (state_dir / "admin.token").resolve()
+        try_cmd = "berth run busybox -- echo hello"
+        if tls:
+            ca = tls[0].resolve()
+            try_cmd = f"BERTH_ADDR=https://{host}:{port} BERTH_CA_FILE={ca} {try_cmd}"
         click.echo(
             f"\nBerth is running.\n"
-            f"  dashboard and API: http://{host}:{port}/\n"
+            f"  dashboard and API: {scheme}://{host}:{port}/\n"
             f"  admin token:       {admin}\n"
-            f"  try:               berth run busybox -- echo hello\n"
+            f"  try:               {try_cmd}\n"
             f"Ctrl-C stops the agent and the scheduler.\n",
             err=True,
         )

@@ -3,7 +3,8 @@
 Every command reads the scheduler's address from ``--addr`` / ``BERTH_ADDR`` (default
 ``http://127.0.0.1:8750``; several URLs separated by commas are tried in turn) and its
 token from ``--token`` / ``BERTH_TOKEN``, else from the admin token file
-``$BERTH_STATE_DIR/admin.token`` (``./state/admin.token``) when it is there.
+``$BERTH_STATE_DIR/admin.token`` (``./state/admin.token``) when it is there. https URLs
+are checked against the system's CAs, or those of ``--ca-file`` / ``BERTH_CA_FILE``.
 
 Exit codes:
 
@@ -37,13 +38,17 @@ from typing import Any, TypeVar
 import click
 
 from cli.loop import event_loop_factory
+from cli.tls import CA_FILE_HELP
 from common import codec
-from common.client import BerthClient, SchedulerUnreachable
+from common.client import BerthClient, SchedulerUnreachable, SchedulerUntrusted
 from common.errors import BerthError, Forbidden, NotFound, Unauthorized, Unavailable
 from common.models import Job
+from common.tls import TLSSetupError
 
 DEFAULT_ADDR = "http://127.0.0.1:8750"
 ADMIN_TOKEN_FILE = "admin.token"
+#: where ``--ca-file`` is kept for run_client (in the click context's meta)
+_CA_FILE = "berth.ca_file"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,8 +80,26 @@ class CommandError(Exception):
 # --- shared plumbing -------------------------------------------------------------------
 
 
+def _keep_ca_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_CA_FILE] = value
+
+
 def client_options(f: F) -> F:
-    """The address and token options every client command takes."""
+    """The address, token and CA options every client command takes.
+
+    ``--ca-file`` is not passed to the command: run_client, which builds the client,
+    reads it from the click context, so commands do not carry it along.
+    """
+    f = click.option(
+        "--ca-file",
+        envvar="BERTH_CA_FILE",
+        show_envvar=True,
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        expose_value=False,
+        callback=_keep_ca_file,
+        help=CA_FILE_HELP,
+    )(f)
     f = click.option(
         "--token",
         envvar="BERTH_TOKEN",
@@ -107,6 +130,12 @@ def resolve_token(token: str | None) -> str | None:
 
 
 def _exit_for(error: BaseException, addr: str, token: str | None) -> CommandError:
+    if isinstance(error, SchedulerUntrusted):
+        if "mismatch" in error.message:
+            hint = "connect with a host name or address the certificate was issued for"
+        else:
+            hint = "pass --ca-file (or set BERTH_CA_FILE) with the CA that signed it"
+        return CommandError(f"{error.message}; {hint}", EXIT_UNREACHABLE)
     if isinstance(error, SchedulerUnreachable):
         return CommandError(f"cannot reach the scheduler at {addr}", EXIT_UNREACHABLE)
     if isinstance(error, Unauthorized):
@@ -135,9 +164,16 @@ def run_client(
 ) -> None:
     """Run ``body`` with a client on uvloop; turn errors into one line and an exit code."""
     token = resolve_token(token)
+    ctx = click.get_current_context(silent=True)
+    ca_file = ctx.meta.get(_CA_FILE) if ctx is not None else None
+    try:
+        # Built outside the loop: a CA file that is not a CA bundle is a usage error.
+        client = BerthClient(addr, token, ca_file=ca_file)
+    except TLSSetupError as e:
+        raise click.BadParameter(str(e), param_hint="--ca-file") from e
 
     async def main() -> int:
-        async with BerthClient(addr, token) as client:
+        async with client:
             return await body(client)
 
     try:

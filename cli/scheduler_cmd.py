@@ -10,6 +10,8 @@ from typing import Literal, cast
 import click
 
 from cli.loop import event_loop_factory
+from cli.tls import server_tls_options, tls_pair
+from common.tls import TLSSetupError
 from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
 
 
@@ -85,6 +87,7 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
     show_default=True,
     help="Ended jobs, with their events, logs and blobs, are deleted this long after they end.",
 )
+@server_tls_options
 @click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
 )
@@ -97,6 +100,8 @@ def scheduler(
     restart_grace: float,
     event_window: int,
     job_retention_days: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     log_level: str,
 ) -> None:
     """Run the scheduler daemon.
@@ -105,6 +110,7 @@ def scheduler(
     """
     from scheduler.app import serve
 
+    tls = tls_pair(tls_cert, tls_key)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -117,6 +123,11 @@ def scheduler(
         restart_grace_s=restart_grace,
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
+        tls_cert=tls[0] if tls else None,
+        tls_key=tls[1] if tls else None,
     )
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(serve(config))
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(serve(config))
+    except TLSSetupError as e:
+        raise click.ClickException(str(e)) from e

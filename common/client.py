@@ -11,7 +11,10 @@ Parameters of :class:`BerthClient` and their defaults:
 
 - ``timeout``: seconds for one request (``DEFAULT_TIMEOUT_S``); long polls add their wait.
 - ``retries``: extra passes over the URLs for an idempotent call (``DEFAULT_RETRIES``).
-- ``ca_file``: a CA bundle for https URLs signed by a private CA.
+- ``ca_file``: a CA bundle for https URLs signed by a private CA (default: the system's
+  trust store). The context is built by :func:`common.tls.client_context`; a scheduler
+  whose certificate fails verification raises :class:`SchedulerUntrusted` at once, as a
+  setting to fix rather than an outage to wait out.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from common.models import (
     Stats,
 )
 from common.states import TERMINAL
+from common.tls import client_context
 
 log = logging.getLogger("berth.client")
 
@@ -91,6 +95,10 @@ _FALLBACK_BY_STATUS = {
 
 class SchedulerUnreachable(Unavailable):
     """No scheduler URL answered (connection refused, reset or timed out)."""
+
+
+class SchedulerUntrusted(SchedulerUnreachable):
+    """A scheduler's TLS certificate failed verification (an unknown CA, another host)."""
 
 
 def backoff_delay(
@@ -177,7 +185,10 @@ class BerthClient:
         self.token = token
         self.timeout = timeout
         self.retries = retries
-        self._ca_file = ca_file
+        # Built here, so a CA file that cannot be used fails before any call (TLSSetupError).
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file or any(u.startswith("https:") for u in self.urls):
+            self._ssl = client_context(ca_file)
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
 
@@ -195,10 +206,7 @@ class BerthClient:
 
     async def open(self) -> None:
         if self._session is None:
-            ssl_ctx: ssl.SSLContext | bool = True
-            if self._ca_file:
-                ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
-            connector = aiohttp.TCPConnector(limit=64, ssl=ssl_ctx)
+            connector = aiohttp.TCPConnector(limit=64, ssl=self._ssl)
             self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
@@ -260,6 +268,8 @@ class BerthClient:
                     ) as resp:
                         data = await resp.read()
                         status = resp.status
+                except aiohttp.ClientConnectorCertificateError as e:
+                    raise self._untrusted(e) from e
                 except aiohttp.ClientConnectorError as e:
                     # Nothing was sent: safe to try elsewhere, idempotent or not.
                     last = e
@@ -289,6 +299,18 @@ class BerthClient:
 
     def _failover(self) -> None:
         self._current = (self._current + 1) % len(self.urls)
+
+    def _untrusted(self, e: aiohttp.ClientConnectorCertificateError) -> SchedulerUntrusted:
+        """The error for a certificate that failed verification at the current URL.
+
+        Waiting will not make the certificate trusted, so callers raise it at once
+        instead of retrying; the next call starts at the next URL.
+        """
+        url = self.urls[self._current]
+        self._failover()
+        cert_error = e.certificate_error
+        why = getattr(cert_error, "verify_message", "") or str(cert_error)
+        return SchedulerUntrusted(f"certificate verify failed for {url}: {why}", {"url": url})
 
     async def _typed(self, type_: type[T], method: str, path: str, **kw: Any) -> T:
         return codec.decode(await self.request(method, path, **kw), type_)
@@ -449,6 +471,8 @@ class BerthClient:
                             return await _receive_file(resp, sink, expected)
                         data = await resp.read()
                         status = resp.status
+                except aiohttp.ClientConnectorCertificateError as e:
+                    raise self._untrusted(e) from e
                 except (aiohttp.ClientError, TimeoutError) as e:
                     last = e
                     self._failover()
@@ -585,6 +609,8 @@ class BerthClient:
                 url = self.urls[self._current] + path
                 try:
                     resp = await self._session.get(url, params=query, headers=hdrs, timeout=timeout)
+                except aiohttp.ClientConnectorCertificateError as e:
+                    raise self._untrusted(e) from e
                 except (aiohttp.ClientError, TimeoutError) as e:
                     last = e
                     self._failover()
@@ -622,6 +648,8 @@ class BerthClient:
         Before a stream ever connected it gets the client's usual retries; once it has,
         it keeps trying for ``reconnect_for`` seconds from the moment it went down.
         """
+        if isinstance(error, SchedulerUntrusted):
+            raise error
         if connected:
             give_up = time.monotonic() - down_since > reconnect_for
         else:

@@ -13,6 +13,7 @@ from aiohttp import web
 # full name gets the dashboard's routes.
 import scheduler.routes.web as dashboard
 from common.models import Job
+from common.tls import TLSSetupError, server_context
 from scheduler.blobs import BlobStore
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
@@ -94,7 +95,16 @@ def build_app(config: SchedulerConfig) -> web.Application:
 
 
 async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly."""
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly.
+
+    With ``tls_cert`` and ``tls_key`` the port speaks HTTPS only. A certificate or key
+    that cannot be used raises TLSSetupError before anything is opened.
+    """
+    tls = None
+    if config.tls_cert is not None or config.tls_key is not None:
+        if config.tls_cert is None or config.tls_key is None:
+            raise TLSSetupError("a TLS certificate needs its key, and a key its certificate")
+        tls = server_context(config.tls_cert, config.tls_key)
     app = build_app(config)
     # handler_cancellation: a client that goes away (an SSE subscriber, a log follower)
     # ends its handler at once instead of at its next write.
@@ -102,10 +112,19 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     await runner.setup()
     host, port = config.host_port
     site = web.TCPSite(
-        runner, host, port, backlog=1024, reuse_address=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        runner,
+        host,
+        port,
+        backlog=1024,
+        reuse_address=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        ssl_context=tls,
     )
     await site.start()
-    log.info("listening on http://%s:%d (state in %s)", host, port, config.state_dir.resolve())
+    scheme = "https" if tls is not None else "http"
+    log.info(
+        "listening on %s://%s:%d (state in %s)", scheme, host, port, config.state_dir.resolve()
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -66,6 +66,9 @@ class SchedulerConfig:
     starvation_s: float = STARVATION_S
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
+    #: PEM certificate (may hold its chain) and private key: with both, HTTPS only
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:

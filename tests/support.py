@@ -31,10 +31,13 @@ def free_port() -> int:
 class SchedulerProcess:
     """A real `berth scheduler` process on a loopback port with its own state dir."""
 
-    def __init__(self, state_dir: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *extra: str, port: int | None = None, scheme: str = "http"
+    ) -> None:
         self.state_dir = state_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # "https" when ``extra`` gives it --tls-cert/--tls-key
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"{state_dir.name}-scheduler.log"
