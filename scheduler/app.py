@@ -54,7 +54,12 @@ def build_app(config: SchedulerConfig) -> web.Application:
     svc = Service(config, store, cluster)
     # Bodies over the limit are refused by aiohttp before they are read in full.
     app = web.Application(
-        middlewares=[svc.metrics.middleware(), errors_middleware, auth_middleware],
+        middlewares=[
+            svc.metrics.middleware(),
+            errors_middleware,
+            auth_middleware,
+            svc.guard.middleware,
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[SERVICE] = svc

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.errors import Unavailable
 from common.models import Job, WebhookDelivery
 from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
@@ -20,6 +21,7 @@ from scheduler.events import Event
 from scheduler.metrics import Metrics
 from scheduler.store.base import Changes, Store
 from scheduler.webhooks import WebhookSender
+from scheduler.writeguard import WriteGuard
 
 log = logging.getLogger("berth.scheduler")
 
@@ -48,6 +50,11 @@ class Service:
         self._node_waiters: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_commit: asyncio.Future[None] | None = None
+        #: batches the store failed to write and keeps staged, announced once written
+        self._unannounced: list[Changes] = []
+        #: refuses writes up front while the state directory cannot take them
+        self.guard = WriteGuard(config.state_dir, store)
+        store.on_recovered = self._written_again
         cluster.on_placement_wanted = self._placement_wanted.set
         cluster.on_node_changed = self.wake_node
         self.bus = EventBus()
@@ -111,11 +118,30 @@ class Service:
             self._last_commit = asyncio.ensure_future(self._commit(changes))
         if self._last_commit is not None and not self._last_commit.done():
             await asyncio.shield(self._last_commit)
-        elif self._last_commit is not None:
+        elif self._last_commit is not None and self.store.failure is not None:
+            # What the failed batch held is still only in memory.
             self._last_commit.result()
 
     async def _commit(self, changes: Changes) -> None:
-        await self.store.commit(changes)
+        try:
+            await self.store.commit(changes)
+        except Unavailable:
+            if self.store.failure is not None:
+                # The store keeps these changes and writes them ahead of its next
+                # batch; they are announced when it has (_written_again).
+                self._unannounced.append(changes)
+            raise
+        self._announce(changes)
+
+    def _written_again(self) -> None:
+        """The store wrote what it had kept from failed batches: announce those, in
+        order, before the batch that succeeded."""
+        held, self._unannounced = self._unannounced, []
+        for earlier in held:
+            self._announce(earlier)
+
+    def _announce(self, changes: Changes) -> None:
+        """What follows a durable batch: webhooks, log followers, event subscribers."""
         if self.webhooks is not None:
             for job in changes.jobs.values():
                 if job.webhook_pending:

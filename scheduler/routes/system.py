@@ -22,8 +22,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    if not service(request).ready:
+    svc = service(request)
+    if not svc.ready:
         return json_response({"status": "starting"}, status=503)
+    refused = svc.guard.status()
+    if refused is not None:
+        # Writes are refused (the disk is full): send clients elsewhere.
+        return json_response(refused, status=503)
     return json_response({"status": "ready"})
 
 

@@ -9,6 +9,7 @@ holds its change before it answers its client.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.models import Job, Node
@@ -92,6 +93,12 @@ class Loaded:
 
 
 class Store(ABC):
+    #: why writes fail at the moment (what the last try said), None while they succeed
+    failure: str | None = None
+    #: called once writes succeed again, after the changes of the failed batches (which
+    #: a store keeps and writes ahead of newer ones) are durable, before their waiters
+    on_recovered: Callable[[], None] | None = None
+
     @abstractmethod
     async def open(self) -> Loaded:
         """Create the schema if needed and read everything back."""

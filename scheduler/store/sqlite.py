@@ -3,11 +3,18 @@
 An acknowledged write must survive power loss, so every commit is fsynced; grouping
 all changes staged while the previous transaction was being written into the next
 one makes that cost per batch, not per change.
+
+A batch that cannot be written (the disk is full, the file is gone) fails its waiters
+with Unavailable, but its changes stay staged: the scheduler's memory already holds
+them, so they are written, ahead of anything newer, by the next batch that succeeds.
+While writes fail the store says why in ``failure`` and tries again every
+``RETRY_S`` seconds on its own, so that memory and disk converge once space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sqlite3
@@ -26,6 +33,9 @@ from scheduler.events import Event
 from scheduler.store.base import Changes, Loaded, Store, TokenRow
 
 log = logging.getLogger("berth.store")
+
+#: while writes fail, how often what is staged is tried again
+RETRY_S = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, doc BLOB NOT NULL);
@@ -72,6 +82,9 @@ class SQLiteStore(Store):
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self.failure: str | None = None
+        #: set by close(): ends a wait between two tries of a failing write
+        self._closed = asyncio.Event()
         self._job_encoder = msgspec.json.Encoder()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -85,6 +98,7 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         self._closing = True
+        self._closed.set()
         if self._wake is not None:
             self._wake.set()
         if self._writer is not None:
@@ -163,26 +177,54 @@ class SQLiteStore(Store):
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            if self.failure is not None and not self._closing:
+                # Failing: try again at a steady pace, whether or not anyone waits,
+                # instead of at every commit.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_S):
+                        await self._closed.wait()
+            else:
+                await self._wake.wait()
             self._wake.clear()
             batch, self._staged = self._staged, _Batch()
-            if batch.waiters:
+            if batch.changes or batch.waiters:
                 # Encode on the loop: between two awaits no record is half-changed.
                 rows = self._encode(batch.changes)
                 try:
                     await loop.run_in_executor(self._thread, self._write_sync, rows)
                 except Exception as e:  # the disk is full, the file is gone, ...
-                    log.error("commit of %d changes failed: %s", len(batch.waiters), e)
-                    err = Unavailable(f"the state could not be written: {e}")
-                    for w in batch.waiters:
-                        if not w.done():
-                            w.set_exception(err)
+                    self._failed(batch, e)
                 else:
+                    if self.failure is not None:
+                        log.warning("the state is written again (it failed: %s)", self.failure)
+                        self.failure = None
+                        if self.on_recovered is not None:
+                            try:
+                                self.on_recovered()
+                            except Exception:  # the writer must outlive a broken hook
+                                log.exception("announcing the recovered changes failed")
                     for w in batch.waiters:
                         if not w.done():
                             w.set_result(None)
             if self._closing and not self._staged.waiters:
+                if self._staged.changes:
+                    log.error("stopping with changes that could not be written: %s", self.failure)
                 return
+
+    def _failed(self, batch: _Batch, e: Exception) -> None:
+        if self.failure is None:
+            log.error("commit failed, retrying every %gs: %s", RETRY_S, e)
+        self.failure = str(e) or type(e).__name__
+        # Memory holds these changes already: keep them, ahead of what was staged
+        # since (newer versions of the same records win), for the next batch.
+        batch.changes.merge(self._staged.changes)
+        self._staged.changes = batch.changes
+        err = Unavailable(
+            f"the state could not be written: {self.failure}", {"cause": self.failure}
+        )
+        for w in batch.waiters:
+            if not w.done():
+                w.set_exception(err)
 
     def _encode(self, c: Changes) -> dict[str, Sequence[_Row]]:
         enc = self._job_encoder.encode
@@ -212,7 +254,10 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO groups VALUES (?, ?)", rows["groups"])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does that): keep the
+            # original error, not "no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     # --- reads -----------------------------------------------------------------------
