@@ -112,7 +112,16 @@ class Agent:
 
 async def bench(n_agents: int, n_jobs: int, concurrency: int, n_latency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        sched = SchedulerProcess(Path(tmp) / "state", "--log-level", "warning").start()
+        # Throughput, not the per-token limits, is measured: one token does all of it.
+        sched = SchedulerProcess(
+            Path(tmp) / "state",
+            "--log-level",
+            "warning",
+            "--submit-rate",
+            "0",
+            "--max-streams-per-token",
+            "10000",
+        ).start()
         try:
             return await _run(sched, n_agents, n_jobs, concurrency, n_latency)
         finally:

@@ -386,7 +386,16 @@ async def measure_logs(sched: SchedulerProcess, root: Path) -> dict[str, Any]:
 
 async def bench(seconds: float, subscribers: int, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        sched = SchedulerProcess(Path(tmp) / "state", "--log-level", "warning").start()
+        # Throughput, not the per-token limits, is measured: one token does all of it.
+        sched = SchedulerProcess(
+            Path(tmp) / "state",
+            "--log-level",
+            "warning",
+            "--submit-rate",
+            "0",
+            "--max-streams-per-token",
+            "10000",
+        ).start()
         try:
             sse = await measure_sse(sched, seconds, subscribers, rate)
             logs = await measure_logs(sched, Path(tmp))

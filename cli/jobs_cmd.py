@@ -147,7 +147,7 @@ def job_detail(job: Job) -> str:
     return "\n".join(lines)
 
 
-def _print_json(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     click.echo(codec.encode(obj).decode())
 
 
@@ -195,7 +195,7 @@ def submit(
         else:
             jobs = await client.submit_batch(specs)
         if as_json:
-            _print_json(jobs)
+            print_json(jobs)
         else:
             for job in jobs:
                 click.echo(job.id)
@@ -220,7 +220,7 @@ def jobs(addr: str, token: str | None, state: str | None, limit: int, as_json: b
     async def body(client: BerthClient) -> int:
         page = await client.list_jobs(state=state, limit=limit)
         if as_json:
-            _print_json(page.jobs)
+            print_json(page.jobs)
         elif page.jobs:
             click.echo(job_rows(page.jobs))
         return EXIT_OK
@@ -238,7 +238,7 @@ def job(addr: str, token: str | None, job_id: str, as_json: bool) -> None:
     async def body(client: BerthClient) -> int:
         found = await client.get_job(job_id)
         if as_json:
-            _print_json(found)
+            print_json(found)
         else:
             click.echo(job_detail(found))
         return EXIT_OK
@@ -255,7 +255,7 @@ def nodes(addr: str, token: str | None, as_json: bool) -> None:
     async def body(client: BerthClient) -> int:
         listing = await client.list_nodes()
         if as_json:
-            _print_json(listing.nodes)
+            print_json(listing.nodes)
         elif listing.nodes:
             click.echo(node_rows(listing.nodes))
         return EXIT_OK
@@ -302,7 +302,7 @@ def _action(action: str) -> click.Command:
         async def body(client: BerthClient) -> int:
             results = await client.act_many(action, selection)
             if as_json:
-                _print_json(results.results)
+                print_json(results.results)
             for r in results.results:
                 if as_json:
                     continue

@@ -29,6 +29,8 @@ COMMANDS = {
     "pause": "cli.jobs_cmd:pause",
     "resume": "cli.jobs_cmd:resume",
     "drain": "cli.jobs_cmd:drain",
+    "token": "cli.token_cmd:token",
+    "audit": "cli.token_cmd:audit",
     "logs": "cli.live_cmd:logs",
     "events": "cli.live_cmd:events",
     "watch": "cli.live_cmd:watch",

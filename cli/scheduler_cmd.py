@@ -12,7 +12,15 @@ import click
 from cli.loop import event_loop_factory
 from cli.tls import server_tls_options, tls_pair
 from common.tls import TLSSetupError
-from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
+from scheduler.config import (
+    DEFAULT_LISTEN,
+    DEFAULT_STATE_DIR,
+    MAX_QUEUED_JOBS,
+    MAX_STREAMS_PER_TOKEN,
+    SUBMIT_BURST,
+    SUBMIT_RATE_PER_S,
+    SchedulerConfig,
+)
 
 
 @click.command()
@@ -87,6 +95,42 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, SchedulerConfig
     show_default=True,
     help="Ended jobs, with their events, logs and blobs, are deleted this long after they end.",
 )
+@click.option(
+    "--submit-rate",
+    envvar="BERTH_SUBMIT_RATE",
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    default=SUBMIT_RATE_PER_S,
+    show_default=True,
+    help="Jobs each token may create per second (0: no limit); past it, 429 with Retry-After.",
+)
+@click.option(
+    "--submit-burst",
+    envvar="BERTH_SUBMIT_BURST",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=SUBMIT_BURST,
+    show_default=True,
+    help="Jobs a token may create at once before --submit-rate applies.",
+)
+@click.option(
+    "--max-queued-jobs",
+    envvar="BERTH_MAX_QUEUED_JOBS",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=MAX_QUEUED_JOBS,
+    show_default=True,
+    help="Jobs that may wait in the queue; past it, submits get 429.",
+)
+@click.option(
+    "--max-streams-per-token",
+    envvar="BERTH_MAX_STREAMS_PER_TOKEN",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=MAX_STREAMS_PER_TOKEN,
+    show_default=True,
+    help="Event streams, WebSockets and log follows one token may hold open.",
+)
 @server_tls_options
 @click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
@@ -100,6 +144,10 @@ def scheduler(
     restart_grace: float,
     event_window: int,
     job_retention_days: float,
+    submit_rate: float,
+    submit_burst: int,
+    max_queued_jobs: int,
+    max_streams_per_token: int,
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
@@ -123,6 +171,10 @@ def scheduler(
         restart_grace_s=restart_grace,
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
+        submit_rate_per_s=submit_rate,
+        submit_burst=submit_burst,
+        max_queued_jobs=max_queued_jobs,
+        max_streams_per_token=max_streams_per_token,
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
     )

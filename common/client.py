@@ -34,10 +34,17 @@ from typing import Any, BinaryIO, TypeVar
 import aiohttp
 
 from common import codec
-from common.errors import ERRORS_BY_CODE, BerthError, InvalidRequest, Unavailable
+from common.errors import (
+    ERRORS_BY_CODE,
+    BerthError,
+    InvalidRequest,
+    TooManyRequests,
+    Unavailable,
+)
 from common.models import (
     ActionResults,
     AssignmentsReply,
+    AuditPage,
     DrainRequest,
     HeartbeatReply,
     HeartbeatRequest,
@@ -46,6 +53,7 @@ from common.models import (
     JobList,
     JobSelection,
     JobSpec,
+    JoinToken,
     Node,
     NodeList,
     RegisterReply,
@@ -53,6 +61,9 @@ from common.models import (
     Report,
     ReportReply,
     Stats,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
 )
 from common.states import TERMINAL
 from common.tls import client_context
@@ -89,6 +100,7 @@ _FALLBACK_BY_STATUS = {
     404: "not_found",
     409: "conflict",
     413: "too_large",
+    429: "too_many_requests",
     503: "unavailable",
 }
 
@@ -162,6 +174,8 @@ def error_from_body(status: int, body: bytes) -> BerthError:
     # IllegalTransition has its own __init__; build every class the same way.
     error = cls.__new__(cls)
     BerthError.__init__(error, message or f"HTTP {status}", details)
+    if isinstance(error, TooManyRequests):
+        error.retry_after_s = int(details.get("retry_after_s") or 1)
     return error
 
 
@@ -567,6 +581,37 @@ class BerthClient:
 
     async def stats(self) -> Stats:
         return await self._typed(Stats, "GET", "/api/v1/stats")
+
+    # --- tokens and the audit log (admin) ---------------------------------------------
+
+    async def create_token(self, role: str, name: str, *, all_jobs: bool = False) -> TokenCreated:
+        body = {"role": role, "name": name, "all_jobs": all_jobs}
+        return await self._typed(TokenCreated, "POST", "/api/v1/tokens", body=codec.dumps(body))
+
+    async def list_tokens(self, *, revoked: bool = False) -> TokenList:
+        params = {"revoked": "1"} if revoked else None
+        return await self._typed(TokenList, "GET", "/api/v1/tokens", params=params)
+
+    async def revoke_token(self, token_id: str) -> TokenInfo:
+        return await self._typed(TokenInfo, "DELETE", f"/api/v1/tokens/{token_id}")
+
+    async def rotate_join_token(self) -> JoinToken:
+        return await self._typed(JoinToken, "POST", "/api/v1/tokens/join/rotate", body=b"{}")
+
+    async def audit(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 500,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> AuditPage:
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        for name, value in (("actor", actor), ("action", action), ("target", target)):
+            if value is not None:
+                params[name] = value
+        return await self._typed(AuditPage, "GET", "/api/v1/audit", params=params)
 
     async def healthz(self) -> Any:
         return codec.loads(await self.request("GET", "/healthz"))

@@ -75,6 +75,21 @@ class PayloadTooLarge(BerthError):
     status = 413
 
 
+class TooManyRequests(BerthError):
+    """A limit was reached (a token's submit rate, the queue, open streams); the
+    client may try again after ``retry_after_s`` (sent as ``Retry-After``)."""
+
+    code = "too_many_requests"
+    status = 429
+    retry_after_s = 1
+
+    def __init__(
+        self, message: str, details: dict[str, Any] | None = None, *, retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message, {**(details or {}), "retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(BerthError):
     code = "unavailable"
     status = 503
@@ -97,6 +112,7 @@ ERRORS_BY_CODE: dict[str, type[BerthError]] = {
         StaleAttempt,
         Gone,
         PayloadTooLarge,
+        TooManyRequests,
         Unavailable,
     )
 }

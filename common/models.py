@@ -406,7 +406,83 @@ class Stats(Struct):
 def schema_components() -> dict[str, object]:
     """JSON schema of every public model, for the OpenAPI document."""
     _, components = msgspec.json.schema_components(
-        [JobSpec, Job, Node, RegisterRequest, HeartbeatRequest, Report, DrainRequest, Stats],
+        [
+            JobSpec,
+            Job,
+            Node,
+            RegisterRequest,
+            HeartbeatRequest,
+            Report,
+            DrainRequest,
+            Stats,
+            TokenCreate,
+            TokenInfo,
+            TokenCreated,
+            TokenList,
+            JoinToken,
+            AuditPage,
+        ],
         ref_template="#/components/schemas/{name}",
     )
     return dict(components)
+class TokenCreate(Struct, forbid_unknown_fields=True):
+    """A new person's token. ``all_jobs`` lets a submit token see and act on every job."""
+
+    role: Literal["admin", "submit", "read"]
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    all_jobs: bool = False
+
+
+class TokenInfo(Struct):
+    """A token as listed: never its secret."""
+
+    id: str
+    name: str
+    role: str
+    all_jobs: bool = False
+    created_at: str | None = None
+    created_by: str | None = None
+    revoked_at: str | None = None
+
+
+class TokenCreated(Struct):
+    """The reply to creating a token: the only time its secret is shown."""
+
+    id: str
+    name: str
+    role: str
+    token: str
+    all_jobs: bool = False
+    created_at: str | None = None
+    created_by: str | None = None
+
+
+class TokenList(Struct):
+    tokens: list[TokenInfo]
+
+
+class JoinToken(Struct):
+    """The new join token after a rotation; the old one no longer registers agents."""
+
+    id: str
+    token: str
+
+
+class AuditEntry(Struct):
+    """Who did what to what, and when."""
+
+    id: int
+    at: str
+    actor: str
+    role: str
+    action: str
+    target: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class AuditPage(Struct):
+    entries: list[AuditEntry]
+    #: pass as ``after`` to read on
+    next: int
+
+

@@ -36,6 +36,7 @@ from scheduler.routes import (
     nodes,
     session,
     system,
+    tokens,
 )
 from scheduler.service import Service
 from scheduler.sessions import Sessions
@@ -64,10 +65,22 @@ def build_app(config: SchedulerConfig) -> web.Application:
     )
     app[SERVICE] = svc
     app[PRINCIPAL] = cluster.authenticate
-    app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.get(digest)
+    app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.live(digest)
     app[SESSIONS] = Sessions()
     app[MAX_BODY] = config.max_body_bytes
-    for module in (system, jobs, nodes, agents, events, logs, groups, blobs, session, dashboard):
+    for module in (
+        system,
+        jobs,
+        nodes,
+        agents,
+        events,
+        logs,
+        groups,
+        blobs,
+        session,
+        tokens,
+        dashboard,
+    ):
         app.add_routes(module.routes)
 
     blob_store = BlobStore.in_state_dir(config.state_dir)

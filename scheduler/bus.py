@@ -35,9 +35,12 @@ class Subscription:
         *,
         maxsize: int = SUBSCRIBER_QUEUE,
         on_overflow: Callable[[], None] = lambda: None,
+        visible: Callable[[str], bool] | None = None,
     ) -> None:
         self.topics = topics
         self.job_id = job_id
+        #: which jobs' events this subscriber may see (None: every job's)
+        self.visible = visible
         # None in the queue means: the stream ends (the scheduler is stopping).
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self.overflowed = False
@@ -47,7 +50,9 @@ class Subscription:
     def matches(self, event: Event) -> bool:
         if self.job_id is not None:
             return event.job_id == self.job_id
-        return topic_of(event) in self.topics
+        if topic_of(event) not in self.topics:
+            return False
+        return self.visible is None or event.job_id is None or self.visible(event.job_id)
 
     def offer(self, event: Event) -> None:
         if self.overflowed or not self.matches(event):

@@ -10,7 +10,6 @@ testable without waiting.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 import secrets
 import sys
@@ -49,7 +48,8 @@ from scheduler.archive import JobArchive
 from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
 from scheduler.events import Event, EventLog
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
-from scheduler.store.base import Changes, Loaded, LogChunk, TokenRow
+from scheduler.store.base import AuditRecord, Changes, Loaded, LogChunk, TokenRow
+from scheduler.tokens import JOIN, NODE, TokenBook, new_secret, token_digest
 
 #: an encoded job whose spec may name an input archive contains this
 _NAMES_INPUTS = b'"inputs":"'
@@ -64,10 +64,6 @@ MISSING_HEARTBEATS_LOST = 2
 #: per-attempt log cap; past it the log ends with a marker
 LOG_CAP_BYTES = 10 * 1024 * 1024
 LOG_TRUNCATED_MARKER = b"\n[berth: log truncated at 10 MiB]\n"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _dt(ts: float) -> datetime:
@@ -149,11 +145,14 @@ class Cluster:
         #: every job id, in submission order (ids sort by submission)
         self.ids: list[str] = []
         #: queued jobs by id, with their placement request (built once per enqueue)
+        #: owner -> ids of the jobs it submitted, oldest first; built when first asked
+        #: for (only submit tokens list by owner), then kept up to date
+        self._owned: dict[str, list[str]] | None = None
         self.queue: dict[str, placement.JobRequest] = {}
         self.nodes: dict[str, Node] = {}
         self.node_by_name: dict[str, str] = {}
         self.idempotency: dict[str, str] = {}
-        self.tokens: dict[str, TokenRow] = {}
+        self.tokens = TokenBook()
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
@@ -215,7 +214,7 @@ class Cluster:
             self._last_id = int(self.ids[-1], 16)
         self.idempotency = dict(loaded.idempotency)
         self.group_limits = dict(loaded.groups)
-        self.tokens = {t.digest: t for t in loaded.tokens}
+        self.tokens = TokenBook(loaded.tokens)
         self.log_ends = dict(loaded.log_ends)
         for node in self.nodes.values():
             self._refresh_node(node, record=False)
@@ -265,11 +264,23 @@ class Cluster:
 
     # --- tokens ----------------------------------------------------------------------
 
-    def add_token(self, token: str, role: str, name: str, node_id: str | None = None) -> None:
-        row = TokenRow(token_digest(token), role, name, node_id)
-        self.tokens[row.digest] = row
+    def add_token(
+        self,
+        token: str,
+        role: str,
+        name: str,
+        node_id: str | None = None,
+        *,
+        all_jobs: bool = False,
+        by: str | None = None,
+    ) -> TokenRow:
+        row = TokenRow(
+            token_digest(token), role, name, node_id, all_jobs, self._stamp(), by, None
+        )
+        self.tokens.put(row)
         self.changes.tokens.append(row)
 
+        return row
     def authenticate(self, token: str) -> TokenRow | None:
         return self.tokens.get(token_digest(token))
 
@@ -440,6 +451,8 @@ class Cluster:
     def job(self, job_id: str) -> Job:
         job = self.find(job_id)
         if job is None:
+        if self._owned is not None:
+            self._owned.setdefault(submitted_by, []).append(job.id)
             raise NotFound(f"no job {job_id!r}", {"field": "id"})
         return job
 
@@ -511,11 +524,15 @@ class Cluster:
             self.on_node_changed(job.node_id)
         return job
 
-    def iter_jobs(self, state: JobState | None, before: str | None) -> Iterator[Job]:
-        """Jobs newest first, optionally of one state, with ids below ``before``."""
-        end = bisect.bisect_left(self.ids, before) if before is not None else len(self.ids)
+    def iter_jobs(
+        self, state: JobState | None, before: str | None, owner: str | None = None
+    ) -> Iterator[Job]:
+        """Jobs newest first, optionally of one state and one owner, with ids below
+        ``before``."""
+        ids = self.ids if owner is None else self._ids_of(owner)
+        end = bisect.bisect_left(ids, before) if before is not None else len(ids)
         for i in range(end - 1, -1, -1):
-            job_id = self.ids[i]
+            job_id = ids[i]
             job = self.jobs.get(job_id)
             if job is not None:
                 if state is None or job.state is state:
@@ -552,10 +569,9 @@ class Cluster:
         else:
             node = self.nodes[node_id]
             # The agent's previous token stops working.
-            for digest, row in list(self.tokens.items()):
-                if row.node_id == node.id:
-                    del self.tokens[digest]
-                    self.changes.revoked_tokens.append(digest)
+            for row in self.tokens.of_node(node.id):
+                self.tokens.drop(row.digest)
+                self.changes.revoked_tokens.append(row.digest)
             fresh = False
         node.hostname = req.hostname
         node.labels = dict(req.labels)
@@ -570,7 +586,7 @@ class Cluster:
             # The agent that was shutting down is back.
             node.draining = False
             node.drain_reason = None
-        self.add_token(token, "node", f"node:{node.name}", node.id)
+        self.add_token(token, NODE, f"node:{node.name}", node.id)
         self._event(
             "node.registered",
             node=node,
@@ -587,6 +603,17 @@ class Cluster:
 
         ``offline_reason``: False keeps the node's offline status as it is, None clears
         it (the node was heard from), a string declares it offline.
+    def _ids_of(self, owner: str) -> list[str]:
+        if self._owned is None:
+            owned: dict[str, list[str]] = {}
+            for job_id in self.ids:
+                job = self.find(job_id)
+                if job is not None and job.submitted_by is not None:
+                    owned.setdefault(job.submitted_by, []).append(job_id)
+            self._owned = owned
+        # Ids of deleted jobs may linger here; iter_jobs skips what it cannot find.
+        return self._owned.get(owner, [])
+
         """
         self._views.pop(node.id, None)
         now = self.clock()
@@ -626,6 +653,7 @@ class Cluster:
         node = self.node(node_id)
         self._set_draining(node, drain, reason or None)
         return node
+        node.allow = list(req.allow)
 
     def _set_draining(self, node: Node, drain: bool, reason: str | None) -> None:
         node.draining = drain
@@ -981,6 +1009,7 @@ class Cluster:
     def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
         """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""
         job = self.jobs.get(job_id)
+            allows=tuple(node.allow),
         if job is None:
             job = self.archive.pop(job_id)
             if job is None:

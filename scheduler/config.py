@@ -43,6 +43,13 @@ EVENT_WINDOW = 100_000
 JOB_RETENTION_S = 7 * 24 * 3600.0
 #: how often old events and jobs are dropped
 RETENTION_INTERVAL_S = 60.0
+#: jobs each token may create per second, and at once (a token bucket); 0: no limit
+SUBMIT_RATE_PER_S = 1000.0
+SUBMIT_BURST = 10_000
+#: jobs that may wait in the queue at once; past it submits get 429
+MAX_QUEUED_JOBS = 200_000
+#: event streams, WebSockets and log follows one token may hold open at once
+MAX_STREAMS_PER_TOKEN = 256
 #: SSE keep-alive comment interval
 KEEPALIVE_S = 15.0
 
@@ -66,6 +73,10 @@ class SchedulerConfig:
     starvation_s: float = STARVATION_S
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
+    submit_rate_per_s: float = SUBMIT_RATE_PER_S
+    submit_burst: int = SUBMIT_BURST
+    max_queued_jobs: int = MAX_QUEUED_JOBS
+    max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
     #: PEM certificate (may hold its chain) and private key: with both, HTTPS only
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from common import codec
-from common.errors import BerthError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from common.errors import (
+    BerthError,
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+)
 from scheduler.sessions import COOKIE, CSRF_HEADER, Sessions
 from scheduler.store.base import TokenRow
 
@@ -40,8 +47,14 @@ def json_response(
 
 
 def error_response(err: BerthError) -> web.Response:
+    headers = {}
+    if isinstance(err, TooManyRequests):
+        headers["Retry-After"] = str(err.retry_after_s)
     return web.Response(
-        body=codec.dumps(err.to_body()), status=err.status, content_type="application/json"
+        body=codec.dumps(err.to_body()),
+        status=err.status,
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -77,7 +90,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        row = request.app[PRINCIPAL](token.strip())
+        # Tokens are ASCII; other bytes in the header (decoded with surrogates) could
+        # not even be hashed.
+        row = request.app[PRINCIPAL](token.strip()) if token.isascii() else None
     elif COOKIE in request.cookies:
         row = _session_principal(request)
     else:
@@ -94,7 +109,8 @@ def _session_principal(request: web.Request) -> TokenRow | None:
         raise Unauthorized("the session has ended; log in again")
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent, session.csrf):
+        # compare_digest refuses str with non-ASCII characters instead of answering False
+        if not sent.isascii() or not hmac.compare_digest(sent, session.csrf):
             raise Forbidden(f"a {CSRF_HEADER} header is required with a session cookie")
     request["session"] = session
     return request.app[PRINCIPAL_BY_DIGEST](session.token_digest)

@@ -12,14 +12,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common.errors import Unavailable
+from common.errors import TooManyRequests, Unavailable
 from common.models import Job, WebhookDelivery
+from common.states import JobState
 from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
 from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
 from scheduler.events import Event
+from scheduler.limits import RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
-from scheduler.store.base import Changes, Store
+from scheduler.store.base import Changes, Store, TokenRow
 from scheduler.webhooks import WebhookSender
 from scheduler.writeguard import WriteGuard
 
@@ -64,6 +66,38 @@ class Service:
         self.webhooks: WebhookSender | None = None
         #: called with the jobs retention deleted (the blob store drops their blobs)
         self.deletion_hooks: list[Callable[[list[Job]], Awaitable[None]]] = []
+        self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
+        self.streams = StreamSlots(config.max_streams_per_token)
+
+    def admit_jobs(self, who: TokenRow, n: int) -> None:
+        """Refuse, before anything changes, ``n`` new jobs past the queue's cap or the
+        token's submit rate (429 with Retry-After)."""
+        queued = self.cluster.counts[JobState.QUEUED]
+        if queued + n > self.config.max_queued_jobs:
+            raise TooManyRequests(
+                f"the queue is full ({queued} of {self.config.max_queued_jobs} jobs waiting)",
+                {"queued": queued, "limit": self.config.max_queued_jobs},
+                retry_after_s=10,
+            )
+        wait = self.submit_rate.take(who.digest, n)
+        if wait == float("inf"):
+            raise TooManyRequests(
+                f"{n} jobs at once is more than this token's burst of {self.submit_rate.burst}",
+                {"limit": self.submit_rate.burst},
+            )
+        if wait > 0:
+            raise TooManyRequests(
+                "this token is creating jobs too fast",
+                {"rate_per_s": self.submit_rate.rate},
+                retry_after_s=max(1, int(wait + 0.999)),
+            )
+
+    def write_join_token(self, token: str) -> None:
+        """Keep the state directory's join.token the live one (local agents read it)."""
+        path = self.config.state_dir / JOIN_TOKEN_FILE
+        tmp = path.with_suffix(".tmp")
+        _write_secret(tmp, token)
+        tmp.replace(path)
 
     async def start(self) -> None:
         loaded = await self.store.open()
@@ -170,7 +204,9 @@ class Service:
             path = state_dir / filename
             if path.exists():
                 token = path.read_text().strip()
-                if self.cluster.authenticate(token) is None:
+                # A token revoked through the API stays revoked; one the store has
+                # never seen (a fresh database beside old files) is taken in.
+                if token and not self.cluster.tokens.known(token):
                     self.cluster.add_token(token, role, role)
                 continue
             token = secrets.token_urlsafe(32)

@@ -13,7 +13,7 @@ from aiohttp import web
 from common.errors import Forbidden, InvalidRequest, NotFound, StaleAttempt
 from scheduler.blobs import BlobStore, Stored, check_digest
 from scheduler.http import json_response, principal, query_int, require_node
-from scheduler.routes import service
+from scheduler.routes import service, visible_job
 
 routes = web.RouteTableDef()
 
@@ -67,7 +67,7 @@ async def download(request: web.Request) -> web.FileResponse:
 async def outputs(request: web.Request) -> web.FileResponse:
     """The archive (tar.gz) of what the job's attempt left in /workspace/out."""
     _allow(request, READERS - {"node"})
-    job = service(request).cluster.job(request.match_info["id"])
+    job = visible_job(request, request.match_info["id"])
     if job.outputs is None:
         raise NotFound(
             f"job {job.id} has no outputs yet (state {job.state.value}); they are stored "

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import WSMsgType, web
 from aiohttp_sse import sse_response
 
 from common import codec
 from common.errors import BerthError, Gone, InvalidRequest
+from scheduler import access
 from scheduler.bus import TOPICS, Subscription
 from scheduler.config import KEEPALIVE_S
 from scheduler.events import Event
-from scheduler.http import query_int, require_role
-from scheduler.routes import service
+from scheduler.http import principal, query_int, require_role
+from scheduler.routes import service, visible_job
 from scheduler.service import Service
 
 log = logging.getLogger("berth.events")
@@ -96,6 +97,10 @@ async def history(svc: Service, sub: Subscription, since: int, upto: int) -> Asy
         after = page[-1].index
 
 
+def _visibility(request: web.Request, svc: Service) -> Callable[[str], bool] | None:
+    return access.job_visibility(principal(request), svc.cluster.find)
+
+
 def _cut_off(transport: asyncio.BaseTransport | None) -> None:
     """Abort a slow subscriber's connection even if it is stuck in a write."""
     abort = getattr(transport, "abort", None)
@@ -116,7 +121,26 @@ async def _sse(request: web.Request, job_id: str | None) -> web.StreamResponse:
     if not streaming:
         return await _page(request, svc, topics, job_id, since or 0)
     transport = _transport(request)
-    sub = svc.bus.subscribe(Subscription(topics, job_id, on_overflow=lambda: _cut_off(transport)))
+    with svc.streams.slot(principal(request).digest):
+        return await _stream(request, svc, topics, job_id, since, transport)
+
+
+async def _stream(
+    request: web.Request,
+    svc: Service,
+    topics: frozenset[str],
+    job_id: str | None,
+    since: int | None,
+    transport: asyncio.BaseTransport | None,
+) -> web.StreamResponse:
+    sub = svc.bus.subscribe(
+        Subscription(
+            topics,
+            job_id,
+            on_overflow=lambda: _cut_off(transport),
+            visible=_visibility(request, svc),
+        )
+    )
     upto = svc.cluster.events.committed_index
     try:
         async with sse_response(
@@ -173,7 +197,7 @@ async def _page(
     request: web.Request, svc: Service, topics: frozenset[str], job_id: str | None, since: int
 ) -> web.Response:
     """A plain request gets one JSON page of events after ``since`` (410 if too old)."""
-    sub = Subscription(topics, job_id)
+    sub = Subscription(topics, job_id, visible=_visibility(request, svc))
     upto = svc.cluster.events.committed_index
     events: list[Event] = []
     try:
@@ -198,7 +222,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     require_role(request, "read", "submit")
     job_id = request.query.get("job") or None
     if job_id is not None:
-        service(request).cluster.job(job_id)
+        visible_job(request, job_id)
     return await _sse(request, job_id)
 
 
@@ -206,7 +230,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
 async def job_events(request: web.Request) -> web.StreamResponse:
     require_role(request, "read", "submit")
     job_id = request.match_info["id"]
-    service(request).cluster.job(job_id)
+    visible_job(request, job_id)
     return await _sse(request, job_id)
 
 
@@ -219,6 +243,7 @@ class _Socket:
     def __init__(self, svc: Service, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.svc = svc
         self.ws = ws
+        self.request = request
         self.transport = _transport(request)
         self.subs: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
         self.send_lock = asyncio.Lock()
@@ -251,7 +276,7 @@ class _Socket:
         if job_id is not None:
             if not isinstance(job_id, str):
                 raise InvalidRequest("job must be a job id", {"field": "$.job"})
-            self.svc.cluster.job(job_id)
+            visible_job(self.request, job_id)
         since = msg.get("since")
         if since is not None and (not isinstance(since, int) or since < 0):
             raise InvalidRequest("since must be an event index", {"field": "$.since"})
@@ -261,6 +286,7 @@ class _Socket:
                 frozenset(str(t) for t in raw_topics),
                 job_id,
                 on_overflow=lambda: _cut_off(self.transport),
+                visible=_visibility(self.request, self.svc),
             )
         )
         upto = self.svc.cluster.events.committed_index
@@ -315,8 +341,13 @@ class _Socket:
 
 @routes.get("/api/v1/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    require_role(request, "read", "submit")
+    who = require_role(request, "read", "submit")
     svc = service(request)
+    with svc.streams.slot(who.digest):
+        return await _serve_socket(request, svc)
+
+
+async def _serve_socket(request: web.Request, svc: Service) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
     sock = _Socket(svc, ws, request)

@@ -25,11 +25,12 @@ async def list_groups(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/groups/{name}")
 async def set_group(request: web.Request) -> web.Response:
-    require_role(request)
+    who = require_role(request)
     name = request.match_info["name"]
     req = await read_body(request, GroupLimit)
     svc = service(request)
     svc.cluster.set_group_limit(name, req.max_concurrent)
+    svc.cluster.audit(who, "group.limit", name, {"max_concurrent": req.max_concurrent})
     body = {"name": name, **svc.cluster.groups()[name]}
     await svc.commit()
     return json_response(body)

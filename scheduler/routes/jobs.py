@@ -17,10 +17,12 @@ from common.models import (
     JobSpec,
 )
 from common.states import JobState
+from scheduler import access
 from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
-from scheduler.routes import service
+from scheduler.routes import service, visible_job
 from scheduler.service import Service
+from scheduler.store.base import TokenRow
 
 routes = web.RouteTableDef()
 
@@ -33,14 +35,22 @@ MAX_PAGE = 1000
 async def submit(request: web.Request) -> web.Response:
     who = require_role(request, "submit")
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+    # Printable ASCII only: other header bytes arrive as surrogates, which the store
+    # cannot encode, and a commit that cannot be written would hold up every other.
+    if key is not None and not (
+        0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
+    ):
         raise InvalidRequest(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
             {"field": "Idempotency-Key"},
         )
     spec = await read_body(request, JobSpec)
     svc = service(request)
+    _check_dependencies(svc, who, spec, "$")
+    svc.admit_jobs(who, 1)
     job, created = svc.cluster.submit(spec, submitted_by=who.name, idempotency_key=key)
+    if created:
+        svc.cluster.audit(who, "job.submit", job.id, {"name": job.name})
     # The reply shows the job as submitted, even if placement moves it before the commit.
     body = codec.encode(job)
     await svc.commit()
@@ -55,20 +65,36 @@ async def submit_batch(request: web.Request) -> web.Response:
     batch = await read_body(request, JobBatch)
     svc = service(request)
     for i, spec in enumerate(batch.jobs):
+        _check_dependencies(svc, who, spec, f"$.jobs[{i}]")
         try:
             svc.cluster.check_spec(spec)
         except InvalidRequest as e:
             field = str(e.details.get("field", "$")).replace("$", f"$.jobs[{i}]", 1)
             raise InvalidRequest(e.message, {**e.details, "field": field}) from None
+    svc.admit_jobs(who, len(batch.jobs))
     jobs = [svc.cluster.submit(spec, submitted_by=who.name)[0] for spec in batch.jobs]
+    for job in jobs:
+        svc.cluster.audit(who, "job.submit", job.id, {"name": job.name})
     body = codec.encode(JobList(jobs=jobs, next_cursor=None, index=jobs[-1].index))
     await svc.commit()
     return json_response(body, status=201)
 
 
+def _check_dependencies(svc: Service, who: TokenRow, spec: JobSpec, at: str) -> None:
+    """A submit token may wait only on jobs it can see: naming another's job must not
+    tell whether it exists."""
+    if access.sees_all_jobs(who):
+        return
+    for i, dep in enumerate(spec.depends_on):
+        if not (job := svc.cluster.find(dep)) or not access.may_see(who, job):
+            raise InvalidRequest(
+                f"no job {dep!r} that this token can see", {"field": f"{at}.depends_on[{i}]"}
+            )
+
+
 @routes.get("/api/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    require_role(request, "read", "submit")
+    who = require_role(request, "read", "submit")
     svc = service(request)
     raw_state = request.query.get("state")
     state = None
@@ -85,7 +111,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S)
         await svc.cluster.events.wait_past(index, wait)
     jobs = []
-    for job in svc.cluster.iter_jobs(state, cursor):
+    for job in svc.cluster.iter_jobs(state, cursor, access.owner_filter(who)):
         jobs.append(job)
         if len(jobs) > limit:
             break
@@ -99,7 +125,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     svc = service(request)
-    job = svc.cluster.job(request.match_info["id"])
+    job = visible_job(request, request.match_info["id"])
     index = query_int(request, "index", None)
     if index is not None:
         wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S)
@@ -120,15 +146,19 @@ _ACTION_PATTERN = "|".join(ACTIONS)
 MAX_SELECTED = 10_000
 
 
-def _act(svc: Service, action: str, job_id: str, by: str) -> Job:
+def _act(svc: Service, action: str, job_id: str, who: TokenRow) -> Job:
     cluster = svc.cluster
+    if not access.sees_all_jobs(who):
+        access.check_job(who, cluster.find(job_id))
     method = {
         "cancel": cluster.cancel,
         "retry": cluster.retry,
         "pause": cluster.pause,
         "resume": cluster.resume,
     }[action]
-    return method(job_id, by=by)
+    job = method(job_id, by=who.name)
+    cluster.audit(who, f"job.{action}", job_id)
+    return job
 
 
 @routes.post(f"/api/v1/jobs/{{id}}/{{action:{_ACTION_PATTERN}}}")
@@ -136,7 +166,7 @@ async def act(request: web.Request) -> web.Response:
     """Cancel, retry, pause or resume one job; 409 when the job's state does not allow it."""
     who = require_role(request, "submit")
     svc = service(request)
-    job = _act(svc, request.match_info["action"], request.match_info["id"], who.name)
+    job = _act(svc, request.match_info["action"], request.match_info["id"], who)
     body = codec.encode(job)
     await svc.commit()
     return json_response(body)
@@ -151,12 +181,12 @@ async def act_many(request: web.Request) -> web.Response:
     if (sel.ids is None) == (sel.filter is None):
         raise InvalidRequest("give either ids or filter", {"field": "$.ids"})
     svc = service(request)
-    ids = sel.ids if sel.ids is not None else _matching(svc, sel.filter)
+    ids = sel.ids if sel.ids is not None else _matching(svc, sel.filter, who)
     action = request.match_info["action"]
     results = []
     for job_id in ids:
         try:
-            job = _act(svc, action, job_id, who.name)
+            job = _act(svc, action, job_id, who)
         except BerthError as e:
             results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
         else:
@@ -166,10 +196,10 @@ async def act_many(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-def _matching(svc: Service, flt: JobFilter | None) -> list[str]:
+def _matching(svc: Service, flt: JobFilter | None, who: TokenRow) -> list[str]:
     assert flt is not None
     out = []
-    for job in svc.cluster.iter_jobs(flt.state, None):
+    for job in svc.cluster.iter_jobs(flt.state, None, access.owner_filter(who)):
         if flt.group is not None and job.spec.group != flt.group:
             continue
         if any(job.spec.labels.get(k) != v for k, v in flt.labels.items()):

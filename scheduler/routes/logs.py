@@ -13,7 +13,7 @@ from common.models import Job
 from common.states import TERMINAL
 from scheduler.config import KEEPALIVE_S
 from scheduler.http import query_int, require_role
-from scheduler.routes import service
+from scheduler.routes import service, visible_job
 from scheduler.service import Service
 
 routes = web.RouteTableDef()
@@ -65,13 +65,14 @@ async def _follow(svc: Service, job_id: str, attempt: int, offset: int) -> tuple
 
 @routes.get("/api/v1/jobs/{id}/logs")
 async def logs(request: web.Request) -> web.StreamResponse:
-    require_role(request, "read", "submit")
+    who = require_role(request, "read", "submit")
     svc = service(request)
-    job = svc.cluster.job(request.match_info["id"])
+    job = visible_job(request, request.match_info["id"])
     attempt, offset = _args(request, job)
     follow = request.query.get("follow") in ("1", "true", "yes")
     if "text/event-stream" in request.headers.get("Accept", ""):
-        return await _sse(request, svc, job.id, attempt, offset)
+        with svc.streams.slot(who.digest):
+            return await _sse(request, svc, job.id, attempt, offset)
     headers = {"X-Berth-Attempt": str(attempt)}
     if request.query.get("download") in ("1", "true", "yes"):
         headers["Content-Disposition"] = f'attachment; filename="{job.id}-{attempt}.log"'
@@ -81,21 +82,22 @@ async def logs(request: web.Request) -> web.StreamResponse:
             out += chunk
         headers["X-Berth-Log-Offset"] = str(offset + len(out))
         return web.Response(body=bytes(out), content_type="text/plain", headers=headers)
-    resp = web.StreamResponse(headers=headers)
-    resp.content_type = "text/plain"
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    try:
-        while True:
-            data, over = await _follow(svc, job.id, attempt, offset)
-            if data:
-                await resp.write(data)
-                offset += len(data)
-            if over and not data:
-                break
-        await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    with svc.streams.slot(who.digest):
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "text/plain"
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            while True:
+                data, over = await _follow(svc, job.id, attempt, offset)
+                if data:
+                    await resp.write(data)
+                    offset += len(data)
+                if over and not data:
+                    break
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
     return resp
 
 

@@ -27,9 +27,11 @@ async def get_node(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/nodes/{id}/drain")
 async def drain(request: web.Request) -> web.Response:
-    require_role(request)
+    who = require_role(request)
     req = await read_body(request, DrainRequest, empty_ok=True)
     svc = service(request)
     node = svc.cluster.drain(request.match_info["id"], req.drain, req.reason)
+    action = "node.drain" if req.drain else "node.undrain"
+    svc.cluster.audit(who, action, node.id, {"name": node.name, "reason": req.reason})
     await svc.commit()
     return json_response(node)

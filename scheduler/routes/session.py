@@ -8,9 +8,9 @@ from aiohttp import web
 from msgspec import Meta, Struct
 
 from common.errors import Unauthorized
-from scheduler.cluster import token_digest
 from scheduler.http import PRINCIPAL, PRINCIPAL_BY_DIGEST, SESSIONS, json_response, read_body
 from scheduler.sessions import COOKIE, SESSION_TTL_S, Session
+from scheduler.tokens import token_digest
 
 routes = web.RouteTableDef()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.models import Job, Node
 from common.states import JobState
@@ -21,9 +22,33 @@ from scheduler.events import Event
 class TokenRow:
     #: sha256 of the token; the token itself is never stored
     digest: str
+    #: admin, submit or read for people; join and node for agents
     role: str
     name: str
     node_id: str | None = None
+    #: a submit token that may see and act on every job, not only its own
+    all_jobs: bool = False
+    created_at: str | None = None
+    created_by: str | None = None
+    #: set when revoked: the row stays so the token's history reads whole
+    revoked_at: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A public name for the token: a prefix of its digest, never the secret."""
+        return self.digest[:12]
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRecord:
+    """Who did what to what, and when: written in the same commit as the change."""
+
+    at: str
+    actor: str
+    role: str
+    action: str
+    target: str | None
+    details: dict[str, Any] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,10 +72,12 @@ class Changes:
     logs: list[LogChunk] = field(default_factory=list)
     #: concurrency groups' limits
     groups: dict[str, int] = field(default_factory=dict)
+    audit: list[AuditRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.groups
+            self.audit
+            or self.groups
             or self.jobs
             or self.nodes
             or self.events
@@ -69,6 +96,7 @@ class Changes:
         self.revoked_tokens.extend(other.revoked_tokens)
         self.logs.extend(other.logs)
         self.groups.update(other.groups)
+        self.audit.extend(other.audit)
 
 
 @dataclass(slots=True)
@@ -120,6 +148,18 @@ class Store(ABC):
         """Drop events older than the newest ``keep`` unless their job is still kept.
 
         Returns the index below which events may now be missing."""
+
+    @abstractmethod
+    async def read_audit(
+        self,
+        after: int,
+        limit: int,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> list[tuple[int, AuditRecord]]:
+        """Audit records with id > ``after``, oldest first, optionally filtered."""
 
     @abstractmethod
     async def ended_before(self, cutoff: str, limit: int) -> list[str]:

@@ -30,7 +30,7 @@ from common.models import Job, Node
 from common.states import TERMINAL, JobState
 from scheduler.archive import CODES
 from scheduler.events import Event
-from scheduler.store.base import Changes, Loaded, Store, TokenRow
+from scheduler.store.base import AuditRecord, Changes, Loaded, Store, TokenRow
 
 log = logging.getLogger("berth.store")
 
@@ -46,8 +46,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id) WHERE job_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
-    digest TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, node_id TEXT
+    digest TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, node_id TEXT,
+    all_jobs INTEGER NOT NULL DEFAULT 0, created_at TEXT, created_by TEXT, revoked_at TEXT
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+    action TEXT NOT NULL, target TEXT, details BLOB
+);
+CREATE INDEX IF NOT EXISTS audit_target ON audit (target) WHERE target IS NOT NULL;
 CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, max_concurrent INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
@@ -57,6 +63,16 @@ CREATE TABLE IF NOT EXISTS logs (
 """
 
 _Row = tuple[Any, ...]
+#: columns added to the tokens table after its first release, with their definitions
+_TOKEN_COLUMNS = {
+    "all_jobs": "INTEGER NOT NULL DEFAULT 0",
+    "created_at": "TEXT",
+    "created_by": "TEXT",
+    "revoked_at": "TEXT",
+}
+_TOKEN_SELECT = (
+    "SELECT digest, role, name, node_id, all_jobs, created_at, created_by, revoked_at FROM tokens"
+)
 #: how an ended job whose webhook is still owed looks in its encoded document
 _WEBHOOK_PENDING = b'"webhook_pending":true'
 
@@ -114,6 +130,7 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn, "tokens", _TOKEN_COLUMNS)
         self._conn = conn
         job_dec = msgspec.json.Decoder(Job)
         node_dec = msgspec.json.Decoder(Node)
@@ -139,7 +156,8 @@ class SQLiteStore(Store):
         nodes = [node_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM nodes")]
         idem = dict(conn.execute("SELECT key, job_id FROM idempotency").fetchall())
         tokens = [
-            TokenRow(*r) for r in conn.execute("SELECT digest, role, name, node_id FROM tokens")
+            TokenRow(d, role, name, node, bool(every), created, by, revoked)
+            for d, role, name, node, every, created, by, revoked in conn.execute(_TOKEN_SELECT)
         ]
         (last,) = conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
         ends = {
@@ -233,7 +251,23 @@ class SQLiteStore(Store):
             "nodes": [(n.id, n.name, enc(n)) for n in c.nodes.values()],
             "events": [(e.index, e.type, e.job_id, e.node_id, enc(e)) for e in c.events],
             "idempotency": c.idempotency,
-            "tokens": [(t.digest, t.role, t.name, t.node_id) for t in c.tokens],
+            "tokens": [
+                (
+                    t.digest,
+                    t.role,
+                    t.name,
+                    t.node_id,
+                    int(t.all_jobs),
+                    t.created_at,
+                    t.created_by,
+                    t.revoked_at,
+                )
+                for t in c.tokens
+            ],
+            "audit": [
+                (a.at, a.actor, a.role, a.action, a.target, enc(a.details) if a.details else None)
+                for a in c.audit
+            ],
             "revoked": [(d,) for d in c.revoked_tokens],
             "logs": [(lc.job_id, lc.attempt, lc.offset, lc.data) for lc in c.logs],
             "groups": list(c.groups.items()),
@@ -248,7 +282,14 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", rows["nodes"])
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows["events"])
             conn.executemany("INSERT OR IGNORE INTO idempotency VALUES (?, ?)", rows["idempotency"])
-            conn.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?)", rows["tokens"])
+            conn.executemany(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows["tokens"]
+            )
+            conn.executemany(
+                "INSERT INTO audit (at, actor, role, action, target, details) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows["audit"],
+            )
             conn.executemany("DELETE FROM tokens WHERE digest = ?", rows["revoked"])
             conn.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?)", rows["logs"])
             conn.executemany("INSERT OR REPLACE INTO groups VALUES (?, ?)", rows["groups"])
@@ -300,6 +341,40 @@ class SQLiteStore(Store):
             sql = "SELECT doc FROM events WHERE job_id = ? AND idx > ? ORDER BY idx LIMIT ?"
             args = (job_id, after, limit)  # type: ignore[assignment]
         return [dec.decode(d) for (d,) in conn.execute(sql, args)]
+
+    async def read_audit(
+        self,
+        after: int,
+        limit: int,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> list[tuple[int, AuditRecord]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, self._read_audit_sync, after, limit, actor, action, target
+        )
+
+    def _read_audit_sync(
+        self, after: int, limit: int, actor: str | None, action: str | None, target: str | None
+    ) -> list[tuple[int, AuditRecord]]:
+        conn = self._conn
+        assert conn is not None
+        where, args = ["id > ?"], [after]
+        for column, value in (("actor", actor), ("action", action), ("target", target)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)  # type: ignore[arg-type]
+        sql = (
+            "SELECT id, at, actor, role, action, target, details FROM audit "
+            f"WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        )
+        out = []
+        for row_id, at, who, role, what, on, details in conn.execute(sql, [*args, limit]):
+            doc = msgspec.json.decode(details) if details else None
+            out.append((int(row_id), AuditRecord(at, who, role, what, on, doc)))
+        return out
 
     async def ended_before(self, cutoff: str, limit: int) -> list[str]:
         loop = asyncio.get_running_loop()
@@ -363,3 +438,11 @@ class SQLiteStore(Store):
             conn.execute("ROLLBACK")
             raise
         return below
+
+
+def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Bring a table written by an older release up to date (new columns only)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, definition in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")

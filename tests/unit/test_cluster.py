@@ -118,7 +118,7 @@ def loaded_from(c: Cluster) -> Loaded:
         jobs=[decode(encode(j), Job) for j in c.jobs.values()],
         nodes=[decode(encode(n), Node) for n in c.nodes.values()],
         idempotency=dict(c.idempotency),
-        tokens=list(c.tokens.values()),
+        tokens=list(c.tokens),
         last_index=c.events.last_index,
         log_ends=dict(c.log_ends),
     )

@@ -1,0 +1,67 @@
+"""Who may see and change which jobs: the one place for those rules.
+
+admin   everything, including tokens, drains, groups and the audit log
+read    sees every job, node and event; changes nothing
+submit  submits jobs, and sees and acts on the jobs it submitted (every job when the
+        token was created with ``all_jobs``)
+join    registers agents; node tokens act only for their own node (scheduler.http)
+
+A job that is not the caller's is refused with the same 403 whether or not it exists
+elsewhere, so a submit token cannot probe other people's jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from common.errors import Forbidden
+from common.models import Job
+from scheduler.store.base import TokenRow
+
+NOT_YOURS = "this token may not use that job"
+
+
+def sees_all_jobs(who: TokenRow) -> bool:
+    return who.role in ("admin", "read") or who.all_jobs
+
+
+def may_see(who: TokenRow, job: Job) -> bool:
+    return sees_all_jobs(who) or job.submitted_by == who.name
+
+
+def check_job(who: TokenRow, job: Job | None) -> Job:
+    """The job, if the caller may see it; 403 otherwise (also when it does not exist
+    and the caller could not have seen it anyway)."""
+    if job is None or not may_see(who, job):
+        raise Forbidden(NOT_YOURS)
+    return job
+
+
+def owner_filter(who: TokenRow) -> str | None:
+    """The owner whose jobs a listing is limited to, or None for every job."""
+    return None if sees_all_jobs(who) else who.name
+
+
+#: job ids whose visibility one stream remembers before starting over
+_REMEMBERED = 100_000
+
+
+def job_visibility(
+    who: TokenRow, find: Callable[[str], Job | None]
+) -> Callable[[str], bool] | None:
+    """For an event stream: which job ids' events the caller may see (None: all)."""
+    if sees_all_jobs(who):
+        return None
+    seen: dict[str, bool] = {}
+
+    def visible(job_id: str) -> bool:
+        known = seen.get(job_id)
+        if known is None:
+            job = find(job_id)
+            known = job is not None and job.submitted_by == who.name
+            if len(seen) >= _REMEMBERED:
+                seen.clear()
+            seen[job_id] = known
+        return known
+
+    return visible

@@ -1,0 +1,81 @@
+"""Per-token limits: how fast a token may create jobs, and how many streams it may hold
+open. Pure bookkeeping with an injected clock; the routes turn a refusal into a 429."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from common.errors import TooManyRequests
+
+
+@dataclass(slots=True)
+class _Bucket:
+    level: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` per second, up to ``burst`` at once.
+
+    A request for n jobs takes n from the bucket or nothing at all, so a batch is
+    accepted or refused whole. A rate of 0 means no limit.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str, n: int = 1) -> float:
+        """Take ``n`` for ``key``; 0.0 when allowed, else the seconds until it would be."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(float(self.burst), now)
+        b.level = min(float(self.burst), b.level + (now - b.at) * self.rate)
+        b.at = now
+        if n <= b.level:
+            b.level -= n
+            return 0.0
+        if n > self.burst:
+            # Never possible at once: the caller must split the request.
+            return math.inf
+        return (n - b.level) / self.rate
+
+
+class StreamSlots:
+    """How many long-lived streams (SSE, WebSocket, log follows) each token holds."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._held: dict[str, int] = {}
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    @contextmanager
+    def slot(self, key: str) -> Iterator[None]:
+        if self.per_key > 0 and self.held(key) >= self.per_key:
+            raise TooManyRequests(
+                f"this token already has {self.per_key} streams open; close one first",
+                {"limit": self.per_key},
+                retry_after_s=5,
+            )
+        self._held[key] = self.held(key) + 1
+        try:
+            yield
+        finally:
+            left = self._held[key] - 1
+            if left:
+                self._held[key] = left
+            else:
+                del self._held[key]

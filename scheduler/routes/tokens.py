@@ -1,0 +1,116 @@
+"""Admin routes for tokens (create, list, revoke, rotate the join token) and the audit
+log."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.errors import InvalidRequest
+from common.models import (
+    AuditEntry,
+    AuditPage,
+    JoinToken,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
+)
+from scheduler.http import json_response, query_int, read_body, require_role
+from scheduler.routes import service
+from scheduler.store.base import TokenRow
+
+routes = web.RouteTableDef()
+
+AUDIT_PAGE = 500
+MAX_AUDIT_PAGE = 5000
+
+
+def _info(row: TokenRow) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        all_jobs=row.all_jobs,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
+    )
+
+
+@routes.post("/api/v1/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    who = require_role(request)
+    req = await read_body(request, TokenCreate)
+    svc = service(request)
+    row, secret = svc.cluster.create_token(req.role, req.name, all_jobs=req.all_jobs, by=who)
+    await svc.commit()
+    body = TokenCreated(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        token=secret,
+        all_jobs=row.all_jobs,
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
+    return json_response(body, status=201, headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/api/v1/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    require_role(request)
+    revoked = request.query.get("revoked") in ("1", "true", "yes")
+    rows = service(request).cluster.tokens.listing(revoked=revoked)
+    return json_response(TokenList(tokens=[_info(r) for r in rows]))
+
+
+@routes.delete("/api/v1/tokens/{id}")
+async def revoke_token(request: web.Request) -> web.Response:
+    who = require_role(request)
+    svc = service(request)
+    row = svc.cluster.revoke_token(request.match_info["id"], by=who)
+    await svc.commit()
+    return json_response(_info(row))
+
+
+@routes.post("/api/v1/tokens/join/rotate")
+async def rotate_join(request: web.Request) -> web.Response:
+    who = require_role(request)
+    svc = service(request)
+    secret = svc.cluster.rotate_join_token(by=who)
+    await svc.commit()
+    # Only once the new token is durable: a crash before this leaves the old file,
+    # whose token the restarted scheduler refuses, not a file with an unknown token.
+    svc.write_join_token(secret)
+    row = svc.cluster.authenticate(secret)
+    assert row is not None
+    return json_response(JoinToken(id=row.id, token=secret), headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/api/v1/audit")
+async def audit(request: web.Request) -> web.Response:
+    require_role(request)
+    after = query_int(request, "after", 0) or 0
+    limit = query_int(request, "limit", AUDIT_PAGE, lo=1, hi=MAX_AUDIT_PAGE) or AUDIT_PAGE
+    filters: dict[str, str | None] = {}
+    for name in ("actor", "action", "target"):
+        value = request.query.get(name) or None
+        if value is not None and len(value) > 200:
+            raise InvalidRequest(f"{name} is too long", {"field": name})
+        filters[name] = value
+    rows = await service(request).store.read_audit(
+        after, limit, actor=filters["actor"], action=filters["action"], target=filters["target"]
+    )
+    entries = [
+        AuditEntry(
+            id=i,
+            at=r.at,
+            actor=r.actor,
+            role=r.role,
+            action=r.action,
+            target=r.target,
+            details=r.details,
+        )
+        for i, r in rows
+    ]
+    return json_response(AuditPage(entries=entries, next=entries[-1].id if entries else after))
