@@ -92,3 +92,45 @@ def test_exit_codes_tell_usage_unreachable_and_auth_apart(
     bad.write_text(json.dumps({"image": "busybox", "resources": {"cpu": -1}}))
     refused = berth(sched, "submit", "-f", str(bad))
     assert refused.returncode == 2 and "$.resources.cpu" in refused.stderr
+
+
+async def test_token_commands_and_the_audit_log(sched: SchedulerProcess) -> None:
+    made = berth(sched, "token", "create", "--role", "submit", "--name", "ci-bot")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert len(secret) >= 32 and "created submit token" in made.stderr
+
+    # The new token submits; the token it was made with sees it in the audit log.
+    spec = Path(sched.state_dir.parent / "spec.json")
+    spec.write_text(json.dumps({"name": "from-bot", "image": "busybox", "command": ["true"]}))
+    submitted = berth(sched, "submit", "-f", str(spec), "--json", token=secret)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)[0]["id"]
+    refused = berth(sched, "token", "list", token=secret)
+    assert refused.returncode != 0 and "may not" in refused.stderr
+
+    listing = berth(sched, "token", "list", "--json")
+    names = {t["name"]: t for t in json.loads(listing.stdout)}
+    assert names["ci-bot"]["role"] == "submit" and "token" not in names["ci-bot"]
+    table = berth(sched, "token", "list")
+    assert "ci-bot" in table.stdout and secret not in table.stdout
+
+    rotated = berth(sched, "token", "rotate-join")
+    assert rotated.returncode == 0 and rotated.stdout.strip() == sched.join_token
+
+    revoked = berth(sched, "token", "revoke", "ci-bot")
+    assert revoked.returncode == 0, revoked.stderr
+    after = berth(sched, "jobs", token=secret)
+    assert after.returncode != 0 and "token" in after.stderr
+
+    audit = berth(sched, "audit", "--json")
+    entries = json.loads(audit.stdout)
+    assert [e["action"] for e in entries] == [
+        "token.create",
+        "job.submit",
+        "token.rotate_join",
+        "token.revoke",
+    ]
+    assert entries[1]["actor"] == "ci-bot" and entries[1]["target"] == job_id
+    only = berth(sched, "audit", "--actor", "ci-bot")
+    assert job_id in only.stdout and "token.create" not in only.stdout
