@@ -223,9 +223,18 @@ class DockerExecutor(Executor):
         self._api: Any = self._client.api
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run a blocking Docker call in the executor's thread pool."""
+        """Run a blocking Docker call in the executor's thread pool.
+
+        A dockerd that is down or restarting surfaces from the SDK as the transport's
+        error (requests' ConnectionError, an OSError), not as a DockerException: it
+        is raised as one, so that every caller's handling of Docker failures (wait
+        again, report an infrastructure failure) applies to it too.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except OSError as e:
+            raise docker.errors.DockerException(f"dockerd cannot be reached: {e}") from e
 
     async def check(self) -> str | None:
         try:
