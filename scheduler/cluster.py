@@ -830,18 +830,23 @@ class Cluster:
             self._retry_or_end(job, final, why)
         return job
 
-    def record_checkpoint(self, node_id: str, job_id: str, attempt: int, digest: str) -> Job:
-        """Keep a checkpoint an attempt uploaded, for the job's next attempt.
-
-        Accepted also from an attempt that is no longer current (cancelled, or lost while
-        its agent could still be reached), as long as no later attempt wrote one.
-        """
+    def check_checkpoint(self, node_id: str, job_id: str, attempt: int) -> Job:
+        """The job, if that attempt may write its checkpoint (see record_checkpoint)."""
         node = self.node(node_id)
         job = self.find(job_id)
         if job is None or not _ran_on(job, attempt, node.id):
             raise StaleAttempt(f"attempt {attempt} of job {job_id} did not run on this node")
         if attempt < job.checkpoint_attempt:
             raise StaleAttempt(f"a later attempt of job {job_id} has written a checkpoint")
+        return job
+
+    def record_checkpoint(self, node_id: str, job_id: str, attempt: int, digest: str) -> Job:
+        """Keep a checkpoint an attempt uploaded, for the job's next attempt.
+
+        Accepted also from an attempt that is no longer current (cancelled, or lost while
+        its agent could still be reached), as long as no later attempt wrote one.
+        """
+        self.check_checkpoint(node_id, job_id, attempt)
         live = self.jobs.get(job_id)
         if live is None:
             # An ended job: its checkpoint matters only to a retry, but keep it.
