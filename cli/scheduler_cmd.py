@@ -131,6 +131,13 @@ from scheduler.config import (
     show_default=True,
     help="Event streams, WebSockets and log follows one token may hold open.",
 )
+@click.option(
+    "--webhook-allow-private",
+    envvar="BERTH_WEBHOOK_ALLOW_PRIVATE",
+    show_envvar=True,
+    is_flag=True,
+    help="Let job webhooks call loopback and private addresses (link-local never).",
+)
 @server_tls_options
 @click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
@@ -148,6 +155,7 @@ def scheduler(
     submit_burst: int,
     max_queued_jobs: int,
     max_streams_per_token: int,
+    webhook_allow_private: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
@@ -175,6 +183,7 @@ def scheduler(
         submit_burst=submit_burst,
         max_queued_jobs=max_queued_jobs,
         max_streams_per_token=max_streams_per_token,
+        webhook_allow_private=webhook_allow_private,
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
     )

@@ -39,6 +39,11 @@ def decode(data: bytes | str, type_: type[T]) -> T:
         raise _validation_error(str(e)) from e
     except msgspec.DecodeError as e:
         raise CodecError(f"malformed JSON: {e}", {"field": "$"}) from e
+    except UnicodeDecodeError as e:
+        # msgspec checks UTF-8 inside strings but raises Python's error for it, not its own.
+        raise CodecError(
+            f"malformed JSON: a string is not valid UTF-8 ({e.reason})", {"field": "$"}
+        ) from e
 
 
 def convert(obj: Any, type_: type[T]) -> T:

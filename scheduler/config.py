@@ -77,6 +77,8 @@ class SchedulerConfig:
     submit_burst: int = SUBMIT_BURST
     max_queued_jobs: int = MAX_QUEUED_JOBS
     max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
+    #: whether job webhooks may call loopback and private addresses
+    webhook_allow_private: bool = False
     #: PEM certificate (may hold its chain) and private key: with both, HTTPS only
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -107,7 +107,12 @@ class Service:
         gc.freeze()
         await self._ensure_tokens()
         await self.commit()
-        self.webhooks = WebhookSender(self._webhook_key(), self._record_delivery, self.commit)
+        self.webhooks = WebhookSender(
+            self._webhook_key(),
+            self._record_delivery,
+            self.commit,
+            allow_private=self.config.webhook_allow_private,
+        )
         await self.webhooks.start()
         for job_id in loaded.webhooks_pending:
             pending = self.cluster.find(job_id)

@@ -24,6 +24,8 @@ routes = web.RouteTableDef()
 
 #: largest single log append
 MAX_LOG_APPEND = 4 * 1024 * 1024
+#: bytes read from a log append's body at a time
+LOG_READ_CHUNK = 256 * 1024
 
 
 @routes.post("/api/v1/nodes/register")
@@ -114,9 +116,20 @@ async def append_log(request: web.Request) -> web.Response:
         raise InvalidRequest("attempt is required", {"field": "attempt"})
     if offset is None:
         raise InvalidRequest("offset is required", {"field": "offset"})
+    too_large = PayloadTooLarge(
+        f"a log append may hold at most {MAX_LOG_APPEND} bytes; split it",
+        {"field": "$", "max_bytes": MAX_LOG_APPEND},
+    )
     if request.content_length is not None and request.content_length > MAX_LOG_APPEND:
-        raise PayloadTooLarge("log append too large", {"max_bytes": MAX_LOG_APPEND})
-    data = await request.read()
+        raise too_large
+    # Read from the stream: request.read() would stop at the JSON body limit, which is
+    # smaller than this route's own.
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(LOG_READ_CHUNK):
+        body += chunk
+        if len(body) > MAX_LOG_APPEND:
+            raise too_large
+    data = bytes(body)
     svc = service(request)
     end = svc.cluster.append_log(node_id, request.match_info["job"], attempt, offset, data)
     await svc.commit()

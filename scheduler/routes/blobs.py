@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from common.errors import Forbidden, InvalidRequest, NotFound, StaleAttempt
+from common.errors import Forbidden, InvalidRequest, NotFound
 from scheduler.blobs import BlobStore, Stored, check_digest
 from scheduler.http import json_response, principal, query_int, require_node
 from scheduler.routes import service, visible_job
@@ -94,11 +94,10 @@ async def checkpoint(request: web.Request) -> web.Response:
     if attempt is None:
         raise InvalidRequest("attempt is required", {"field": "attempt"})
     svc = service(request)
-    svc.cluster.node(node_id)
-    if svc.cluster.find(job_id) is None:
-        raise StaleAttempt(f"no job {job_id!r}")
+    # Checked before the body is stored: a refused upload leaves no blob behind.
+    svc.cluster.check_checkpoint(node_id, job_id, attempt)
     stored = await _receive(request)
-    # The real check: the job may have moved on while the body arrived.
+    # Checked again: the job may have moved on while the body arrived.
     svc.cluster.record_checkpoint(node_id, job_id, attempt, stored.digest)
     await svc.commit()
     return json_response({"digest": stored.digest})

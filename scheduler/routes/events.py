@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from aiohttp_sse import sse_response
 
 from common import codec
-from common.errors import BerthError, Gone, InvalidRequest
+from common.errors import BerthError, Gone, InvalidRequest, TooManyRequests
 from scheduler import access
 from scheduler.bus import TOPICS, Subscription
 from scheduler.config import KEEPALIVE_S
@@ -37,6 +37,8 @@ PAGE_LIMIT = 1000
 SEND_TIMEOUT_S = 10.0
 #: a subscriber that overflowed gets this long to read its resync notice
 OVERFLOW_GRACE_S = 1.0
+#: subscriptions one WebSocket may hold (the socket itself counts as one stream)
+MAX_SOCKET_SUBSCRIPTIONS = 64
 
 
 class _Reset(Exception):
@@ -269,6 +271,12 @@ class _Socket:
             raise InvalidRequest("op must be subscribe or unsubscribe", {"field": "$.op"})
 
     async def subscribe(self, sub_id: str, msg: dict[str, object]) -> None:
+        if sub_id not in self.subs and len(self.subs) >= MAX_SOCKET_SUBSCRIPTIONS:
+            raise TooManyRequests(
+                f"a WebSocket may hold {MAX_SOCKET_SUBSCRIPTIONS} subscriptions; "
+                "unsubscribe one first",
+                {"field": "$.id", "limit": MAX_SOCKET_SUBSCRIPTIONS},
+            )
         raw_topics = msg.get("topics", sorted(TOPICS))
         if not isinstance(raw_topics, list) or not set(raw_topics) <= TOPICS or not raw_topics:
             raise InvalidRequest("topics must be among jobs, nodes", {"field": "$.topics"})

@@ -297,3 +297,22 @@ async def test_rate_limit_queue_cap_and_stream_cap(
     else:
         raise AssertionError("the stream slot was not released")
     second.close()
+
+
+async def test_a_websocket_holds_a_bounded_number_of_subscriptions(
+    limited: SchedulerProcess, http: aiohttp.ClientSession
+) -> None:
+    from scheduler.routes.events import MAX_SOCKET_SUBSCRIPTIONS
+
+    headers = {"Authorization": f"Bearer {limited.admin_token}"}
+    async with http.ws_connect(limited.url + "/api/v1/ws", headers=headers) as ws:
+        for i in range(MAX_SOCKET_SUBSCRIPTIONS + 1):
+            await ws.send_json({"op": "subscribe", "id": f"s{i}", "topics": ["nodes"]})
+            reply = await ws.receive_json(timeout=10)
+            if i < MAX_SOCKET_SUBSCRIPTIONS:
+                assert reply["type"] == "subscribed", reply
+        assert reply["type"] == "error"
+        assert reply["error"]["code"] == "too_many_requests"
+        # Resubscribing an id it holds is still fine, and the socket keeps serving.
+        await ws.send_json({"op": "subscribe", "id": "s0", "topics": ["jobs"]})
+        assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
