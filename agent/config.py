@@ -81,6 +81,9 @@ class AgentConfig:
     ca_file: str | None = None
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
     max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
+    #: what jobs may ask beyond the sandbox: privileged, host-network, mount:/path
+    #: (common.policy); nothing by default
+    allow: list[str] = field(default_factory=list)
 
     @property
     def work_dir(self) -> Path:

@@ -46,6 +46,7 @@ from agent.config import (
 )
 from agent.executors.base import AttemptInfo, Execution, Executor
 from agent.link import Delivery, Link
+from agent.policy import NodePolicy
 from agent.runner import Key, Runner, Slots
 from agent.state import AgentState, NodeIdentity
 from agent.workspace import AttemptFiles, Workspaces
@@ -80,6 +81,7 @@ class Agent:
         self.executor = executor
         self.state = AgentState(config.state_dir)
         self.slots = Slots(config.max_parallel)
+        self.policy = NodePolicy(config.allow)
         self.workspaces = Workspaces(
             config.workspaces_dir,
             max_bytes=config.max_archive_bytes,
@@ -214,6 +216,7 @@ class Agent:
             max_parallel=cfg.max_parallel,
             executor="process" if self.executor.kind == "process" else "docker",
             version=__version__,
+            allow=list(self.policy.allow),
         )
 
     async def _register(self) -> None:
@@ -238,11 +241,12 @@ class Agent:
         self._registrations += 1
         self.state.save_identity(NodeIdentity(self.config.name, reply.node_id, reply.node_token))
         log.info(
-            "registered as %s (node %s, %s executor, %d parallel)",
+            "registered as %s (node %s, %s executor, %d parallel, allows %s)",
             self.config.name,
             reply.node_id,
             self.executor.kind,
             self.config.max_parallel,
+            ", ".join(self.policy.allow) or "nothing beyond the sandbox",
         )
 
     async def _registration_loop(self) -> None:
@@ -479,6 +483,7 @@ class Agent:
             stop_grace_s=self.config.stop_grace_s,
             execution=execution,
             files=files,
+            policy=self.policy,
         )
 
     def _spawn(self, runner: Runner) -> None:

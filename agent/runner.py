@@ -1,7 +1,8 @@
 """One attempt's lifecycle on this node: start, follow, stop, report, clean up.
 
-A :class:`Runner` takes a parallel slot, prepares the attempt's workspace (inputs and
-the checkpoint to resume from, see :mod:`agent.workspace`), starts the attempt with
+A :class:`Runner` refuses an attempt the node's policy does not permit (see
+:mod:`agent.policy`), takes a parallel slot, prepares the attempt's workspace (inputs
+and the checkpoint to resume from, see :mod:`agent.workspace`), starts the attempt with
 the executor (or takes over one re-adopted after a restart), ships its output,
 progress and resource use, uploads its checkpoint every ``checkpoint_interval_s`` and
 when it is paused, enforces its timeout (paused time counts, as on the scheduler),
@@ -11,8 +12,9 @@ report (saved in the state dir until the scheduler acknowledges it), frees the s
 and removes the container and the workspace.
 
 Final states: ``completed`` (exit 0), ``failed`` (non-zero exit, out of memory, could
-not start), ``timed_out``, ``cancelled``. A stale attempt (the scheduler answered 409
-``stale_attempt``, or told the agent to cancel it) is killed and its reports dropped.
+not start, refused by node policy), ``timed_out``, ``cancelled``. A stale attempt (the
+scheduler answered 409 ``stale_attempt``, or told the agent to cancel it) is killed and
+its reports dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from agent.executors.base import (
 )
 from agent.link import Delivery, Link
 from agent.logship import LogShipper
+from agent.policy import NodePolicy
 from agent.progress import LineSplitter, last_progress
 from agent.state import AgentState
 from agent.usage import UsageTracker
@@ -129,6 +132,7 @@ class Runner:
         execution: Execution | None = None,
         files: AttemptFiles | None = None,
         clock: Callable[[], float] = time.time,
+        policy: NodePolicy | None = None,
     ) -> None:
         self.info = info
         self.spec = spec
@@ -141,6 +145,7 @@ class Runner:
         self._slots = slots
         self._grace = stop_grace_s
         self._clock = clock
+        self._policy = policy or NodePolicy()
         self._stop = asyncio.Event()
         self._stopped_as: Literal["cancelled", "timed_out"] | None = None
         self._reason = ""
@@ -240,6 +245,13 @@ class Runner:
     async def _run(self) -> None:
         job, attempt = self.key
         if self.execution is None:
+            assert self.spec is not None
+            refused = self._policy.refusal(self.spec)
+            if refused is not None:
+                # Before a slot, a workspace or a container: nothing is made for it.
+                log.warning("attempt %d of %s: %s", attempt, job, refused)
+                await self._end_unstarted(Report(attempt, "failed", error=refused))
+                return
             acquired = await self._acquire_slot()
             self._holds_slot = True
             if not acquired:

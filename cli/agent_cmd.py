@@ -2,7 +2,8 @@
 
 Every flag also reads an environment variable ``BERTH_AGENT_<FLAG>`` (for example
 ``BERTH_AGENT_SCHEDULER``, ``BERTH_AGENT_JOIN_TOKEN_FILE``, ``BERTH_AGENT_MAX_PARALLEL``);
-a repeated flag (``--label``) takes a space-separated list from its variable.
+a repeated flag (``--label``) takes a space-separated list from its variable, except
+``--allow``, which takes a comma-separated one (also from ``BERTH_ALLOW``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import cast
 import click
 
 from agent.config import (
+    DEFAULT_PIDS_LIMIT,
     DEFAULT_PULL_TIMEOUT_S,
     DEFAULT_STATE_DIR,
     DEFAULT_STOP_GRACE_S,
@@ -24,6 +26,7 @@ from agent.config import (
     PullPolicy,
     default_max_parallel,
 )
+from cli.allow import allow_list, allow_option
 from cli.tls import CA_FILE_HELP
 from common.tls import TLSSetupError, client_context
 
@@ -136,6 +139,15 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
     show_envvar=True,
     help=CA_FILE_HELP,
 )
+@allow_option
+@click.option(
+    "--pids-limit",
+    type=click.IntRange(16, 1_000_000),
+    default=DEFAULT_PIDS_LIMIT,
+    show_default=True,
+    show_envvar=True,
+    help="Most processes (threads included) in one job's container.",
+)
 @click.option("--log-level", default="info", show_default=True, show_envvar=True)
 def agent(
     schedulers: str,
@@ -151,6 +163,8 @@ def agent(
     pull_timeout: float,
     stop_grace: float,
     ca_file: str | None,
+    allow: tuple[str, ...],
+    pids_limit: int,
     log_level: str,
 ) -> None:
     """Run the agent daemon: register with the scheduler and run the jobs it assigns.
@@ -188,6 +202,8 @@ def agent(
         pull_timeout_s=pull_timeout,
         stop_grace_s=stop_grace,
         ca_file=ca_file,
+        allow=allow_list(allow),
+        pids_limit=pids_limit,
     )
     if name:
         config.name = name

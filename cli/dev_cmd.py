@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cli.allow import allow_list, allow_option
 from cli.tls import server_tls_options, tls_pair
 from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR
 
@@ -76,12 +77,14 @@ def _stop(proc: subprocess.Popen[bytes], *, twice: bool = False) -> None:
     help="auto = docker when dockerd answers, else local processes (not a sandbox).",
 )
 @click.option("--max-parallel", type=click.IntRange(1, 1024), default=None)
+@allow_option
 @server_tls_options
 def dev(
     state_dir: Path,
     listen: str,
     executor: str,
     max_parallel: int | None,
+    allow: tuple[str, ...],
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
@@ -121,6 +124,9 @@ def dev(
         ]
         if max_parallel is not None:
             agent_args += ["--max-parallel", str(max_parallel)]
+        # The local agent allows nothing beyond the sandbox unless told here.
+        for item in allow_list(allow):
+            agent_args += ["--allow", item]
         if tls:
             agent_args += ["--ca-file", str(tls[0])]
         agent = subprocess.Popen(_daemon(*agent_args), start_new_session=True)

@@ -8,6 +8,7 @@ garbage collector keeps both memory per job and collection pauses small.
 
 from __future__ import annotations
 
+import posixpath
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,20 @@ Percent = Annotated[float, Meta(ge=0, le=100)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 JobId = Annotated[str, Meta(min_length=1, max_length=64)]
 EnvName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: a user of the image: a name or uid, optionally with ":group" ("1000", "1000:1000", "app")
+UserSpec = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(:[A-Za-z0-9_][A-Za-z0-9_.\-]*)?$",
+    ),
+]
+PathText = Annotated[str, Meta(min_length=1, max_length=4096)]
+#: one entry of an agent's allow-list (see common.policy)
+AllowItem = Annotated[str, Meta(max_length=4102, pattern=r"^(privileged|host-network|mount:/.*)$")]
+#: container paths a job's mount may not take: / and Berth's own mounts
+RESERVED_MOUNT_TARGETS = frozenset({"/", "/workspace", "/checkpoint"})
 
 
 class Resources(Struct, forbid_unknown_fields=True, gc=False):
@@ -64,6 +79,26 @@ class Constraints(Struct, forbid_unknown_fields=True, gc=False):
     labels: Labels = field(default_factory=dict)
 
 
+class Mount(Struct, forbid_unknown_fields=True, gc=False):
+    """A host path shown in the container; runs only on nodes whose allow-list covers
+    its source (``berth agent --allow mount:/srv/data``)."""
+
+    #: absolute path on the node
+    source: PathText
+    #: absolute path in the container
+    target: PathText
+    read_only: bool = True
+
+    def __post_init__(self) -> None:
+        # Raised as a validation error at this mount's path ($.mounts[i]).
+        for name, path in (("source", self.source), ("target", self.target)):
+            if not path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+                raise ValueError(f"{name} must be an absolute path without '..' (got {path!r})")
+        if posixpath.normpath(self.target) in RESERVED_MOUNT_TARGETS:
+            taken = ", ".join(sorted(RESERVED_MOUNT_TARGETS))
+            raise ValueError(f"target may not be one of {taken} (got {self.target!r})")
+
+
 class Webhook(Struct, forbid_unknown_fields=True, gc=False):
     """Where to POST (HMAC-signed) when the job ends."""
 
@@ -84,7 +119,17 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     max_retries: Annotated[int, Meta(ge=0, le=MAX_RETRIES)] = 0
     priority: Priority = 50
     constraints: Constraints = field(default_factory=Constraints)
-    network: Literal["none", "bridge"] = "none"
+    #: "host" runs only on nodes that allow it (``--allow host-network``)
+    network: Literal["none", "bridge", "host"] = "none"
+    #: run as this user of the image (a name or uid, optionally ":group")
+    user: UserSpec | None = None
+    #: read-only root filesystem; /workspace, /checkpoint and a /tmp tmpfs stay writable
+    read_only: bool = False
+    #: a privileged container; runs only on nodes that allow it (``--allow privileged``)
+    privileged: bool = False
+    #: host paths to mount; each runs only on nodes that allow its source
+    # A tuple: the empty one is shared by every job.
+    mounts: Annotated[tuple[Mount, ...], Meta(max_length=64)] = ()
     #: sha256 of an input archive stored on the scheduler (POST /api/v1/blobs)
     inputs: Digest | None = None
     labels: Labels = field(default_factory=dict)
@@ -227,6 +272,8 @@ class Node(Struct, gc=False):
     executor: str = "docker"
     version: str = ""
     index: int = 0
+    #: what the agent permits beyond the default sandbox (see common.policy)
+    allow: list[str] = field(default_factory=list)
 
 
 # --- requests and replies of the agent protocol ---------------------------------------
@@ -241,6 +288,8 @@ class RegisterRequest(Struct, forbid_unknown_fields=True):
     max_parallel: Annotated[int, Meta(ge=1, le=MAX_PARALLEL)] = 1
     executor: Literal["docker", "process"] = "docker"
     version: Annotated[str, Meta(max_length=64)] = ""
+    #: the agent's allow-list: privileged, host-network, mount:/path (common.policy)
+    allow: Annotated[list[AllowItem], Meta(max_length=256)] = field(default_factory=list)
 
 
 class RegisterReply(Struct):
@@ -403,28 +452,6 @@ class Stats(Struct):
     index: int
 
 
-def schema_components() -> dict[str, object]:
-    """JSON schema of every public model, for the OpenAPI document."""
-    _, components = msgspec.json.schema_components(
-        [
-            JobSpec,
-            Job,
-            Node,
-            RegisterRequest,
-            HeartbeatRequest,
-            Report,
-            DrainRequest,
-            Stats,
-            TokenCreate,
-            TokenInfo,
-            TokenCreated,
-            TokenList,
-            JoinToken,
-            AuditPage,
-        ],
-        ref_template="#/components/schemas/{name}",
-    )
-    return dict(components)
 class TokenCreate(Struct, forbid_unknown_fields=True):
     """A new person's token. ``all_jobs`` lets a submit token see and act on every job."""
 
@@ -486,3 +513,25 @@ class AuditPage(Struct):
     next: int
 
 
+def schema_components() -> dict[str, object]:
+    """JSON schema of every public model, for the OpenAPI document."""
+    _, components = msgspec.json.schema_components(
+        [
+            JobSpec,
+            Job,
+            Node,
+            RegisterRequest,
+            HeartbeatRequest,
+            Report,
+            DrainRequest,
+            Stats,
+            TokenCreate,
+            TokenInfo,
+            TokenCreated,
+            TokenList,
+            JoinToken,
+            AuditPage,
+        ],
+        ref_template="#/components/schemas/{name}",
+    )
+    return dict(components)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from common import policy
 from common.codec import to_builtins
 from common.errors import (
     Conflict,
@@ -144,10 +145,10 @@ class Cluster:
         self.archive = JobArchive()
         #: every job id, in submission order (ids sort by submission)
         self.ids: list[str] = []
-        #: queued jobs by id, with their placement request (built once per enqueue)
         #: owner -> ids of the jobs it submitted, oldest first; built when first asked
         #: for (only submit tokens list by owner), then kept up to date
         self._owned: dict[str, list[str]] | None = None
+        #: queued jobs by id, with their placement request (built once per enqueue)
         self.queue: dict[str, placement.JobRequest] = {}
         self.nodes: dict[str, Node] = {}
         self.node_by_name: dict[str, str] = {}
@@ -279,10 +280,60 @@ class Cluster:
         )
         self.tokens.put(row)
         self.changes.tokens.append(row)
-
         return row
+
     def authenticate(self, token: str) -> TokenRow | None:
-        return self.tokens.get(token_digest(token))
+        return self.tokens.authenticate(token)
+
+    def create_token(
+        self, role: str, name: str, *, all_jobs: bool, by: TokenRow
+    ) -> tuple[TokenRow, str]:
+        """A new person's token; the secret is returned once and never stored."""
+        self.tokens.check_new(role, name)
+        if all_jobs and role != "submit":
+            raise InvalidRequest("all_jobs applies to submit tokens only", {"field": "$.all_jobs"})
+        secret = new_secret()
+        row = self.add_token(secret, role, name, all_jobs=all_jobs, by=by.name)
+        self.audit(by, "token.create", row.id, {"name": name, "role": role, "all_jobs": all_jobs})
+        return row, secret
+
+    def revoke_token(self, token_id: str, *, by: TokenRow) -> TokenRow:
+        row = self.tokens.find(token_id)
+        if row.role == "admin" and row.revoked_at is None:
+            admins = [r for r in self.tokens if r.role == "admin" and r.revoked_at is None]
+            if len(admins) == 1:
+                raise Conflict("this is the last admin token; create another one first")
+        revoked = self.tokens.revoke(row, self._stamp())
+        self.changes.tokens.append(revoked)
+        self.audit(by, "token.revoke", row.id, {"name": row.name, "role": row.role})
+        return revoked
+
+    def rotate_join_token(self, *, by: TokenRow) -> str:
+        """A new join token; the old one stops working (registered nodes keep theirs)."""
+        now = self._stamp()
+        for row in list(self.tokens):
+            if row.role == JOIN and row.revoked_at is None:
+                self.changes.tokens.append(self.tokens.revoke(row, now))
+        secret = new_secret()
+        row = self.add_token(secret, JOIN, JOIN, by=by.name)
+        self.audit(by, "token.rotate_join", row.id)
+        return secret
+
+    def audit(
+        self,
+        who: TokenRow,
+        action: str,
+        target: str | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record who did what, in the same commit as the change itself."""
+        self.changes.audit.append(
+            AuditRecord(self._stamp(), who.name, who.role, action, target, details)
+        )
+
+    def _stamp(self) -> str:
+        # The form msgspec writes timestamps in, so stored strings sort in time order.
+        return _dt(self.clock()).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     # --- jobs: the one place where a job changes state -----------------------------------
 
@@ -336,6 +387,7 @@ class Cluster:
             seq=int(job.id, 16),
             constraints=job.spec.constraints.labels,
             avoid=frozenset(job.failed_nodes),
+            needs=policy.needs(job.spec),
         )
 
     def _release(self, job: Job, *, hold: bool) -> None:
@@ -399,6 +451,8 @@ class Cluster:
         self._count_inputs(job)
         self.jobs[job.id] = job
         self.ids.append(job.id)
+        if self._owned is not None:
+            self._owned.setdefault(submitted_by, []).append(job.id)
         self.counts[JobState.QUEUED] += 1
         self._enqueue(job)
         if idempotency_key is not None:
@@ -409,7 +463,8 @@ class Cluster:
         return job, True
 
     def check_spec(self, spec: JobSpec) -> None:
-        """What a spec's own validation cannot know: the jobs it depends on exist.
+        """What a spec's own validation cannot know: the jobs it depends on exist; and
+        what spans several of its items: no two mounts share a target.
 
         A job may depend only on jobs that exist when it is submitted, so the
         dependency graph never has a cycle.
@@ -419,6 +474,15 @@ class Cluster:
                 raise InvalidRequest(
                     f"depends_on names no job {dep!r}", {"field": f"$.depends_on[{i}]"}
                 )
+        targets: set[str] = set()
+        for i, mount in enumerate(spec.mounts):
+            target = policy.clean_path(mount.target)
+            if target in targets:
+                raise InvalidRequest(
+                    f"mounts[{i}]: another mount already has the target {target}",
+                    {"field": f"$.mounts[{i}].target"},
+                )
+            targets.add(target)
 
     def set_group_limit(self, group: str, max_concurrent: int) -> None:
         self.group_limits[group] = max_concurrent
@@ -451,8 +515,6 @@ class Cluster:
     def job(self, job_id: str) -> Job:
         job = self.find(job_id)
         if job is None:
-        if self._owned is not None:
-            self._owned.setdefault(submitted_by, []).append(job.id)
             raise NotFound(f"no job {job_id!r}", {"field": "id"})
         return job
 
@@ -542,6 +604,17 @@ class Cluster:
                 if ended is not None:
                     yield ended
 
+    def _ids_of(self, owner: str) -> list[str]:
+        if self._owned is None:
+            owned: dict[str, list[str]] = {}
+            for job_id in self.ids:
+                job = self.find(job_id)
+                if job is not None and job.submitted_by is not None:
+                    owned.setdefault(job.submitted_by, []).append(job_id)
+            self._owned = owned
+        # Ids of deleted jobs may linger here; iter_jobs skips what it cannot find.
+        return self._owned.get(owner, [])
+
     # --- nodes -----------------------------------------------------------------------
 
     def node(self, node_id: str) -> Node:
@@ -580,6 +653,7 @@ class Cluster:
         node.max_parallel = req.max_parallel
         node.executor = req.executor
         node.version = req.version
+        node.allow = list(req.allow)
         node.last_heartbeat_at = _dt(now)
         node.executor_error = None
         if node.draining and node.drain_reason == AGENT_SHUTTING_DOWN:
@@ -603,17 +677,6 @@ class Cluster:
 
         ``offline_reason``: False keeps the node's offline status as it is, None clears
         it (the node was heard from), a string declares it offline.
-    def _ids_of(self, owner: str) -> list[str]:
-        if self._owned is None:
-            owned: dict[str, list[str]] = {}
-            for job_id in self.ids:
-                job = self.find(job_id)
-                if job is not None and job.submitted_by is not None:
-                    owned.setdefault(job.submitted_by, []).append(job_id)
-            self._owned = owned
-        # Ids of deleted jobs may linger here; iter_jobs skips what it cannot find.
-        return self._owned.get(owner, [])
-
         """
         self._views.pop(node.id, None)
         now = self.clock()
@@ -653,7 +716,6 @@ class Cluster:
         node = self.node(node_id)
         self._set_draining(node, drain, reason or None)
         return node
-        node.allow = list(req.allow)
 
     def _set_draining(self, node: Node, drain: bool, reason: str | None) -> None:
         node.draining = drain
@@ -952,6 +1014,7 @@ class Cluster:
             if node.metrics and node.metrics.ram_total_mb
             else None,
             cpu_percent=node.metrics.cpu_percent if node.metrics else 0.0,
+            allows=tuple(node.allow),
         )
 
     def _cached_view(self, node: Node) -> placement.NodeView:
@@ -1014,7 +1077,6 @@ class Cluster:
     def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
         """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""
         job = self.jobs.get(job_id)
-            allows=tuple(node.allow),
         if job is None:
             job = self.archive.pop(job_id)
             if job is None:

@@ -5,7 +5,8 @@ caller's objects are never mutated. One pass is a short pipeline, after Nomad's
 ``scheduler/feasible`` stack (``stack.go``, ``select.go``, ``rank.go``):
 
     order jobs (priority, then FIFO)
-      -> filter: available nodes with a free slot and matching labels  (_Candidates)
+      -> filter: available nodes with a free slot, matching labels and an allow-list
+                 that covers what the job needs  (_Candidates)
       -> limit:  from a random offset, score only the first few feasible nodes  (_select)
       -> score:  Nomad's fit score minus penalties  (score_binpack / score_spread)
       -> pick:   the highest score, ties broken with the caller's rng  (_select)
@@ -24,6 +25,8 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from common.policy import permits_all, waiting_reason
 
 Strategy = Literal["binpack", "spread"]
 
@@ -79,6 +82,8 @@ class NodeView:
     live_free_memory_mb: int | None = None
     #: live CPU load 0-100; heavily loaded nodes rank lower
     cpu_percent: float = 0.0
+    #: what the node's agent permits beyond the sandbox (common.policy)
+    allows: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -97,6 +102,8 @@ class JobRequest:
     constraints: Mapping[str, str] = field(default_factory=dict)
     #: nodes where this job failed before: penalised, not excluded
     avoid: frozenset[str] = frozenset()
+    #: permissions the job needs from its node (common.policy.needs); empty for most
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -132,6 +139,11 @@ def _matches(labels: Mapping[str, str], constraints: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in constraints.items())
 
 
+def _allows(allows: tuple[str, ...], needs: tuple[str, ...]) -> bool:
+    """The node's allow-list covers what the job needs (privileged, host network, mounts)."""
+    return not needs or permits_all(allows, needs)
+
+
 def _fit_memory(node: NodeView) -> int:
     """Memory a job may take: the allocation view, capped by live free RAM when known."""
     live = node.live_free_memory_mb
@@ -148,6 +160,7 @@ def fits(node: NodeView, job: JobRequest, now: float) -> bool:
         and _fit_memory(node) >= job.memory_mb
         and node.free_gpus >= job.gpus
         and _matches(node.labels, job.constraints)
+        and _allows(node.allows, job.needs)
     )
 
 
@@ -320,24 +333,40 @@ class _CandidateList:
 
 
 ConstraintKey = tuple[tuple[str, str], ...]
+#: what a job's static filter depends on: its constraint labels and the permissions it needs
+FilterKey = tuple[ConstraintKey, tuple[str, ...]]
+_NO_FILTER: FilterKey = ((), ())
 
 
-def _constraint_key(job: JobRequest) -> ConstraintKey:
-    return tuple(sorted(job.constraints.items())) if job.constraints else ()
+def _filter_key(job: JobRequest) -> FilterKey:
+    if not job.constraints and not job.needs:
+        return _NO_FILTER
+    return (tuple(sorted(job.constraints.items())) if job.constraints else (), job.needs)
 
 
 class _Candidates:
-    """Filter stage: available nodes with a free slot whose labels match the constraints.
+    """Filter stage: available nodes with a free slot whose labels match the constraints
+    and whose allow-list covers what the job needs.
 
-    Availability and labels do not change within a pass and free slots only shrink, so a
-    list is built once per (constraints, needs GPUs); nodes that fill up are dropped from
-    it now and then. Labels are matched through an index from each (label, value) to the
-    available nodes carrying it: a node matches when it is in the index entry of every
-    constraint, which is ``_matches`` without a pass over every node for every distinct
-    set of constraints.
+    Availability, labels and allow-lists do not change within a pass and free slots only
+    shrink, so a list is built once per (filter key, needs GPUs); nodes that fill up are
+    dropped from it now and then. Labels are matched through an index from each (label,
+    value) to the available nodes carrying it: a node matches when it is in the index
+    entry of every constraint, which is ``_matches`` without a pass over every node for
+    every distinct set of constraints. The few jobs that need permissions filter the
+    label matches once more with ``_allows``.
     """
 
-    __slots__ = ("_available", "_by_label", "_cluster", "_labels", "_lists", "_matching", "_rng")
+    __slots__ = (
+        "_allows",
+        "_available",
+        "_by_label",
+        "_cluster",
+        "_labels",
+        "_lists",
+        "_matching",
+        "_rng",
+    )
 
     def __init__(
         self, nodes: Sequence[NodeView], now: float, cluster: _Cluster, rng: random.Random
@@ -345,16 +374,17 @@ class _Candidates:
         self._cluster = cluster
         self._rng = rng
         self._labels = [node.labels for node in nodes]
+        self._allows = [node.allows for node in nodes]
         self._available = [i for i, node in enumerate(nodes) if _is_available(node, now)]
         self._by_label: dict[tuple[str, str], list[int]] | None = None
-        self._matching: dict[ConstraintKey, list[int]] = {(): self._available}
-        self._lists: dict[tuple[ConstraintKey, bool], _CandidateList] = {}
+        self._matching: dict[FilterKey, list[int]] = {_NO_FILTER: self._available}
+        self._lists: dict[tuple[FilterKey, bool], _CandidateList] = {}
 
     @property
     def any_available(self) -> bool:
         return bool(self._available)
 
-    def get(self, key: ConstraintKey, needs_gpus: bool) -> _CandidateList:
+    def get(self, key: FilterKey, needs_gpus: bool) -> _CandidateList:
         cands = self._lists.get((key, needs_gpus))
         cluster = self._cluster
         if cands is None:
@@ -368,17 +398,24 @@ class _Candidates:
             cands = self._lists[(key, needs_gpus)] = cands.compacted(cluster)
         return cands
 
-    def matches_any(self, key: ConstraintKey) -> bool:
-        """Whether any available node carries the constraint labels (whatever its capacity)."""
+    def matches_any(self, key: FilterKey) -> bool:
+        """Whether any available node passes the filter (whatever its capacity)."""
         return bool(self._matching_nodes(key))
 
-    def _matching_nodes(self, key: ConstraintKey) -> list[int]:
+    def _matching_nodes(self, key: FilterKey) -> list[int]:
         matching = self._matching.get(key)
         if matching is None:
-            by_label = self._label_index()
-            carriers = sorted((by_label.get(item, []) for item in key), key=len)
-            others = [set(nodes) for nodes in carriers[1:]]
-            matching = [i for i in carriers[0] if all(i in other for other in others)]
+            labels, needs = key
+            if needs:
+                allows = self._allows
+                matching = [
+                    i for i in self._matching_nodes((labels, ())) if _allows(allows[i], needs)
+                ]
+            else:
+                by_label = self._label_index()
+                carriers = sorted((by_label.get(item, []) for item in labels), key=len)
+                others = [set(nodes) for nodes in carriers[1:]]
+                matching = [i for i in carriers[0] if all(i in other for other in others)]
             self._matching[key] = matching
         return matching
 
@@ -402,9 +439,9 @@ class _FailedShapes:
     __slots__ = ("_shapes",)
 
     def __init__(self) -> None:
-        self._shapes: dict[ConstraintKey, list[tuple[float, int, int]]] = {}
+        self._shapes: dict[FilterKey, list[tuple[float, int, int]]] = {}
 
-    def covers(self, key: ConstraintKey, cpu: float, memory: int, gpus: int) -> bool:
+    def covers(self, key: FilterKey, cpu: float, memory: int, gpus: int) -> bool:
         shapes = self._shapes.get(key)
         if shapes:
             for f_cpu, f_memory, f_gpus in shapes:
@@ -412,7 +449,7 @@ class _FailedShapes:
                     return True
         return False
 
-    def add(self, key: ConstraintKey, cpu: float, memory: int, gpus: int) -> None:
+    def add(self, key: FilterKey, cpu: float, memory: int, gpus: int) -> None:
         shapes = self._shapes.setdefault(key, [])
         if len(shapes) >= MAX_FAILED_SHAPES:
             return
@@ -491,12 +528,15 @@ def _select(
     return None if pick < 0 else (pick, best)
 
 
-def _reason(candidates: _Candidates, key: ConstraintKey) -> str:
-    """Why a job with these constraints that fits nowhere was not placed."""
+def _reason(candidates: _Candidates, key: FilterKey) -> str:
+    """Why a job with this filter key that fits nowhere was not placed."""
     if not candidates.any_available:
         return REASON_NO_ELIGIBLE
-    if not candidates.matches_any(key):
+    labels, needs = key
+    if not candidates.matches_any((labels, ())):
         return REASON_NO_MATCH
+    if needs and not candidates.matches_any(key):
+        return waiting_reason(needs)
     return REASON_NO_FIT
 
 
@@ -538,7 +578,7 @@ def place(
     ids = cluster.ids
 
     for job in queue:
-        key = _constraint_key(job)
+        key = _filter_key(job)
         cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
         if failed.covers(key, cpu, memory, gpus):
             unplaced[job.id] = _reason(candidates, key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from common.policy import permits_all
 from common.states import TERMINAL, JobState
 from scheduler import placement
 
@@ -65,8 +66,8 @@ def hold_candidate(
 ) -> str | None:
     """The node a starving job holds: one that could take it once its jobs end.
 
-    Among the nodes that take jobs, match the job's labels and are big enough in total,
-    the one with the most free room now, so the hold is likely short.
+    Among the nodes that take jobs, match the job's labels, allow what it needs and are
+    big enough in total, the one with the most free room now, so the hold is likely short.
     """
     best: tuple[float, str] | None = None
     for n in nodes:
@@ -75,6 +76,8 @@ def hold_candidate(
         if n.cooldown_until is not None and n.cooldown_until > now:
             continue
         if any(n.labels.get(k) != v for k, v in job.constraints.items()):
+            continue
+        if job.needs and not permits_all(n.allows, job.needs):
             continue
         if n.total_cpu + 1e-9 < job.cpu or n.total_memory_mb < job.memory_mb:
             continue

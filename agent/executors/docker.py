@@ -13,6 +13,12 @@ the host, never the docker socket), and the labels ``berth.job``, ``berth.attemp
 ``berth.node`` (plus its timeout, memory limit and checkpoint interval, so a restarted
 agent can re-adopt it). Resource use is sampled with ``docker stats``.
 
+A job may also ask for its image's ``user``, a ``read_only`` root filesystem (then a
+small tmpfs at /tmp stays writable, as do /workspace and /checkpoint), and, on nodes
+whose allow-list permits them (checked by :mod:`agent.policy` before this module sees
+the job), ``privileged`` mode, the host's network and host ``mounts``. A mount binds
+the source with its links resolved, so it shows what the policy checked.
+
 Parameters of :class:`DockerExecutor` and their defaults (``agent.config``):
 
 - ``pull_policy``: ``if-not-present`` (default), ``always`` or ``never``.
@@ -26,15 +32,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 from docker.utils import parse_repository_tag
 
 from agent.config import DEFAULT_PIDS_LIMIT, DEFAULT_PULL_TIMEOUT_S, PullPolicy
@@ -47,6 +55,7 @@ from agent.executors.base import (
     StartError,
     UsageSample,
 )
+from agent.policy import host_path
 from common.models import JobSpec
 
 log = logging.getLogger("berth.agent.docker")
@@ -63,6 +72,9 @@ LABEL_CHECKPOINT = "berth.checkpoint_interval_s"
 #: where the workspace and checkpoint directories appear in a container
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_CHECKPOINT = "/checkpoint"
+#: size of the writable /tmp of a container with a read-only root filesystem
+READ_ONLY_TMP = "/tmp"
+READ_ONLY_TMP_OPTIONS = "rw,nosuid,nodev,size=64m"
 #: seconds for one Docker API call (pulls and waits have their own bounds)
 API_TIMEOUT_S = 60.0
 #: the API version assumed when dockerd does not answer at start (Docker 20.10+)
@@ -80,6 +92,8 @@ _JOB_START_ERRORS = (
     "permission denied",
     "not a directory",
 )
+#: the job's ``network`` -> docker's network mode
+_NETWORK_MODES = {"none": "none", "bridge": "bridge", "host": "host"}
 
 
 def container_name(job_id: str, attempt: int) -> str:
@@ -92,9 +106,11 @@ def container_options(
     *,
     pids_limit: int = DEFAULT_PIDS_LIMIT,
     mounts: Mounts | None = None,
+    sources: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of the API's ``create_container`` for one attempt (pure);
-    ``host_config`` holds those of ``create_host_config``."""
+    ``host_config`` holds those of ``create_host_config``. ``sources`` are the host
+    paths of the job's mounts with links resolved (by default as the job wrote them)."""
     command: list[str] | None
     if spec.command is None:
         command = None
@@ -131,14 +147,31 @@ def container_options(
             "memswap_limit": memory,
             "pids_limit": pids_limit,
             "security_opt": ["no-new-privileges"],
-            "cap_drop": ["ALL"],
-            "network_mode": "bridge" if spec.network == "bridge" else "none",
+            "network_mode": _NETWORK_MODES[spec.network],
         },
     }
+    host = opts["host_config"]
+    if spec.privileged:
+        # Every capability and the host's devices: what the node's policy allowed.
+        host["privileged"] = True
+    else:
+        host["cap_drop"] = ["ALL"]
+    if spec.user is not None:
+        opts["user"] = spec.user
+    if spec.read_only:
+        host["read_only"] = True
+        if not any(m.target.rstrip("/") == READ_ONLY_TMP for m in spec.mounts):
+            host["tmpfs"] = {READ_ONLY_TMP: READ_ONLY_TMP_OPTIONS}
+    if spec.mounts:
+        paths = [m.source for m in spec.mounts] if sources is None else sources
+        host["mounts"] = [
+            docker.types.Mount(target=m.target, source=src, type="bind", read_only=m.read_only)
+            for m, src in zip(spec.mounts, paths, strict=True)
+        ]
     if spec.checkpoint_interval_s is not None:
         opts["labels"][LABEL_CHECKPOINT] = repr(float(spec.checkpoint_interval_s))
     if mounts is not None:
-        opts["host_config"]["binds"] = {
+        host["binds"] = {
             str(mounts.workspace.absolute()): {"bind": CONTAINER_WORKSPACE, "mode": "rw"},
             str(mounts.checkpoint.absolute()): {"bind": CONTAINER_CHECKPOINT, "mode": "rw"},
         }
@@ -254,7 +287,10 @@ class DockerExecutor(Executor):
     async def start(
         self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
     ) -> DockerExecution:
-        opts = container_options(info, spec, pids_limit=self.pids_limit, mounts=mounts)
+        sources = await asyncio.to_thread(_mount_sources, spec)
+        opts = container_options(
+            info, spec, pids_limit=self.pids_limit, mounts=mounts, sources=sources
+        )
         if self.pull_policy == "always":
             await self._pull(spec.image)
         container_id = await self._create(opts)
@@ -575,6 +611,20 @@ class _Pipe:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+
+
+def _mount_sources(spec: JobSpec) -> list[str]:
+    """The job's mount sources with links resolved (blocking); a missing one is the
+    job's fault (dockerd would report it as its own failure)."""
+    out = []
+    for mount in spec.mounts:
+        source = host_path(mount.source)
+        if not os.path.exists(source):
+            raise StartError(
+                f"mount source {mount.source} does not exist on this node", infra=False
+            )
+        out.append(source)
+    return out
 
 
 def _explain(e: Exception) -> str:

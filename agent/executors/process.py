@@ -9,6 +9,10 @@ its resource use is the sum over the group (psutil). Stdout and stderr are one s
 The attempt's workspace is its working directory (unless the job names one) and
 ``$BERTH_WORKSPACE``; its checkpoint directory is ``$BERTH_CHECKPOINT``.
 
+It cannot honour what only a container gives: a job that asks for a read-only root
+filesystem, another ``user``, host ``mounts`` or ``privileged`` mode is refused (it
+fails, saying so) rather than run without what it asked for.
+
 A process cannot be re-attached after the agent restarts: leftovers recorded in the
 state dir are killed on start and reported as lost (an infrastructure failure).
 """
@@ -52,6 +56,26 @@ OUTPUT_DRAIN_S = 2.0
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
+def unsupported(spec: JobSpec) -> str | None:
+    """Why this executor refuses a job that asks for container isolation, or None."""
+    asked = [
+        what
+        for wanted, what in (
+            (spec.read_only, "read_only"),
+            (spec.user is not None, "user"),
+            (bool(spec.mounts), "mounts"),
+            (spec.privileged, "privileged"),
+        )
+        if wanted
+    ]
+    if not asked:
+        return None
+    return (
+        f"the process executor cannot honour {', '.join(asked)}: it runs jobs as local "
+        "processes, not containers (run this job on a node with the docker executor)"
+    )
+
+
 def command_argv(spec: JobSpec) -> list[str]:
     """Exec form for a list, ``sh -c`` for a string."""
     if spec.command is None:
@@ -83,6 +107,9 @@ class ProcessExecutor(Executor):
     async def start(
         self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
     ) -> ProcessExecution:
+        refused = unsupported(spec)
+        if refused is not None:
+            raise StartError(refused, infra=False)
         argv = command_argv(spec)
         scratch = self.work_dir / f"{info.job_id}-{info.attempt}"
         scratch.mkdir(parents=True, exist_ok=True)

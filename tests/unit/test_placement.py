@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.policy import permits_all, waiting_reason
 from scheduler.placement import (
     AVOID_PENALTY,
     REASON_NO_ELIGIBLE,
@@ -24,6 +25,7 @@ from scheduler.placement import (
     score_binpack,
     score_spread,
 )
+from scheduler.queue import hold_candidate
 
 NOW = 1_700_000_000.0
 
@@ -134,6 +136,31 @@ def test_constraints_must_match_node_labels() -> None:
     assert not fits(labelled, job(constraints={"gpu": "nvidia"}), NOW)
 
 
+def test_a_job_needing_a_permission_fits_only_where_the_allow_list_grants_it() -> None:
+    privileged = job(needs=("privileged",))
+    assert not fits(node(), privileged, NOW)
+    assert not fits(node(allows=("host-network",)), privileged, NOW)
+    assert fits(node(allows=("host-network", "privileged")), privileged, NOW)
+    both = job(needs=("privileged", "host-network"))
+    assert not fits(node(allows=("privileged",)), both, NOW)
+    assert fits(node(allows=("privileged", "host-network")), both, NOW)
+
+
+def test_a_mount_fits_where_an_allowed_directory_holds_its_source() -> None:
+    data = node(allows=("mount:/srv/data",))
+    assert fits(data, job(needs=("mount:/srv/data",)), NOW)
+    assert fits(data, job(needs=("mount:/srv/data/set/1",)), NOW)
+    # A sibling with the same prefix, or the parent, is not inside /srv/data.
+    assert not fits(data, job(needs=("mount:/srv/database",)), NOW)
+    assert not fits(data, job(needs=("mount:/srv",)), NOW)
+    assert not fits(node(allows=("privileged",)), job(needs=("mount:/srv/data",)), NOW)
+    assert fits(node(allows=("mount:/",)), job(needs=("mount:/etc",)), NOW)
+
+
+def test_an_allow_list_does_not_keep_ordinary_jobs_away() -> None:
+    assert fits(node(allows=("privileged", "mount:/srv")), job(), NOW)
+
+
 # --- scores -------------------------------------------------------------------------------
 
 
@@ -226,6 +253,46 @@ def test_every_job_with_unmatched_constraints_gets_that_reason() -> None:
     ]
     result = run([node(labels={"zone": "a"})], jobs)
     assert result.unplaced == {"j1": REASON_NO_MATCH, "j2": REASON_NO_MATCH}
+
+
+def test_job_needing_a_permission_goes_only_to_a_node_that_allows_it() -> None:
+    # The allowing node is the worse fit: binpack alone would pick the other one.
+    nodes = [node("plain", cpu=2, memory_mb=2048), node("open", allows=("privileged",))]
+    result = run(nodes, [job("p", needs=("privileged",)), job("q", cpu=0.5, memory_mb=256)])
+    assert placed_on(result) == {"p": "open", "q": "plain"}
+
+
+def test_job_no_node_allows_waits_saying_what_it_needs() -> None:
+    nodes = [node("a", allows=("host-network",)), node("b", allows=("mount:/srv",))]
+    wanted = ("privileged", "mount:/data")
+    result = run(nodes, [job("p", needs=wanted), job("q")])
+    assert set(placed_on(result)) == {"q"}
+    reason = result.unplaced["p"]
+    assert reason == waiting_reason(wanted)
+    assert reason.startswith("not_allowed: no available node allows privileged mode")
+    assert "--allow privileged --allow mount:/data" in reason
+
+
+def test_a_permission_on_a_node_of_other_labels_does_not_count() -> None:
+    nodes = [
+        node("a", labels={"zone": "a"}),
+        node("b", labels={"zone": "b"}, allows=("privileged",)),
+    ]
+    request = job("p", needs=("privileged",), constraints={"zone": "a"})
+    assert run(nodes, [request]).unplaced == {"p": waiting_reason(("privileged",))}
+    assert run(nodes, [job("p", constraints={"zone": "c"})]).unplaced == {"p": REASON_NO_MATCH}
+
+
+def test_an_allowed_job_that_is_too_big_is_told_it_does_not_fit() -> None:
+    nodes = [node("a", cpu=2, allows=("privileged",))]
+    assert run(nodes, [job("p", cpu=4, needs=("privileged",))]).unplaced == {"p": REASON_NO_FIT}
+
+
+def test_a_starving_job_holds_only_a_node_that_allows_it() -> None:
+    nodes = [node("big"), node("open", cpu=2, memory_mb=2048, allows=("privileged",))]
+    assert hold_candidate(nodes, job(needs=("privileged",)), NOW) == "open"
+    assert hold_candidate(nodes, job(needs=("host-network",)), NOW) is None
+    assert hold_candidate(nodes, job(), NOW) == "big"
 
 
 def test_node_in_cooldown_is_used_once_now_passes_it() -> None:
@@ -407,6 +474,7 @@ def test_large_cluster_places_every_job_that_fits_and_only_those() -> None:
             gpus=rng.choice([0, 0, 1]),
             slots=rng.randint(1, 4),
             labels={"zone": rng.choice("ab")},
+            allows=rng.choice([(), (), ("privileged",), ("mount:/srv",)]),
         )
         for i in range(300)
     ]
@@ -419,6 +487,7 @@ def test_large_cluster_places_every_job_that_fits_and_only_those() -> None:
             priority=rng.choice([10, 50, 90]),
             seq=i,
             constraints=rng.choice([{}, {}, {"zone": "a"}]),
+            needs=rng.choice([(), (), (), ("privileged",), ("mount:/srv/x",), ("host-network",)]),
         )
         for i in range(1500)
     ]
@@ -487,13 +556,22 @@ def _expected_reason(nodes: Sequence[NodeView], request: JobRequest, now: float)
     if not available:
         return REASON_NO_ELIGIBLE
     wanted = request.constraints.items()
-    if not any(all(n.labels.get(k) == v for k, v in wanted) for n in available):
+    matching = [n for n in available if all(n.labels.get(k) == v for k, v in wanted)]
+    if not matching:
         return REASON_NO_MATCH
+    if request.needs and not any(permits_all(n.allows, request.needs) for n in matching):
+        return waiting_reason(request.needs)
     return REASON_NO_FIT
 
 
 _cpu = st.sampled_from([0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
 _labels = st.dictionaries(st.sampled_from(["zone", "disk"]), st.sampled_from(["a", "b"]))
+_allows = st.sampled_from(
+    [(), (), ("privileged",), ("mount:/srv",), ("privileged", "host-network", "mount:/srv/a")]
+)
+_needs = st.sampled_from(
+    [(), (), (), ("privileged",), ("mount:/srv/a/x",), ("privileged", "mount:/srv/b")]
+)
 
 
 @st.composite
@@ -521,6 +599,7 @@ def _nodes(draw: st.DrawFn) -> list[NodeView]:
                     st.one_of(st.none(), st.integers(min_value=0, max_value=total_memory))
                 ),
                 cpu_percent=draw(st.sampled_from([0.0, 50.0, 85.0, 100.0])),
+                allows=draw(_allows),
             )
         )
     return result
@@ -542,6 +621,7 @@ def _jobs(draw: st.DrawFn, node_ids: Sequence[str]) -> list[JobRequest]:
             seq=draw(st.integers(min_value=0, max_value=20)),
             constraints=draw(_labels),
             avoid=draw(avoid),
+            needs=draw(_needs),
         )
         for i in range(count)
     ]
