@@ -275,9 +275,7 @@ class Cluster:
         all_jobs: bool = False,
         by: str | None = None,
     ) -> TokenRow:
-        row = TokenRow(
-            token_digest(token), role, name, node_id, all_jobs, self._stamp(), by, None
-        )
+        row = TokenRow(token_digest(token), role, name, node_id, all_jobs, self._stamp(), by, None)
         self.tokens.put(row)
         self.changes.tokens.append(row)
         return row

@@ -94,7 +94,7 @@ def test_exit_codes_tell_usage_unreachable_and_auth_apart(
     assert refused.returncode == 2 and "$.resources.cpu" in refused.stderr
 
 
-async def test_token_commands_and_the_audit_log(sched: SchedulerProcess) -> None:
+def test_token_commands_and_the_audit_log(sched: SchedulerProcess) -> None:
     made = berth(sched, "token", "create", "--role", "submit", "--name", "ci-bot")
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip()
