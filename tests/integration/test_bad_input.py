@@ -20,7 +20,7 @@ BAD_SPECS: list[tuple[Any, str]] = [
     ({"image": "busybox", "priority": 101}, "$.priority"),
     ({"image": "busybox", "timeout_s": 0}, "$.timeout_s"),
     ({"image": "busybox", "max_retries": -1}, "$.max_retries"),
-    ({"image": "busybox", "network": "host"}, "$.network"),
+    ({"image": "busybox", "network": "overlay"}, "$.network"),
     ({"image": "busybox", "env": {"1BAD": "x"}}, "$.env"),
     ({"image": "busybox", "command": 42}, "$.command"),
     ({"image": "busybox", "surprise": True}, "$.surprise"),

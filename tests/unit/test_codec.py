@@ -88,7 +88,7 @@ def test_a_value_of_the_wrong_type_names_its_field(body: bytes, field: str) -> N
         (b'{"image": "b", "priority": 101}', "$.priority"),
         (b'{"image": "b", "max_retries": -1}', "$.max_retries"),
         (b'{"image": "b", "timeout_s": 0}', "$.timeout_s"),
-        (b'{"image": "b", "network": "host"}', "$.network"),
+        (b'{"image": "b", "network": "overlay"}', "$.network"),
         (b'{"image": "has space"}', "$.image"),
         (b'{"image": ""}', "$.image"),
     ],
