@@ -266,6 +266,8 @@ class DockerExecutor(Executor):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except docker.errors.DockerException:
+            raise  # dockerd answered (an APIError is an OSError too, through requests)
         except OSError as e:
             raise docker.errors.DockerException(f"dockerd cannot be reached: {e}") from e
 
