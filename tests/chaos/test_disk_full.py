@@ -185,6 +185,14 @@ async def _scenario(
     status, body = await admin.get("/readyz")
     assert status == 503 and "reserve" in body["cause"], body
     await agent.heartbeat()  # the agent's bookkeeping still goes through
+    status, body = await agent.api.call(
+        "POST",
+        f"/api/v1/nodes/{agent.node_id}/jobs/{acked['above-reserve']}/logs",
+        data=b"a line of output\n",
+        params={"attempt": 1, "offset": 0},
+    )
+    assert status == 503 and "reserve" in _error(body)["message"], body
+    refused.append("a log append")
 
     # 3. No space at all: a commit fails; from then on every write is refused.
     _fill(filler, leave=0)

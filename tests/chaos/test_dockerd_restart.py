@@ -39,6 +39,8 @@ from tests.e2e.conftest import (
 )
 from tests.support import SchedulerProcess
 
+pytestmark = pytest.mark.docker
+
 DOCKERD_LOG = Path("/var/log/berth-test-dockerd.log")
 #: how long dockerd may take to stop (it stops every container first) and to start
 STOP_TIMEOUT_S = 45.0
