@@ -365,6 +365,7 @@ class _Candidates:
         "_labels",
         "_lists",
         "_matching",
+        "_reasons",
         "_rng",
     )
 
@@ -379,6 +380,7 @@ class _Candidates:
         self._by_label: dict[tuple[str, str], list[int]] | None = None
         self._matching: dict[FilterKey, list[int]] = {_NO_FILTER: self._available}
         self._lists: dict[tuple[FilterKey, bool], _CandidateList] = {}
+        self._reasons: dict[FilterKey, str] = {}
 
     @property
     def any_available(self) -> bool:
@@ -397,6 +399,14 @@ class _Candidates:
         elif cluster.gone - cands.gone_seen > len(cands.order) // 8 + 4:
             cands = self._lists[(key, needs_gpus)] = cands.compacted(cluster)
         return cands
+
+    def reason(self, key: FilterKey) -> str:
+        """Why a job with this filter key that fits nowhere was not placed; it depends on
+        nothing that changes within a pass, so it is worked out once per key."""
+        why = self._reasons.get(key)
+        if why is None:
+            why = self._reasons[key] = _reason(self, key)
+        return why
 
     def matches_any(self, key: FilterKey) -> bool:
         """Whether any available node passes the filter (whatever its capacity)."""
@@ -581,7 +591,7 @@ def place(
         key = _filter_key(job)
         cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
         if failed.covers(key, cpu, memory, gpus):
-            unplaced[job.id] = _reason(candidates, key)
+            unplaced[job.id] = candidates.reason(key)
             continue
         cands = candidates.get(key, gpus > 0)
         picked = None
@@ -591,7 +601,7 @@ def place(
                 cands.tighten(cluster)
         if picked is None:
             failed.add(key, cpu, memory, gpus)
-            unplaced[job.id] = _reason(candidates, key)
+            unplaced[job.id] = candidates.reason(key)
             continue
         i, score = picked
         cluster.consume(i, job)
