@@ -802,9 +802,12 @@ class Cluster:
         node = self.node(node_id)
         out = []
         top = after
+        # Only what is durable: an assignment an agent started on, then lost in a crash
+        # before its commit, would be handed out again as the same attempt.
+        committed = self.events.committed_index
         for job_id in node.running_jobs:
             job = self.jobs[job_id]
-            if job.state is JobState.ASSIGNED and job.index > after:
+            if job.state is JobState.ASSIGNED and after < job.index <= committed:
                 out.append(Assignment(job.id, job.attempt, job.spec, job.checkpoint))
                 top = max(top, job.index)
         return out, max(top, after)

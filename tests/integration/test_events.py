@@ -159,7 +159,9 @@ class Workload:
         while job_id not in self.agent.running:
             _, job = await self.admin.get(f"/api/v1/jobs/{job_id}")
             if job["state"] != "queued" and job_id not in self.agent.running:
-                await self.agent.poll()
+                # Assignments are handed out once committed, which may be a moment
+                # after the job reads as assigned: a short long poll waits for that.
+                await self.agent.poll(wait=1.0)
                 return job_id in self.agent.running
             if time.monotonic() > deadline:
                 return False

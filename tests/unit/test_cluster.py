@@ -175,6 +175,9 @@ def test_submitted_job_is_assigned_runs_and_completes_freeing_its_allocation(
     assert node.running_jobs == [job.id]
     assert node.state is NodeState.BUSY
 
+    # An assignment is handed out only once it is durable.
+    assert c.pending_assignments(node.id, 0) == ([], 0)
+    c.events.committed(list(c.changes.events), c.changes.events[-1].index)
     assignments, top = c.pending_assignments(node.id, 0)
     assert [(a.job_id, a.attempt, a.spec) for a in assignments] == [(job.id, 1, job.spec)]
     assert top == job.index
