@@ -251,8 +251,11 @@ class _Socket:
         self.send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, object]) -> None:
-        async with self.send_lock:
-            await asyncio.wait_for(self.ws.send_str(codec.encode(message).decode()), SEND_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+        # that lands as the send completes, and an unsubscribe then waits forever for
+        # a pump that never stops.
+        async with self.send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+            await self.ws.send_str(codec.encode(message).decode())
 
     async def handle(self, raw: str | bytes) -> None:
         msg = codec.loads(raw)
