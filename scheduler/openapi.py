@@ -11,6 +11,7 @@ from common import __version__
 from common.models import (
     ActionResults,
     AssignmentsReply,
+    AuditPage,
     DrainRequest,
     HeartbeatReply,
     HeartbeatRequest,
@@ -19,6 +20,7 @@ from common.models import (
     JobList,
     JobSelection,
     JobSpec,
+    JoinToken,
     Node,
     NodeList,
     RegisterReply,
@@ -28,6 +30,10 @@ from common.models import (
     ReportBatchReply,
     ReportReply,
     Stats,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
 )
 from scheduler.routes.groups import GroupLimit
 
@@ -163,10 +169,61 @@ OPERATIONS: list[_Op] = [
     ),
     ("get", "/api/v1/session", "The session's user and CSRF token", None, "object", ()),
     ("delete", "/api/v1/session", "Log out", None, "object", ()),
+    ("post", "/api/v1/tokens", "Create a token (admin)", TokenCreate, TokenCreated, ()),
+    (
+        "get",
+        "/api/v1/tokens",
+        "List tokens, never their secrets (admin)",
+        None,
+        TokenList,
+        (("revoked", "string"),),
+    ),
+    ("delete", "/api/v1/tokens/{id}", "Revoke a token by id or name (admin)", None, TokenInfo, ()),
+    ("post", "/api/v1/tokens/join/rotate", "Replace the join token (admin)", None, JoinToken, ()),
+    (
+        "get",
+        "/api/v1/audit",
+        "The audit log: who did what, oldest first (admin)",
+        None,
+        AuditPage,
+        (
+            ("after", "integer"),
+            ("limit", "integer"),
+            ("actor", "string"),
+            ("action", "string"),
+            ("target", "string"),
+        ),
+    ),
     ("get", "/healthz", "Liveness probe", None, "object", ()),
     ("get", "/readyz", "Readiness probe", None, "object", ()),
     ("get", "/metrics", "Prometheus metrics", None, "text", ()),
 ]
+
+#: bounds of query parameters, the same wherever they appear
+_QUERY_BOUNDS: dict[str, dict[str, int]] = {
+    "attempt": {"minimum": 1},
+    "offset": {"minimum": 0},
+    "limit": {"minimum": 1},
+    "after": {"minimum": 0},
+    "since": {"minimum": 0},
+    "index": {"minimum": 0},
+    "wait": {"minimum": 0},
+}
+#: query parameters a route cannot do without
+_REQUIRED_QUERY = {
+    ("/api/v1/nodes/{id}/jobs/{job}/logs", "attempt"),
+    ("/api/v1/nodes/{id}/jobs/{job}/logs", "offset"),
+    ("/api/v1/nodes/{id}/jobs/{job}/checkpoint", "attempt"),
+}
+#: request headers a route reads, besides Authorization
+_HEADERS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("post", "/api/v1/jobs"): ("Idempotency-Key",),
+    ("get", "/api/v1/events"): ("Last-Event-ID",),
+    ("get", "/api/v1/jobs/{id}/events"): ("Last-Event-ID",),
+    ("get", "/api/v1/jobs/{id}/logs"): ("Last-Event-ID",),
+}
+#: routes whose success is 201 Created
+_CREATED = ("/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/blobs", "/api/v1/tokens")
 
 _ERROR = {
     "type": "object",
@@ -214,8 +271,17 @@ def document() -> dict[str, Any]:
             if p.startswith("{")
         ]
         params += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+            {
+                "name": name,
+                "in": "query",
+                "required": (path, name) in _REQUIRED_QUERY,
+                "schema": {"type": kind, **_QUERY_BOUNDS.get(name, {})},
+            }
             for name, kind in query
+        ]
+        params += [
+            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+            for name in _HEADERS.get((method, path), ())
         ]
         op: dict[str, Any] = {
             "summary": summary,
@@ -225,7 +291,7 @@ def document() -> dict[str, Any]:
                 "4XX": {"description": "Refused", "content": {JSON: {"schema": _ERROR}}},
             },
         }
-        if method == "post" and path in ("/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/blobs"):
+        if method == "post" and path in _CREATED:
             op["responses"]["201"] = op["responses"].pop("200")
         if path in ("/healthz", "/readyz", "/api/v1/session"):
             op["security"] = []
