@@ -22,7 +22,6 @@ from common import policy
 from common.codec import to_builtins
 from common.errors import (
     Conflict,
-    Forbidden,
     IllegalTransition,
     InvalidRequest,
     NotFound,
@@ -1288,7 +1287,3 @@ class Cluster:
             "queue_depth": len(self.queue),
             "index": self.events.committed_index,
         }
-
-    def check_node_token(self, row: TokenRow, node_id: str) -> None:
-        if row.role != "admin" and row.node_id != node_id:
-            raise Forbidden("this token does not act for that node")

@@ -116,6 +116,10 @@ def _session_principal(request: web.Request) -> TokenRow | None:
     return request.app[PRINCIPAL_BY_DIGEST](session.token_digest)
 
 
+#: the one answer to a token that may not do what it asked: it says nothing more
+NOT_ALLOWED = "this token may not do that"
+
+
 def principal(request: web.Request) -> TokenRow:
     row: TokenRow = request["principal"]
     return row
@@ -125,7 +129,7 @@ def require_role(request: web.Request, *roles: str) -> TokenRow:
     """The caller's token, if its role is one of ``roles`` (admin may do anything)."""
     row = principal(request)
     if row.role != "admin" and row.role not in roles:
-        raise Forbidden("this token may not do that")
+        raise Forbidden(NOT_ALLOWED)
     return row
 
 
@@ -135,7 +139,7 @@ def require_node(request: web.Request, node_id: str) -> TokenRow:
     if row.role == "admin":
         return row
     if row.role != "node" or row.node_id != node_id:
-        raise Forbidden("this token does not act for that node")
+        raise Forbidden(NOT_ALLOWED)
     return row
 
 

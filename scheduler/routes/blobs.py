@@ -12,7 +12,7 @@ from aiohttp import web
 
 from common.errors import Forbidden, InvalidRequest, NotFound
 from scheduler.blobs import BlobStore, Stored, check_digest
-from scheduler.http import json_response, principal, query_int, require_node
+from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
 from scheduler.routes import service, visible_job
 
 routes = web.RouteTableDef()
@@ -31,7 +31,7 @@ def _store(request: web.Request) -> BlobStore:
 
 def _allow(request: web.Request, roles: frozenset[str]) -> None:
     if principal(request).role not in roles:
-        raise Forbidden("this token may not do that")
+        raise Forbidden(NOT_ALLOWED)
 
 
 async def _receive(request: web.Request) -> Stored:
