@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 
-from common.models import Progress
+from common.models import MAX_PROGRESS_MESSAGE, Progress
 
 PREFIX = b"::progress::"
 _LINE = re.compile(rb"^::progress::\s*([0-9]+(?:\.[0-9]+)?)%?(?:\s+(.*?))?\s*$")
-#: longest message kept from a progress line
-MAX_MESSAGE = 1024
+#: longest message kept from a progress line (what the scheduler accepts)
+MAX_MESSAGE = MAX_PROGRESS_MESSAGE
 
 
 def parse_progress(line: bytes | str) -> Progress | None:

@@ -148,9 +148,13 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     webhook: Webhook | None = None
 
 
-class Progress(Struct, gc=False):
-    percent: float = 0.0
-    message: str = ""
+#: the longest message a progress report may carry
+MAX_PROGRESS_MESSAGE = 1024
+
+
+class Progress(Struct, forbid_unknown_fields=True, gc=False):
+    percent: Percent = 0.0
+    message: Annotated[str, Meta(max_length=MAX_PROGRESS_MESSAGE)] = ""
 
 
 class WebhookDelivery(Struct, gc=False):
@@ -163,7 +167,7 @@ class WebhookDelivery(Struct, gc=False):
     error: str | None = None
 
 
-class Usage(Struct, gc=False):
+class Usage(Struct, forbid_unknown_fields=True, gc=False):
     """What a running job uses, sampled by its agent (docker stats)."""
 
     cpu_percent: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
