@@ -158,6 +158,8 @@ async def read_body(request: web.Request, type_: type[T], *, empty_ok: bool = Fa
 
 
 MAX_BODY = web.AppKey("max_body", int)
+#: the largest integer a query parameter may hold (SQLite's largest)
+MAX_QUERY_INT = 2**63 - 1
 
 
 def query_int(
@@ -170,8 +172,13 @@ def query_int(
         value = int(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer", {"field": name}) from None
-    if value < lo or (hi is not None and value > hi):
-        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+    # Without a bound of its own a value still has SQLite's: past it a store read fails.
+    top = MAX_QUERY_INT if hi is None else hi
+    if value < lo or value > top:
+        if hi is not None:
+            bounds = f"between {lo} and {hi}"
+        else:
+            bounds = f"at least {lo}" if value < lo else f"at most {MAX_QUERY_INT}"
         raise InvalidRequest(f"{name} must be {bounds}", {"field": name})
     return value
 
