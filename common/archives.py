@@ -12,7 +12,10 @@ refuses, with an :class:`ArchiveError` a user can read,
 - device files, fifos and sockets;
 - archives with more than ``max_members`` members, or whose files add up to more than
   ``max_bytes`` (the sizes the archive declares are checked before anything is read,
-  and the bytes actually written are counted too).
+  and the bytes actually written are counted too);
+- tar members whose headers (long names, pax records, sparse maps) or skipped data
+  take more than ``MAX_HEADER_BYTES``: tarfile would read a long name or pax record
+  whole into memory, and inflate skipped bytes, before returning the member.
 
 Files are written with ``O_NOFOLLOW`` after any earlier entry of the same name is
 removed, their modes lose setuid, setgid and sticky bits, and owners are ignored.
@@ -24,10 +27,12 @@ destination only.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import datetime
 import gzip
 import hashlib
+import io
 import lzma
 import os
 import posixpath
@@ -48,6 +53,11 @@ MAX_MEMBERS = 100_000
 CHUNK = 1024 * 1024
 #: the longest symbolic link target accepted (Linux's PATH_MAX)
 MAX_LINK_TARGET = 4096
+#: the most bytes tar may read or skip to reach one member (its headers, a long name,
+#: pax records): far more than any real header, far less than memory
+MAX_HEADER_BYTES = 1024 * 1024
+#: how the compressed tars tarfile reads begin
+_GZIP, _BZIP2, _XZ = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"
 
 
 class ArchiveError(Exception):
@@ -181,14 +191,14 @@ def extract(
     dest.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(dest)
     with open(archive, "rb") as f:
-        magic = f.read(4)
+        magic = f.read(6)
     try:
         if magic[:2] == b"PK":
             with zipfile.ZipFile(archive) as zf:
                 members = _zip_members(zf, max_bytes, max_members)
                 return _extract(members, root, max_bytes, max_members)
-        with _open_tar(archive) as tar:
-            return _extract(_tar_members(tar), root, max_bytes, max_members)
+        with _open_tar(archive, magic) as (tar, guard):
+            return _extract(_tar_members(tar, guard), root, max_bytes, max_members)
     except ArchiveError:
         raise
     except (
@@ -207,15 +217,99 @@ def extract(
         raise ArchiveError(f"could not extract the archive: {e}") from e
 
 
-def _open_tar(archive: Path) -> tarfile.TarFile:
+class _HeaderGuard(io.RawIOBase):
+    """The decompressed tar stream, as tarfile reads it: while tarfile looks for the
+    next member (``headers()``), what it reads or skips is counted, and past
+    ``MAX_HEADER_BYTES`` it is refused. A member's content, read by the caller once the
+    member is known and its declared size checked (``content()``), is not counted."""
+
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._stream = stream
+        self._counting = True
+        self._spent = 0
+
+    def headers(self) -> None:
+        self._counting = True
+        self._spent = 0
+
+    def content(self) -> None:
+        self._counting = False
+
+    def _spend(self, n: int) -> None:
+        if self._counting:
+            self._spent += n
+            if self._spent > MAX_HEADER_BYTES:
+                raise ArchiveError(
+                    f"a member's tar headers take more than {_mib(MAX_HEADER_BYTES)} "
+                    "(an oversized long name, pax record or skipped member)"
+                )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise ArchiveError("a tar member of unbounded size")
+        self._spend(size)
+        return self._stream.read(size)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            # Skipping forward in a compressed stream inflates what is skipped.
+            self._spend(max(0, offset - self._stream.tell()))
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
+def _decompressed(raw: io.BufferedReader, magic: bytes) -> io.BufferedIOBase:
+    """``raw`` inflated, by the decompressor its first bytes name (or as it is)."""
+    if magic.startswith(_GZIP):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(_BZIP2):
+        return bz2.BZ2File(raw, mode="rb")
+    if magic.startswith(_XZ):
+        return lzma.LZMAFile(raw, mode="rb")
+    return raw
+
+
+@contextlib.contextmanager
+def _open_tar(archive: Path, magic: bytes) -> Iterator[tuple[tarfile.TarFile, _HeaderGuard]]:
+    """The archive as a tar, inflated here (not by tarfile) so that the guard sees the
+    bytes tarfile reads."""
+    with (
+        open(archive, "rb") as raw,
+        _decompressed(raw, magic) as stream,
+        _HeaderGuard(stream) as guard,
+        _read_tar(guard) as tar,
+    ):
+        yield tar, guard
+
+
+def _read_tar(stream: _HeaderGuard) -> tarfile.TarFile:
     try:
-        return tarfile.open(archive, mode="r:*")
+        return tarfile.open(fileobj=stream, mode="r:")
     except tarfile.ReadError:
         raise ArchiveError("not a tar or zip archive") from None
 
 
-def _tar_members(tar: tarfile.TarFile) -> Iterator[_Member]:
-    while (info := tar.next()) is not None:
+def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]:
+    while True:
+        guard.headers()
+        info = tar.next()
+        guard.content()
+        if info is None:
+            return
         # Members already handled need not be kept: a long archive stays small in memory.
         tar.members = []  # type: ignore[attr-defined]
         if info.isdir():
