@@ -13,10 +13,12 @@ from cli.loop import event_loop_factory
 from cli.tls import server_tls_options, tls_pair
 from common.tls import TLSSetupError
 from scheduler.config import (
+    BLOB_GRACE_S,
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
     MAX_QUEUED_JOBS,
     MAX_STREAMS_PER_TOKEN,
+    RETENTION_INTERVAL_S,
     SUBMIT_BURST,
     SUBMIT_RATE_PER_S,
     SchedulerConfig,
@@ -96,6 +98,24 @@ from scheduler.config import (
     help="Ended jobs, with their events, logs and blobs, are deleted this long after they end.",
 )
 @click.option(
+    "--blob-grace",
+    envvar="BERTH_BLOB_GRACE",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=BLOB_GRACE_S,
+    show_default=True,
+    help="Seconds: a blob no kept job names (input, outputs, checkpoint) is deleted once "
+    "it was stored this long ago; the time between uploading an input and submitting its job.",
+)
+@click.option(
+    "--retention-interval",
+    envvar="BERTH_RETENTION_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=RETENTION_INTERVAL_S,
+    hidden=True,
+    help="Seconds between retention passes (ended jobs, events, blob sweep); for tests.",
+)
+@click.option(
     "--submit-rate",
     envvar="BERTH_SUBMIT_RATE",
     show_envvar=True,
@@ -151,6 +171,8 @@ def scheduler(
     restart_grace: float,
     event_window: int,
     job_retention_days: float,
+    blob_grace: float,
+    retention_interval: float,
     submit_rate: float,
     submit_burst: int,
     max_queued_jobs: int,
@@ -179,6 +201,8 @@ def scheduler(
         restart_grace_s=restart_grace,
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
+        blob_grace_s=blob_grace,
+        retention_interval_s=retention_interval,
         submit_rate_per_s=submit_rate,
         submit_burst=submit_burst,
         max_queued_jobs=max_queued_jobs,

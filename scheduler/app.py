@@ -14,7 +14,6 @@ from aiohttp import web
 import scheduler.routes.web as dashboard
 from common.models import Job
 from common.tls import TLSSetupError, server_context
-from scheduler.blobs import BlobStore
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
 from scheduler.http import (
@@ -83,17 +82,12 @@ def build_app(config: SchedulerConfig) -> web.Application:
     ):
         app.add_routes(module.routes)
 
-    blob_store = BlobStore.in_state_dir(config.state_dir)
-
     async def drop_blobs(ended: list[Job]) -> None:
-        # Outputs and checkpoints belong to one job; an input archive may be shared,
-        # and goes with the last job that names it.
-        for job in ended:
-            for digest in (job.outputs, job.checkpoint):
-                if digest is not None:
-                    await blob_store.delete(digest)
-        for digest in cluster.release_inputs(ended):
-            await blob_store.delete(digest)
+        # The deleted jobs no longer name their input archives (forget() took off
+        # their outputs and checkpoints). The blob sweep that follows retention
+        # deletes what no kept job names any more: one blob may be the input of one
+        # job and the outputs of another, so it is never deleted here by its role.
+        cluster.release_inputs(ended)
 
     svc.deletion_hooks.append(drop_blobs)
 

@@ -11,6 +11,12 @@ Parameters of :class:`BlobStore` and their defaults:
 
 - ``max_bytes``: the largest blob accepted (``MAX_BLOB_BYTES``); past it the write
   fails with PayloadTooLarge and nothing is kept.
+
+Blobs nothing refers to are swept (:meth:`BlobStore.sweep`): a blob no kept job names
+(as its input archive, outputs or checkpoint) and last stored more than a grace period
+ago is deleted, and so is an upload abandoned that long ago. The grace is what lets a
+client upload an input and then submit the job that names it. Which blobs go is
+decided by :func:`unreferenced`, a pure function.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +41,12 @@ MAX_BLOB_BYTES = 256 * 1024 * 1024
 WRITE_BATCH = 1024 * 1024
 #: the directory below the state dir
 BLOBS_DIR = "blobs"
+#: where uploads are written before they are placed, below the blobs directory
+TMP_DIR = "tmp"
+#: an upload being written, in TMP_DIR
+PART_SUFFIX = ".part"
+#: a blob the sweep has moved aside (into TMP_DIR) before deleting it
+ASIDE_SUFFIX = ".swept"
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,6 +57,43 @@ class Stored:
     size: int
     #: False when a blob with that content was there already
     created: bool
+
+
+@dataclass(frozen=True)
+class BlobFile:
+    """A stored blob as the sweep sees it."""
+
+    digest: str
+    size: int
+    #: when it was last stored (its file's mtime; storing the same content again
+    #: refreshes it)
+    stored_at: float
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep deleted."""
+
+    #: blobs no kept job named
+    blobs: int = 0
+    #: uploads abandoned (their temporary files)
+    uploads: int = 0
+    #: bytes the two freed
+    freed_bytes: int = 0
+    #: blobs moved aside and then kept after all: named or stored again meanwhile
+    kept_back: int = 0
+
+
+def unreferenced(
+    blobs: Iterable[BlobFile], named: Callable[[str], bool], cutoff: float
+) -> list[BlobFile]:
+    """The blobs to delete: those no kept job names, last stored before ``cutoff``.
+
+    ``named`` tells whether a kept job names a digest. A blob stored at or after the
+    cutoff stays whatever names it: it may be an input whose job is not submitted yet,
+    or outputs or a checkpoint whose report is still on its way.
+    """
+    return [b for b in blobs if b.stored_at < cutoff and not named(b.digest)]
 
 
 def check_digest(digest: str) -> str:
@@ -84,9 +134,9 @@ class BlobStore:
         """
         if declared is not None and declared > self.max_bytes:
             raise _too_large(self.max_bytes)
-        tmp_dir = self.root / "tmp"
+        tmp_dir = self.root / TMP_DIR
         await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
-        tmp = tmp_dir / f"{secrets.token_hex(8)}.part"
+        tmp = tmp_dir / f"{secrets.token_hex(8)}{PART_SUFFIX}"
         h = hashlib.sha256()
         size = 0
         f: BinaryIO = await asyncio.to_thread(open, tmp, "wb")
@@ -119,7 +169,13 @@ class BlobStore:
 
     def _place(self, tmp: Path, digest: str) -> bool:
         final = self.path(digest)
-        if final.is_file():
+        try:
+            # Stored already: refresh its time, so that the sweep's grace counts from
+            # this store (the job that will name it has not been told of it yet).
+            os.utime(final)
+        except FileNotFoundError:
+            pass
+        else:
             tmp.unlink(missing_ok=True)
             return False
         if not final.parent.is_dir():
@@ -142,6 +198,138 @@ class BlobStore:
             return True
 
         return await asyncio.to_thread(remove)
+
+    async def sweep(
+        self, named: Callable[[str], bool], *, grace_s: float, now: float | None = None
+    ) -> Swept:
+        """Delete the blobs no kept job names that were last stored over ``grace_s``
+        seconds ago, and uploads abandoned (not written to) that long ago.
+
+        ``named`` is asked on the event loop only, so it may read the scheduler's
+        state. A blob to delete is first moved aside, then ``named`` is asked again: a
+        job that came to name it meanwhile gets it back, and so does a blob stored
+        again meanwhile (a store refreshes its time). Once moved aside it is gone for
+        readers and for jobs submitted after: a blob is never deleted while a kept job
+        names it. What a crash leaves aside is put back by the next sweep.
+        """
+        cutoff = (time.time() if now is None else now) - grace_s
+        await asyncio.to_thread(self._put_back_aside)
+        on_disk = await asyncio.to_thread(self._digests)
+        # Only blobs nothing names are worth a stat.
+        maybe = await asyncio.to_thread(self._stat, [d for d in on_disk if not named(d)])
+        doomed = unreferenced(maybe, named, cutoff)
+        aside = await asyncio.to_thread(self._move_aside, doomed)
+        wanted = {b.digest for b in aside if named(b.digest)}
+        blobs, freed, kept_back = await asyncio.to_thread(self._finish, aside, wanted, cutoff)
+        uploads, upload_bytes = await asyncio.to_thread(self._drop_abandoned, cutoff)
+        return Swept(blobs, uploads, freed + upload_bytes, kept_back)
+
+    def _digests(self) -> list[str]:
+        """Every blob on disk (names only: a listing, no stat)."""
+        found: list[str] = []
+        try:
+            shards = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return found
+        for shard in shards:
+            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(shard.path) as entries:
+                for e in entries:
+                    if e.name[:2] == shard.name and _DIGEST.match(e.name):
+                        found.append(e.name)
+        return found
+
+    def _stat(self, digests: list[str]) -> list[BlobFile]:
+        out = []
+        for digest in digests:
+            try:
+                st = os.stat(self.path(digest))
+            except FileNotFoundError:
+                continue
+            out.append(BlobFile(digest, st.st_size, st.st_mtime))
+        return out
+
+    def _aside_path(self, digest: str) -> Path:
+        return self.root / TMP_DIR / (digest + ASIDE_SUFFIX)
+
+    def _move_aside(self, doomed: list[BlobFile]) -> list[BlobFile]:
+        if not doomed:
+            return []
+        (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+        moved = []
+        for blob in doomed:
+            try:
+                os.replace(self.path(blob.digest), self._aside_path(blob.digest))
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            moved.append(blob)
+        return moved
+
+    def _finish(
+        self, aside: list[BlobFile], wanted: set[str], cutoff: float
+    ) -> tuple[int, int, int]:
+        """Delete what was moved aside, but put back what is named or was stored again
+        since. Returns (deleted, bytes freed, put back)."""
+        deleted = freed = kept_back = 0
+        for blob in aside:
+            path = self._aside_path(blob.digest)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if blob.digest in wanted or st.st_mtime >= cutoff:
+                self._put_back(blob.digest, path)
+                kept_back += 1
+                continue
+            path.unlink(missing_ok=True)
+            deleted += 1
+            freed += st.st_size
+        return deleted, freed, kept_back
+
+    def _put_back(self, digest: str, aside: Path) -> None:
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # A link, not a rename: a copy stored again meanwhile (fresher) stays.
+            os.link(aside, final)
+        except FileExistsError:
+            pass
+        except OSError:
+            os.replace(aside, final)
+            return
+        aside.unlink(missing_ok=True)
+
+    def _put_back_aside(self) -> None:
+        """Put back what a sweep that did not finish left aside."""
+        try:
+            entries = list(os.scandir(self.root / TMP_DIR))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            digest = e.name.removesuffix(ASIDE_SUFFIX)
+            if e.name.endswith(ASIDE_SUFFIX) and _DIGEST.match(digest):
+                self._put_back(digest, Path(e.path))
+
+    def _drop_abandoned(self, cutoff: float) -> tuple[int, int]:
+        """Delete uploads not written to since ``cutoff`` (their writer went away)."""
+        dropped = freed = 0
+        try:
+            entries = list(os.scandir(self.root / TMP_DIR))
+        except FileNotFoundError:
+            return 0, 0
+        for e in entries:
+            if not e.name.endswith(PART_SUFFIX):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_mtime < cutoff:
+                Path(e.path).unlink(missing_ok=True)
+                dropped += 1
+                freed += st.st_size
+        return dropped, freed
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:

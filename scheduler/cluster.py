@@ -51,8 +51,9 @@ from scheduler.nodes import add, cooldown_seconds, node_status, sub
 from scheduler.store.base import AuditRecord, Changes, Loaded, LogChunk, TokenRow
 from scheduler.tokens import JOIN, NODE, TokenBook, new_secret, token_digest
 
-#: an encoded job whose spec may name an input archive contains this
-_NAMES_INPUTS = b'"inputs":"'
+#: an encoded job that may name a blob (an input archive, ending in ``puts":"`` like
+#: outputs, or a checkpoint) contains one of these; checking two keeps loading cheap
+_NAMES_BLOBS = (b'puts":"', b'"checkpoint":"')
 #: the ended states a client may retry from
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 #: the drain reason of a node whose agent is shutting down
@@ -162,6 +163,9 @@ class Cluster:
         self.group_limits: dict[str, int] = {}
         #: input archive digest -> jobs kept that name it
         self.input_refs: dict[str, int] = {}
+        #: outputs or checkpoint digest -> how often jobs kept name it (a job may name
+        #: one blob as both); with input_refs, what the blob sweep must not delete
+        self.result_refs: dict[str, int] = {}
         #: when each node's last node.metrics event was recorded
         self._metrics_event_at: dict[str, float] = {}
         #: placement views of nodes that did not change since they were built
@@ -193,13 +197,16 @@ class Cluster:
         for job_id, state, doc in loaded.archived:
             self.archive.put_encoded(job_id, doc)
             self.counts[state] += 1
-            if _NAMES_INPUTS in doc:
-                # Rare enough to decode: only jobs that may have an input archive.
+            if _NAMES_BLOBS[0] in doc or _NAMES_BLOBS[1] in doc:
+                # Decoded only when it may name a blob, so that what is counted here
+                # is what forget() and release_inputs() take off again.
                 ended = self.archive.get(job_id)
                 if ended is not None:
                     self._count_inputs(ended)
+                    self._count_results(ended, 1)
         for job in loaded.jobs:
             self._count_inputs(job)
+            self._count_results(job, 1)
             _share_strings(job)
             self.jobs[job.id] = job
             self.counts[job.state] += 1
@@ -556,7 +563,7 @@ class Cluster:
         job.error = None
         job.progress = None
         job.usage = None
-        job.outputs = None
+        self._set_outputs(job, None)
         job.cancelled_by = job.cancelled_at = None
         req = self.queue.get(job.id)
         if req is not None:
@@ -840,7 +847,7 @@ class Cluster:
                     live = self.jobs.get(job_id) or self.archive.pop(job_id)
                     assert live is not None
                     self.jobs[job_id] = live
-                    live.outputs = rep.outputs
+                    self._set_outputs(live, rep.outputs)
                     self.changes.jobs[job_id] = live
                     return live
                 return ended
@@ -850,7 +857,7 @@ class Cluster:
         if rep.checkpoint is not None:
             self._take_checkpoint(job, rep.attempt, rep.checkpoint)
         if rep.outputs is not None:
-            job.outputs = rep.outputs
+            self._set_outputs(job, rep.outputs)
         if rep.progress is not None:
             job.progress = rep.progress
             if rep.state is None:
@@ -919,6 +926,9 @@ class Cluster:
         return live
 
     def _take_checkpoint(self, job: Job, attempt: int, digest: str) -> None:
+        # The checkpoint it replaces is no longer named (the blob sweep deletes it).
+        self._result_ref(job.checkpoint, -1)
+        self._result_ref(digest, 1)
         job.checkpoint = digest
         job.checkpoint_attempt = attempt
         self._event("job.checkpoint", job=job, data={"checkpoint": digest, "attempt": attempt})
@@ -1041,6 +1051,7 @@ class Cluster:
             job = self.archive.pop(job_id)
             assert job is not None
             gone.append(job)
+            self._count_results(job, -1)
             self.counts[job.state] -= 1
             i = bisect.bisect_left(self.ids, job_id)
             if i < len(self.ids) and self.ids[i] == job_id:
@@ -1073,6 +1084,29 @@ class Cluster:
     def _count_inputs(self, job: Job) -> None:
         if job.spec.inputs is not None:
             self.input_refs[job.spec.inputs] = self.input_refs.get(job.spec.inputs, 0) + 1
+
+    def names_blob(self, digest: str) -> bool:
+        """Whether a job kept here names the blob: as its input archive, its outputs or
+        its checkpoint (the blob sweep deletes only blobs this says no to)."""
+        return digest in self.input_refs or digest in self.result_refs
+
+    def _set_outputs(self, job: Job, digest: str | None) -> None:
+        self._result_ref(job.outputs, -1)
+        self._result_ref(digest, 1)
+        job.outputs = digest
+
+    def _count_results(self, job: Job, delta: int) -> None:
+        self._result_ref(job.outputs, delta)
+        self._result_ref(job.checkpoint, delta)
+
+    def _result_ref(self, digest: str | None, delta: int) -> None:
+        if digest is None:
+            return
+        left = self.result_refs.get(digest, 0) + delta
+        if left > 0:
+            self.result_refs[digest] = left
+        else:
+            self.result_refs.pop(digest, None)
 
     def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
         """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""

@@ -41,8 +41,11 @@ MAX_WAIT_S = 300.0
 EVENT_WINDOW = 100_000
 #: ended jobs (with their events, logs and blobs) are deleted this long after they end
 JOB_RETENTION_S = 7 * 24 * 3600.0
-#: how often old events and jobs are dropped
+#: how often old events and jobs are dropped and blobs nothing names are swept
 RETENTION_INTERVAL_S = 60.0
+#: a blob no kept job names is deleted once it was last stored this long ago (the time
+#: a client has between uploading an input and submitting the job that names it)
+BLOB_GRACE_S = 3600.0
 #: jobs each token may create per second, and at once (a token bucket); 0: no limit
 SUBMIT_RATE_PER_S = 1000.0
 SUBMIT_BURST = 10_000
@@ -73,6 +76,8 @@ class SchedulerConfig:
     starvation_s: float = STARVATION_S
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
+    retention_interval_s: float = RETENTION_INTERVAL_S
+    blob_grace_s: float = BLOB_GRACE_S
     submit_rate_per_s: float = SUBMIT_RATE_PER_S
     submit_burst: int = SUBMIT_BURST
     max_queued_jobs: int = MAX_QUEUED_JOBS

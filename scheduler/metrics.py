@@ -70,6 +70,17 @@ class Metrics:
         self.events = Counter(
             "berth_events", "Events committed, by type.", ["type"], registry=self.registry
         )
+        self.blobs_swept = Counter(
+            "berth_blobs_swept",
+            "Blobs deleted because no kept job named them, and abandoned uploads, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.blob_bytes_swept = Counter(
+            "berth_blob_bytes_swept",
+            "Bytes freed by deleting blobs no kept job named and abandoned uploads.",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "berth_http_requests",
             "HTTP requests by route and status.",

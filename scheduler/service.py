@@ -15,9 +15,10 @@ from pathlib import Path
 from common.errors import TooManyRequests, Unavailable
 from common.models import Job, WebhookDelivery
 from common.states import JobState
+from scheduler.blobs import BlobStore, Swept
 from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
-from scheduler.config import RETENTION_INTERVAL_S, SchedulerConfig
+from scheduler.config import SchedulerConfig
 from scheduler.events import Event
 from scheduler.limits import RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
@@ -64,8 +65,9 @@ class Service:
         cluster.events.on_commit = self._published
         self._job_waiters: dict[str, asyncio.Event] = {}
         self.webhooks: WebhookSender | None = None
-        #: called with the jobs retention deleted (the blob store drops their blobs)
+        #: called with the jobs retention deleted (they let go of their input archives)
         self.deletion_hooks: list[Callable[[list[Job]], Awaitable[None]]] = []
+        self.blobs = BlobStore.in_state_dir(config.state_dir)
         self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
         self.streams = StreamSlots(config.max_streams_per_token)
 
@@ -306,10 +308,33 @@ class Service:
                 self.cluster.events_pruned_below = below
             except Exception:
                 log.exception("retention failed")
-            await asyncio.sleep(RETENTION_INTERVAL_S)
+            # After retention: the blobs of the jobs it deleted go in the same pass.
+            try:
+                await self.sweep_blobs()
+            except Exception:
+                log.exception("blob sweep failed")
+            await asyncio.sleep(self.config.retention_interval_s)
+
+    async def sweep_blobs(self) -> Swept:
+        """Delete the blobs no kept job names, once past their grace (and uploads
+        abandoned that long ago)."""
+        swept = await self.blobs.sweep(self.cluster.names_blob, grace_s=self.config.blob_grace_s)
+        if swept.blobs or swept.uploads:
+            self.metrics.blobs_swept.labels("blob").inc(swept.blobs)
+            self.metrics.blobs_swept.labels("upload").inc(swept.uploads)
+            self.metrics.blob_bytes_swept.inc(swept.freed_bytes)
+            log.info(
+                "blob sweep: deleted %d blobs no job names and %d abandoned uploads, "
+                "%d bytes freed",
+                swept.blobs,
+                swept.uploads,
+                swept.freed_bytes,
+            )
+        return swept
 
     async def expire_jobs(self) -> int:
-        """Delete ended jobs past their retention with their events, logs and blobs.
+        """Delete ended jobs past their retention with their events and logs (their
+        blobs go with the blob sweep that follows, once no kept job names them).
 
         Nothing that has not ended is touched. Returns how many jobs were deleted.
         """
