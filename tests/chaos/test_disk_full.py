@@ -200,7 +200,8 @@ async def _scenario(
     job_id = acked["above-reserve"]
     failed_message = None
     for i in range(MAX_FILLING_REPORTS):
-        message = f"{i:06d} " + "x" * 32_000
+        # Progress messages are capped at 1,024 characters: send the largest allowed.
+        message = f"{i:06d} " + "x" * 1000
         status, body = await agent.report(job_id, None, progress={"percent": 1, "message": message})
         if status == 503:
             failed_message = message
