@@ -476,16 +476,10 @@ class TokenInfo(Struct):
     revoked_at: str | None = None
 
 
-class TokenCreated(Struct):
+class TokenCreated(TokenInfo, kw_only=True):
     """The reply to creating a token: the only time its secret is shown."""
 
-    id: str
-    name: str
-    role: str
     token: str
-    all_jobs: bool = False
-    created_at: str | None = None
-    created_by: str | None = None
 
 
 class TokenList(Struct):

@@ -3,6 +3,7 @@ log."""
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from common.errors import InvalidRequest
@@ -44,15 +45,7 @@ async def create_token(request: web.Request) -> web.Response:
     svc = service(request)
     row, secret = svc.cluster.create_token(req.role, req.name, all_jobs=req.all_jobs, by=who)
     await svc.commit()
-    body = TokenCreated(
-        id=row.id,
-        name=row.name,
-        role=row.role,
-        token=secret,
-        all_jobs=row.all_jobs,
-        created_at=row.created_at,
-        created_by=row.created_by,
-    )
+    body = TokenCreated(**msgspec.structs.asdict(_info(row)), token=secret)
     return json_response(body, status=201, headers={"Cache-Control": "no-store"})
 
 
