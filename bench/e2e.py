@@ -27,7 +27,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.loop import event_loop_factory
-from tests.support import SchedulerProcess
+from tests.support import UNLIMITED, SchedulerProcess
 
 
 class Agent:
@@ -112,16 +112,7 @@ class Agent:
 
 async def bench(n_agents: int, n_jobs: int, concurrency: int, n_latency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        # Throughput, not the per-token limits, is measured: one token does all of it.
-        sched = SchedulerProcess(
-            Path(tmp) / "state",
-            "--log-level",
-            "warning",
-            "--submit-rate",
-            "0",
-            "--max-streams-per-token",
-            "10000",
-        ).start()
+        sched = SchedulerProcess(Path(tmp) / "state", *UNLIMITED).start()
         try:
             return await _run(sched, n_agents, n_jobs, concurrency, n_latency)
         finally:

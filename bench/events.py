@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.loop import event_loop_factory
 from common.client import BerthClient
-from tests.support import SchedulerProcess
+from tests.support import UNLIMITED, SchedulerProcess
 
 #: seconds at the start of the run left out of the figures
 WARMUP_S = 2.0
@@ -386,16 +386,7 @@ async def measure_logs(sched: SchedulerProcess, root: Path) -> dict[str, Any]:
 
 async def bench(seconds: float, subscribers: int, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        # Throughput, not the per-token limits, is measured: one token does all of it.
-        sched = SchedulerProcess(
-            Path(tmp) / "state",
-            "--log-level",
-            "warning",
-            "--submit-rate",
-            "0",
-            "--max-streams-per-token",
-            "10000",
-        ).start()
+        sched = SchedulerProcess(Path(tmp) / "state", *UNLIMITED).start()
         try:
             sse = await measure_sse(sched, seconds, subscribers, rate)
             logs = await measure_logs(sched, Path(tmp))

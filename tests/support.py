@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: scheduler flags for benchmarks and load tests: throughput is measured, not the
+#: per-token limits, though one token does all of it
+UNLIMITED = (
+    "--log-level",
+    "warning",
+    "--submit-rate",
+    "0",
+    "--max-streams-per-token",
+    "10000",
+)
+
+
 class SchedulerProcess:
     """A real `berth scheduler` process on a loopback port with its own state dir."""
 
