@@ -26,11 +26,18 @@ _CODE = CODES
 _STATE: dict[int, JobState] = {code[0]: state for state, code in _CODE.items()}
 
 
+class _Owner(msgspec.Struct):
+    """The one field of a job that listings by owner need."""
+
+    submitted_by: str | None = None
+
+
 class JobArchive:
     def __init__(self) -> None:
         self._docs: dict[str, bytes] = {}
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Job)
+        self._owner_decoder = msgspec.json.Decoder(_Owner)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._docs
@@ -63,6 +70,10 @@ class JobArchive:
         """The document as kept here (prefixed with its state code), as the store gives
         it back on a restart."""
         return self._docs[job_id]
+
+    def owner(self, job_id: str) -> str | None:
+        """Who submitted the job, read without decoding the rest of it."""
+        return self._owner_decoder.decode(memoryview(self._docs[job_id])[1:]).submitted_by
 
     def raw(self, job_id: str) -> bytes:
         """The job's JSON document as the API sends it."""

@@ -612,9 +612,17 @@ class Cluster:
         if self._owned is None:
             owned: dict[str, list[str]] = {}
             for job_id in self.ids:
-                job = self.find(job_id)
-                if job is not None and job.submitted_by is not None:
-                    owned.setdefault(job.submitted_by, []).append(job_id)
+                live = self.jobs.get(job_id)
+                if live is not None:
+                    who = live.submitted_by
+                elif job_id in self.archive:
+                    # One field read from the encoded document: no decode of every
+                    # ended job when the index is first built.
+                    who = self.archive.owner(job_id)
+                else:
+                    continue
+                if who is not None:
+                    owned.setdefault(who, []).append(job_id)
             self._owned = owned
         # Ids of deleted jobs may linger here; iter_jobs skips what it cannot find.
         return self._owned.get(owner, [])

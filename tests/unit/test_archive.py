@@ -53,3 +53,13 @@ def test_pop_revives_the_job_and_forgets_it() -> None:
     revived = archive.pop("a")
     assert revived is not None and revived.state is JobState.CANCELLED
     assert "a" not in archive and archive.get("a") is None
+
+
+def test_the_owner_is_read_without_the_rest_of_the_job() -> None:
+    archive = JobArchive()
+    owned = _job("a", JobState.FAILED)
+    owned.submitted_by = "alice"
+    archive.put(owned)
+    archive.put(_job("b", JobState.COMPLETED))
+    assert archive.owner("a") == "alice"
+    assert archive.owner("b") is None
