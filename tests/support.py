@@ -40,6 +40,11 @@ UNLIMITED = (
 )
 
 
+#: scheduler flags for tests that compare state before and after a request: no node is
+#: ever late, offline or past a restart grace while the module runs
+QUIET = ("--heartbeat-interval", "36000", "--node-ttl", "36000", "--restart-grace", "36000")
+
+
 class SchedulerProcess:
     """A real `berth scheduler` process on a loopback port with its own state dir."""
 

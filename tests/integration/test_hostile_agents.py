@@ -24,10 +24,8 @@ from hypothesis import strategies as st
 
 from common.models import MAX_MEMORY_MB, MAX_PARALLEL
 from tests.integration.hostile import Http, Reply, files_below, wait_for
-from tests.support import SchedulerProcess
+from tests.support import QUIET, SchedulerProcess
 
-#: intervals and TTLs the module never comes near (seconds)
-FOREVER_S = "36000"
 SPEC = {
     "name": "victim",
     "image": "busybox",
@@ -81,12 +79,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sched = SchedulerProcess(
         Path(tmp_path_factory.mktemp("hostile-agents")) / "state",
-        "--heartbeat-interval",
-        FOREVER_S,
-        "--node-ttl",
-        FOREVER_S,
-        "--restart-grace",
-        FOREVER_S,
+        *QUIET,
     ).start()
     http = Http(sched.port)
     try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.integration.hostile import Http, Reply, files_below, raw_request, wait_for
-from tests.support import SchedulerProcess
+from tests.support import QUIET, SchedulerProcess
 
 MIB = 1024 * 1024
 #: the largest single log append, and the per-job cap with its marker (scheduler side)
@@ -28,8 +28,6 @@ MAX_APPEND = 4 * MIB
 LOG_CAP = 10 * MIB
 MARKER = b"\n[berth: log truncated at 10 MiB]\n"
 SPEC = {"image": "busybox", "resources": {"cpu": 0.1, "memory_mb": 16}, "timeout_s": 36000}
-#: intervals and TTLs the module never comes near (seconds)
-FOREVER_S = "36000"
 #: every byte but the newline: a "line" of any length, with NULs and invalid UTF-8
 NOT_A_NEWLINE = bytes(b for b in range(256) if b != 0x0A)
 
@@ -108,12 +106,7 @@ class Bench:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     sched = SchedulerProcess(
         Path(tmp_path_factory.mktemp("hostile-input")) / "state",
-        "--heartbeat-interval",
-        FOREVER_S,
-        "--node-ttl",
-        FOREVER_S,
-        "--restart-grace",
-        FOREVER_S,
+        *QUIET,
     ).start()
     http = Http(sched.port)
     try:

@@ -34,14 +34,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from scheduler.openapi import document
-from tests.support import SchedulerProcess
+from tests.support import QUIET, SchedulerProcess
 
 schema = schemathesis.openapi.from_dict(document())
 
 #: long polls and follows are cut short: this test is about answers, not waiting
 MAX_WAIT_S = 0.2
-#: intervals and TTLs no run of this module comes near (seconds)
-FOREVER_S = "36000"
 #: the callers each operation is tried as
 KINDS = ("admin", "submit", "read", "node", "wrong", "none")
 #: audit entries read at a time
@@ -126,12 +124,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     proc = SchedulerProcess(
         Path(tmp_path_factory.mktemp("schemathesis")) / "state",
-        "--heartbeat-interval",
-        FOREVER_S,
-        "--node-ttl",
-        FOREVER_S,
-        "--restart-grace",
-        FOREVER_S,
+        *QUIET,
     ).start()
     live = Live(proc, {"admin": proc.admin_token})
     try:
