@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import aiohttp
 
@@ -271,40 +271,49 @@ class BerthClient:
         query = {k: str(v) for k, v in (params or {}).items()}
         client_timeout = aiohttp.ClientTimeout(total=timeout or self.timeout)
         last: BaseException | None = None
+        async for url in self._urls(passes, path):
+            try:
+                async with self._session.request(
+                    method, url, params=query, data=body, headers=hdrs, timeout=client_timeout
+                ) as resp:
+                    data = await resp.read()
+                    status = resp.status
+            except aiohttp.ClientConnectorCertificateError as e:
+                raise self._untrusted(e) from e
+            except aiohttp.ClientConnectorError as e:
+                # Nothing was sent: safe to try elsewhere, idempotent or not.
+                last = e
+                self._failover()
+                continue
+            except (aiohttp.ClientError, TimeoutError) as e:
+                last = e
+                if not idempotent:
+                    raise SchedulerUnreachable(
+                        f"{method} {path}: {_describe(e)}", {"url": url}
+                    ) from e
+                self._failover()
+                continue
+            if 200 <= status < 300:
+                return data
+            error = error_from_body(status, data)
+            if status in RETRY_STATUSES and idempotent:
+                last = error
+                self._failover()
+                continue
+            raise error
+        self._unreachable(method, path, last)
+
+    async def _urls(self, passes: int, path: str) -> AsyncIterator[str]:
+        """Every scheduler URL in turn from the current one, ``passes`` times over, with
+        a backoff between passes; the caller calls _failover when one fails."""
         for attempt in range(passes):
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt - 1))
             for _ in range(len(self.urls)):
-                url = self.urls[self._current] + path
-                try:
-                    async with self._session.request(
-                        method, url, params=query, data=body, headers=hdrs, timeout=client_timeout
-                    ) as resp:
-                        data = await resp.read()
-                        status = resp.status
-                except aiohttp.ClientConnectorCertificateError as e:
-                    raise self._untrusted(e) from e
-                except aiohttp.ClientConnectorError as e:
-                    # Nothing was sent: safe to try elsewhere, idempotent or not.
-                    last = e
-                    self._failover()
-                    continue
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    last = e
-                    if not idempotent:
-                        raise SchedulerUnreachable(
-                            f"{method} {path}: {_describe(e)}", {"url": url}
-                        ) from e
-                    self._failover()
-                    continue
-                if 200 <= status < 300:
-                    return data
-                error = error_from_body(status, data)
-                if status in RETRY_STATUSES and idempotent:
-                    last = error
-                    self._failover()
-                    continue
-                raise error
+                yield self.urls[self._current] + path
+
+    def _unreachable(self, method: str, path: str, last: BaseException | None) -> NoReturn:
+        """Give up: the last error answered, or no scheduler answered at all."""
         if isinstance(last, BerthError):
             raise last
         raise SchedulerUnreachable(
@@ -468,43 +477,35 @@ class BerthClient:
             total=None, sock_connect=self.timeout, sock_read=TRANSFER_IDLE_TIMEOUT_S
         )
         last: BaseException | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(backoff_delay(attempt - 1))
-            for _ in range(len(self.urls)):
-                url = self.urls[self._current] + path
-                body = await asyncio.to_thread(source.open, "rb") if source is not None else None
-                try:
-                    async with self._session.request(
-                        method, url, params=query, data=body, headers=hdrs, timeout=timeout
-                    ) as resp:
-                        if 200 <= resp.status < 300:
-                            if sink is None:
-                                return await resp.read()
-                            expected = digest or resp.headers.get("X-Berth-Digest")
-                            return await _receive_file(resp, sink, expected)
-                        data = await resp.read()
-                        status = resp.status
-                except aiohttp.ClientConnectorCertificateError as e:
-                    raise self._untrusted(e) from e
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    last = e
-                    self._failover()
-                    continue
-                finally:
-                    if body is not None:
-                        body.close()
-                error = error_from_body(status, data)
-                if status in RETRY_STATUSES:
-                    last = error
-                    self._failover()
-                    continue
-                raise error
-        if isinstance(last, BerthError):
-            raise last
-        raise SchedulerUnreachable(
-            f"{method} {path}: no scheduler answered ({_describe(last)})", {"urls": self.urls}
-        ) from last
+        async for url in self._urls(self.retries + 1, path):
+            body = await asyncio.to_thread(source.open, "rb") if source is not None else None
+            try:
+                async with self._session.request(
+                    method, url, params=query, data=body, headers=hdrs, timeout=timeout
+                ) as resp:
+                    if 200 <= resp.status < 300:
+                        if sink is None:
+                            return await resp.read()
+                        expected = digest or resp.headers.get("X-Berth-Digest")
+                        return await _receive_file(resp, sink, expected)
+                    data = await resp.read()
+                    status = resp.status
+            except aiohttp.ClientConnectorCertificateError as e:
+                raise self._untrusted(e) from e
+            except (aiohttp.ClientError, TimeoutError) as e:
+                last = e
+                self._failover()
+                continue
+            finally:
+                if body is not None:
+                    body.close()
+            error = error_from_body(status, data)
+            if status in RETRY_STATUSES:
+                last = error
+                self._failover()
+                continue
+            raise error
+        self._unreachable(method, path, last)
 
     # --- client routes ---------------------------------------------------------------
 
