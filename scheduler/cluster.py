@@ -312,7 +312,7 @@ class Cluster:
         self.audit(by, "token.revoke", row.id, {"name": row.name, "role": row.role})
         return revoked
 
-    def rotate_join_token(self, *, by: TokenRow) -> str:
+    def rotate_join_token(self, *, by: TokenRow) -> tuple[TokenRow, str]:
         """A new join token; the old one stops working (registered nodes keep theirs)."""
         now = self._stamp()
         for row in list(self.tokens):
@@ -321,7 +321,7 @@ class Cluster:
         secret = new_secret()
         row = self.add_token(secret, JOIN, JOIN, by=by.name)
         self.audit(by, "token.rotate_join", row.id)
-        return secret
+        return row, secret
 
     def audit(
         self,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -82,7 +83,7 @@ class Service:
                 retry_after_s=10,
             )
         wait = self.submit_rate.take(who.digest, n)
-        if wait == float("inf"):
+        if math.isinf(wait):
             raise TooManyRequests(
                 f"{n} jobs at once is more than this token's burst of {self.submit_rate.burst}",
                 {"limit": self.submit_rate.burst},

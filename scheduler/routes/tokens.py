@@ -70,13 +70,11 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def rotate_join(request: web.Request) -> web.Response:
     who = require_role(request)
     svc = service(request)
-    secret = svc.cluster.rotate_join_token(by=who)
+    row, secret = svc.cluster.rotate_join_token(by=who)
     await svc.commit()
     # Only once the new token is durable: a crash before this leaves the old file,
     # whose token the restarted scheduler refuses, not a file with an unknown token.
     svc.write_join_token(secret)
-    row = svc.cluster.authenticate(secret)
-    assert row is not None
     return json_response(JoinToken(id=row.id, token=secret), headers={"Cache-Control": "no-store"})
 
 
