@@ -17,6 +17,8 @@ from scheduler.config import (
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
     MAX_QUEUED_JOBS,
+    MAX_SPEC_BYTES,
+    MAX_SPEC_BYTES_PER_TOKEN,
     MAX_STREAMS_PER_TOKEN,
     RETENTION_INTERVAL_S,
     SUBMIT_BURST,
@@ -143,6 +145,34 @@ from scheduler.config import (
     help="Jobs that may wait in the queue; past it, submits get 429.",
 )
 @click.option(
+    "--max-queued-jobs-per-token",
+    envvar="BERTH_MAX_QUEUED_JOBS_PER_TOKEN",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs one token may have waiting in the queue (admin tokens are exempt); past "
+    "it, 429 with Retry-After.  [default: a quarter of --max-queued-jobs]",
+)
+@click.option(
+    "--max-spec-bytes",
+    envvar="BERTH_MAX_SPEC_BYTES",
+    show_envvar=True,
+    type=click.IntRange(min=1024),
+    default=MAX_SPEC_BYTES,
+    show_default=True,
+    help="Largest job spec, as encoded JSON; past it, 413.",
+)
+@click.option(
+    "--max-spec-bytes-per-token",
+    envvar="BERTH_MAX_SPEC_BYTES_PER_TOKEN",
+    show_envvar=True,
+    type=click.IntRange(min=1024),
+    default=MAX_SPEC_BYTES_PER_TOKEN,
+    show_default=True,
+    help="Spec bytes of the jobs one token has stored until retention deletes them "
+    "(admin tokens are exempt); past it, 429.",
+)
+@click.option(
     "--max-streams-per-token",
     envvar="BERTH_MAX_STREAMS_PER_TOKEN",
     show_envvar=True,
@@ -176,6 +206,9 @@ def scheduler(
     submit_rate: float,
     submit_burst: int,
     max_queued_jobs: int,
+    max_queued_jobs_per_token: int | None,
+    max_spec_bytes: int,
+    max_spec_bytes_per_token: int,
     max_streams_per_token: int,
     webhook_allow_private: bool,
     tls_cert: Path | None,
@@ -206,6 +239,9 @@ def scheduler(
         submit_rate_per_s=submit_rate,
         submit_burst=submit_burst,
         max_queued_jobs=max_queued_jobs,
+        max_queued_jobs_per_token=max_queued_jobs_per_token,
+        max_spec_bytes=max_spec_bytes,
+        max_spec_bytes_per_token=max_spec_bytes_per_token,
         max_streams_per_token=max_streams_per_token,
         webhook_allow_private=webhook_allow_private,
         tls_cert=tls[0] if tls else None,

@@ -32,12 +32,20 @@ class _Owner(msgspec.Struct):
     submitted_by: str | None = None
 
 
+class _OwnerAndSpec(msgspec.Struct):
+    """Who submitted a job, and its spec left encoded (its size is what is counted)."""
+
+    submitted_by: str | None = None
+    spec: msgspec.Raw = msgspec.Raw(b"")
+
+
 class JobArchive:
     def __init__(self) -> None:
         self._docs: dict[str, bytes] = {}
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Job)
         self._owner_decoder = msgspec.json.Decoder(_Owner)
+        self._spec_decoder = msgspec.json.Decoder(_OwnerAndSpec)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._docs
@@ -74,6 +82,11 @@ class JobArchive:
     def owner(self, job_id: str) -> str | None:
         """Who submitted the job, read without decoding the rest of it."""
         return self._owner_decoder.decode(memoryview(self._docs[job_id])[1:]).submitted_by
+
+    def owner_and_spec_bytes(self, job_id: str) -> tuple[str | None, int]:
+        """Who submitted the job and its spec's encoded size, without decoding the job."""
+        found = self._spec_decoder.decode(memoryview(self._docs[job_id])[1:])
+        return found.submitted_by, len(found.spec)
 
     def raw(self, job_id: str) -> bytes:
         """The job's JSON document as the API sends it."""

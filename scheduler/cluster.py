@@ -46,7 +46,9 @@ from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transiti
 from scheduler import liveness, placement, queue
 from scheduler.archive import JobArchive
 from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
+from scheduler.dependencies import DependencyIndex
 from scheduler.events import Event, EventLog
+from scheduler.limits import spec_bytes
 from scheduler.nodes import add, cooldown_seconds, node_status, sub
 from scheduler.store.base import AuditRecord, Changes, Loaded, LogChunk, TokenRow
 from scheduler.tokens import JOIN, NODE, TokenBook, new_secret, token_digest
@@ -94,6 +96,9 @@ def _share_strings(job: Job) -> None:
     job.name = spec.name = intern(spec.name)
     if isinstance(spec.command, list):
         spec.command = [intern(a) if len(a) <= _INTERN_MAX else a for a in spec.command]
+    if spec.depends_on:
+        # Thousands of jobs may each name the same thousand ids.
+        spec.depends_on = [intern(d) for d in spec.depends_on]
     for mapping in (spec.env, spec.labels, spec.constraints.labels):
         for k, v in mapping.items():
             if len(v) <= _INTERN_MAX:
@@ -157,6 +162,13 @@ class Cluster:
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         #: why each queued job waits, from the last placement pass
         self.pending_reason: dict[str, str] = {}
+        #: where each queued job stands with its dependencies, kept as they end
+        self.deps = DependencyIndex()
+        #: submitter -> how many of its jobs are queued (the per-token queue quota)
+        self.queued_by: dict[str, int] = {}
+        #: submitter -> encoded spec bytes of its jobs kept (live or ended); built when
+        #: first asked for, then kept up to date
+        self._spec_bytes: dict[str, int] | None = None
         #: when each queued job entered the queue (for the starvation bound)
         self.queued_since: dict[str, float] = {}
         #: concurrency groups' limits
@@ -216,6 +228,9 @@ class Cluster:
                 node = self.nodes[job.node_id]
                 node.allocated = add(node.allocated, _request(job))
                 node.running_jobs.append(job.id)
+        for job_id in self.queue:
+            # Only now: a job's dependencies may come after it in what was loaded.
+            self._track_dependencies(self.jobs[job_id])
         self.ids = sorted([*self.jobs, *self.archive])
         if self.ids:
             self._last_id = int(self.ids[-1], 16)
@@ -354,6 +369,7 @@ class Cluster:
             self.queue.pop(job.id, None)
             self.pending_reason.pop(job.id, None)
             self.queued_since.pop(job.id, None)
+            self._dequeued(job)
         if old in ON_NODE and new not in ON_NODE:
             self._release(job, hold=hold)
         self.counts[old] -= 1
@@ -362,6 +378,7 @@ class Cluster:
         job.reason = reason
         if new is JobState.QUEUED:
             self._enqueue(job)
+            self._track_dependencies(job)
             self.on_placement_wanted()
         elif new is JobState.RUNNING and job.started_at is None:
             job.started_at = now
@@ -370,6 +387,8 @@ class Cluster:
             if job.spec.webhook is not None:
                 # Sent once this state is committed; survives a restart until delivered.
                 job.webhook_pending = True
+        if new in TERMINAL:
+            self._dependency_ended(job, new)
         data: dict[str, Any] = {"state": new.value, "from": old.value, "attempt": job.attempt}
         if job.node_id:
             data["node_id"] = job.node_id
@@ -380,6 +399,8 @@ class Cluster:
         self._event("job.state", job=job, data=data)
 
     def _enqueue(self, job: Job) -> None:
+        owner = job.submitted_by or ""
+        self.queued_by[owner] = self.queued_by.get(owner, 0) + 1
         self.queued_since[job.id] = self.clock()
         r = job.spec.resources
         self.queue[job.id] = placement.JobRequest(
@@ -393,6 +414,53 @@ class Cluster:
             avoid=frozenset(job.failed_nodes),
             needs=policy.needs(job.spec),
         )
+
+    def _dequeued(self, job: Job) -> None:
+        owner = job.submitted_by or ""
+        left = self.queued_by.get(owner, 0) - 1
+        if left > 0:
+            self.queued_by[owner] = left
+        else:
+            self.queued_by.pop(owner, None)
+        self.deps.untrack(job.id)
+
+    def _track_dependencies(self, job: Job) -> None:
+        if job.spec.depends_on:
+            self.deps.track(job.id, job.spec.depends_on, self.state_of)
+
+    def _dependency_ended(self, job: Job, state: JobState) -> None:
+        """Tell the jobs waiting on ``job`` that it ended (its last dependents may be
+        placed now; a failure fails them at the next pass, as it always has)."""
+        ready = self.deps.ended(job.id, state)
+        for job_id in ready:
+            self.pending_reason.pop(job_id, None)
+        if ready or state is not JobState.COMPLETED:
+            self.on_placement_wanted()
+
+    def spec_bytes_of(self, owner: str) -> int:
+        """Encoded spec bytes of the jobs ``owner`` submitted that are still kept."""
+        if self._spec_bytes is None:
+            held: dict[str, int] = {}
+            for job in self.jobs.values():
+                who = job.submitted_by or ""
+                held[who] = held.get(who, 0) + spec_bytes(job.spec)
+            for job_id in self.archive:
+                # Read from the encoded document, without decoding the job.
+                who_or_none, size = self.archive.owner_and_spec_bytes(job_id)
+                who = who_or_none or ""
+                held[who] = held.get(who, 0) + size
+            self._spec_bytes = held
+        return self._spec_bytes.get(owner, 0)
+
+    def _held_spec_bytes(self, job: Job, sign: int) -> None:
+        if self._spec_bytes is None:
+            return
+        owner = job.submitted_by or ""
+        left = self._spec_bytes.get(owner, 0) + sign * spec_bytes(job.spec)
+        if left > 0:
+            self._spec_bytes[owner] = left
+        else:
+            self._spec_bytes.pop(owner, None)
 
     def _release(self, job: Job, *, hold: bool) -> None:
         """Give back a job's resources on its node, or hold them until the agent confirms."""
@@ -459,6 +527,8 @@ class Cluster:
             self._owned.setdefault(submitted_by, []).append(job.id)
         self.counts[JobState.QUEUED] += 1
         self._enqueue(job)
+        self._track_dependencies(job)
+        self._held_spec_bytes(job, 1)
         if idempotency_key is not None:
             self.idempotency[scoped] = job.id
             self.changes.idempotency.append((scoped, job.id))
@@ -1060,6 +1130,8 @@ class Cluster:
             assert job is not None
             gone.append(job)
             self._count_results(job, -1)
+            self._held_spec_bytes(job, -1)
+            self.deps.forget(job_id)
             self.counts[job.state] -= 1
             i = bisect.bisect_left(self.ids, job_id)
             if i < len(self.ids) and self.ids[i] == job_id:
@@ -1151,19 +1223,30 @@ class Cluster:
         room: dict[str, int | None] = {}
         ready = []
         doomed: list[tuple[Job, str]] = []
-        for req in sorted(self.queue.values(), key=queue.queue_order):
+        for job_id in self.deps.take_doomed():
+            # A dependency ended without completing: judged once, against the states
+            # of now (it may have been retried since), in the first pass it may run.
+            job = self.jobs[job_id]
+            if job.not_before is not None and job.not_before.timestamp() > now:
+                self.deps.doom_later(job_id)
+                continue
+            failed = queue.dependencies(job.spec.depends_on, self.state_of).failed
+            if failed is not None:
+                doomed.append((job, failed))
+        for job_id in self.deps.take_stale():
+            job = self.jobs[job_id]
+            self.pending_reason[job_id] = self.deps.reason(
+                job_id, job.spec.depends_on, self.state_of
+            )
+        # A job still waiting on a dependency is not looked at: the index says when.
+        waits = self.deps.waits
+        for req in sorted(
+            (r for r in self.queue.values() if not waits(r.id)), key=queue.queue_order
+        ):
             job = self.jobs[req.id]
             if job.not_before is not None and job.not_before.timestamp() > now:
                 self.pending_reason[req.id] = queue.WAITING_TO_RETRY
                 continue
-            if job.spec.depends_on:
-                deps = queue.dependencies(job.spec.depends_on, self.state_of)
-                if deps.failed is not None:
-                    doomed.append((job, deps.failed))
-                    continue
-                if deps.waiting:
-                    self.pending_reason[req.id] = f"{queue.WAITING_ON}: {', '.join(deps.waiting)}"
-                    continue
             group = job.spec.group
             if group is not None:
                 if group not in room:

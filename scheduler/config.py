@@ -51,6 +51,14 @@ SUBMIT_RATE_PER_S = 1000.0
 SUBMIT_BURST = 10_000
 #: jobs that may wait in the queue at once; past it submits get 429
 MAX_QUEUED_JOBS = 200_000
+#: jobs one token may have waiting at once, by default this share of MAX_QUEUED_JOBS,
+#: so that one token cannot fill the queue for everyone (admin tokens are exempt)
+QUEUED_SHARE_PER_TOKEN = 0.25
+#: largest JobSpec, as encoded JSON; past it a submit gets 413
+MAX_SPEC_BYTES = 64 * 1024
+#: encoded spec bytes of the jobs one token has stored (every job not yet deleted by
+#: retention: ended jobs stay in memory as documents too); past it submits get 429
+MAX_SPEC_BYTES_PER_TOKEN = 256 * 1024 * 1024
 #: event streams, WebSockets and log follows one token may hold open at once
 MAX_STREAMS_PER_TOKEN = 256
 #: SSE keep-alive comment interval
@@ -81,12 +89,22 @@ class SchedulerConfig:
     submit_rate_per_s: float = SUBMIT_RATE_PER_S
     submit_burst: int = SUBMIT_BURST
     max_queued_jobs: int = MAX_QUEUED_JOBS
+    #: None: QUEUED_SHARE_PER_TOKEN of max_queued_jobs (see queued_jobs_per_token)
+    max_queued_jobs_per_token: int | None = None
+    max_spec_bytes: int = MAX_SPEC_BYTES
+    max_spec_bytes_per_token: int = MAX_SPEC_BYTES_PER_TOKEN
     max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
     #: whether job webhooks may call loopback and private addresses
     webhook_allow_private: bool = False
     #: PEM certificate (may hold its chain) and private key: with both, HTTPS only
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @property
+    def queued_jobs_per_token(self) -> int:
+        if self.max_queued_jobs_per_token is not None:
+            return self.max_queued_jobs_per_token
+        return max(1, int(self.max_queued_jobs * QUEUED_SHARE_PER_TOKEN))
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 """Per-token limits: how fast a token may create jobs, and how many streams it may hold
-open. Pure bookkeeping with an injected clock; the routes turn a refusal into a 429."""
+open; and how big one job's spec may be. Pure bookkeeping with an injected clock; the
+routes turn a refusal into a 429 (a spec too big: 413)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from common.errors import TooManyRequests
+from common import codec
+from common.errors import PayloadTooLarge, TooManyRequests
+from common.models import JobSpec
 
 
 @dataclass(slots=True)
@@ -79,3 +82,20 @@ class StreamSlots:
                 self._held[key] = left
             else:
                 del self._held[key]
+
+
+def spec_bytes(spec: JobSpec) -> int:
+    """A spec's size as stored and sent: its encoded JSON."""
+    return len(codec.encode(spec))
+
+
+def check_spec_size(spec: JobSpec, max_bytes: int, field: str) -> int:
+    """The spec's encoded size; 413 naming ``field`` past ``max_bytes``."""
+    size = spec_bytes(spec)
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"the job spec is {size} bytes as JSON, past the limit of {max_bytes} bytes "
+            "(--max-spec-bytes); pass large data as an input archive",
+            {"field": field, "bytes": size, "max_bytes": max_bytes},
+        )
+    return size

@@ -72,16 +72,12 @@ class Service:
         self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
         self.streams = StreamSlots(config.max_streams_per_token)
 
-    def admit_jobs(self, who: TokenRow, n: int) -> None:
-        """Refuse, before anything changes, ``n`` new jobs past the queue's cap or the
-        token's submit rate (429 with Retry-After)."""
-        queued = self.cluster.counts[JobState.QUEUED]
-        if queued + n > self.config.max_queued_jobs:
-            raise TooManyRequests(
-                f"the queue is full ({queued} of {self.config.max_queued_jobs} jobs waiting)",
-                {"queued": queued, "limit": self.config.max_queued_jobs},
-                retry_after_s=10,
-            )
+    def admit_jobs(self, who: TokenRow, n: int, spec_bytes: int = 0) -> None:
+        """Refuse, before anything changes, ``n`` new jobs (of ``spec_bytes`` encoded
+        specs together) past the queue's cap, the token's share of the queue, the
+        token's stored spec bytes or its submit rate (429 with Retry-After)."""
+        self.admit_queued(who, n)
+        self._admit_spec_bytes(who, spec_bytes)
         wait = self.submit_rate.take(who.digest, n)
         if math.isinf(wait):
             raise TooManyRequests(
@@ -93,6 +89,42 @@ class Service:
                 "this token is creating jobs too fast",
                 {"rate_per_s": self.submit_rate.rate},
                 retry_after_s=max(1, int(wait + 0.999)),
+            )
+
+    def admit_queued(self, who: TokenRow, n: int) -> None:
+        """Refuse ``n`` more queued jobs past the queue's cap or, but for an admin
+        token, past the token's quota of queued jobs (429 with Retry-After)."""
+        queued = self.cluster.counts[JobState.QUEUED]
+        if queued + n > self.config.max_queued_jobs:
+            raise TooManyRequests(
+                f"the queue is full ({queued} of {self.config.max_queued_jobs} jobs waiting)",
+                {"queued": queued, "limit": self.config.max_queued_jobs},
+                retry_after_s=10,
+            )
+        if who.role == "admin":
+            return
+        quota = self.config.queued_jobs_per_token
+        mine = self.cluster.queued_by.get(who.name, 0)
+        if mine + n > quota:
+            raise TooManyRequests(
+                f"this token has {mine} jobs waiting in the queue; {n} more would pass its "
+                f"quota of {quota} (--max-queued-jobs-per-token)",
+                {"queued": mine, "limit": quota},
+                retry_after_s=10,
+            )
+
+    def _admit_spec_bytes(self, who: TokenRow, size: int) -> None:
+        if who.role == "admin":
+            return
+        budget = self.config.max_spec_bytes_per_token
+        held = self.cluster.spec_bytes_of(who.name)
+        if held + size > budget:
+            raise TooManyRequests(
+                f"this token's kept jobs hold {held} bytes of specs; {size} more would pass "
+                f"its budget of {budget} (--max-spec-bytes-per-token); an ended job gives "
+                "its share back when retention deletes it",
+                {"spec_bytes": held, "limit": budget},
+                retry_after_s=60,
             )
 
     def write_join_token(self, token: str) -> None:

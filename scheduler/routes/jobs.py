@@ -20,6 +20,7 @@ from common.states import JobState
 from scheduler import access
 from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
+from scheduler.limits import check_spec_size
 from scheduler.routes import service, visible_job
 from scheduler.service import Service
 from scheduler.store.base import TokenRow
@@ -47,7 +48,8 @@ async def submit(request: web.Request) -> web.Response:
     spec = await read_body(request, JobSpec)
     svc = service(request)
     _check_dependencies(svc, who, spec, "$")
-    svc.admit_jobs(who, 1)
+    size = check_spec_size(spec, svc.config.max_spec_bytes, "$")
+    svc.admit_jobs(who, 1, size)
     job, created = svc.cluster.submit(spec, submitted_by=who.name, idempotency_key=key)
     if created:
         svc.cluster.audit(who, "job.submit", job.id, {"name": job.name})
@@ -64,14 +66,16 @@ async def submit_batch(request: web.Request) -> web.Response:
     who = require_role(request, "submit")
     batch = await read_body(request, JobBatch)
     svc = service(request)
+    size = 0
     for i, spec in enumerate(batch.jobs):
+        size += check_spec_size(spec, svc.config.max_spec_bytes, f"$.jobs[{i}]")
         _check_dependencies(svc, who, spec, f"$.jobs[{i}]")
         try:
             svc.cluster.check_spec(spec)
         except InvalidRequest as e:
             field = str(e.details.get("field", "$")).replace("$", f"$.jobs[{i}]", 1)
             raise InvalidRequest(e.message, {**e.details, "field": field}) from None
-    svc.admit_jobs(who, len(batch.jobs))
+    svc.admit_jobs(who, len(batch.jobs), size)
     jobs = [svc.cluster.submit(spec, submitted_by=who.name)[0] for spec in batch.jobs]
     for job in jobs:
         svc.cluster.audit(who, "job.submit", job.id, {"name": job.name})
@@ -150,6 +154,9 @@ def _act(svc: Service, action: str, job_id: str, who: TokenRow) -> Job:
     cluster = svc.cluster
     if not access.sees_all_jobs(who):
         access.check_job(who, cluster.find(job_id))
+    if action == "retry":
+        # A retried job waits in the queue again: the same caps as a new one.
+        svc.admit_queued(who, 1)
     method = {
         "cancel": cluster.cancel,
         "retry": cluster.retry,

@@ -248,6 +248,9 @@ def limited(tmp_path: Path) -> Any:
         "5",
         "--max-queued-jobs",
         "8",
+        # The queue's cap is what is tested here, not one token's share of it.
+        "--max-queued-jobs-per-token",
+        "8",
         "--max-streams-per-token",
         "2",
     ).start()
