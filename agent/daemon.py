@@ -52,7 +52,7 @@ from agent.state import AgentState, NodeIdentity
 from agent.workspace import AttemptFiles, Workspaces
 from common import __version__
 from common.client import Backoff, BerthClient
-from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, Unauthorized
+from common.errors import BerthError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from common.models import (
     Assignment,
     Command,
@@ -223,12 +223,16 @@ class Agent:
         link = self._link()
         backoff = Backoff(RETRY_BASE_S, RETRY_MAX_S)
         req = self.register_request()
+        # A registered name is this agent's only with the node token it was given.
+        req.node_token = self._held_token()
         while True:
             try:
                 reply = await link.client.register(req, join_token=self.config.join_token)
                 break
             except (Unauthorized, Forbidden) as e:
                 raise FatalError(f"the scheduler refused the join token: {e.message}") from e
+            except Conflict as e:
+                raise FatalError(f"the scheduler refused the registration: {e.message}") from e
             except InvalidRequest as e:
                 raise FatalError(f"the scheduler refused the registration: {e.message}") from e
             except BerthError as e:
@@ -248,6 +252,14 @@ class Agent:
             self.config.max_parallel,
             ", ".join(self.policy.allow) or "nothing beyond the sandbox",
         )
+
+    def _held_token(self) -> str | None:
+        """The node token this agent holds for its name: the one it acts with now, or
+        the one a previous run saved in the state dir."""
+        if self.link is not None and self.link.client.token:
+            return self.link.client.token
+        saved = self.state.load_identity()
+        return saved.node_token if saved is not None and saved.name == self.config.name else None
 
     async def _registration_loop(self) -> None:
         link = self._link()
@@ -531,6 +543,7 @@ async def make_executor(config: AgentConfig) -> Executor:
                 pull_timeout_s=config.pull_timeout_s,
                 pids_limit=config.pids_limit,
                 max_parallel=config.max_parallel,
+                allow=config.allow,
             )
         log.warning("dockerd does not answer: falling back to the process executor")
     from agent.executors.process import ProcessExecutor

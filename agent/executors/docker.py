@@ -17,7 +17,9 @@ A job may also ask for its image's ``user``, a ``read_only`` root filesystem (th
 small tmpfs at /tmp stays writable, as do /workspace and /checkpoint), and, on nodes
 whose allow-list permits them (checked by :mod:`agent.policy` before this module sees
 the job), ``privileged`` mode, the host's network and host ``mounts``. A mount binds
-the source with its links resolved, so it shows what the policy checked.
+the very file the policy checked, pinned by :mod:`agent.hostmount` (a path swapped for
+a link afterwards changes nothing), and the container is removed unless what dockerd
+recorded and what the started container shows are that file.
 
 Parameters of :class:`DockerExecutor` and their defaults (``agent.config``):
 
@@ -55,7 +57,8 @@ from agent.executors.base import (
     StartError,
     UsageSample,
 )
-from agent.policy import host_path
+from agent.hostmount import MountRefused, PinnedMounts
+from agent.policy import NodePolicy
 from common.models import JobSpec
 
 log = logging.getLogger("berth.agent.docker")
@@ -246,8 +249,11 @@ class DockerExecutor(Executor):
         pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         max_parallel: int = 4,
+        allow: Sequence[str] = (),
     ) -> None:
         self.pull_policy = pull_policy
+        #: the node's allow-list, to pin what a host mount binds (agent.hostmount)
+        self._policy = NodePolicy(allow)
         self.pull_timeout_s = pull_timeout_s
         self.pids_limit = pids_limit
         workers = 4 * max_parallel + 8
@@ -289,24 +295,61 @@ class DockerExecutor(Executor):
     async def start(
         self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
     ) -> DockerExecution:
-        sources = await asyncio.to_thread(_mount_sources, spec)
-        opts = container_options(
-            info, spec, pids_limit=self.pids_limit, mounts=mounts, sources=sources
-        )
-        if self.pull_policy == "always":
-            await self._pull(spec.image)
-        container_id = await self._create(opts)
+        pinned = await asyncio.to_thread(_pin_mounts, spec, self._policy)
         try:
-            await self.call(self._api.start, container_id)
-        except docker.errors.APIError as e:
-            await self.remove_container(container_id)
-            text = _explain(e)
-            job_fault = any(s in text.lower() for s in _JOB_START_ERRORS)
-            raise StartError(f"container could not start: {text}", infra=not job_fault) from e
+            opts = container_options(
+                info, spec, pids_limit=self.pids_limit, mounts=mounts, sources=pinned.paths
+            )
+            if self.pull_policy == "always":
+                await self._pull(spec.image)
+            container_id = await self._create(opts)
+            await self._verify_mounts(container_id, spec, pinned, started=False)
+            try:
+                await self.call(self._api.start, container_id)
+            except docker.errors.APIError as e:
+                await self.remove_container(container_id)
+                text = _explain(e)
+                job_fault = any(s in text.lower() for s in _JOB_START_ERRORS)
+                raise StartError(f"container could not start: {text}", infra=not job_fault) from e
+            except docker.errors.DockerException as e:
+                await self.remove_container(container_id)
+                raise StartError(f"container could not start: {e}", infra=True) from e
+            await self._verify_mounts(container_id, spec, pinned, started=True)
+        finally:
+            # The started container keeps its copies of the mounts.
+            await asyncio.to_thread(pinned.release)
+        return DockerExecution(self, container_id, info, started_at=time.time())
+
+    async def _verify_mounts(
+        self, container_id: str, spec: JobSpec, pinned: PinnedMounts, *, started: bool
+    ) -> None:
+        """Compare the container's host mounts with the pinned sources: what dockerd
+        recorded (after create) and what the container shows (after start, while it
+        runs). On a mismatch the container is removed and the job fails."""
+        if not spec.mounts:
+            return
+        try:
+            attrs = await self.call(self._api.inspect_container, container_id)
         except docker.errors.DockerException as e:
             await self.remove_container(container_id)
-            raise StartError(f"container could not start: {e}", infra=True) from e
-        return DockerExecution(self, container_id, info, started_at=time.time())
+            raise StartError(f"container could not be inspected: {e}", infra=True) from e
+        targets = [m.target.rstrip("/") or "/" for m in spec.mounts]
+        if started:
+            pid = int((attrs.get("State") or {}).get("Pid") or 0)
+            if not pid:
+                return  # it has already exited: nothing is shown any more
+            wrong = await asyncio.to_thread(_shown_mismatch, pid, targets, pinned)
+        else:
+            by_target = {
+                (m.get("Destination") or "").rstrip("/") or "/": str(m.get("Source") or "")
+                for m in attrs.get("Mounts") or []
+            }
+            seen = [by_target.get(t, "") for t in targets]
+            wrong = await asyncio.to_thread(pinned.mismatch, seen)
+        if wrong is not None:
+            await self.remove_container(container_id)
+            where = "the started container shows" if started else "dockerd would mount"
+            raise StartError(f"refused: {where} {wrong}; the container was removed", infra=False)
 
     async def _create(self, opts: dict[str, Any]) -> str:
         """Create the container; pull a missing image first unless the policy forbids."""
@@ -615,18 +658,22 @@ class _Pipe:
             self._cond.notify_all()
 
 
-def _mount_sources(spec: JobSpec) -> list[str]:
-    """The job's mount sources with links resolved (blocking); a missing one is the
-    job's fault (dockerd would report it as its own failure)."""
-    out = []
-    for mount in spec.mounts:
-        source = host_path(mount.source)
-        if not os.path.exists(source):
-            raise StartError(
-                f"mount source {mount.source} does not exist on this node", infra=False
-            )
-        out.append(source)
-    return out
+def _pin_mounts(spec: JobSpec, node_policy: NodePolicy) -> PinnedMounts:
+    """The job's mount sources pinned (blocking, see :mod:`agent.hostmount`); a missing
+    or swapped one is the job's fault (dockerd would create a missing one)."""
+    try:
+        return PinnedMounts([m.source for m in spec.mounts], node_policy)
+    except MountRefused as e:
+        raise StartError(e.message, infra=e.infra) from e
+
+
+def _shown_mismatch(pid: int, targets: Sequence[str], pinned: PinnedMounts) -> str | None:
+    """What a running container shows at its mount targets, compared with the pinned
+    sources (blocking); None when all match or the container is already gone."""
+    wrong = pinned.mismatch([f"/proc/{pid}/root{t}" for t in targets])
+    if wrong is not None and not os.path.exists(f"/proc/{pid}/root/"):
+        return None  # it exited meanwhile: nothing was compared
+    return wrong
 
 
 def _explain(e: Exception) -> str:

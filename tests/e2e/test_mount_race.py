@@ -1,0 +1,141 @@
+"""The mount allow-list under a race: a job that swaps what an allowed path names.
+
+A ``race`` agent allows ``mount:DIR``. One job mounts DIR read-write and, for as long
+as it runs, swaps ``DIR/sub`` between a real directory and a link to a directory
+outside DIR that holds a root-only file; meanwhile other jobs mount ``DIR/sub``
+read-only and print what they find there. On an agent that checks the path and then
+hands dockerd the path again, some of them are shown the outside directory. The agent
+must bind what it checked, so none may be.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from common.client import BerthClient
+from common.models import Mount
+from tests.e2e.conftest import (
+    Cluster,
+    job_logs,
+    spec,
+    wait_done,
+    wait_for_nodes,
+    wait_state,
+)
+
+pytestmark = pytest.mark.docker
+
+#: read-only jobs racing the swapper (the review saw 11 of 30 shown the outside)
+READERS = 60
+SECRET = "root-only secret from outside the allowed directory"
+INSIDE = "inside"
+
+
+@pytest.fixture(scope="module")
+def race_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory the ``race`` agent allows mounts from; each test works under it."""
+    return tmp_path_factory.mktemp("race")
+
+
+def _race_dirs(root: Path, name: str) -> tuple[Path, Path]:
+    """``root/name`` holding ``sub`` (a real directory), ``real`` (a second one) and
+    ``lnk`` (a link outside); the outside directory holds a root-only file."""
+    allowed, outside = root / name, root.parent / f"{root.name}-{name}-outside"
+    for d in (allowed / "sub", allowed / "real"):
+        d.mkdir(parents=True)
+        (d / "secret").write_text(INSIDE + "\n")
+    outside.mkdir(mode=0o700)
+    (outside / "secret").write_text(SECRET + "\n")
+    os.chmod(outside / "secret", 0o600)
+    (allowed / "lnk").symlink_to(outside)
+    return allowed, outside
+
+
+@pytest.fixture(scope="module")
+def race_agent(cluster: Cluster, race_root: Path) -> str:
+    if "race" not in cluster.agents:
+        cluster.add_agent(
+            "race",
+            "--executor",
+            "docker",
+            "--max-parallel",
+            "4",
+            "--label",
+            "pool=race",
+            "--allow",
+            f"mount:{race_root}",
+        )
+    return "race"
+
+
+#: how the swapper changes what DIR/sub names, forever (a step that fails, as when
+#: dockerd made a missing DIR/sub a directory, is undone by the next ``rm -rf``)
+SWAPS = {
+    # The review's: DIR/sub is a directory, then a link to the outside.
+    "dir-and-link": (
+        "while :; do [ -d away ] || {{ mkdir away; echo inside > away/secret; }}; "
+        "rm -rf sub; mv away sub; mv sub away || rm -rf sub; ln -s {outside} sub; done"
+    ),
+    # A link that leads inside (so a check of the path passes), then outside.
+    "link-in-and-out": (
+        "rm -rf sub; while :; do ln -sfn real sub || rm -rf sub; "
+        "ln -sfn {outside} sub || rm -rf sub; done"
+    ),
+}
+
+
+@pytest.mark.parametrize("swap", sorted(SWAPS))
+async def test_a_job_swapping_links_cannot_show_other_mounts_a_directory_outside(
+    api: BerthClient, cluster: Cluster, race_root: Path, race_agent: str, swap: str
+) -> None:
+    allowed, outside = _race_dirs(race_root, swap)
+    await wait_for_nodes(api, [race_agent], timeout=60)
+    script = "cd /data; " + SWAPS[swap].format(outside=outside)
+    swapper = await api.submit_job(
+        spec(
+            script,
+            "race",
+            cpu=0.1,
+            memory_mb=32,
+            timeout_s=600,
+            mounts=(Mount(str(allowed), "/data", read_only=False),),
+        )
+    )
+    await wait_state(api, swapper.id, {"running"}, timeout=60)
+    try:
+        reader = spec(
+            "cat /data/secret",
+            "race",
+            cpu=0.1,
+            memory_mb=32,
+            mounts=(Mount(str(allowed / "sub"), "/data"),),
+        )
+        ids = [(await api.submit_job(reader)).id for _ in range(READERS)]
+        leaked, inside, refused = 0, 0, 0
+        reasons: dict[str, int] = {}
+        for job_id in ids:
+            done = await wait_done(api, job_id, timeout=300)
+            output = (await job_logs(api, cluster.sched, done)).decode(errors="replace")
+            if SECRET in output:
+                leaked += 1
+            elif done.state == "completed" and INSIDE in output:
+                inside += 1
+            else:
+                refused += 1
+                reasons[(done.error or output)[-90:]] = (
+                    reasons.get((done.error or output)[-90:], 0) + 1
+                )
+        print(
+            f"readers: {leaked} leaked, {inside} read inside, {refused} refused or failed {reasons}"
+        )
+        # The swapper kept swapping all along: the race was live for every reader.
+        assert (await api.get_job(swapper.id)).state == "running"
+        assert leaked == 0, f"{leaked} of {READERS} readers were shown the outside directory"
+        # The rule refuses a swapped path; it does not refuse every mount under DIR.
+        assert inside > 0
+    finally:
+        await api.cancel_job(swapper.id)
+        await wait_done(api, swapper.id, timeout=60)
