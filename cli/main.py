@@ -29,6 +29,7 @@ COMMANDS = {
     "pause": "cli.jobs_cmd:pause",
     "resume": "cli.jobs_cmd:resume",
     "drain": "cli.jobs_cmd:drain",
+    "node": "cli.node_cmd:node",
     "token": "cli.token_cmd:token",
     "audit": "cli.token_cmd:audit",
     "logs": "cli.live_cmd:logs",

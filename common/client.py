@@ -580,6 +580,14 @@ class BerthClient:
             idempotent=True,
         )
 
+    async def forget_node(self, node_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Forget a node (admin): ``{"id", "name", "lost_jobs"}``."""
+        params = {"force": "1"} if force else None
+        reply: dict[str, Any] = codec.loads(
+            await self.request("DELETE", f"/api/v1/nodes/{node_id}", params=params)
+        )
+        return reply
+
     async def stats(self) -> Stats:
         return await self._typed(Stats, "GET", "/api/v1/stats")
 

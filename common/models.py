@@ -294,6 +294,9 @@ class RegisterRequest(Struct, forbid_unknown_fields=True):
     version: Annotated[str, Meta(max_length=64)] = ""
     #: the agent's allow-list: privileged, host-network, mount:/path (common.policy)
     allow: Annotated[list[AllowItem], Meta(max_length=256)] = field(default_factory=list)
+    #: the node token this agent holds for ``name``: re-registering a registered name
+    #: needs it (or an admin token); the join token alone only registers new names
+    node_token: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
 
 
 class RegisterReply(Struct):

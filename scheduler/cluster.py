@@ -705,11 +705,19 @@ class Cluster:
             raise NotFound(f"no node {node_id!r}", {"field": "node_id"})
         return node
 
-    def register(self, req: RegisterRequest) -> tuple[Node, str]:
-        """Register an agent; the same name keeps its node id. Returns a new node token."""
+    def register(self, req: RegisterRequest, *, replace: bool = False) -> tuple[Node, str]:
+        """Register an agent and return its node and node token.
+
+        A new name gets a new node and token. A registered name keeps its node id, but
+        only for the agent that proves it is that node by sending its node token (it
+        keeps that token, so a retried request cannot lock it out), or with ``replace``
+        (an admin: a new token, and the node's old ones stop working). The join token
+        alone never takes over a node: the name is refused with 409.
+        """
         now = self.clock()
         node_id = self.node_by_name.get(req.name)
         token = secrets.token_urlsafe(32)
+        kept = False
         if node_id is None:
             node = Node(
                 id="n" + secrets.token_hex(7),
@@ -723,10 +731,21 @@ class Cluster:
             fresh = True
         else:
             node = self.nodes[node_id]
-            # The agent's previous token stops working.
+            if req.node_token is not None and self.tokens.proves_node(req.node_token, node.id):
+                token, kept = req.node_token, True
+            elif not replace:
+                raise Conflict(
+                    f"node {req.name!r} is already registered and this request does not "
+                    "carry its node token (its agent keeps it in its state dir); if that "
+                    f"agent is gone for good, an admin runs `berth node forget {req.name}` "
+                    "and this agent may then register",
+                    {"field": "$.node_token"},
+                )
+            # Every other token of the node stops working.
             for row in self.tokens.of_node(node.id):
-                self.tokens.drop(row.digest)
-                self.changes.revoked_tokens.append(row.digest)
+                if not (kept and row.digest == token_digest(token)):
+                    self.tokens.drop(row.digest)
+                    self.changes.revoked_tokens.append(row.digest)
             fresh = False
         node.hostname = req.hostname
         node.labels = dict(req.labels)
@@ -742,7 +761,8 @@ class Cluster:
             # The agent that was shutting down is back.
             node.draining = False
             node.drain_reason = None
-        self.add_token(token, NODE, f"node:{node.name}", node.id)
+        if not kept:
+            self.add_token(token, NODE, f"node:{node.name}", node.id)
         self._event(
             "node.registered",
             node=node,
@@ -798,6 +818,38 @@ class Cluster:
         node = self.node(node_id)
         self._set_draining(node, drain, reason or None)
         return node
+
+    def forget_node(self, node_id: str, *, force: bool) -> tuple[Node, list[str]]:
+        """Remove a node and its tokens, so that its name may be registered anew (an
+        admin's way out when an agent lost its state dir). A node that runs jobs is
+        refused unless ``force``: then its jobs are lost, as when a node goes offline.
+        Returns the node as it was and the ids of the jobs it lost."""
+        node = self.node(node_id)
+        on_node = [*node.running_jobs, *(h.job_id for h in node.releasing)]
+        if on_node and not force:
+            raise Conflict(
+                f"node {node.name!r} runs {len(on_node)} jobs; drain it and wait, or "
+                "forget it with force (its jobs are then lost and retried elsewhere)",
+                {"field": "force", "jobs": on_node},
+            )
+        lost = list(node.running_jobs)
+        why = f"lost: node {node.name} was forgotten by an admin"
+        for job_id in lost:
+            job = self.jobs[job_id]
+            job.error = why
+            self._retry_or_end(job, JobState.FAILED, why)
+        for row in self.tokens.of_node(node.id):
+            self.tokens.drop(row.digest)
+            self.changes.revoked_tokens.append(row.digest)
+        self._event("node.forgotten", node=node, data={"name": node.name, "lost_jobs": lost})
+        del self.nodes[node.id]
+        del self.node_by_name[node.name]
+        self.changes.nodes.pop(node.id, None)
+        self.changes.forgotten_nodes.append(node.id)
+        for per_node in (self.missing, self._metrics_event_at, self._views):
+            per_node.pop(node.id, None)
+        self.on_placement_wanted()
+        return node, lost
 
     def _set_draining(self, node: Node, drain: bool, reason: str | None) -> None:
         node.draining = drain

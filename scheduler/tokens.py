@@ -101,6 +101,14 @@ class TokenBook:
     def of_node(self, node_id: str) -> list[TokenRow]:
         return [r for r in self._rows.values() if r.node_id == node_id]
 
+    def proves_node(self, token: str | None, node_id: str) -> bool:
+        """Whether ``token`` is a live node token of this node (its agent's proof of
+        identity when it registers again)."""
+        if token is None:
+            return False
+        row = self.authenticate(token)
+        return row is not None and row.role == NODE and row.node_id == node_id
+
     def listing(self, *, revoked: bool = False) -> list[TokenRow]:
         """People's tokens and the join token, oldest first; node tokens are on nodes."""
         rows = [

@@ -197,6 +197,8 @@ class SimAgent:
                 "labels": self.labels,
                 "max_parallel": self.max_parallel,
                 "executor": "process",
+                # Registering again is this node's only with its own token.
+                **({"node_token": self.token} if self.token else {}),
             },
         )
         assert status == 200, body

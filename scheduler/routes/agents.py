@@ -30,11 +30,13 @@ LOG_READ_CHUNK = 256 * 1024
 
 @routes.post("/api/v1/nodes/register")
 async def register(request: web.Request) -> web.Response:
-    if principal(request).role not in ("join", "admin"):
+    role = principal(request).role
+    if role not in ("join", "admin"):
         raise Forbidden("registering needs the join token")
     req = await read_body(request, RegisterRequest)
     svc = service(request)
-    node, token = svc.cluster.register(req)
+    # Only an admin may take over a registered name without the node's own token.
+    node, token = svc.cluster.register(req, replace=role == "admin")
     await svc.commit()
     cfg = svc.config
     return json_response(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.models import DrainRequest, NodeList
-from scheduler.http import json_response, read_body, require_role
+from scheduler.http import json_response, query_int, read_body, require_role
 from scheduler.routes import service
 
 routes = web.RouteTableDef()
@@ -35,3 +35,17 @@ async def drain(request: web.Request) -> web.Response:
     svc.cluster.audit(who, action, node.id, {"name": node.name, "reason": req.reason})
     await svc.commit()
     return json_response(node)
+
+
+@routes.delete("/api/v1/nodes/{id}")
+async def forget(request: web.Request) -> web.Response:
+    """Forget a node (admin): its tokens stop working and its name may be registered
+    again; 409 while it runs jobs unless ``?force=1``, which loses them."""
+    who = require_role(request)
+    force = bool(query_int(request, "force", 0, lo=0, hi=1))
+    svc = service(request)
+    node, lost = svc.cluster.forget_node(request.match_info["id"], force=force)
+    details = {"name": node.name, "force": force, "lost_jobs": lost}
+    svc.cluster.audit(who, "node.forget", node.id, details)
+    await svc.commit()
+    return json_response({"id": node.id, "name": node.name, "lost_jobs": lost})

@@ -73,10 +73,13 @@ class Changes:
     #: concurrency groups' limits
     groups: dict[str, int] = field(default_factory=dict)
     audit: list[AuditRecord] = field(default_factory=list)
+    #: ids of nodes an admin forgot: their rows are deleted (after this batch's writes)
+    forgotten_nodes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.audit
+            or self.forgotten_nodes
             or self.groups
             or self.jobs
             or self.nodes
@@ -97,6 +100,7 @@ class Changes:
         self.logs.extend(other.logs)
         self.groups.update(other.groups)
         self.audit.extend(other.audit)
+        self.forgotten_nodes.extend(other.forgotten_nodes)
 
 
 @dataclass(slots=True)

@@ -271,6 +271,7 @@ class SQLiteStore(Store):
             "revoked": [(d,) for d in c.revoked_tokens],
             "logs": [(lc.job_id, lc.attempt, lc.offset, lc.data) for lc in c.logs],
             "groups": list(c.groups.items()),
+            "forgotten_nodes": [(n,) for n in c.forgotten_nodes],
         }
 
     def _write_sync(self, rows: dict[str, Sequence[_Row]]) -> None:
@@ -293,6 +294,7 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM tokens WHERE digest = ?", rows["revoked"])
             conn.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?)", rows["logs"])
             conn.executemany("INSERT OR REPLACE INTO groups VALUES (?, ?)", rows["groups"])
+            conn.executemany("DELETE FROM nodes WHERE id = ?", rows["forgotten_nodes"])
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does that): keep the

@@ -1128,7 +1128,7 @@ def _exercise(c: Cluster, clock: FakeClock) -> None:
     clock.advance(31)
     c.check_liveness()
     c.drain(b.id, False, "")
-    register(c, "a")
+    c.register(RegisterRequest(name="a", capacity=Resources(cpu=4.0)), replace=True)
     clock.advance(100)
     beat(c, a)
     c.check_liveness()
@@ -1290,14 +1290,39 @@ def test_placement_respects_label_constraints(clock: FakeClock) -> None:
 # --- registration and stats ----------------------------------------------------------------
 
 
-def test_registering_the_same_name_keeps_the_node_and_replaces_its_token(
+def test_registering_the_same_name_with_its_token_keeps_the_node_and_the_token(
     clock: FakeClock,
 ) -> None:
     c = new_cluster(clock)
     node, token1 = c.register(RegisterRequest(name="w", capacity=Resources(cpu=1.0)))
-    again, token2 = c.register(RegisterRequest(name="w", capacity=Resources(cpu=2.0)))
+    again, token2 = c.register(
+        RegisterRequest(name="w", capacity=Resources(cpu=2.0), node_token=token1)
+    )
     assert again is node
     assert node.capacity.cpu == 2.0
+    assert token2 == token1
+    row = c.authenticate(token1)
+    assert row is not None and row.node_id == node.id
+
+
+def test_registering_a_registered_name_without_its_token_is_refused(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    node, token = c.register(RegisterRequest(name="w", capacity=Resources(cpu=1.0)))
+    c.take_changes()
+    with pytest.raises(Conflict) as refused:
+        c.register(RegisterRequest(name="w", capacity=Resources(cpu=9.0)))
+    assert refused.value.details == {"field": "$.node_token"}
+    assert node.capacity.cpu == 1.0 and not c.take_changes()
+    assert c.authenticate(token) is not None
+
+
+def test_an_admin_replacing_a_node_gets_a_new_token_and_the_old_one_stops(
+    clock: FakeClock,
+) -> None:
+    c = new_cluster(clock)
+    node, token1 = c.register(RegisterRequest(name="w", capacity=Resources(cpu=1.0)))
+    again, token2 = c.register(RegisterRequest(name="w", capacity=Resources(cpu=2.0)), replace=True)
+    assert again is node and token2 != token1
     assert c.authenticate(token1) is None
     row = c.authenticate(token2)
     assert row is not None and row.node_id == node.id

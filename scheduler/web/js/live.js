@@ -12,6 +12,7 @@ export const EVENT_TYPES = [
   "job.progress",
   "job.checkpoint",
   "node.registered",
+  "node.forgotten",
   "node.state",
   "node.metrics",
 ];

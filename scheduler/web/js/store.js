@@ -267,6 +267,7 @@ export function apply(event) {
       touch("jobs");
       break;
     case "node.registered":
+    case "node.forgotten":
       want("nodes", "stats");
       break;
     case "node.state": {
