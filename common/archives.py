@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from common.dirwalk import TreeRefused, has_entries, open_root, walk
+
 #: the most bytes the files of one archive may expand to
 MAX_EXPANDED_BYTES = 1024 * 1024 * 1024
 #: the most members (files, directories, links) one archive may hold
@@ -79,13 +81,7 @@ def sha256_file(path: Path) -> str:
 
 def has_content(root: Path) -> bool:
     """True when ``root`` is a real directory (not a link) with at least one entry."""
-    try:
-        if not stat.S_ISDIR(os.lstat(root).st_mode):
-            return False
-        with os.scandir(root) as it:
-            return any(True for _ in it)
-    except FileNotFoundError:
-        return False
+    return has_entries(root)
 
 
 # --- making ------------------------------------------------------------------------------
@@ -100,67 +96,79 @@ def create_tar_gz(
 ) -> int:
     """Write the tree below ``src`` (not ``src`` itself) as a tar.gz at ``dest``.
 
-    Links are stored as links, never followed; fifos, sockets and devices are left
-    out. Returns the number of members. Raises ArchiveError when ``src`` is not a real
-    directory, when the tree passes a bound, or when a file changed while it was read.
+    The tree may belong to a running job: it is read with :mod:`common.dirwalk`, which
+    never follows a path the job controls. Links are stored as links, never followed;
+    fifos, sockets and devices are left out. Returns the number of members. Raises
+    ArchiveError when ``src`` is not a real directory, when the tree passes a bound,
+    or when an entry changed while it was read (the message names it).
     """
     try:
-        if not stat.S_ISDIR(os.lstat(src).st_mode):
-            raise ArchiveError(f"{src} is not a directory")
+        root_fd = open_root(src)
+    except NotADirectoryError:
+        raise ArchiveError(f"{src} is not a directory") from None
     except FileNotFoundError:
         raise ArchiveError(f"{src} does not exist") from None
-    members = 0
-    total = 0
+    except OSError as e:
+        raise ArchiveError(f"could not archive {src}: {e}") from e
     try:
-        with (
-            open(dest, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            for path, arcname in _walk(src):
-                try:
-                    info = tar.gettarinfo(str(path), arcname)
-                except FileNotFoundError:
-                    continue  # removed while the tree was walked
-                if info is None or not (
-                    info.isreg() or info.isdir() or info.issym() or info.islnk()
-                ):
-                    continue  # fifos, sockets and devices are left out
-                members += 1
-                if members > max_members:
-                    raise ArchiveError(f"more than {max_members} files to archive")
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                # Directory times change with every entry: left out, an unchanged tree
-                # gives the same archive.
-                info.mtime = 0 if info.isdir() else int(info.mtime)
-                info.mode &= 0o777
-                if info.isreg():
-                    total += info.size
-                    if total > max_bytes:
-                        raise ArchiveError(f"more than {_mib(max_bytes)} to archive")
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
+        return _write_tar_gz(root_fd, dest, max_bytes, max_members)
     except ArchiveError:
         dest.unlink(missing_ok=True)
         raise
+    except TreeRefused as e:
+        dest.unlink(missing_ok=True)
+        raise ArchiveError(e.message) from e
     except OSError as e:
         dest.unlink(missing_ok=True)
         raise ArchiveError(f"could not archive {src}: {e}") from e
+    finally:
+        os.close(root_fd)
+
+
+def _write_tar_gz(root_fd: int, dest: Path, max_bytes: int, max_members: int) -> int:
+    members = 0
+    total = 0
+    #: (device, inode) of files with more than one name -> the member that has it
+    linked: dict[tuple[int, int], str] = {}
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for entry in walk(root_fd):
+            members += 1
+            if members > max_members:
+                raise ArchiveError(f"more than {max_members} files to archive")
+            info = tarfile.TarInfo(entry.name)
+            info.mode = entry.st.st_mode & 0o777
+            # Directory times change with every entry: left out, an unchanged tree
+            # gives the same archive.
+            info.mtime = 0 if entry.kind == "dir" else int(entry.st.st_mtime)
+            if entry.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif entry.kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry.link
+                tar.addfile(info)
+            else:
+                key = (entry.st.st_dev, entry.st.st_ino)
+                if entry.st.st_nlink > 1 and key in linked:
+                    info.type = tarfile.LNKTYPE
+                    info.linkname = linked[key]
+                    tar.addfile(info)
+                    continue
+                if entry.st.st_nlink > 1:
+                    linked[key] = entry.name
+                info.size = entry.st.st_size
+                total += info.size
+                if total > max_bytes:
+                    raise ArchiveError(f"more than {_mib(max_bytes)} to archive")
+                # Read through the handle the walk checked, never by path; a file
+                # that shrinks meanwhile fails the archive ("unexpected end of data").
+                with os.fdopen(entry.fd, "rb", closefd=False) as f:
+                    tar.addfile(info, f)
     return members
-
-
-def _walk(src: Path) -> Iterator[tuple[Path, str]]:
-    """Every entry below ``src`` with its archive name, sorted, links not followed."""
-    for root, dirs, files in os.walk(src, followlinks=False):
-        dirs.sort()
-        rel = os.path.relpath(root, src)
-        entries = sorted([*dirs, *files])
-        for name in entries:
-            arcname = name if rel == "." else f"{rel}/{name}"
-            yield Path(root) / name, arcname.replace(os.sep, "/")
 
 
 # --- extracting --------------------------------------------------------------------------
