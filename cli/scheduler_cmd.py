@@ -16,6 +16,7 @@ from scheduler.config import (
     BLOB_GRACE_S,
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
+    MAX_BLOB_BYTES_PER_TOKEN,
     MAX_QUEUED_JOBS,
     MAX_SPEC_BYTES,
     MAX_SPEC_BYTES_PER_TOKEN,
@@ -182,6 +183,16 @@ from scheduler.config import (
     help="Event streams, WebSockets and log follows one token may hold open.",
 )
 @click.option(
+    "--max-blob-bytes-per-token",
+    envvar="BERTH_MAX_BLOB_BYTES_PER_TOKEN",
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    default=MAX_BLOB_BYTES_PER_TOKEN,
+    show_default=True,
+    help="Bytes of blobs a submit token may keep stored (0: no limit; admin and node "
+    "tokens are exempt); an upload that could pass it is refused with 413 before it is read.",
+)
+@click.option(
     "--webhook-allow-private",
     envvar="BERTH_WEBHOOK_ALLOW_PRIVATE",
     show_envvar=True,
@@ -210,6 +221,7 @@ def scheduler(
     max_spec_bytes: int,
     max_spec_bytes_per_token: int,
     max_streams_per_token: int,
+    max_blob_bytes_per_token: int,
     webhook_allow_private: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -243,6 +255,7 @@ def scheduler(
         max_spec_bytes=max_spec_bytes,
         max_spec_bytes_per_token=max_spec_bytes_per_token,
         max_streams_per_token=max_streams_per_token,
+        max_blob_bytes_per_token=max_blob_bytes_per_token,
         webhook_allow_private=webhook_allow_private,
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,

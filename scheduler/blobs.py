@@ -82,6 +82,8 @@ class Swept:
     freed_bytes: int = 0
     #: blobs moved aside and then kept after all: named or stored again meanwhile
     kept_back: int = 0
+    #: the digests of the blobs deleted
+    deleted: tuple[str, ...] = ()
 
 
 def unreferenced(
@@ -126,14 +128,26 @@ class BlobStore:
             raise NotFound(f"no blob {digest}", {"field": "digest"})
         return path
 
-    async def put(self, chunks: AsyncIterator[bytes], *, declared: int | None = None) -> Stored:
+    def check_declared(self, declared: int | None) -> None:
+        """PayloadTooLarge when the size a sender announced is over the limit."""
+        if declared is not None and declared > self.max_bytes:
+            raise _too_large(self.max_bytes)
+
+    async def put(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        declared: int | None = None,
+        wrote: Callable[[int], None] | None = None,
+    ) -> Stored:
         """Store what ``chunks`` yields; durable when this returns.
 
         ``declared``: the size announced by the sender (Content-Length), refused at
-        once when over the limit.
+        once when over the limit; past it the write fails too. ``wrote`` is told how
+        many bytes each write put on disk (the upload's space reservation shrinks by
+        them).
         """
-        if declared is not None and declared > self.max_bytes:
-            raise _too_large(self.max_bytes)
+        self.check_declared(declared)
         tmp_dir = self.root / TMP_DIR
         await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
         tmp = tmp_dir / f"{secrets.token_hex(8)}{PART_SUFFIX}"
@@ -146,12 +160,22 @@ class BlobStore:
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise _too_large(self.max_bytes)
+                if declared is not None and size > declared:
+                    # Its space was reserved by the declared size: no more.
+                    raise InvalidRequest(
+                        f"the body is longer than its Content-Length of {declared} bytes",
+                        {"field": "Content-Length"},
+                    )
                 batch += chunk
                 if len(batch) >= WRITE_BATCH:
                     await asyncio.to_thread(_write, f, h, bytes(batch))
+                    if wrote is not None:
+                        wrote(len(batch))
                     batch.clear()
             if batch:
                 await asyncio.to_thread(_write, f, h, bytes(batch))
+                if wrote is not None:
+                    wrote(len(batch))
             await asyncio.to_thread(_sync_close, f)
             digest = h.hexdigest()
             created = await asyncio.to_thread(self._place, tmp, digest)
@@ -220,9 +244,9 @@ class BlobStore:
         doomed = unreferenced(maybe, named, cutoff)
         aside = await asyncio.to_thread(self._move_aside, doomed)
         wanted = {b.digest for b in aside if named(b.digest)}
-        blobs, freed, kept_back = await asyncio.to_thread(self._finish, aside, wanted, cutoff)
+        deleted, freed, kept_back = await asyncio.to_thread(self._finish, aside, wanted, cutoff)
         uploads, upload_bytes = await asyncio.to_thread(self._drop_abandoned, cutoff)
-        return Swept(blobs, uploads, freed + upload_bytes, kept_back)
+        return Swept(len(deleted), uploads, freed + upload_bytes, kept_back, tuple(deleted))
 
     def _digests(self) -> list[str]:
         """Every blob on disk (names only: a listing, no stat)."""
@@ -268,10 +292,11 @@ class BlobStore:
 
     def _finish(
         self, aside: list[BlobFile], wanted: set[str], cutoff: float
-    ) -> tuple[int, int, int]:
+    ) -> tuple[list[str], int, int]:
         """Delete what was moved aside, but put back what is named or was stored again
-        since. Returns (deleted, bytes freed, put back)."""
-        deleted = freed = kept_back = 0
+        since. Returns (the digests deleted, bytes freed, how many were put back)."""
+        deleted: list[str] = []
+        freed = kept_back = 0
         for blob in aside:
             path = self._aside_path(blob.digest)
             try:
@@ -283,7 +308,7 @@ class BlobStore:
                 kept_back += 1
                 continue
             path.unlink(missing_ok=True)
-            deleted += 1
+            deleted.append(blob.digest)
             freed += st.st_size
         return deleted, freed, kept_back
 

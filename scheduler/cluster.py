@@ -45,6 +45,7 @@ from common.models import (
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
 from scheduler import liveness, placement, queue
 from scheduler.archive import JobArchive
+from scheduler.blobholds import BlobHolds
 from scheduler.config import LATE_AFTER_INTERVALS, SchedulerConfig
 from scheduler.dependencies import DependencyIndex
 from scheduler.events import Event, EventLog
@@ -186,6 +187,8 @@ class Cluster:
         self.missing: dict[str, dict[str, int]] = {}
         #: (job id, attempt) -> bytes of log stored
         self.log_ends: dict[tuple[str, int], int] = {}
+        #: who may read which blob, and what each token's blobs cost its quota
+        self.blob_holds = BlobHolds()
         self._last_id = 0
         #: called when something happened that may let a queued job be placed
         self.on_placement_wanted: Callable[[], None] = lambda: None
@@ -238,6 +241,7 @@ class Cluster:
         self.group_limits = dict(loaded.groups)
         self.tokens = TokenBook(loaded.tokens)
         self.log_ends = dict(loaded.log_ends)
+        self.blob_holds = BlobHolds(loaded.blob_holds)
         for node in self.nodes.values():
             self._refresh_node(node, record=False)
 
@@ -563,15 +567,16 @@ class Cluster:
         self.changes.groups[group] = max_concurrent
         self.on_placement_wanted()
 
-    def groups(self) -> dict[str, dict[str, int | None]]:
-        """Every known group with its limit, its jobs on nodes and its queued jobs."""
-        active = self._active_by_group()
+    def groups(self, owner: str | None = None) -> dict[str, dict[str, int | None]]:
+        """Every known group with its limit, its jobs on nodes and its queued jobs; with
+        ``owner``, only the groups of that owner's jobs, counting only its jobs."""
+        active = self._active_by_group(owner)
         queued: dict[str, int] = {}
         for job_id in self.queue:
-            group = self.jobs[job_id].spec.group
-            if group is not None:
-                queued[group] = queued.get(group, 0) + 1
-        names = set(self.group_limits) | set(active) | set(queued)
+            job = self.jobs[job_id]
+            if job.spec.group is not None and owner in (None, job.submitted_by):
+                queued[job.spec.group] = queued.get(job.spec.group, 0) + 1
+        names = set(active) | set(queued) | (set(self.group_limits) if owner is None else set())
         return {
             g: {
                 "max_concurrent": self.group_limits.get(g),
@@ -1061,6 +1066,7 @@ class Cluster:
         self._result_ref(digest, 1)
         job.checkpoint = digest
         job.checkpoint_attempt = attempt
+        self._owner_holds(job, digest)
         self._event("job.checkpoint", job=job, data={"checkpoint": digest, "attempt": attempt})
 
     def _retry_or_end(self, job: Job, final: JobState, why: str, *, hold: bool = False) -> None:
@@ -1226,6 +1232,12 @@ class Cluster:
         self._result_ref(job.outputs, -1)
         self._result_ref(digest, 1)
         job.outputs = digest
+        self._owner_holds(job, digest)
+
+    def _owner_holds(self, job: Job, digest: str | None) -> None:
+        # A job's owner may fetch its outputs and checkpoint by digest too.
+        if digest is not None and job.submitted_by is not None:
+            self.blob_holds.hold(digest, job.submitted_by, 0, self.changes)
 
     def _count_results(self, job: Job, delta: int) -> None:
         self._result_ref(job.outputs, delta)
@@ -1258,12 +1270,13 @@ class Cluster:
             return job.state
         return self.archive.state(job_id) if job_id in self.archive else None
 
-    def _active_by_group(self) -> dict[str, int]:
+    def _active_by_group(self, owner: str | None = None) -> dict[str, int]:
         active: dict[str, int] = {}
         for node in self.nodes.values():
             for job_id in node.running_jobs:
-                group = self.jobs[job_id].spec.group
-                if group is not None:
+                job = self.jobs[job_id]
+                group = job.spec.group
+                if group is not None and owner in (None, job.submitted_by):
                     active[group] = active.get(group, 0) + 1
         return active
 

@@ -61,6 +61,9 @@ MAX_SPEC_BYTES = 64 * 1024
 MAX_SPEC_BYTES_PER_TOKEN = 256 * 1024 * 1024
 #: event streams, WebSockets and log follows one token may hold open at once
 MAX_STREAMS_PER_TOKEN = 256
+#: bytes of blobs one submit token may keep stored (what it uploaded that is not swept
+#: yet); 0: no limit
+MAX_BLOB_BYTES_PER_TOKEN = 10 * 1024 * 1024 * 1024
 #: SSE keep-alive comment interval
 KEEPALIVE_S = 15.0
 
@@ -94,6 +97,7 @@ class SchedulerConfig:
     max_spec_bytes: int = MAX_SPEC_BYTES
     max_spec_bytes_per_token: int = MAX_SPEC_BYTES_PER_TOKEN
     max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
+    max_blob_bytes_per_token: int = MAX_BLOB_BYTES_PER_TOKEN
     #: whether job webhooks may call loopback and private addresses
     webhook_allow_private: bool = False
     #: PEM certificate (may hold its chain) and private key: with both, HTTPS only

@@ -352,6 +352,13 @@ class Service:
         """Delete the blobs no kept job names, once past their grace (and uploads
         abandoned that long ago)."""
         swept = await self.blobs.sweep(self.cluster.names_blob, grace_s=self.config.blob_grace_s)
+        # Nobody holds a deleted blob any more, and its bytes leave its uploaders'
+        # quotas; unless it was stored again meanwhile (then its new holds stay).
+        for digest in swept.deleted:
+            if not self.blobs.exists(digest):
+                self.cluster.blob_holds.drop(digest, self.cluster.changes)
+        if swept.deleted:
+            await self.commit()
         if swept.blobs or swept.uploads:
             self.metrics.blobs_swept.labels("blob").inc(swept.blobs)
             self.metrics.blobs_swept.labels("upload").inc(swept.uploads)

@@ -15,6 +15,12 @@ conditions refuse writes, in the manner of a flood-stage disk watermark:
 Reads are never refused. A write that fails anyway because the disk filled up (a
 blob upload, say) answers 503 instead of 500.
 
+A blob upload reserves its declared size as it starts (:meth:`WriteGuard.reserve`):
+the free space counted by every check is what the file system reports less what
+uploads in flight have been promised and not written yet. An upload that would not
+fit above the reserve, next to those in flight, is refused (503) before its body is
+read, so uploads that each fit cannot together fill the disk.
+
 Parameters of :class:`WriteGuard` and their defaults:
 
 - ``reserve_bytes``: the free space kept back; by default ``RESERVE_FRACTION`` of the
@@ -25,7 +31,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,23 @@ def default_reserve(total_bytes: int) -> int:
     return max(RESERVE_MIN_BYTES, min(RESERVE_MAX_BYTES, int(total_bytes * RESERVE_FRACTION)))
 
 
+class Reservation:
+    """Space promised to one upload in flight: its declared size less what it wrote."""
+
+    __slots__ = ("declared", "written")
+
+    def __init__(self, declared: int) -> None:
+        self.declared = declared
+        self.written = 0
+
+    def wrote(self, n: int) -> None:
+        self.written += n
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.declared - self.written)
+
+
 class WriteGuard:
     def __init__(
         self,
@@ -72,6 +96,50 @@ class WriteGuard:
         self.state_dir = state_dir
         self.store = store
         self.reserve_bytes = reserve_bytes
+        #: uploads in flight
+        self._reservations: set[Reservation] = set()
+
+    @property
+    def promised_bytes(self) -> int:
+        """Bytes uploads in flight may still write."""
+        return sum(r.remaining for r in self._reservations)
+
+    def _space(self) -> tuple[int, int] | None:
+        """(free bytes not promised to uploads in flight, reserve), or None when the
+        state directory cannot be looked at."""
+        try:
+            st = os.statvfs(self.state_dir)
+        except OSError:
+            # Not there yet (before the first start) or unreadable: the store says more.
+            return None
+        reserve = self.reserve_bytes
+        if reserve is None:
+            reserve = default_reserve(st.f_blocks * st.f_frsize)
+        return st.f_bavail * st.f_frsize - self.promised_bytes, reserve
+
+    @contextmanager
+    def reserve(self, declared: int) -> Iterator[Reservation]:
+        """Promise ``declared`` bytes to an upload while it runs; Unavailable (nothing
+        promised) when they do not fit above the reserve next to the uploads in flight.
+        The upload reports what it has written to the reservation it is given."""
+        space = self._space()
+        if space is not None:
+            free, reserve = space
+            if free - declared < reserve:
+                promised = self.promised_bytes
+                why = (
+                    f"an upload of {_kib(declared)} KiB does not fit: the state directory "
+                    f"{self.state_dir} has {_kib(free + promised)} KiB free, "
+                    f"{_kib(promised)} KiB of it reserved for uploads in flight and "
+                    f"{_kib(reserve)} KiB kept in reserve"
+                )
+                raise Unavailable(f"{why}; nothing was stored, try again later", {"cause": why})
+        held = Reservation(declared)
+        self._reservations.add(held)
+        try:
+            yield held
+        finally:
+            self._reservations.discard(held)
 
     def low_space(self) -> str | None:
         """Why the free space is too low for clients' writes, or None.
@@ -79,20 +147,15 @@ class WriteGuard:
         Read at every write: statvfs costs a couple of microseconds, and a cached
         reading would let writes through for a while after the disk filled up.
         """
-        try:
-            st = os.statvfs(self.state_dir)
-        except OSError:
-            # Not there yet (before the first start) or unreadable: the store says more.
+        space = self._space()
+        if space is None:
             return None
-        free = st.f_bavail * st.f_frsize
-        reserve = self.reserve_bytes
-        if reserve is None:
-            reserve = default_reserve(st.f_blocks * st.f_frsize)
+        free, reserve = space
         if free >= reserve:
             return None
         return (
-            f"the state directory {self.state_dir} has {free // 1024} KiB free, "
-            f"under the {reserve // 1024} KiB kept in reserve"
+            f"the state directory {self.state_dir} has {_kib(free)} KiB free (less what "
+            f"uploads in flight may still write), under the {_kib(reserve)} KiB kept in reserve"
         )
 
     def refusal(self, *, bookkeeping: bool = False) -> str | None:
@@ -125,3 +188,7 @@ class WriteGuard:
         """For /readyz: why writes are refused, or None while they are taken."""
         why = self.refusal()
         return None if why is None else {"status": "unavailable", "cause": why}
+
+
+def _kib(n: int) -> int:
+    return n // 1024

@@ -1,7 +1,12 @@
 """Blobs: upload and download archives, a job's outputs, an attempt's checkpoint.
 
 Bodies are streamed (``request.content``), not read whole, so the blob size limit of
-:mod:`scheduler.blobs` applies here instead of the JSON body limit.
+:mod:`scheduler.blobs` applies here instead of the JSON body limit. Who may read a
+blob is decided in :mod:`scheduler.blobholds`; a refusal is the answer about a blob
+that does not exist. An upload reserves its declared size on the state directory's
+disk (:meth:`scheduler.writeguard.WriteGuard.reserve`) and counts against its token's
+quota of stored blob bytes before its body is read, and is answered 201 whether the
+blob was stored already or not.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from pathlib import Path
 from aiohttp import web
 
 from common.errors import Forbidden, InvalidRequest, NotFound
+from scheduler import blobholds
 from scheduler.blobs import BlobStore, Stored, check_digest
 from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
 from scheduler.routes import service, visible_job
+from scheduler.store.base import TokenRow
 
 routes = web.RouteTableDef()
 
@@ -23,21 +30,40 @@ READ_CHUNK = 256 * 1024
 READERS = frozenset({"admin", "read", "submit", "node"})
 #: roles that may store blobs (node tokens too: agents upload outputs)
 WRITERS = frozenset({"admin", "submit", "node"})
+#: the one answer to a blob the caller may not read, whether or not it is stored
+NOT_READABLE = "this token may not read that blob"
 
 
 def _store(request: web.Request) -> BlobStore:
     return BlobStore.in_state_dir(service(request).config.state_dir)
 
 
-def _allow(request: web.Request, roles: frozenset[str]) -> None:
-    if principal(request).role not in roles:
+def _allow(request: web.Request, roles: frozenset[str]) -> TokenRow:
+    who = principal(request)
+    if who.role not in roles:
         raise Forbidden(NOT_ALLOWED)
+    return who
 
 
-async def _receive(request: web.Request) -> Stored:
-    return await _store(request).put(
-        request.content.iter_chunked(READ_CHUNK), declared=request.content_length
-    )
+async def _receive(request: web.Request, who: TokenRow) -> Stored:
+    """Store the body, its declared size reserved on disk and counted against the
+    token's quota before a byte of it is read; the uploader then holds the blob."""
+    svc = service(request)
+    store = _store(request)
+    declared = request.content_length
+    store.check_declared(declared)
+    # A body without a length may be as long as the largest blob.
+    bound = store.max_bytes if declared is None else declared
+    with (
+        svc.cluster.blob_holds.admit_upload(who, bound, svc.config.max_blob_bytes_per_token),
+        svc.guard.reserve(bound) as held,
+    ):
+        stored = await store.put(
+            request.content.iter_chunked(READ_CHUNK), declared=declared, wrote=held.wrote
+        )
+    charged = stored.size if who.role in blobholds.QUOTA_ROLES else 0
+    svc.cluster.blob_holds.hold(stored.digest, who.name, charged, svc.cluster.changes)
+    return stored
 
 
 def _send(path: Path, digest: str, filename: str | None = None) -> web.FileResponse:
@@ -49,17 +75,20 @@ def _send(path: Path, digest: str, filename: str | None = None) -> web.FileRespo
 
 @routes.post("/api/v1/blobs")
 async def upload(request: web.Request) -> web.Response:
-    """Store the raw body; 201 with its digest, or 200 when it was stored already."""
-    _allow(request, WRITERS)
-    stored = await _receive(request)
-    body = {"digest": stored.digest, "size": stored.size}
-    return json_response(body, status=201 if stored.created else 200)
+    """Store the raw body; 201 with its digest, whether or not it was stored already
+    (another answer would tell that someone else stored it)."""
+    who = _allow(request, WRITERS)
+    stored = await _receive(request, who)
+    await service(request).commit()
+    return json_response({"digest": stored.digest, "size": stored.size}, status=201)
 
 
 @routes.get("/api/v1/blobs/{digest}")
 async def download(request: web.Request) -> web.FileResponse:
-    _allow(request, READERS)
+    who = _allow(request, READERS)
     digest = check_digest(request.match_info["digest"])
+    if not blobholds.may_read(service(request).cluster, who, digest):
+        raise Forbidden(NOT_READABLE)
     return _send(_store(request).find(digest), digest)
 
 
@@ -96,7 +125,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     svc = service(request)
     # Checked before the body is stored: a refused upload leaves no blob behind.
     svc.cluster.check_checkpoint(node_id, job_id, attempt)
-    stored = await _receive(request)
+    stored = await _receive(request, principal(request))
     # Checked again: the job may have moved on while the body arrived.
     svc.cluster.record_checkpoint(node_id, job_id, attempt, stored.digest)
     await svc.commit()

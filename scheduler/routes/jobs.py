@@ -17,7 +17,7 @@ from common.models import (
     JobSpec,
 )
 from common.states import JobState
-from scheduler import access
+from scheduler import access, blobholds
 from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
 from scheduler.limits import check_spec_size
@@ -48,6 +48,8 @@ async def submit(request: web.Request) -> web.Response:
     spec = await read_body(request, JobSpec)
     svc = service(request)
     _check_dependencies(svc, who, spec, "$")
+    access.check_group_limit(who, spec, svc.cluster.group_limits, "$")
+    _check_inputs(svc, who, spec, "$")
     size = check_spec_size(spec, svc.config.max_spec_bytes, "$")
     svc.admit_jobs(who, 1, size)
     job, created = svc.cluster.submit(spec, submitted_by=who.name, idempotency_key=key)
@@ -70,6 +72,8 @@ async def submit_batch(request: web.Request) -> web.Response:
     for i, spec in enumerate(batch.jobs):
         size += check_spec_size(spec, svc.config.max_spec_bytes, f"$.jobs[{i}]")
         _check_dependencies(svc, who, spec, f"$.jobs[{i}]")
+        access.check_group_limit(who, spec, svc.cluster.group_limits, f"$.jobs[{i}]")
+        _check_inputs(svc, who, spec, f"$.jobs[{i}]")
         try:
             svc.cluster.check_spec(spec)
         except InvalidRequest as e:
@@ -94,6 +98,17 @@ def _check_dependencies(svc: Service, who: TokenRow, spec: JobSpec, at: str) -> 
             raise InvalidRequest(
                 f"no job {dep!r} that this token can see", {"field": f"{at}.depends_on[{i}]"}
             )
+
+
+def _check_inputs(svc: Service, who: TokenRow, spec: JobSpec, at: str) -> None:
+    """A job's input archive must be a blob its submitter may read: naming another's
+    blob must neither hand it over nor tell whether it exists."""
+    if spec.inputs is None or blobholds.sees_every_blob(who):
+        return
+    if not blobholds.may_read(svc.cluster, who, spec.inputs):
+        raise InvalidRequest(
+            f"no blob {spec.inputs!r} that this token may read", {"field": f"{at}.inputs"}
+        )
 
 
 @routes.get("/api/v1/jobs")

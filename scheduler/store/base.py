@@ -59,6 +59,20 @@ class LogChunk:
     data: bytes
 
 
+@dataclass(slots=True, frozen=True)
+class BlobHold:
+    """A name that may read a blob because it held the blob's content: it uploaded the
+    blob, or owns a job whose outputs or checkpoint it is. Kept until the blob is
+    swept; a hold never outlives its blob's deletion in the store."""
+
+    digest: str
+    #: a token's name (node tokens are named ``node:NAME``)
+    name: str
+    #: bytes the blob costs the name's quota: its size when the name uploaded it, 0
+    #: when the name holds it only as a job's owner
+    charged: int = 0
+
+
 @dataclass(slots=True)
 class Changes:
     """Everything one batch writes. Jobs and nodes are keyed by id: last write wins."""
@@ -73,12 +87,15 @@ class Changes:
     #: concurrency groups' limits
     groups: dict[str, int] = field(default_factory=dict)
     audit: list[AuditRecord] = field(default_factory=list)
+    #: digest -> every hold on that blob now (none: the blob is gone); last write wins
+    blob_holds: dict[str, tuple[BlobHold, ...]] = field(default_factory=dict)
     #: ids of nodes an admin forgot: their rows are deleted (after this batch's writes)
     forgotten_nodes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.audit
+            or self.blob_holds
             or self.forgotten_nodes
             or self.groups
             or self.jobs
@@ -100,6 +117,7 @@ class Changes:
         self.logs.extend(other.logs)
         self.groups.update(other.groups)
         self.audit.extend(other.audit)
+        self.blob_holds.update(other.blob_holds)
         self.forgotten_nodes.extend(other.forgotten_nodes)
 
 
@@ -122,6 +140,8 @@ class Loaded:
     groups: dict[str, int] = field(default_factory=dict)
     #: ended jobs whose webhook has not been delivered yet
     webhooks_pending: list[str] = field(default_factory=list)
+    #: who may read which blob (see BlobHold)
+    blob_holds: list[BlobHold] = field(default_factory=list)
 
 
 class Store(ABC):

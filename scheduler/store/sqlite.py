@@ -30,7 +30,7 @@ from common.models import Job, Node
 from common.states import TERMINAL, JobState
 from scheduler.archive import CODES
 from scheduler.events import Event
-from scheduler.store.base import AuditRecord, Changes, Loaded, Store, TokenRow
+from scheduler.store.base import AuditRecord, BlobHold, Changes, Loaded, Store, TokenRow
 
 log = logging.getLogger("berth.store")
 
@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     job_id TEXT NOT NULL, attempt INTEGER NOT NULL, offset INTEGER NOT NULL,
     data BLOB NOT NULL, PRIMARY KEY (job_id, attempt, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_holds (
+    digest TEXT NOT NULL, name TEXT NOT NULL, charged INTEGER NOT NULL,
+    PRIMARY KEY (digest, name)
 ) WITHOUT ROWID;
 """
 
@@ -169,8 +173,21 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
         pruned_below = int(row[0]) if row else 0
         groups = dict(conn.execute("SELECT name, max_concurrent FROM groups").fetchall())
+        holds = [
+            BlobHold(*row) for row in conn.execute("SELECT digest, name, charged FROM blob_holds")
+        ]
         return Loaded(
-            jobs, nodes, idem, tokens, int(last), ends, archived, pruned_below, groups, webhooks
+            jobs,
+            nodes,
+            idem,
+            tokens,
+            int(last),
+            ends,
+            archived,
+            pruned_below,
+            groups,
+            webhooks,
+            holds,
         )
 
     def _close_sync(self) -> None:
@@ -271,6 +288,11 @@ class SQLiteStore(Store):
             "revoked": [(d,) for d in c.revoked_tokens],
             "logs": [(lc.job_id, lc.attempt, lc.offset, lc.data) for lc in c.logs],
             "groups": list(c.groups.items()),
+            # A blob's holds are written whole: its old rows go, its current ones come.
+            "blobs": [(d,) for d in c.blob_holds],
+            "blob_holds": [
+                (h.digest, h.name, h.charged) for hs in c.blob_holds.values() for h in hs
+            ],
             "forgotten_nodes": [(n,) for n in c.forgotten_nodes],
         }
 
@@ -294,6 +316,8 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM tokens WHERE digest = ?", rows["revoked"])
             conn.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?)", rows["logs"])
             conn.executemany("INSERT OR REPLACE INTO groups VALUES (?, ?)", rows["groups"])
+            conn.executemany("DELETE FROM blob_holds WHERE digest = ?", rows["blobs"])
+            conn.executemany("INSERT INTO blob_holds VALUES (?, ?, ?)", rows["blob_holds"])
             conn.executemany("DELETE FROM nodes WHERE id = ?", rows["forgotten_nodes"])
             conn.execute("COMMIT")
         except BaseException:
