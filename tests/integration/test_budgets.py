@@ -189,6 +189,9 @@ async def test_thousands_of_dependents_of_the_same_jobs_cost_a_pass_little(
         status, body = await admin.post("/api/v1/jobs/batch", {"jobs": [SPEC] * 500})
         assert status == 201, body
         ids += [j["id"] for j in body["jobs"]]
+    # More than a thousand dependencies are refused, naming the field.
+    status, body = await admin.post("/api/v1/jobs", {**SPEC, "depends_on": [*ids, ids[0]]})
+    assert status == 400 and body["error"]["details"]["field"] == "$.depends_on", body
     # The attack: thousands of jobs that each wait on the same thousand jobs.
     dependent = {**SPEC, "depends_on": ids}
     t0 = time.monotonic()
