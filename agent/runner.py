@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 
 from agent.config import (
@@ -201,7 +201,7 @@ class Runner:
             self._paused_at = self._clock()
             log.info("attempt %d of %s paused", self.info.attempt, self.info.job_id)
         if self.files is not None:
-            self._side_task(self.files.save_checkpoint("paused"))
+            self._side_task(self.files.save_checkpoint("paused", self._frozen))
 
     async def resume(self) -> None:
         async with self._control:
@@ -214,6 +214,37 @@ class Runner:
     @property
     def paused(self) -> bool:
         return self._paused_at is not None
+
+    @contextlib.asynccontextmanager
+    async def _frozen(self) -> AsyncIterator[None]:
+        """Hold the attempt still while its checkpoint is archived: paused (docker
+        pause, SIGSTOP) unless it is paused already, so that it cannot change
+        /checkpoint meanwhile; pause and resume commands wait until it is done."""
+        async with self._control:
+            execution = self.execution
+            thaw = False
+            if execution is not None and self._paused_at is None and not self._stop.is_set():
+                try:
+                    await execution.pause()
+                    thaw = True
+                except Exception as e:
+                    # It may have just exited; the archive does not rely on the freeze.
+                    log.info(
+                        "attempt %d of %s not frozen: %s", self.info.attempt, self.info.job_id, e
+                    )
+            try:
+                yield
+            finally:
+                if thaw and execution is not None:
+                    try:
+                        await execution.resume()
+                    except Exception as e:
+                        log.info(
+                            "attempt %d of %s not thawed: %s",
+                            self.info.attempt,
+                            self.info.job_id,
+                            e,
+                        )
 
     def _side_task(self, coro: Coroutine[Any, Any, object]) -> None:
         task: asyncio.Task[object] = asyncio.create_task(coro)
@@ -551,7 +582,7 @@ class Runner:
         while True:
             await asyncio.sleep(interval)
             if not self._stop.is_set():
-                await files.save_checkpoint(f"every {interval:g} s")
+                await files.save_checkpoint(f"every {interval:g} s", self._frozen)
 
     async def _report_running(self) -> None:
         # Also for a re-adopted attempt: the agent may have died before reporting it.

@@ -10,12 +10,15 @@ Layout, per attempt, under ``<state_dir>/workspaces/<job>-<attempt>/``::
                     checkpoint is restored here before it starts, and the agent
                     uploads it on pause, cancel, a stale attempt, the end of an attempt
                     that did not complete, and every ``spec.checkpoint_interval_s``
+                    (a running attempt is frozen while it is archived)
     *.tar.gz        archives on their way (never mounted)
 
 Archives are checked (sha256) and extracted with :func:`common.archives.extract`, which
 refuses anything that would write outside, links that lead out, devices, and
 archives past the bounds (``max_bytes``, ``max_members``). A refused input is the
-job's fault, not the node's.
+job's fault, not the node's. Outputs and checkpoints are archived by
+:func:`common.archives.create_tar_gz`, which never follows a path the job controls
+(:mod:`common.dirwalk`): a link swapped in meanwhile refuses the archive.
 
 The blocking methods of :class:`Workspace` are plain file work (unit-tested); the
 coroutines at the bottom add the transfers and keep disk work off the event loop.
@@ -24,11 +27,14 @@ coroutines at the bottom add the transfers and keep disk work off the event loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from agent.config import RETRY_BASE_S, RETRY_MAX_S
@@ -47,6 +53,9 @@ from common.client import Backoff
 from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, Unauthorized
 
 log = logging.getLogger("berth.agent.workspace")
+
+#: holds a running attempt still (paused) while its checkpoint is archived
+Freeze = Callable[[], AbstractAsyncContextManager[None]]
 
 #: how often a download whose bytes arrived corrupted is tried again
 CORRUPT_RETRIES = 3
@@ -268,12 +277,17 @@ class AttemptFiles:
     async def prepare(self, inputs: str | None) -> Mounts:
         return await prepare(self.ws, self._link, inputs=inputs, checkpoint=self.checkpoint_digest)
 
-    async def save_checkpoint(self, why: str) -> str | None:
+    async def save_checkpoint(self, why: str, freeze: Freeze | None = None) -> str | None:
         """Upload /checkpoint if it changed; returns the new digest, None if nothing was
-        sent. Failures are logged, never raised: a checkpoint is worth a try."""
+        sent. Failures are logged, never raised: a checkpoint is worth a try.
+
+        ``freeze``: held while the directory is archived (not while it is uploaded), so
+        that a running attempt cannot change it meanwhile: its files are consistent,
+        and no link can be swapped in (the archive would refuse it)."""
         async with self._lock:
             try:
-                made = await archive(self.ws, self.ws.checkpoint_dir)
+                async with freeze() if freeze is not None else contextlib.nullcontext():
+                    made = await archive(self.ws, self.ws.checkpoint_dir)
             except ArchiveError as e:
                 log.warning("checkpoint of %s (%s) not saved: %s", self.job_id, why, e.message)
                 return None

@@ -10,7 +10,8 @@ cp` did, CVE-2018-15664). Every archive the scheduler stored for the job is down
 here and searched for the secret and the token.
 
 - Checkpoints, docker executor: the helper swaps in /checkpoint for 12 s with
-  ``checkpoint_interval_s: 1``.
+  ``checkpoint_interval_s: 1``; the container is frozen while each is archived, so
+  none is refused either.
 - Outputs, process executor: the helper leaves the attempt's process group (setsid)
   and swaps in the outputs directory while the agent archives it after the job's exit.
   (In a container nothing outlives the job's exit, so outputs cannot race there.)
@@ -94,6 +95,12 @@ async def test_checkpoints_never_hold_host_files_a_swapped_link_points_to(
     print(f"{len(checkpoints)} checkpoints stored, {len(leaked)} with host content")
     assert len(checkpoints) >= 3, "the job's checkpoints were not taken"
     assert leaked == {}, f"{len(leaked)} of {len(checkpoints)} checkpoints leaked: {leaked}"
+    # The container is frozen while its checkpoint is archived: nothing changes under
+    # the walk, so no checkpoint was refused for a swapped entry either.
+    log = cluster.agents["docker"].log_text()
+    refused = re.findall(rf"checkpoint of {done.id} \(.*?\) not saved: (.*)", log)
+    print(f"{len(re.findall(rf'checkpoint of {done.id}/1 saved', log))} saved, {refused=}")
+    assert refused == []
 
 
 async def test_outputs_never_hold_host_files_a_swapped_link_points_to(
