@@ -12,10 +12,10 @@ elsewhere, so a submit token cannot probe other people's jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from common.errors import Forbidden
-from common.models import Job
+from common.models import Job, JobSpec
 from scheduler.store.base import TokenRow
 
 NOT_YOURS = "this token may not use that job"
@@ -35,6 +35,24 @@ def check_job(who: TokenRow, job: Job | None) -> Job:
     if job is None or not may_see(who, job):
         raise Forbidden(NOT_YOURS)
     return job
+
+
+def check_group_limit(who: TokenRow, spec: JobSpec, limits: Mapping[str, int], at: str) -> None:
+    """Only an admin sets a concurrency group's limit: a group is a name everyone
+    shares, and a limit one submitter set would hold back everyone's jobs in it. A limit
+    in a spec takes effect only when its group has none, so only then is it refused."""
+    if (
+        who.role == "admin"
+        or spec.group is None
+        or spec.group_max_concurrent is None
+        or spec.group in limits
+    ):
+        return
+    raise Forbidden(
+        "only an admin sets a concurrency group's limit (PUT /api/v1/groups/NAME); "
+        "submit without group_max_concurrent",
+        {"field": f"{at}.group_max_concurrent"},
+    )
 
 
 def owner_filter(who: TokenRow) -> str | None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from aiohttp import web
 from msgspec import Meta, Struct
 
+from scheduler import access
 from scheduler.http import json_response, read_body, require_role
 from scheduler.routes import service
 
@@ -19,8 +20,10 @@ class GroupLimit(Struct, forbid_unknown_fields=True):
 
 @routes.get("/api/v1/groups")
 async def list_groups(request: web.Request) -> web.Response:
-    require_role(request, "read", "submit")
-    return json_response({"groups": service(request).cluster.groups()})
+    who = require_role(request, "read", "submit")
+    # A submit token sees its own jobs only, in groups as anywhere else.
+    groups = service(request).cluster.groups(access.owner_filter(who))
+    return json_response({"groups": groups})
 
 
 @routes.put("/api/v1/groups/{name}")
