@@ -181,3 +181,42 @@ async def test_a_token_stores_blobs_up_to_its_quota(
     # Other tokens have their own quota, and admin tokens none.
     await _upload(bob, second)
     await _upload(admin, os.urandom(2 * QUOTA))
+
+
+async def test_holds_and_quotas_survive_a_restart_and_go_with_a_swept_blob(
+    small_quota: SchedulerProcess,
+) -> None:
+    sched = small_quota
+    # A connection per request: the scheduler restarts under the session.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        admin = Api(http, sched.url, sched.admin_token)
+        alice = await _token(admin, "submit", "alice")
+        bob = await _token(admin, "submit", "bob")
+        kept = await _upload(alice, os.urandom(600 * KIB))
+        later = os.urandom(600 * KIB)
+
+        sched.stop()
+        sched.start()
+        assert (await alice.get(f"/api/v1/blobs/{kept}"))[0] == 200
+        assert (await bob.get(f"/api/v1/blobs/{kept}"))[0] == 403
+        status, body = await alice.post("/api/v1/blobs", data=later)
+        assert status == 413 and body["error"]["details"]["stored_bytes"] == 600 * KIB, body
+
+        # Once the blob is swept (no job names it), nobody holds it and its bytes
+        # leave alice's quota; also after another restart.
+        sched.stop()
+        sched.extra = (*sched.extra, "--blob-grace", "0.5", "--retention-interval", "0.2")
+        sched.start()
+        await wait_until(
+            lambda: _status(admin, f"/api/v1/blobs/{kept}", 404), timeout=30, interval=0.1
+        )
+        sched.stop()
+        sched.start()
+        assert (await alice.get(f"/api/v1/blobs/{kept}"))[0] == 403
+        await _upload(alice, later)
+
+
+async def _status(api: Api, path: str, expected: int) -> bool:
+    status, _ = await api.get(path)
+    return status == expected
