@@ -22,6 +22,9 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The link-swap attack tests compile a static helper (tests/link_swapper.c).
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt_install "${need[@]}"
