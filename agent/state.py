@@ -7,6 +7,12 @@ Layout of the state dir::
 
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves
 either the old or the new content.
+
+Only the agent's user may read any of it: the directory is 0700 and every file 0600
+(also a file an older agent left more open). Attempts' workspaces live below it, but
+only their ``workspace`` and ``checkpoint`` subdirectories are mounted into containers,
+and the agent archives those without following links (:mod:`common.dirwalk`), so no
+job can reach node.json and its node token.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ class AgentState:
         self.root.mkdir(parents=True, exist_ok=True)
         self.reports_dir.mkdir(exist_ok=True)
         os.chmod(self.root, 0o700)
+        os.chmod(self.reports_dir, 0o700)
+        identity = self.root / "node.json"
+        if identity.is_file() and not identity.is_symlink():
+            os.chmod(identity, 0o600)
 
     # --- identity ----------------------------------------------------------------------
 
@@ -94,8 +104,10 @@ class AgentState:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
+        # The mode above applies only to a new file: a leftover keeps its own.
+        os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:
