@@ -17,8 +17,11 @@ from common.models import (
     ReportReply,
     ReportResult,
 )
+from scheduler import blobholds
 from scheduler.http import json_response, principal, query_float, query_int, read_body, require_node
 from scheduler.routes import service
+from scheduler.service import Service
+from scheduler.store.base import TokenRow
 
 routes = web.RouteTableDef()
 
@@ -81,24 +84,38 @@ async def assignments(request: web.Request) -> web.Response:
 @routes.post("/api/v1/nodes/{id}/jobs/{job}/report")
 async def report(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
-    require_node(request, node_id)
+    who = require_node(request, node_id)
     rep = await read_body(request, Report)
     svc = service(request)
+    _check_blobs(svc, who, rep)
     job = svc.cluster.report(node_id, request.match_info["job"], rep)
     await svc.commit()
     return json_response(ReportReply(ok=True, state=job.state))
+
+
+def _check_blobs(svc: Service, who: TokenRow, rep: Report) -> None:
+    """A node names as a job's outputs or checkpoint only a blob it uploaded: naming
+    another would hand that blob to the job's owner."""
+    if blobholds.sees_every_blob(who):
+        return
+    for field, digest in (("outputs", rep.outputs), ("checkpoint", rep.checkpoint)):
+        if digest is not None and not svc.cluster.blob_holds.holds(digest, who.name):
+            raise InvalidRequest(
+                f"no blob {digest!r} that this node uploaded", {"field": f"$.{field}"}
+            )
 
 
 @routes.post("/api/v1/nodes/{id}/reports")
 async def report_batch(request: web.Request) -> web.Response:
     """Many reports in one request and one commit; each is accepted or refused alone."""
     node_id = request.match_info["id"]
-    require_node(request, node_id)
+    who = require_node(request, node_id)
     batch = await read_body(request, ReportBatch)
     svc = service(request)
     results = []
     for item in batch.reports:
         try:
+            _check_blobs(svc, who, item)
             job = svc.cluster.report(node_id, item.job_id, item)
         except BerthError as e:
             results.append(ReportResult(item.job_id, False, error=e.to_body()["error"]))

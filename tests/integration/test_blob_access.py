@@ -220,3 +220,27 @@ async def test_holds_and_quotas_survive_a_restart_and_go_with_a_swept_blob(
 async def _status(api: Api, path: str, expected: int) -> bool:
     status, _ = await api.get(path)
     return status == expected
+
+
+async def test_a_node_cannot_hand_another_blob_to_a_job_as_its_outputs(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
+) -> None:
+    bob = await _token(admin, "submit", "bob")
+    mallory = await _token(admin, "submit", "mallory")
+    node = SimAgent(http, sched.url, sched.join_token, "hostile")
+    await node.register()
+    secret = await _upload(bob, b"bob's secret " + os.urandom(16))
+    job_id = await _run_on(node, mallory, {"image": "busybox"})
+    # The node names bob's blob as the outputs and the checkpoint of mallory's job.
+    for field in ("outputs", "checkpoint"):
+        status, body = await node.report(job_id, None, **{field: secret})
+        assert status == 400 and body["error"]["details"]["field"] == f"$.{field}", body
+    status, body = await node.report(job_id, "completed", exit_code=0, outputs=secret)
+    assert status == 400, body
+    assert (await mallory.get(f"/api/v1/jobs/{job_id}/outputs"))[0] == 404
+    assert (await mallory.get(f"/api/v1/blobs/{secret}"))[0] == 403
+    # What the node uploaded itself it may name.
+    own = await _upload(node.api, b"the job's real outputs")
+    status, body = await node.report(job_id, "completed", exit_code=0, outputs=own)
+    assert status == 200, body
+    assert (await mallory.get(f"/api/v1/jobs/{job_id}/outputs")) == (200, b"the job's real outputs")
