@@ -16,6 +16,9 @@ from pathlib import Path
 UMASK = 0o077
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+#: the names the scheduler writes at the top of its state directory (the database with
+#: its -wal and -shm, the tokens, the webhook key, the blobs)
+OWN_ENTRIES = ("berth.db", "admin.token", "join.token", "webhook.key", "blobs")
 
 
 def make_private(state_dir: Path) -> None:
@@ -28,9 +31,12 @@ def make_private(state_dir: Path) -> None:
     os.umask(UMASK)
     state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     os.chmod(state_dir, DIR_MODE)
-    # Its own entries only: what lies deeper cannot be reached by others through a
-    # 0700 directory, and a walk of every blob would slow each start.
+    # The scheduler's own entries only (the directory may hold other things, such as
+    # `berth dev`'s agent), and not what lies deeper: others cannot reach it through
+    # a 0700 directory, and a walk of every blob would slow each start.
     for path in state_dir.iterdir():
+        if not path.name.startswith(OWN_ENTRIES):
+            continue
         mode = path.lstat().st_mode
         # Links are left alone: chmod would change what they point to.
         if stat.S_ISDIR(mode):
