@@ -51,6 +51,20 @@ DEFAULT_MAX_ARCHIVE_BYTES = MAX_EXPANDED_BYTES
 #: ... and hold at most this many members
 DEFAULT_MAX_ARCHIVE_MEMBERS = MAX_MEMBERS
 
+#: a container's json-file log is rotated at this size, and keeps at most this many
+#: files: what a job's output may take of the agent's disk
+CONTAINER_LOG_MAX_SIZE = "32m"
+CONTAINER_LOG_MAX_FILES = 3
+#: the agent ships this much of an attempt's output from its start, then stops
+#: reading it (the scheduler keeps 10 MiB of a log: scheduler.cluster.LOG_CAP_BYTES) ...
+LOG_HEAD_BYTES = 9 * 1024 * 1024
+#: ... and this much of its end once it has exited, after a marker
+LOG_TAIL_BYTES = 512 * 1024
+#: a job's writable layer, workspace and checkpoint directory may hold this many MiB
+DEFAULT_MAX_JOB_DISK_MB = 10 * 1024
+#: measure what they hold this often
+DISK_CHECK_INTERVAL_S = 2.0
+
 PullPolicy = Literal["if-not-present", "always", "never"]
 ExecutorKind = Literal["auto", "docker", "process"]
 
@@ -81,6 +95,8 @@ class AgentConfig:
     ca_file: str | None = None
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
     max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
+    #: a job's writable layer, workspace and checkpoint may hold at most this many MiB
+    max_job_disk_mb: int = DEFAULT_MAX_JOB_DISK_MB
     #: what jobs may ask beyond the sandbox: privileged, host-network, mount:/path
     #: (common.policy); nothing by default
     allow: list[str] = field(default_factory=list)

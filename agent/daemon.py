@@ -496,6 +496,7 @@ class Agent:
             execution=execution,
             files=files,
             policy=self.policy,
+            max_disk_mb=self.config.max_job_disk_mb,
         )
 
     def _spawn(self, runner: Runner) -> None:
@@ -544,6 +545,7 @@ async def make_executor(config: AgentConfig) -> Executor:
                 pids_limit=config.pids_limit,
                 max_parallel=config.max_parallel,
                 allow=config.allow,
+                max_job_disk_mb=config.max_job_disk_mb,
             )
         log.warning("dockerd does not answer: falling back to the process executor")
     from agent.executors.process import ProcessExecutor

@@ -27,13 +27,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal
 
 from agent.config import (
+    DEFAULT_MAX_JOB_DISK_MB,
     DEFAULT_STOP_GRACE_S,
+    DISK_CHECK_INTERVAL_S,
     LOG_FLUSH_INTERVAL_S,
+    LOG_HEAD_BYTES,
+    LOG_TAIL_BYTES,
     PROGRESS_MIN_INTERVAL_S,
     REPORT_TIMEOUT_S,
     USAGE_REPORT_INTERVAL_S,
     USAGE_SAMPLE_INTERVAL_S,
 )
+from agent.diskuse import quota_exceeded, used_bytes
 from agent.executors.base import (
     AttemptInfo,
     Execution,
@@ -60,6 +65,18 @@ OUTPUT_CLOSE_S = 5.0
 MAX_BUFFERED = 8 * 1024 * 1024
 
 Key = tuple[str, int]
+#: why the agent stopped an attempt: cancelled, timed out, or failed (a limit it broke)
+StopKind = Literal["cancelled", "timed_out", "failed"]
+#: said where the agent stops shipping an attempt's output ...
+OUTPUT_CUT_MARKER = (
+    b"\n[berth: output past %d MiB is not shipped; its last %d KiB follow when the job ends]\n"
+    % (LOG_HEAD_BYTES // (1024 * 1024), LOG_TAIL_BYTES // 1024)
+)
+#: ... and before the end of it, after the exit; the executor read it again from
+#: its own log files, so it may repeat some of what came before
+OUTPUT_TAIL_MARKER = b"\n[berth: output was dropped here; the last %d bytes of it follow]\n"
+#: ... or, where the agent read it all, how much it dropped
+OUTPUT_DROPPED_MARKER = b"\n[berth: %d bytes of output were dropped here; the last %d follow]\n"
 
 
 class Slots:
@@ -89,7 +106,7 @@ def final_report(
     attempt: int,
     status: ExitStatus,
     *,
-    stopped_as: Literal["cancelled", "timed_out"] | None,
+    stopped_as: StopKind | None,
     reason: str = "",
     timeout_s: float = 0.0,
     memory_mb: int = 0,
@@ -98,6 +115,8 @@ def final_report(
     code = status.exit_code
     if stopped_as == "cancelled":
         return Report(attempt, "cancelled", exit_code=code, error=reason or "cancelled")
+    if stopped_as == "failed":
+        return Report(attempt, "failed", exit_code=code, error=reason or "failed")
     if stopped_as == "timed_out":
         return Report(
             attempt, "timed_out", exit_code=code, error=f"timed out after {timeout_s:g} s"
@@ -133,6 +152,7 @@ class Runner:
         files: AttemptFiles | None = None,
         clock: Callable[[], float] = time.time,
         policy: NodePolicy | None = None,
+        max_disk_mb: int = DEFAULT_MAX_JOB_DISK_MB,
     ) -> None:
         self.info = info
         self.spec = spec
@@ -146,8 +166,9 @@ class Runner:
         self._grace = stop_grace_s
         self._clock = clock
         self._policy = policy or NodePolicy()
+        self._max_disk_mb = max_disk_mb
         self._stop = asyncio.Event()
-        self._stopped_as: Literal["cancelled", "timed_out"] | None = None
+        self._stopped_as: StopKind | None = None
         self._reason = ""
         self._stop_sent = False
         self._fenced = False
@@ -166,6 +187,10 @@ class Runner:
         self._drained = asyncio.Event()
         self._drained.set()
         self.shipper = LogShipper(self._append)
+        #: bytes of output read; past LOG_HEAD_BYTES only the end is kept
+        self._read = 0
+        #: the end of the output past the head, where the executor cannot read it again
+        self._tail = bytearray()
         #: the final report, once known
         self.result: Report | None = None
         #: set once the attempt has exited (or never started); only delivery remains
@@ -177,6 +202,13 @@ class Runner:
         """Stop the attempt (SIGTERM, SIGKILL after the grace) and report it cancelled."""
         if self._stopped_as is None:
             self._stopped_as = "cancelled"
+            self._reason = reason
+        self._stop.set()
+
+    def fail(self, reason: str) -> None:
+        """Stop the attempt and report it failed with ``reason`` (a limit it broke)."""
+        if self._stopped_as is None:
+            self._stopped_as = "failed"
             self._reason = reason
         self._stop.set()
 
@@ -324,6 +356,7 @@ class Runner:
             asyncio.create_task(self._report_running()),
             asyncio.create_task(self._flush_loop()),
             asyncio.create_task(self._usage_loop(execution)),
+            asyncio.create_task(self._disk_loop(execution)),
         ]
         interval = self.info.checkpoint_interval_s
         if interval and self.files is not None:
@@ -339,6 +372,7 @@ class Runner:
                 task.cancel()
             await asyncio.gather(pump, *helpers, return_exceptions=True)
         self.exited.set()
+        await self._keep_tail(execution)
         report = final_report(
             attempt,
             status,
@@ -510,16 +544,75 @@ class Runner:
             except BerthError as e:
                 log.warning("could not learn the log offset of %s: %s", self.info.job_id, e.message)
         lines = LineSplitter()
-        async for chunk in execution.logs():
-            fresh = self.shipper.write(chunk)
-            progress = last_progress(lines, fresh) if fresh else None
-            if progress is not None:
-                self._progress = progress
-            if self.shipper.should_flush() or progress is not None:
-                self._flush_now.set()
-            if self.shipper.pending > MAX_BUFFERED:
-                self._drained.clear()
-                await self._drained.wait()
+        stream = execution.logs()
+        try:
+            async for chunk in stream:
+                room = LOG_HEAD_BYTES - self._read
+                self._read += len(chunk)
+                if room <= 0 or len(chunk) >= room:
+                    self._tail += chunk[max(0, room) :]
+                    del self._tail[:-LOG_TAIL_BYTES]
+                    chunk = chunk[: max(0, room)]
+                if chunk:
+                    await self._ship(lines, chunk)
+                if room > 0 and self._read >= LOG_HEAD_BYTES:
+                    # The head is complete: past it only the end is kept, so a flood of
+                    # output costs neither the scheduler nor this node more.
+                    await self._ship(lines, OUTPUT_CUT_MARKER)
+                    if execution.keeps_output:
+                        log.info(
+                            "stopped reading the output of %s at %d bytes; its end is read "
+                            "when it exits",
+                            self.info.job_id,
+                            self._read,
+                        )
+                        return
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()  # stops the executor's reader (a thread, a connection)
+
+    async def _ship(self, lines: LineSplitter, data: bytes) -> None:
+        fresh = self.shipper.write(data)
+        progress = last_progress(lines, fresh) if fresh else None
+        if progress is not None:
+            self._progress = progress
+        if self.shipper.should_flush() or progress is not None:
+            self._flush_now.set()
+        if self.shipper.pending > MAX_BUFFERED:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def _keep_tail(self, execution: Execution) -> None:
+        """After the exit, add the end of an output cut at its head, after a marker."""
+        if self._read < LOG_HEAD_BYTES:
+            return  # nothing was cut
+        if execution.keeps_output:
+            tail = await execution.tail(LOG_TAIL_BYTES) or b""
+            self.shipper.write(OUTPUT_TAIL_MARKER % len(tail) + tail)
+        else:
+            tail = bytes(self._tail)
+            dropped = self._read - LOG_HEAD_BYTES - len(tail)
+            self.shipper.write(OUTPUT_DROPPED_MARKER % (dropped, len(tail)) + tail)
+
+    async def _disk_loop(self, execution: Execution) -> None:
+        """Fail the attempt once what it wrote to this node's disk (its workspace,
+        checkpoint and writable layer) is past the per-job quota (agent.diskuse)."""
+        roots: list[str] = []
+        if self.files is not None:
+            mounts = self.files.mounts
+            roots = [str(mounts.workspace), str(mounts.checkpoint)]
+        layers: list[str] = []
+        while True:
+            await asyncio.sleep(DISK_CHECK_INTERVAL_S)
+            if not layers:
+                layers = await execution.disk_paths()
+            used = await asyncio.to_thread(used_bytes, [*roots, *layers])
+            reason = quota_exceeded(used, self._max_disk_mb)
+            if reason is not None:
+                log.warning("attempt %d of %s: %s", self.info.attempt, self.info.job_id, reason)
+                self.fail(reason)
+                return
 
     async def _flush_loop(self) -> None:
         """Ship output every LOG_FLUSH_INTERVAL_S, or at once when enough is buffered."""

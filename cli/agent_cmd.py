@@ -17,6 +17,7 @@ from typing import cast
 import click
 
 from agent.config import (
+    DEFAULT_MAX_JOB_DISK_MB,
     DEFAULT_PIDS_LIMIT,
     DEFAULT_PULL_TIMEOUT_S,
     DEFAULT_STATE_DIR,
@@ -148,6 +149,15 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
     show_envvar=True,
     help="Most processes (threads included) in one job's container.",
 )
+@click.option(
+    "--max-job-disk-mb",
+    type=click.IntRange(1, None),
+    default=DEFAULT_MAX_JOB_DISK_MB,
+    show_default=True,
+    show_envvar=True,
+    help="Most MiB one job may write into its container's filesystem, workspace and "
+    "checkpoint; past it the job fails (disk quota exceeded).",
+)
 @click.option("--log-level", default="info", show_default=True, show_envvar=True)
 def agent(
     schedulers: str,
@@ -165,6 +175,7 @@ def agent(
     ca_file: str | None,
     allow: tuple[str, ...],
     pids_limit: int,
+    max_job_disk_mb: int,
     log_level: str,
 ) -> None:
     """Run the agent daemon: register with the scheduler and run the jobs it assigns.
@@ -204,6 +215,7 @@ def agent(
         ca_file=ca_file,
         allow=allow_list(allow),
         pids_limit=pids_limit,
+        max_job_disk_mb=max_job_disk_mb,
     )
     if name:
         config.name = name

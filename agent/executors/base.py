@@ -81,6 +81,9 @@ class Execution(ABC):
     started_at: float | None = None
     #: it was found paused when re-adopted
     paused: bool = False
+    #: the executor keeps the output (:meth:`tail` reads its end again), so a reader may
+    #: stop reading it; otherwise all of it must be read (a pipe would block the job)
+    keeps_output: ClassVar[bool] = False
 
     @abstractmethod
     def logs(self, skip: int = 0) -> AsyncIterator[bytes]:
@@ -108,6 +111,16 @@ class Execution(ABC):
     async def usage(self) -> UsageSample | None:
         """A sample of the attempt's CPU and memory use, None when unknown."""
         return None
+
+    async def tail(self, max_bytes: int) -> bytes | None:
+        """At most the last ``max_bytes`` of the output, read again after the exit; None
+        when the executor keeps no output (then the whole stream must be read)."""
+        return None
+
+    async def disk_paths(self) -> list[str]:
+        """Host directories the attempt writes besides its workspace (a container's
+        writable layer), measured for the per-job disk quota."""
+        return []
 
 
 class Executor(ABC):

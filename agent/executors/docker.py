@@ -47,7 +47,14 @@ import docker.errors
 import docker.types
 from docker.utils import parse_repository_tag
 
-from agent.config import DEFAULT_PIDS_LIMIT, DEFAULT_PULL_TIMEOUT_S, PullPolicy
+from agent.config import (
+    CONTAINER_LOG_MAX_FILES,
+    CONTAINER_LOG_MAX_SIZE,
+    DEFAULT_MAX_JOB_DISK_MB,
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_PULL_TIMEOUT_S,
+    PullPolicy,
+)
 from agent.executors.base import (
     AttemptInfo,
     Execution,
@@ -151,6 +158,14 @@ def container_options(
             "pids_limit": pids_limit,
             "security_opt": ["no-new-privileges"],
             "network_mode": _NETWORK_MODES[spec.network],
+            # Rotated and bounded: a flood of output cannot fill the agent's disk.
+            "log_config": {
+                "type": "json-file",
+                "config": {
+                    "max-size": CONTAINER_LOG_MAX_SIZE,
+                    "max-file": str(CONTAINER_LOG_MAX_FILES),
+                },
+            },
         },
     }
     host = opts["host_config"]
@@ -250,8 +265,12 @@ class DockerExecutor(Executor):
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         max_parallel: int = 4,
         allow: Sequence[str] = (),
+        max_job_disk_mb: int = DEFAULT_MAX_JOB_DISK_MB,
     ) -> None:
         self.pull_policy = pull_policy
+        self.max_job_disk_mb = max_job_disk_mb
+        #: whether dockerd bounds a writable layer (``storage_opt``); None: not asked yet
+        self._sized_layers: bool | None = None
         #: the node's allow-list, to pin what a host mount binds (agent.hostmount)
         self._policy = NodePolicy(allow)
         self.pull_timeout_s = pull_timeout_s
@@ -355,9 +374,14 @@ class DockerExecutor(Executor):
         """Create the container; pull a missing image first unless the policy forbids."""
         pulled = self.pull_policy == "always"
         removed_leftover = False
+        if self._sized_layers is None:
+            self._sized_layers = await self.call(self._layers_can_be_sized)
         while True:
             kwargs = dict(opts)
-            kwargs["host_config"] = self._api.create_host_config(**opts["host_config"])
+            host = dict(opts["host_config"])
+            if self._sized_layers:
+                host["storage_opt"] = {"size": f"{self.max_job_disk_mb}M"}
+            kwargs["host_config"] = self._api.create_host_config(**host)
             try:
                 created = await self.call(self._api.create_container, **kwargs)
                 return str(created["Id"])
@@ -371,6 +395,11 @@ class DockerExecutor(Executor):
                 await self._pull(image)
                 pulled = True
             except docker.errors.APIError as e:
+                if self._sized_layers and "storage" in _explain(e).lower():
+                    # dockerd would not size it after all: the runner's watch remains.
+                    log.warning("dockerd cannot bound writable layers: %s", _explain(e))
+                    self._sized_layers = False
+                    continue
                 if e.status_code == 409 and not removed_leftover:
                     # A leftover of this very attempt (the agent died before starting it).
                     await self.remove_container(opts["name"])
@@ -381,6 +410,17 @@ class DockerExecutor(Executor):
                 ) from e
             except docker.errors.DockerException as e:
                 raise StartError(f"container could not be created: {e}", infra=True) from e
+
+    def _layers_can_be_sized(self) -> bool | None:
+        """Whether dockerd's storage driver takes ``storage_opt size`` (overlay2 on xfs,
+        which must be mounted with pquota; blocking). Where it does not, the runner's
+        watch bounds the writable layer."""
+        try:
+            info = self._client.info()
+        except Exception:
+            return None  # asked again at the next creation
+        status = {str(p[0]): str(p[1]) for p in info.get("DriverStatus") or [] if len(p) == 2}
+        return bool(info.get("Driver") == "overlay2" and status.get("Backing Filesystem") == "xfs")
 
     async def _pull(self, image: str) -> None:
         """Pull an image within the pull timeout; failing to is the job's fault."""
@@ -449,10 +489,11 @@ class DockerExecutor(Executor):
                 found.append(execution)
         return found
 
-    def log_stream(self, container_id: str, *, follow: bool) -> Iterator[bytes]:
-        """A container's output (stdout and stderr, not a tty) as a blocking iterator."""
+    def log_stream(self, container_id: str, *, follow: bool, tail: str = "all") -> Iterator[bytes]:
+        """A container's output (stdout and stderr, not a tty) as a blocking iterator;
+        ``tail``: only its last so many lines."""
         api = self._api
-        params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": int(follow), "tail": "all"}
+        params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": int(follow), "tail": tail}
         # Berth's containers never have a tty: skip the inspect that the public
         # ``api.logs`` makes on every call to find that out.
         res = api._get(api._url("/containers/{0}/logs", container_id), params=params, stream=True)
@@ -461,6 +502,8 @@ class DockerExecutor(Executor):
 
 
 class DockerExecution(Execution):
+    keeps_output = True
+
     def __init__(
         self,
         executor: DockerExecutor,
@@ -533,6 +576,36 @@ class DockerExecution(Execution):
                 yield data
         finally:
             pipe.stop()
+
+    async def tail(self, max_bytes: int) -> bytes | None:
+        """The end of the output from dockerd's log files (bounded by their rotation)."""
+        stream_of = self._ex.log_stream
+        # A json-file entry holds at most 16 KiB: enough lines for max_bytes of full
+        # ones, and of short ones as many as a 64-byte line each makes.
+        lines = str(max(64, max_bytes // 64))
+
+        def read() -> bytes:
+            kept = bytearray()
+            for chunk in stream_of(self.container_id, follow=False, tail=lines):
+                kept += chunk
+                if len(kept) > 2 * max_bytes:
+                    del kept[:-max_bytes]
+            return bytes(kept[-max_bytes:])
+
+        try:
+            return await self._ex.call(read)
+        except docker.errors.DockerException as e:
+            log.warning("could not read the end of the output of %s: %s", self.info.job_id, e)
+            return b""
+
+    async def disk_paths(self) -> list[str]:
+        """The container's writable layer on the host (overlay2's upper directory)."""
+        try:
+            attrs = await self._ex.call(self._ex._api.inspect_container, self.container_id)
+        except docker.errors.DockerException:
+            return []
+        upper = ((attrs.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir")
+        return [str(upper)] if upper else []
 
     async def wait(self) -> ExitStatus:
         api = self._ex._api
