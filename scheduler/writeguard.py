@@ -16,10 +16,11 @@ Reads are never refused. A write that fails anyway because the disk filled up (a
 blob upload, say) answers 503 instead of 500.
 
 A blob upload reserves its declared size as it starts (:meth:`WriteGuard.reserve`):
-the free space counted by every check is what the file system reports less what
-uploads in flight have been promised and not written yet. An upload that would not
-fit above the reserve, next to those in flight, is refused (503) before its body is
-read, so uploads that each fit cannot together fill the disk.
+an upload is taken only if it fits above the reserve in the free space less what
+uploads in flight may still write (their declared sizes less what they wrote), and is
+refused (503) before its body is read otherwise; so uploads that each fit cannot
+together fill the disk. Other writes are checked against the free space itself: an
+upload that declares much and sends little holds back other uploads, never them.
 
 Parameters of :class:`WriteGuard` and their defaults:
 
@@ -105,8 +106,7 @@ class WriteGuard:
         return sum(r.remaining for r in self._reservations)
 
     def _space(self) -> tuple[int, int] | None:
-        """(free bytes not promised to uploads in flight, reserve), or None when the
-        state directory cannot be looked at."""
+        """(free bytes, reserve), or None when the state directory cannot be looked at."""
         try:
             st = os.statvfs(self.state_dir)
         except OSError:
@@ -115,7 +115,7 @@ class WriteGuard:
         reserve = self.reserve_bytes
         if reserve is None:
             reserve = default_reserve(st.f_blocks * st.f_frsize)
-        return st.f_bavail * st.f_frsize - self.promised_bytes, reserve
+        return st.f_bavail * st.f_frsize, reserve
 
     @contextmanager
     def reserve(self, declared: int) -> Iterator[Reservation]:
@@ -125,11 +125,11 @@ class WriteGuard:
         space = self._space()
         if space is not None:
             free, reserve = space
-            if free - declared < reserve:
-                promised = self.promised_bytes
+            promised = self.promised_bytes
+            if free - promised - declared < reserve:
                 why = (
                     f"an upload of {_kib(declared)} KiB does not fit: the state directory "
-                    f"{self.state_dir} has {_kib(free + promised)} KiB free, "
+                    f"{self.state_dir} has {_kib(free)} KiB free, "
                     f"{_kib(promised)} KiB of it reserved for uploads in flight and "
                     f"{_kib(reserve)} KiB kept in reserve"
                 )
@@ -154,8 +154,8 @@ class WriteGuard:
         if free >= reserve:
             return None
         return (
-            f"the state directory {self.state_dir} has {_kib(free)} KiB free (less what "
-            f"uploads in flight may still write), under the {_kib(reserve)} KiB kept in reserve"
+            f"the state directory {self.state_dir} has {_kib(free)} KiB free, "
+            f"under the {_kib(reserve)} KiB kept in reserve"
         )
 
     def refusal(self, *, bookkeeping: bool = False) -> str | None:

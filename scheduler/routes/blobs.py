@@ -11,6 +11,8 @@ blob was stored already or not.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +28,9 @@ routes = web.RouteTableDef()
 
 #: bytes read from a request body at a time
 READ_CHUNK = 256 * 1024
+#: an upload whose sender sends nothing for this long is given up (and its space
+#: reservation with it)
+UPLOAD_IDLE_S = 60.0
 #: roles that may read blobs (node tokens too: agents fetch inputs and checkpoints)
 READERS = frozenset({"admin", "read", "submit", "node"})
 #: roles that may store blobs (node tokens too: agents upload outputs)
@@ -58,12 +63,27 @@ async def _receive(request: web.Request, who: TokenRow) -> Stored:
         svc.cluster.blob_holds.admit_upload(who, bound, svc.config.max_blob_bytes_per_token),
         svc.guard.reserve(bound) as held,
     ):
-        stored = await store.put(
-            request.content.iter_chunked(READ_CHUNK), declared=declared, wrote=held.wrote
-        )
+        stored = await store.put(_body(request), declared=declared, wrote=held.wrote)
     charged = stored.size if who.role in blobholds.QUOTA_ROLES else 0
     svc.cluster.blob_holds.hold(stored.digest, who.name, charged, svc.cluster.changes)
     return stored
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in chunks; InvalidRequest when the sender stalls."""
+    chunks = request.content.iter_chunked(READ_CHUNK)
+    while True:
+        try:
+            async with asyncio.timeout(UPLOAD_IDLE_S):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise InvalidRequest(
+                f"no byte of the upload arrived for {UPLOAD_IDLE_S:g} s; nothing was stored",
+                {"field": "$"},
+            ) from None
+        yield chunk
 
 
 def _send(path: Path, digest: str, filename: str | None = None) -> web.FileResponse:
