@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from agent.config import LOG_HEAD_BYTES, LOG_TAIL_BYTES
+from agent.runner import OUTPUT_DROPPED_MARKER
 from common.client import BerthClient
 from tests.e2e.conftest import (
     Cluster,
@@ -102,6 +104,7 @@ async def test_a_flood_of_output_keeps_bounded_log_files_and_ships_the_head_and_
     assert head == (line + "\n").encode()
     # The agent said where it stopped, and the end of the output is there after it.
     assert b"[berth: output past " in log
+    assert b"[berth: output was dropped here; the last " in log
     assert log.rstrip().endswith(LAST_LINE.encode()), log[-300:]
     assert f"stopped reading the output of {job.id}" in agent_log
 
@@ -137,3 +140,25 @@ async def test_a_job_writing_past_its_disk_quota_fails_with_the_reason(
         api, f"dd if=/dev/zero of={where}/small bs=1048576 count=8 2>/dev/null; echo ok"
     )
     assert (state, error) == ("completed", None)
+
+
+async def test_the_process_executor_reads_a_flood_through_and_ships_its_head_and_tail(
+    api: BerthClient, cluster: Cluster
+) -> None:
+    await wait_for_nodes(api, ["process"], timeout=60)
+    line = "0123456789abcdef" * 4
+    flood = 20 * 1024 * 1024
+    script = f"yes {line} | head -c {flood}; echo {LAST_LINE}"
+    job = await api.submit_job(spec(script, "process", timeout_s=300))
+    done = await wait_done(api, job.id, timeout=120)
+    log = await job_logs(api, cluster.sched, done)
+    assert done.state == "completed", done.error
+    assert len(log) <= LOG_CAP
+    assert log.startswith((line + "\n").encode())
+    # The pipe was read to its end (the job was not blocked), and what was dropped counted.
+    written = flood + len(LAST_LINE) + 1
+    dropped = written - LOG_HEAD_BYTES - LOG_TAIL_BYTES
+    marker = OUTPUT_DROPPED_MARKER % (dropped, LOG_TAIL_BYTES)
+    assert marker in log
+    assert log.endswith(f"{LAST_LINE}\n".encode())
+    assert len(log.split(marker)[1]) == LOG_TAIL_BYTES
