@@ -1264,6 +1264,14 @@ class Cluster:
         job.webhook_pending = not done
         self.changes.jobs[job.id] = job
 
+    def submitter_of(self, job_id: str) -> str | None:
+        """Who submitted the job (None: no such job, or nobody known), read without
+        decoding an ended one: a submit may name a thousand of them."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.submitted_by
+        return self.archive.owner(job_id) if job_id in self.archive else None
+
     def state_of(self, job_id: str) -> JobState | None:
         job = self.jobs.get(job_id)
         if job is not None:
@@ -1305,9 +1313,10 @@ class Cluster:
             )
         # A job still waiting on a dependency is not looked at: the index says when.
         waits = self.deps.waits
-        for req in sorted(
-            (r for r in self.queue.values() if not waits(r.id)), key=queue.queue_order
-        ):
+        candidates: Iterable[placement.JobRequest] = self.queue.values()
+        if len(self.deps):
+            candidates = [r for r in candidates if not waits(r.id)]
+        for req in sorted(candidates, key=queue.queue_order):
             job = self.jobs[req.id]
             if job.not_before is not None and job.not_before.timestamp() > now:
                 self.pending_reason[req.id] = queue.WAITING_TO_RETRY
