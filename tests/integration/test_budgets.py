@@ -92,6 +92,10 @@ async def test_one_token_cannot_fill_the_queue_for_everyone(
     status, body = await alice.post("/api/v1/jobs/batch", {"jobs": [SPEC] * 100})
     assert status == 201, body
     assert await _queued(admin) == 500 + 101
+    # A retry puts a job back in the queue: it counts like a new one.
+    status, body = await alice.post(f"/api/v1/jobs/{ids[0]}/retry")
+    assert status == 429 and body["error"]["details"]["limit"] == 500, body
+    assert await _queued(admin) == 500 + 101
 
 
 # --- (b) spec size and a token's stored spec bytes -----------------------------------------
