@@ -17,15 +17,22 @@ from scheduler.config import (
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
     MAX_BLOB_BYTES_PER_TOKEN,
+    MAX_CONCURRENT_REPLAYS,
     MAX_QUEUED_JOBS,
     MAX_SPEC_BYTES,
     MAX_SPEC_BYTES_PER_TOKEN,
     MAX_STREAMS_PER_TOKEN,
+    MAX_SUBSCRIPTIONS_PER_TOKEN,
     RETENTION_INTERVAL_S,
+    STREAM_QUEUE_BYTES,
     SUBMIT_BURST,
     SUBMIT_RATE_PER_S,
     SchedulerConfig,
 )
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
 @click.command()
@@ -183,6 +190,42 @@ from scheduler.config import (
     help="Event streams, WebSockets and log follows one token may hold open.",
 )
 @click.option(
+    "--max-subscriptions-per-token",
+    envvar="BERTH_MAX_SUBSCRIPTIONS_PER_TOKEN",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=MAX_SUBSCRIPTIONS_PER_TOKEN,
+    show_default=True,
+    help="Event subscriptions one token may hold across all its SSE streams and WebSockets.",
+)
+@click.option(
+    "--max-concurrent-replays",
+    envvar="BERTH_MAX_CONCURRENT_REPLAYS",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=MAX_CONCURRENT_REPLAYS,
+    show_default=True,
+    help="Event replays (history from ?since= or Last-Event-ID) read and encoded at once; "
+    "the others wait their turn.",
+)
+@click.option(
+    "--stream-queue-bytes",
+    envvar="BERTH_STREAM_QUEUE_BYTES",
+    show_envvar=True,
+    type=click.IntRange(min=64 * 1024),
+    default=STREAM_QUEUE_BYTES,
+    show_default=True,
+    help="Unsent event bytes a subscriber may fall behind by before it is cut off.",
+)
+@click.option(
+    "--allowed-origins",
+    envvar="BERTH_ALLOWED_ORIGINS",
+    show_envvar=True,
+    default="",
+    help="Comma-separated browser origins (scheme://host:port) besides the scheduler's own "
+    "that may open the WebSocket, e.g. a proxy's.",
+)
+@click.option(
     "--max-blob-bytes-per-token",
     envvar="BERTH_MAX_BLOB_BYTES_PER_TOKEN",
     show_envvar=True,
@@ -221,6 +264,10 @@ def scheduler(
     max_spec_bytes: int,
     max_spec_bytes_per_token: int,
     max_streams_per_token: int,
+    max_subscriptions_per_token: int,
+    max_concurrent_replays: int,
+    stream_queue_bytes: int,
+    allowed_origins: str,
     max_blob_bytes_per_token: int,
     webhook_allow_private: bool,
     tls_cert: Path | None,
@@ -258,6 +305,10 @@ def scheduler(
         max_spec_bytes=max_spec_bytes,
         max_spec_bytes_per_token=max_spec_bytes_per_token,
         max_streams_per_token=max_streams_per_token,
+        max_subscriptions_per_token=max_subscriptions_per_token,
+        max_concurrent_replays=max_concurrent_replays,
+        stream_queue_bytes=stream_queue_bytes,
+        allowed_origins=_origins(allowed_origins),
         max_blob_bytes_per_token=max_blob_bytes_per_token,
         webhook_allow_private=webhook_allow_private,
         tls_cert=tls[0] if tls else None,

@@ -64,6 +64,12 @@ MAX_STREAMS_PER_TOKEN = 256
 #: bytes of blobs one submit token may keep stored (what it uploaded that is not swept
 #: yet); 0: no limit
 MAX_BLOB_BYTES_PER_TOKEN = 10 * 1024 * 1024 * 1024
+#: event subscriptions one token may hold across all its streams and WebSockets
+MAX_SUBSCRIPTIONS_PER_TOKEN = 1024
+#: event replays (history sent before a stream goes live) read and encoded at once
+MAX_CONCURRENT_REPLAYS = 4
+#: unsent bytes one event subscriber may have waiting before it is cut off as too slow
+STREAM_QUEUE_BYTES = 4 * 1024 * 1024
 #: SSE keep-alive comment interval
 KEEPALIVE_S = 15.0
 
@@ -97,6 +103,11 @@ class SchedulerConfig:
     max_spec_bytes: int = MAX_SPEC_BYTES
     max_spec_bytes_per_token: int = MAX_SPEC_BYTES_PER_TOKEN
     max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
+    max_subscriptions_per_token: int = MAX_SUBSCRIPTIONS_PER_TOKEN
+    max_concurrent_replays: int = MAX_CONCURRENT_REPLAYS
+    stream_queue_bytes: int = STREAM_QUEUE_BYTES
+    #: browser origins besides the scheduler's own that may open the WebSocket (proxies)
+    allowed_origins: tuple[str, ...] = ()
     max_blob_bytes_per_token: int = MAX_BLOB_BYTES_PER_TOKEN
     #: whether job webhooks may call loopback and private addresses
     webhook_allow_private: bool = False

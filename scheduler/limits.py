@@ -56,32 +56,40 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """How many long-lived streams (SSE, WebSocket, log follows) each token holds."""
+    """How many long-lived streams (SSE, WebSocket, log follows) each token holds; with
+    ``what="subscriptions"``, how many event subscriptions across all of them."""
 
-    def __init__(self, per_key: int) -> None:
+    def __init__(self, per_key: int, what: str = "streams") -> None:
         self.per_key = per_key
+        self.what = what
         self._held: dict[str, int] = {}
 
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
 
-    @contextmanager
-    def slot(self, key: str) -> Iterator[None]:
+    def acquire(self, key: str) -> None:
         if self.per_key > 0 and self.held(key) >= self.per_key:
             raise TooManyRequests(
-                f"this token already has {self.per_key} streams open; close one first",
+                f"this token already has {self.per_key} {self.what} open; close one first",
                 {"limit": self.per_key},
                 retry_after_s=5,
             )
         self._held[key] = self.held(key) + 1
+
+    def release(self, key: str) -> None:
+        left = self._held[key] - 1
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+
+    @contextmanager
+    def slot(self, key: str) -> Iterator[None]:
+        self.acquire(key)
         try:
             yield
         finally:
-            left = self._held[key] - 1
-            if left:
-                self._held[key] = left
-            else:
-                del self._held[key]
+            self.release(key)
 
 
 def spec_bytes(spec: JobSpec) -> int:

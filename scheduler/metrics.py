@@ -81,6 +81,12 @@ class Metrics:
             "Bytes freed by deleting blobs no kept job named and abandoned uploads.",
             registry=self.registry,
         )
+        self.stream_cutoffs = Counter(
+            "berth_stream_cutoffs",
+            "Event subscribers cut off for falling too far behind, by kind (sse, ws).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "berth_http_requests",
             "HTTP requests by route and status.",

@@ -61,7 +61,7 @@ class Service:
         store.on_recovered = self._written_again
         cluster.on_placement_wanted = self._placement_wanted.set
         cluster.on_node_changed = self.wake_node
-        self.bus = EventBus()
+        self.bus = EventBus(owner_of=self._job_owner)
         self.metrics = Metrics(cluster)
         cluster.events.on_commit = self._published
         self._job_waiters: dict[str, asyncio.Event] = {}
@@ -71,6 +71,18 @@ class Service:
         self.blobs = BlobStore.in_state_dir(config.state_dir)
         self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
         self.streams = StreamSlots(config.max_streams_per_token)
+        self.subscriptions = StreamSlots(config.max_subscriptions_per_token, "subscriptions")
+        #: replays reading and encoding history at once; the rest wait their turn
+        self.replays = asyncio.Semaphore(config.max_concurrent_replays)
+
+    def _job_owner(self, job_id: str) -> str | None:
+        """Who submitted a job (the event bus indexes on it), without decoding an ended
+        one."""
+        job = self.cluster.jobs.get(job_id)
+        if job is not None:
+            return job.submitted_by
+        archive = self.cluster.archive
+        return archive.owner(job_id) if job_id in archive else None
 
     def admit_jobs(self, who: TokenRow, n: int, spec_bytes: int = 0) -> None:
         """Refuse, before anything changes, ``n`` new jobs (of ``spec_bytes`` encoded

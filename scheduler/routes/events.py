@@ -4,6 +4,12 @@ a WebSocket with subscribe / unsubscribe, all with replay from an index.
 Replay is exact: a subscriber is registered (buffering live events) before history
 is read, history covers (since, index at subscription], and live events at or below
 what was already sent are skipped, so nothing is missed and nothing is sent twice.
+
+Replay is rationed: history is read and encoded in chunks, each under one of a few
+replay slots (``--max-concurrent-replays``) held for one turn of the event loop, so
+however many streams replay at once, other requests run between every few chunks. A
+subscriber whose live events pile up past ``--stream-queue-bytes`` while it replays or
+reads slowly is cut off and told to resync.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp_sse import sse_response
 
 from common import codec
-from common.errors import BerthError, Gone, InvalidRequest, TooManyRequests
+from common.errors import BerthError, Forbidden, Gone, InvalidRequest, TooManyRequests
 from scheduler import access
 from scheduler.bus import TOPICS, Subscription
 from scheduler.config import KEEPALIVE_S
@@ -27,10 +34,11 @@ from scheduler.routes import service, visible_job
 from scheduler.service import Service
 
 log = logging.getLogger("berth.events")
+T = TypeVar("T")
 routes = web.RouteTableDef()
 
-#: events read from the store per page while replaying
-REPLAY_PAGE = 1000
+#: events read from the store (or memory) and encoded per replay chunk
+REPLAY_CHUNK = 500
 #: events in one plain (non-streaming) reply
 PAGE_LIMIT = 1000
 #: a stalled SSE client is cut off after a write blocks this long
@@ -74,33 +82,62 @@ def _since(request: web.Request) -> int | None:
     return query_int(request, "since", None, lo=0)
 
 
-async def history(svc: Service, sub: Subscription, since: int, upto: int) -> AsyncIterator[Event]:
-    """Committed events in (since, upto] that the subscription wants, oldest first."""
+async def history(
+    svc: Service,
+    sub: Subscription,
+    since: int,
+    upto: int,
+    render: Callable[[list[Event]], T],
+) -> AsyncIterator[tuple[int, T]]:
+    """Committed events in (since, upto] that the subscription wants, oldest first, in
+    rendered chunks with the index of each chunk's last event.
+
+    Each chunk is read and rendered under a replay slot held for one turn of the loop:
+    replays take turns with each other and with everything else the scheduler does."""
     if sub.job_id is None and since + 1 < svc.cluster.events_pruned_below:
         raise _Reset(svc.cluster.events_pruned_below)
     recent = svc.cluster.events.replay(since)
-    if recent is not None:
-        for e in list(recent):
-            if e.index > upto:
-                return
-            if sub.matches(e):
-                yield e
-        return
-    after = since
-    while after < upto:
-        page = await svc.store.read_events(after, REPLAY_PAGE, sub.job_id)
+    # A copy: the in-memory window moves on while the replay waits for its turns.
+    memory = None if recent is None else [e for e in recent if e.index <= upto]
+    after, at = since, 0
+    while after < upto and not sub.overflowed:
+        async with svc.replays:
+            if memory is not None:
+                page = memory[at : at + REPLAY_CHUNK]
+                at += len(page)
+            else:
+                page = await svc.store.read_events(after, REPLAY_CHUNK, sub.job_id)
+            wanted = [e for e in page if e.index <= upto and sub.matches(e)]
+            rendered = render(wanted) if wanted else None
+            await asyncio.sleep(0)
         if not page:
             return
-        for e in page:
-            if e.index > upto:
-                return
-            if sub.matches(e):
-                yield e
         after = page[-1].index
+        if rendered is not None:
+            yield wanted[-1].index, rendered
 
 
-def _visibility(request: web.Request, svc: Service) -> Callable[[str], bool] | None:
-    return access.job_visibility(principal(request), svc.cluster.find)
+def _subscription(
+    request: web.Request,
+    svc: Service,
+    topics: frozenset[str],
+    job_id: str | None,
+    on_overflow: Callable[[], None],
+) -> Subscription:
+    who = principal(request)
+    return Subscription(
+        topics,
+        job_id,
+        owner=None if access.sees_all_jobs(who) else who.name,
+        visible=access.job_visibility(who, svc.cluster.find),
+        max_bytes=svc.config.stream_queue_bytes,
+        on_overflow=on_overflow,
+    )
+
+
+def _overflowed(svc: Service, transport: asyncio.BaseTransport | None, kind: str) -> None:
+    svc.metrics.stream_cutoffs.labels(kind).inc()
+    _cut_off(transport)
 
 
 def _cut_off(transport: asyncio.BaseTransport | None) -> None:
@@ -123,7 +160,8 @@ async def _sse(request: web.Request, job_id: str | None) -> web.StreamResponse:
     if not streaming:
         return await _page(request, svc, topics, job_id, since or 0)
     transport = _transport(request)
-    with svc.streams.slot(principal(request).digest):
+    digest = principal(request).digest
+    with svc.streams.slot(digest), svc.subscriptions.slot(digest):
         return await _stream(request, svc, topics, job_id, since, transport)
 
 
@@ -136,12 +174,7 @@ async def _stream(
     transport: asyncio.BaseTransport | None,
 ) -> web.StreamResponse:
     sub = svc.bus.subscribe(
-        Subscription(
-            topics,
-            job_id,
-            on_overflow=lambda: _cut_off(transport),
-            visible=_visibility(request, svc),
-        )
+        _subscription(request, svc, topics, job_id, lambda: _overflowed(svc, transport, "sse"))
     )
     upto = svc.cluster.events.committed_index
     try:
@@ -155,9 +188,10 @@ async def _stream(
             if since is not None:
                 last = since
                 try:
-                    async for e in history(svc, sub, since, upto):
-                        await resp.send(codec.encode(e).decode(), id=str(e.index), event=e.type)
-                        last = e.index
+                    async for sent, chunk in history(svc, sub, since, upto, svc.bus.replay_sse):
+                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                            await resp.write(chunk)
+                        last = sent
                 except _Reset as r:
                     body = {
                         "reason": "events before this index are no longer kept",
@@ -165,29 +199,29 @@ async def _stream(
                         "index": upto,
                     }
                     await resp.send(codec.dumps(body).decode(), id=str(upto), event="reset")
-                last = max(last, upto)
-            ended = False
-            while not ended:
-                # Everything already queued goes out in one write: a commit's events
+                if not sub.overflowed:
+                    last = max(last, upto)
+            while True:
+                # Everything already waiting goes out in one write: a commit's events
                 # wake each subscriber once, not once per event.
-                batch = [await sub.queue.get()]
-                while not sub.queue.empty():
-                    batch.append(sub.queue.get_nowait())
+                parts = await sub.take()
                 if sub.overflowed:
                     body = {"reason": "too slow: events were dropped", "index": last}
                     await resp.send(codec.dumps(body).decode(), event="resync")
                     break
                 frames = []
-                for live in batch:
-                    if live is None:
-                        ended = True
-                        break
-                    if live.index > last:
-                        frames.append(svc.bus.sse_frame(live))
-                        last = live.index
+                for part in parts:
+                    if part.events[0].index > last:
+                        frames.append(part.sse)
+                    else:
+                        # Only where replay and live events overlap.
+                        frames.extend(svc.bus.sse_frame(e) for e in part.events if e.index > last)
+                    last = max(last, part.events[-1].index)
                 if frames:
                     async with asyncio.timeout(SEND_TIMEOUT_S):
                         await resp.write(b"".join(frames))
+                if sub.closed:
+                    break
     except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
         pass
     finally:
@@ -199,13 +233,14 @@ async def _page(
     request: web.Request, svc: Service, topics: frozenset[str], job_id: str | None, since: int
 ) -> web.Response:
     """A plain request gets one JSON page of events after ``since`` (410 if too old)."""
-    sub = Subscription(topics, job_id, visible=_visibility(request, svc))
+    sub = _subscription(request, svc, topics, job_id, lambda: None)
     upto = svc.cluster.events.committed_index
     events: list[Event] = []
     try:
-        async for e in history(svc, sub, since, upto):
-            events.append(e)
+        async for _, chunk in history(svc, sub, since, upto, list):
+            events.extend(chunk)
             if len(events) >= PAGE_LIMIT:
+                del events[PAGE_LIMIT:]
                 break
     except _Reset as r:
         raise Gone(
@@ -246,16 +281,22 @@ class _Socket:
         self.svc = svc
         self.ws = ws
         self.request = request
+        self.digest = principal(request).digest
         self.transport = _transport(request)
         self.subs: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
         self.send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, object]) -> None:
+        await self.send_encoded([codec.encode(message)])
+
+    async def send_encoded(self, messages: list[bytes]) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
         # that lands as the send completes, and an unsubscribe then waits forever for
         # a pump that never stops.
-        async with self.send_lock, asyncio.timeout(SEND_TIMEOUT_S):
-            await self.ws.send_str(codec.encode(message).decode())
+        async with self.send_lock:
+            for message in messages:
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self.ws.send_frame(message, WSMsgType.TEXT)
 
     async def handle(self, raw: str | bytes) -> None:
         msg = codec.loads(raw)
@@ -291,19 +332,31 @@ class _Socket:
         since = msg.get("since")
         if since is not None and (not isinstance(since, int) or since < 0):
             raise InvalidRequest("since must be an event index", {"field": "$.since"})
+        if sub_id not in self.subs:
+            # The token's cap counts every socket and stream it holds; refused here,
+            # before anything of this socket changes.
+            slots = self.svc.subscriptions
+            if slots.per_key > 0 and slots.held(self.digest) >= slots.per_key:
+                raise TooManyRequests(
+                    f"this token already holds {slots.per_key} subscriptions; "
+                    "unsubscribe one first",
+                    {"field": "$.id", "limit": slots.per_key},
+                )
         await self.unsubscribe(sub_id)
+        self.svc.subscriptions.acquire(self.digest)
         sub = self.svc.bus.subscribe(
-            Subscription(
+            _subscription(
+                self.request,
+                self.svc,
                 frozenset(str(t) for t in raw_topics),
                 job_id,
-                on_overflow=lambda: _cut_off(self.transport),
-                visible=_visibility(self.request, self.svc),
+                lambda: _overflowed(self.svc, self.transport, "ws"),
             )
         )
         upto = self.svc.cluster.events.committed_index
-        await self.send({"type": "subscribed", "id": sub_id, "index": upto})
         task = asyncio.create_task(self._pump(sub_id, sub, since, upto))
         self.subs[sub_id] = (sub, task)
+        await self.send({"type": "subscribed", "id": sub_id, "index": upto})
 
     async def unsubscribe(self, sub_id: str) -> None:
         entry = self.subs.pop(sub_id, None)
@@ -311,37 +364,52 @@ class _Socket:
             return
         sub, task = entry
         self.svc.bus.unsubscribe(sub)
+        self.svc.subscriptions.release(self.digest)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    def _render(self, sub_id: str) -> Callable[[list[Event]], list[bytes]]:
+        """Event messages of one subscription around the bus's shared encoding."""
+        head = b'{"type":"event","id":' + codec.encode(sub_id) + b',"event":'
+        doc = self.svc.bus.doc
+
+        def render(events: list[Event]) -> list[bytes]:
+            return [head + doc(e) + b"}" for e in events]
+
+        return render
+
     async def _pump(self, sub_id: str, sub: Subscription, since: int | None, upto: int) -> None:
+        render = self._render(sub_id)
         last = upto
         try:
             if since is not None:
                 last = since
                 try:
-                    async for e in history(self.svc, sub, since, upto):
-                        await self.send({"type": "event", "id": sub_id, "event": e})
-                        last = e.index
+                    async for sent, messages in history(self.svc, sub, since, upto, render):
+                        await self.send_encoded(messages)
+                        last = sent
                 except _Reset as r:
                     await self.send(
                         {"type": "reset", "id": sub_id, "oldest": r.oldest, "index": upto}
                     )
-                last = max(last, upto)
+                if not sub.overflowed:
+                    last = max(last, upto)
             while True:
-                live = await sub.queue.get()
+                parts = await sub.take()
                 if sub.overflowed:
                     await self.send({"type": "resync", "id": sub_id, "index": last})
+                    await self.ws.close(
+                        code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: events were dropped"
+                    )
+                    return
+                fresh = [e for part in parts for e in part.events if e.index > last]
+                if fresh:
+                    await self.send_encoded(render(fresh))
+                    last = fresh[-1].index
+                if sub.closed:
                     await self.ws.close()
                     return
-                if live is None:
-                    await self.ws.close()
-                    return
-                if live.index <= last:
-                    continue
-                await self.send({"type": "event", "id": sub_id, "event": live})
-                last = live.index
         except (ConnectionResetError, TimeoutError):
             return
 
@@ -350,9 +418,25 @@ class _Socket:
             await self.unsubscribe(sub_id)
 
 
+def _same_origin(request: web.Request, origin: str) -> bool:
+    """Whether a browser's Origin is the scheduler's own (the scheme, host and port the
+    request came to) or one the operator allowed (a proxy in front)."""
+    origin = origin.strip().rstrip("/").lower()
+    own = f"{request.scheme}://{request.host}".lower()
+    allowed = {o.lower() for o in service(request).config.allowed_origins}
+    return origin == own or origin in allowed
+
+
 @routes.get("/api/v1/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
     who = require_role(request, "read", "submit")
+    # A browser names the page that opened the socket; another site's page must not
+    # ride on credentials the browser holds. Clients with no Origin are not browsers.
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(request, origin):
+        raise Forbidden(
+            "this origin may not open the WebSocket", {"field": "Origin", "origin": origin}
+        )
     svc = service(request)
     with svc.streams.slot(who.digest):
         return await _serve_socket(request, svc)
