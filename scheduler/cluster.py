@@ -846,7 +846,9 @@ class Cluster:
         for row in self.tokens.of_node(node.id):
             self.tokens.drop(row.digest)
             self.changes.revoked_tokens.append(row.digest)
-        self._event("node.forgotten", node=node, data={"name": node.name, "lost_jobs": lost})
+        # Not the lost jobs' ids: node events reach every reader, and each lost job's
+        # own job.state event goes only to those who may see that job.
+        self._event("node.forgotten", node=node, data={"name": node.name})
         del self.nodes[node.id]
         del self.node_by_name[node.name]
         self.changes.nodes.pop(node.id, None)
