@@ -151,3 +151,22 @@ def test_queued_jobs_and_spec_bytes_are_counted_per_submitter(clock: FakeClock) 
     gone = restarted.forget([jobs[1].id])
     assert [j.id for j in gone] == [jobs[1].id]
     assert restarted.spec_bytes_of("alice") == 2 * size
+
+
+def test_a_dependency_retried_before_the_pass_keeps_its_dependent_waiting(
+    clock: FakeClock,
+) -> None:
+    c = new_cluster(clock)
+    register(c, max_parallel=1)
+    first = submit(c)
+    second = submit(c, depends_on=[first.id])
+    c.place()
+    finish(c, first, "failed", exit_code=1)
+    c.take_changes()
+    c.retry(first.id, by="alice")  # before any pass judged the dependent
+    c.place()
+    assert second.state is JobState.QUEUED
+    assert second.reason == f"waiting_on: {first.id}"
+    finish(c, c.jobs[first.id])
+    c.place()
+    assert second.state is JobState.ASSIGNED
