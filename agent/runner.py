@@ -61,6 +61,8 @@ log = logging.getLogger("berth.agent.runner")
 
 #: seconds to let the output stream close after the attempt exited
 OUTPUT_CLOSE_S = 5.0
+#: how many times an attempt is paused before its checkpoint is archived unfrozen
+FREEZE_TRIES = 3
 #: buffered output past which reading pauses until some is shipped
 MAX_BUFFERED = 8 * 1024 * 1024
 
@@ -256,14 +258,22 @@ class Runner:
             execution = self.execution
             thaw = False
             if execution is not None and self._paused_at is None and not self._stop.is_set():
-                try:
-                    await execution.pause()
-                    thaw = True
-                except Exception as e:
-                    # It may have just exited; the archive does not rely on the freeze.
-                    log.info(
-                        "attempt %d of %s not frozen: %s", self.info.attempt, self.info.job_id, e
-                    )
+                # The runtime's freezer may give up on busy tasks ("unable to freeze"):
+                # tried again; the attempt may also have just exited. The archive does
+                # not rely on the freeze for safety, only for a consistent checkpoint.
+                for tries_left in reversed(range(FREEZE_TRIES)):
+                    try:
+                        await execution.pause()
+                        thaw = True
+                        break
+                    except Exception as e:
+                        if not tries_left:
+                            log.info(
+                                "attempt %d of %s not frozen: %s",
+                                self.info.attempt,
+                                self.info.job_id,
+                                e,
+                            )
             try:
                 yield
             finally:

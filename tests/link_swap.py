@@ -51,18 +51,20 @@ class HostSecrets:
     node_file: Path
     node_token: bytes
 
-    def specs(self, prefix: str, copies: int = 1) -> list[str]:
-        """The swapper's NAME:SIZE:TARGET arguments: each decoy file is as long as or
-        shorter than what its link points to, so a reader that follows the link gets
-        the target's first bytes (the whole of node.json) instead of an error."""
+    def specs(self, prefix: str, files: int = 1, trees: int = 1) -> list[str]:
+        """The swapper's NAME:SIZE:TARGET arguments: ``files`` decoys each for the
+        secret file and for node.json, and ``trees`` directories swapped with a link to
+        the secret directory. A decoy is as long as or shorter than what its link points
+        to, so a reader that follows the link gets the target's first bytes (the whole
+        of node.json) rather than an error."""
         node_size = self.node_file.stat().st_size
         out = []
-        for i in range(copies):
+        for i in range(files):
             out += [
                 f"{prefix}secret{i}:64:{self.file}",
                 f"{prefix}node{i}:{node_size}:{self.node_file}",
-                f"{prefix}tree{i}:dir:{self.directory}",
             ]
+        out += [f"{prefix}tree{i}:dir:{self.directory}" for i in range(trees)]
         return out
 
     def leaks(self, archive: Path) -> list[str]:

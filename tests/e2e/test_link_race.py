@@ -9,11 +9,11 @@ a swap lands in between, and uploads it for the submitter to download (what `doc
 cp` did, CVE-2018-15664). Every archive the scheduler stored for the job is downloaded
 here and searched for the secret and the token.
 
-- Checkpoints, docker executor: the helper swaps in /checkpoint for 12 s with
+- Checkpoints, docker executor: the helpers swap in /checkpoint for 15 s with
   ``checkpoint_interval_s: 1``; the container is frozen while each is archived, so
   none is refused either.
-- Outputs, process executor: the helper leaves the attempt's process group (setsid)
-  and swaps in the outputs directory while the agent archives it after the job's exit.
+- Outputs, process executor: the helpers leave the attempt's process group (setsid)
+  and swap in the outputs directory while the agent archives it after the job's exit.
   (In a container nothing outlives the job's exit, so outputs cannot race there.)
 """
 
@@ -33,14 +33,16 @@ from tests.link_swap import HostSecrets, build_swapper, make_secrets, tar_gz_of
 
 pytestmark = pytest.mark.docker
 
-#: seconds the helper swaps in /checkpoint (one checkpoint a second)
-CHECKPOINT_SWAP_S = 12
-#: seconds the detached helper swaps in the outputs directory after the job exited
+#: seconds the helpers swap in /checkpoint (one checkpoint a second)
+CHECKPOINT_SWAP_S = 15
+#: seconds the detached helpers swap in the outputs directory after the job exited
 OUTPUT_SWAP_S = 3
 #: jobs whose outputs are swapped, one archive each
-OUTPUT_RUNS = 3
-#: each job swaps this many secret files, node files and directories
-OUTPUT_COPIES = 20
+OUTPUT_RUNS = 4
+#: how many decoys for the secret file and for node.json, and how many directories
+#: each job swaps: swapped directories leak the most (a reader that finds a name no
+#: longer a link fails the whole archive, one that enters a link does not)
+FILES, TREES = 2, 12
 
 
 def _secrets(cluster: Cluster, agent: str, tmp_path: Path, tag: str) -> HostSecrets:
@@ -68,14 +70,20 @@ async def test_checkpoints_never_hold_host_files_a_swapped_link_points_to(
     secrets = _secrets(cluster, "docker", tmp_path, tag)
     inputs = await _upload_helper(api, tmp_path)
     before = _stored_blobs(cluster)
-    args = " ".join(secrets.specs(f"ck-{tag}-", copies=5))
+    # Two helpers, one a core, each with its own names: the more swaps, and the busier
+    # the host, the likelier one lands inside a reader's check-then-open.
+    helpers = " & ".join(
+        f"/workspace/in/link_swapper /checkpoint {CHECKPOINT_SWAP_S} "
+        + " ".join(secrets.specs(f"ck-{tag}-{h}-", files=FILES, trees=TREES // 2))
+        for h in "ab"
+    )
     job = await api.submit_job(
         spec(
-            f"/workspace/in/link_swapper /checkpoint {CHECKPOINT_SWAP_S} {args}",
+            f"{helpers} & wait",
             "docker",
             inputs=inputs,
             checkpoint_interval_s=1,
-            cpu=1.0,
+            cpu=2.0,
         )
     )
     done = await wait_done(api, job.id, timeout=CHECKPOINT_SWAP_S + 60)
@@ -96,11 +104,15 @@ async def test_checkpoints_never_hold_host_files_a_swapped_link_points_to(
     assert len(checkpoints) >= 3, "the job's checkpoints were not taken"
     assert leaked == {}, f"{len(leaked)} of {len(checkpoints)} checkpoints leaked: {leaked}"
     # The container is frozen while its checkpoint is archived: nothing changes under
-    # the walk, so no checkpoint was refused for a swapped entry either.
+    # the walk, so no checkpoint is refused for a swapped entry either, unless the
+    # runtime could not freeze it that time (runc gives up on busy tasks; logged).
     log = cluster.agents["docker"].log_text()
     refused = re.findall(rf"checkpoint of {done.id} \(.*?\) not saved: (.*)", log)
-    print(f"{len(re.findall(rf'checkpoint of {done.id}/1 saved', log))} saved, {refused=}")
-    assert refused == []
+    unfrozen = re.findall(rf"attempt 1 of {done.id} not frozen: (.*)", log)
+    saved = re.findall(rf"checkpoint of {done.id}/1 saved", log)
+    print(f"{len(saved)} saved, {len(unfrozen)} not frozen, {refused=}")
+    assert len(refused) <= len(unfrozen), (refused, unfrozen)
+    assert len(saved) >= 3
 
 
 async def test_outputs_never_hold_host_files_a_swapped_link_points_to(
@@ -114,6 +126,9 @@ async def test_outputs_never_hold_host_files_a_swapped_link_points_to(
         outcomes.append(await _swap_outputs(api, secrets, inputs, f"out{run}-{tag}-", tmp_path))
     print(f"outputs of {OUTPUT_RUNS} jobs: {outcomes}")
     assert not [o for o in outcomes if o.startswith("leaked")], outcomes
+    # Refused outputs fail the job, naming the entry that changed.
+    refused = [o for o in outcomes if o.startswith("refused")]
+    assert all("changed while it was archived" in o for o in refused), refused
 
 
 async def _swap_outputs(
@@ -121,16 +136,18 @@ async def _swap_outputs(
 ) -> str:
     """One job whose outputs are swapped while the agent archives them: ``leaked ...``,
     ``clean`` or ``refused: ...``."""
-    args = " ".join(secrets.specs(prefix, copies=OUTPUT_COPIES))
-    # The helper leaves the job's process group, so the agent's kill of the group at
-    # the job's exit does not reach it; the job exits once the helper swaps (it made
-    # the last link).
-    last = f"{prefix}tree{OUTPUT_COPIES - 1}"
-    script = (
-        f'cd "$BERTH_WORKSPACE"; setsid -f in/link_swapper out {OUTPUT_SWAP_S} {args} '
-        f"</dev/null >/dev/null 2>&1; while [ ! -L out/{last}.lnk ] && [ ! -L out/{last} ]; "
-        "do sleep 0.05; done"
-    )
+    # Two helpers, one a core, each with its own names. They leave the job's process
+    # group, so the agent's kill of the group at the job's exit does not reach them;
+    # the job exits once both swap (they made their last links).
+    starts, waits = [], []
+    for h in "ab":
+        args = " ".join(secrets.specs(f"{prefix}{h}-", files=FILES, trees=TREES // 2))
+        last = f"out/{prefix}{h}-tree{TREES // 2 - 1}"
+        starts.append(
+            f"setsid -f in/link_swapper out {OUTPUT_SWAP_S} {args} </dev/null >/dev/null 2>&1"
+        )
+        waits.append(f"while [ ! -L {last}.lnk ] && [ ! -L {last} ]; do sleep 0.05; done")
+    script = 'cd "$BERTH_WORKSPACE"; ' + "; ".join(starts + waits)
     job = await api.submit_job(spec(script, "process", inputs=inputs))
     try:
         done = await wait_done(api, job.id, timeout=60)
@@ -138,9 +155,8 @@ async def _swap_outputs(
         # The helper is done before anything else runs.
         await poll(lambda: not _swapping(prefix), OUTPUT_SWAP_S + 30, what="the helper to exit")
     if done.outputs is None:
-        # Refused outputs fail the job, saying which entry changed.
-        assert done.state == "failed" and done.error is not None
-        assert "outputs not stored" in done.error and "changed" in done.error, done.error
+        assert done.state == "failed" and done.error is not None, done
+        assert "outputs not stored" in done.error, done.error
         return f"refused: {done.error}"
     archive = tmp_path / f"{prefix}outputs.tar.gz"
     try:
