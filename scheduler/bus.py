@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from common import codec
 from scheduler.events import Event
+from scheduler.store.base import RawEvent
 
 TOPICS = frozenset({"jobs", "nodes"})
 #: encoded events kept for subscribers that are behind and for replays
@@ -80,11 +81,15 @@ class Subscription:
         return ("topics", self.topics, self.owner)
 
     def matches(self, event: Event) -> bool:
+        return self.wants(event.type, event.job_id)
+
+    def wants(self, type_: str, job_id: str | None) -> bool:
+        """Whether an event of this type and job is for this subscriber."""
         if self.job_id is not None:
-            return event.job_id == self.job_id
-        if topic_of(event) not in self.topics:
+            return job_id == self.job_id
+        if type_.partition(".")[0] + "s" not in self.topics:
             return False
-        return self.visible is None or event.job_id is None or self.visible(event.job_id)
+        return self.visible is None or job_id is None or self.visible(job_id)
 
     def offer(self, part: Part) -> None:
         if self.overflowed or self.closed:
@@ -157,16 +162,13 @@ class EventBus:
     def sse(self, events: Iterable[Event]) -> bytes:
         return b"".join([self.sse_frame(e) for e in events])
 
-    def replay_sse(self, events: list[Event]) -> bytes:
-        """SSE frames of replayed events: shared ones where still kept, the others
-        encoded without pushing recent ones out of what is kept."""
-        frames = self._frames
+    @staticmethod
+    def replay_sse(rows: list[RawEvent]) -> bytes:
+        """SSE frames of replayed events, around their documents as stored."""
         return b"".join(
             [
-                frames.get(e.index)
-                or b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n"
-                % (e.index, e.type.encode(), codec.encode(e))
-                for e in events
+                b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (index, type_.encode(), doc)
+                for index, type_, _, doc in rows
             ]
         )
 

@@ -4,10 +4,11 @@ routes turn a refusal into a 429 (a spec too big: 413)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from common import codec
@@ -90,6 +91,31 @@ class StreamSlots:
             yield
         finally:
             self.release(key)
+
+
+class FairSlots:
+    """At most ``total`` holders at once, and at most one per key: a key's other
+    waiters queue behind its own holder, so a token with many replays waits for one
+    turn among the tokens, not one turn per replay."""
+
+    def __init__(self, total: int) -> None:
+        self._total = asyncio.Semaphore(max(1, total))
+        #: each key's lock and how many hold or wait for it
+        self._keys: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._keys.get(key) or (asyncio.Lock(), 0)
+        self._keys[key] = (lock, users + 1)
+        try:
+            async with lock, self._total:
+                yield
+        finally:
+            lock, users = self._keys[key]
+            if users > 1:
+                self._keys[key] = (lock, users - 1)
+            else:
+                del self._keys[key]
 
 
 def spec_bytes(spec: JobSpec) -> int:

@@ -21,7 +21,7 @@ from scheduler.bus import EventBus
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
 from scheduler.events import Event
-from scheduler.limits import RateLimiter, StreamSlots
+from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
 from scheduler.store.base import Changes, Store, TokenRow
 from scheduler.webhooks import WebhookSender
@@ -73,7 +73,7 @@ class Service:
         self.streams = StreamSlots(config.max_streams_per_token)
         self.subscriptions = StreamSlots(config.max_subscriptions_per_token, "subscriptions")
         #: replays reading and encoding history at once; the rest wait their turn
-        self.replays = asyncio.Semaphore(config.max_concurrent_replays)
+        self.replays = FairSlots(config.max_concurrent_replays)
 
     def _job_owner(self, job_id: str) -> str | None:
         """Who submitted a job (the event bus indexes on it), without decoding an ended

@@ -28,10 +28,10 @@ from common.errors import BerthError, Forbidden, Gone, InvalidRequest, TooManyRe
 from scheduler import access
 from scheduler.bus import TOPICS, Subscription
 from scheduler.config import KEEPALIVE_S
-from scheduler.events import Event
 from scheduler.http import principal, query_int, require_role
 from scheduler.routes import service, visible_job
 from scheduler.service import Service
+from scheduler.store.base import RawEvent
 
 log = logging.getLogger("berth.events")
 T = TypeVar("T")
@@ -87,34 +87,41 @@ async def history(
     sub: Subscription,
     since: int,
     upto: int,
-    render: Callable[[list[Event]], T],
+    render: Callable[[list[RawEvent]], T],
+    key: str,
 ) -> AsyncIterator[tuple[int, T]]:
     """Committed events in (since, upto] that the subscription wants, oldest first, in
     rendered chunks with the index of each chunk's last event.
 
     Each chunk is read and rendered under a replay slot held for one turn of the loop:
-    replays take turns with each other and with everything else the scheduler does."""
+    replays take turns with each other and with everything else the scheduler does,
+    and the replays of one token (``key``) count as one in the queue for slots."""
     if sub.job_id is None and since + 1 < svc.cluster.events_pruned_below:
         raise _Reset(svc.cluster.events_pruned_below)
     recent = svc.cluster.events.replay(since)
     # A copy: the in-memory window moves on while the replay waits for its turns.
     memory = None if recent is None else [e for e in recent if e.index <= upto]
     after, at = since, 0
+    doc = svc.bus.doc
     while after < upto and not sub.overflowed:
-        async with svc.replays:
+        async with svc.replays.slot(key):
             if memory is not None:
-                page = memory[at : at + REPLAY_CHUNK]
-                at += len(page)
+                events = memory[at : at + REPLAY_CHUNK]
+                at += len(events)
+                end = events[-1].index if events else upto
+                wanted = [(e.index, e.type, e.job_id, doc(e)) for e in events if sub.matches(e)]
             else:
-                page = await svc.store.read_events(after, REPLAY_CHUNK, sub.job_id)
-            wanted = [e for e in page if e.index <= upto and sub.matches(e)]
+                # Stored documents go out as they are: nothing decoded or encoded again.
+                rows = await svc.store.read_raw_events(after, REPLAY_CHUNK, sub.job_id)
+                end = rows[-1][0] if rows else upto
+                wanted = [r for r in rows if r[0] <= upto and sub.wants(r[1], r[2])]
             rendered = render(wanted) if wanted else None
             await asyncio.sleep(0)
-        if not page:
+        if end >= upto and not wanted:
             return
-        after = page[-1].index
+        after = end
         if rendered is not None:
-            yield wanted[-1].index, rendered
+            yield wanted[-1][0], rendered
 
 
 def _subscription(
@@ -188,7 +195,9 @@ async def _stream(
             if since is not None:
                 last = since
                 try:
-                    async for sent, chunk in history(svc, sub, since, upto, svc.bus.replay_sse):
+                    async for sent, chunk in history(
+                        svc, sub, since, upto, svc.bus.replay_sse, principal(request).digest
+                    ):
                         async with asyncio.timeout(SEND_TIMEOUT_S):
                             await resp.write(chunk)
                         last = sent
@@ -235,20 +244,25 @@ async def _page(
     """A plain request gets one JSON page of events after ``since`` (410 if too old)."""
     sub = _subscription(request, svc, topics, job_id, lambda: None)
     upto = svc.cluster.events.committed_index
-    events: list[Event] = []
+    rows: list[RawEvent] = []
     try:
-        async for _, chunk in history(svc, sub, since, upto, list):
-            events.extend(chunk)
-            if len(events) >= PAGE_LIMIT:
-                del events[PAGE_LIMIT:]
+        async for _, chunk in history(svc, sub, since, upto, list, principal(request).digest):
+            rows.extend(chunk)
+            if len(rows) >= PAGE_LIMIT:
+                del rows[PAGE_LIMIT:]
                 break
     except _Reset as r:
         raise Gone(
             "events before this index are no longer kept", {"oldest": r.oldest, "index": upto}
         ) from None
-    body = {"events": events, "index": upto, "next": events[-1].index if events else since}
+    # The stored documents as they are, in the shape of {"events", "index", "next"}.
+    body = b'{"events":[%s],"index":%d,"next":%d}' % (
+        b",".join([doc for *_, doc in rows]),
+        upto,
+        rows[-1][0] if rows else since,
+    )
     return web.Response(
-        body=codec.encode(body),
+        body=body,
         content_type="application/json",
         headers={"X-Berth-Index": str(upto)},
     )
@@ -369,13 +383,12 @@ class _Socket:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def _render(self, sub_id: str) -> Callable[[list[Event]], list[bytes]]:
-        """Event messages of one subscription around the bus's shared encoding."""
+    def _render(self, sub_id: str) -> Callable[[list[RawEvent]], list[bytes]]:
+        """Event messages of one subscription around documents encoded once."""
         head = b'{"type":"event","id":' + codec.encode(sub_id) + b',"event":'
-        doc = self.svc.bus.doc
 
-        def render(events: list[Event]) -> list[bytes]:
-            return [head + doc(e) + b"}" for e in events]
+        def render(rows: list[RawEvent]) -> list[bytes]:
+            return [head + doc + b"}" for *_, doc in rows]
 
         return render
 
@@ -386,7 +399,9 @@ class _Socket:
             if since is not None:
                 last = since
                 try:
-                    async for sent, messages in history(self.svc, sub, since, upto, render):
+                    async for sent, messages in history(
+                        self.svc, sub, since, upto, render, self.digest
+                    ):
                         await self.send_encoded(messages)
                         last = sent
                 except _Reset as r:
@@ -403,10 +418,16 @@ class _Socket:
                         code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: events were dropped"
                     )
                     return
-                fresh = [e for part in parts for e in part.events if e.index > last]
+                doc = self.svc.bus.doc
+                fresh = [
+                    (e.index, e.type, e.job_id, doc(e))
+                    for part in parts
+                    for e in part.events
+                    if e.index > last
+                ]
                 if fresh:
                     await self.send_encoded(render(fresh))
-                    last = fresh[-1].index
+                    last = fresh[-1][0]
                 if sub.closed:
                     await self.ws.close()
                     return

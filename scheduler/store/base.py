@@ -13,9 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import codec
 from common.models import Job, Node
 from common.states import JobState
 from scheduler.events import Event
+
+#: one event as stored: its index, type, job id and encoded document
+RawEvent = tuple[int, str, str | None, bytes]
 
 
 @dataclass(slots=True, frozen=True)
@@ -166,6 +170,14 @@ class Store(ABC):
     @abstractmethod
     async def read_events(self, after: int, limit: int, job_id: str | None = None) -> list[Event]:
         """Committed events with index > ``after``, oldest first, optionally of one job."""
+
+    async def read_raw_events(
+        self, after: int, limit: int, job_id: str | None = None
+    ) -> list[RawEvent]:
+        """``read_events`` as stored, not decoded: for replays, which send the documents
+        on as they are. A store may serve it without queueing behind its writes."""
+        events = await self.read_events(after, limit, job_id)
+        return [(e.index, e.type, e.job_id, codec.encode(e)) for e in events]
 
     @abstractmethod
     async def prune_events(self, keep: int) -> int:

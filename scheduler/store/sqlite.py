@@ -30,7 +30,15 @@ from common.models import Job, Node
 from common.states import TERMINAL, JobState
 from scheduler.archive import CODES
 from scheduler.events import Event
-from scheduler.store.base import AuditRecord, BlobHold, Changes, Loaded, Store, TokenRow
+from scheduler.store.base import (
+    AuditRecord,
+    BlobHold,
+    Changes,
+    Loaded,
+    RawEvent,
+    Store,
+    TokenRow,
+)
 
 log = logging.getLogger("berth.store")
 
@@ -98,6 +106,10 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         # One thread owns the connection: SQLite calls never run on the event loop.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
+        # Replays read on a connection and thread of their own (WAL lets them read while
+        # the writer writes): however many replay, no commit waits behind their reads.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite-read")
+        self._read_conn: sqlite3.Connection | None = None
         self._staged = _Batch()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -126,6 +138,8 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_sync)
         self._thread.shutdown(wait=True)
+        await loop.run_in_executor(self._reader, self._close_reader_sync)
+        self._reader.shutdown(wait=True)
 
     def _open_sync(self) -> Loaded:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +203,11 @@ class SQLiteStore(Store):
             webhooks,
             holds,
         )
+
+    def _close_reader_sync(self) -> None:
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = None
 
     def _close_sync(self) -> None:
         if self._conn is not None:
@@ -367,6 +386,27 @@ class SQLiteStore(Store):
             sql = "SELECT doc FROM events WHERE job_id = ? AND idx > ? ORDER BY idx LIMIT ?"
             args = (job_id, after, limit)  # type: ignore[assignment]
         return [dec.decode(d) for (d,) in conn.execute(sql, args)]
+
+    async def read_raw_events(
+        self, after: int, limit: int, job_id: str | None = None
+    ) -> list[RawEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._reader, self._read_raw_events_sync, after, limit, job_id
+        )
+
+    def _read_raw_events_sync(self, after: int, limit: int, job_id: str | None) -> list[RawEvent]:
+        if self._read_conn is None:
+            self._read_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        cols = "SELECT idx, type, job_id, doc FROM events"
+        if job_id is None:
+            sql, args = f"{cols} WHERE idx > ? ORDER BY idx LIMIT ?", (after, limit)
+        else:
+            sql = f"{cols} WHERE job_id = ? AND idx > ? ORDER BY idx LIMIT ?"
+            args = (job_id, after, limit)  # type: ignore[assignment]
+        return list(self._read_conn.execute(sql, args))
 
     async def read_audit(
         self,
