@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from scheduler.config import MAX_STREAMS_PER_TOKEN
+from scheduler.config import MAX_STREAMS_PER_TOKEN, MAX_SUBSCRIPTIONS_PER_TOKEN
 from scheduler.routes.events import MAX_SOCKET_SUBSCRIPTIONS
 from tests.support import REPO, Api, SchedulerProcess, SimAgent
 
@@ -34,7 +34,7 @@ BATCH = 1000
 #: rounds of submit + cancel that fill the history the streams replay (2 events a job)
 SEED_ROUNDS = 15
 #: batches whose median is the victim's submit latency, without and with the attack
-SAMPLES = 5
+SAMPLES = 7
 HEARTBEAT_S = 1.0
 DEADLINE_S = 120.0
 
@@ -161,6 +161,10 @@ async def test_one_token_at_every_stream_limit_does_not_slow_others_or_late_a_no
         _, sockets, subscriptions, streams = ready.split()
         assert int(sockets) == MAX_STREAMS_PER_TOKEN
         assert int(streams) == MAX_STREAMS_PER_TOKEN
+        # Every socket asked for the most a socket may hold; the token got its cap.
+        assert int(subscriptions) == min(
+            MAX_SUBSCRIPTIONS_PER_TOKEN, MAX_STREAMS_PER_TOKEN * MAX_SOCKET_SUBSCRIPTIONS
+        )
 
         busy_submit, busy_stats = await _measure(victim, admin)
         assert flood.stdin is not None
