@@ -180,6 +180,8 @@ class Runner:
             self._paused_at = clock()
         #: pause and resume one at a time (the scheduler repeats its commands)
         self._control = asyncio.Lock()
+        #: paused by the agent itself while its checkpoint is archived
+        self._frozen_now = False
         self.files = files
         self._usage = UsageTracker(USAGE_REPORT_INTERVAL_S)
         self._side_tasks: set[asyncio.Task[object]] = set()
@@ -256,7 +258,6 @@ class Runner:
         /checkpoint meanwhile; pause and resume commands wait until it is done."""
         async with self._control:
             execution = self.execution
-            thaw = False
             if execution is not None and self._paused_at is None and not self._stop.is_set():
                 # The runtime's freezer may give up on busy tasks ("unable to freeze"):
                 # tried again; the attempt may also have just exited. The archive does
@@ -264,7 +265,7 @@ class Runner:
                 for tries_left in reversed(range(FREEZE_TRIES)):
                     try:
                         await execution.pause()
-                        thaw = True
+                        self._frozen_now = True
                         break
                     except Exception as e:
                         if not tries_left:
@@ -277,7 +278,8 @@ class Runner:
             try:
                 yield
             finally:
-                if thaw and execution is not None:
+                if self._frozen_now and execution is not None:
+                    self._frozen_now = False
                     try:
                         await execution.resume()
                     except Exception as e:
@@ -512,10 +514,13 @@ class Runner:
 
     async def _stop_execution(self, execution: Execution) -> None:
         try:
-            if self._paused_at is not None:
+            if self._paused_at is not None or self._frozen_now:
+                # A frozen attempt gets its SIGTERM and grace too (docker would only
+                # kill a paused container).
                 with contextlib.suppress(Exception):
                     await execution.resume()
                 self._paused_at = None
+                self._frozen_now = False
             await execution.stop(self._grace)
         except Exception as e:
             log.warning(
