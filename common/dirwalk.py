@@ -9,12 +9,13 @@ then opens by path reads the host's file (CVE-2018-15664, in `docker cp`). So he
 - the tree's root is opened with ``O_DIRECTORY | O_NOFOLLOW``, and every entry below it
   relative to its parent's handle (``dir_fd``), with ``O_NOFOLLOW``: a path is never
   resolved again, and a link is never followed, whatever the tree holds;
-- a file is opened with ``O_NONBLOCK | O_NOCTTY`` (a fifo swapped in does not block, a
-  terminal does not become the reader's) and the opened handle's ``fstat`` must show
-  the same device, inode and type as the listing's ``lstat``: else the entry changed
-  while the tree was read, and the walk is refused (:class:`TreeRefused`, naming the
-  entry), as is a directory that is no longer one; content is read only through the
-  handle;
+- a file is first opened with ``O_PATH`` (nothing is opened: a device or fifo swapped
+  in is never opened) and that handle's ``fstat`` must show the same device, inode and
+  type as the listing's ``lstat``; only then is it opened for reading, through
+  ``/proc/self/fd`` (that very inode), with ``O_NONBLOCK | O_NOCTTY``, and checked
+  again. Else the entry changed while the tree was read, and the walk is refused
+  (:class:`TreeRefused`, naming the entry), as is a directory that is no longer one.
+  Content is read only through the checked handle;
 - a link is given as its target's text (``readlink``), never as what it points to;
   fifos, sockets and devices are left out without being opened;
 - an entry removed between the listing and the open is left out: nothing was read.
@@ -34,6 +35,8 @@ from typing import Literal
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: how a file of the tree is opened
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+#: opens a name without opening the file (Linux); 0 where there is no such flag
+O_PATH: int = getattr(os, "O_PATH", 0)
 #: the deepest directory read: the walk holds one handle per level
 MAX_DEPTH = 256
 
@@ -138,29 +141,59 @@ def open_entry(dir_fd: int, name: str, listed: os.stat_result, path: str) -> int
     """Open the file or directory ``name`` of ``dir_fd`` that the listing saw as
     ``listed``, without following a link; None when it was removed meanwhile.
 
+    A file is first opened with ``O_PATH`` (which opens nothing: a device swapped in is
+    never opened, so opening has no side effect such as arming a watchdog), checked,
+    and only then opened for reading through ``/proc/self/fd``, which names that very
+    inode. Without /proc (or O_PATH) it is opened directly, ``O_NONBLOCK|O_NOCTTY``.
+
     Raises TreeRefused when what was opened is not what was listed (``path`` names it).
     """
-    is_dir = stat.S_ISDIR(listed.st_mode)
+    if stat.S_ISDIR(listed.st_mode):
+        return _checked(_open_nofollow(dir_fd, name, O_DIR, path), listed, path)
+    if not O_PATH:
+        return _checked(_open_nofollow(dir_fd, name, O_FILE, path), listed, path)
+    flags = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    handle = _checked(_open_nofollow(dir_fd, name, flags, path), listed, path)
+    if handle is None:
+        return None
+    fd: int | None
     try:
-        fd = os.open(name, O_DIR if is_dir else O_FILE, dir_fd=dir_fd)
+        fd = os.open(f"/proc/self/fd/{handle}", O_FILE & ~os.O_NOFOLLOW)
+    except FileNotFoundError:  # no /proc: the checked name, opened again
+        fd = _open_nofollow(dir_fd, name, O_FILE, path)
+    finally:
+        os.close(handle)
+    return _checked(fd, listed, path)
+
+
+def _open_nofollow(dir_fd: int, name: str, flags: int, path: str) -> int | None:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise TreeRefused(
-                f"{path} changed while it was archived (it became a symbolic link or "
+                f"{path} changed while it was archived (it is now a symbolic link or "
                 "another kind of file)"
             ) from e
         raise
+
+
+def _checked(fd: int | None, listed: os.stat_result, path: str) -> int | None:
+    """``fd`` when it is the entry the listing saw; else it is closed and refused."""
+    if fd is None:
+        return None
     opened = os.fstat(fd)
-    if (opened.st_dev, opened.st_ino, stat.S_IFMT(opened.st_mode)) != (
+    if (opened.st_dev, opened.st_ino, stat.S_IFMT(opened.st_mode)) == (
         listed.st_dev,
         listed.st_ino,
         stat.S_IFMT(listed.st_mode),
     ):
-        os.close(fd)
-        raise TreeRefused(f"{path} changed while it was archived (another file took its name)")
-    return fd
+        return fd
+    os.close(fd)
+    now = "a symbolic link" if stat.S_ISLNK(opened.st_mode) else "another file"
+    raise TreeRefused(f"{path} changed while it was archived (it is now {now})")
 
 
 def _read_link(dir_fd: int, name: str, path: str) -> str | None:
