@@ -308,9 +308,13 @@ class _Socket:
         # that lands as the send completes, and an unsubscribe then waits forever for
         # a pump that never stops.
         async with self.send_lock:
-            for message in messages:
-                async with asyncio.timeout(SEND_TIMEOUT_S):
-                    await self.ws.send_frame(message, WSMsgType.TEXT)
+            await self._write(messages)
+
+    async def _write(self, messages: list[bytes]) -> None:
+        """Send with the send lock already held."""
+        for message in messages:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.send_frame(message, WSMsgType.TEXT)
 
     async def handle(self, raw: str | bytes) -> None:
         msg = codec.loads(raw)
@@ -399,11 +403,15 @@ class _Socket:
             if since is not None:
                 last = since
                 try:
-                    async for sent, messages in history(
-                        self.svc, sub, since, upto, render, self.digest
-                    ):
-                        await self.send_encoded(messages)
-                        last = sent
+                    # The socket is this replay's until it is done: its other
+                    # subscriptions wait their turn without reading a chunk each, so a
+                    # socket that reads nothing holds at most one chunk in memory.
+                    async with self.send_lock:
+                        async for sent, messages in history(
+                            self.svc, sub, since, upto, render, self.digest
+                        ):
+                            await self._write(messages)
+                            last = sent
                 except _Reset as r:
                     await self.send(
                         {"type": "reset", "id": sub_id, "oldest": r.oldest, "index": upto}
