@@ -99,8 +99,14 @@ async def history(
     if sub.job_id is None and since + 1 < svc.cluster.events_pruned_below:
         raise _Reset(svc.cluster.events_pruned_below)
     recent = svc.cluster.events.replay(since)
-    # A copy: the in-memory window moves on while the replay waits for its turns.
-    memory = None if recent is None else [e for e in recent if e.index <= upto]
+    # A copy: the in-memory window moves on while the replay waits for its turns. One
+    # job's few events are picked out at once rather than a chunk of the window a turn.
+    job_id = sub.job_id
+    memory = (
+        None
+        if recent is None
+        else [e for e in recent if e.index <= upto and (job_id is None or e.job_id == job_id)]
+    )
     after, at = since, 0
     doc = svc.bus.doc
     while after < upto and not sub.overflowed:
