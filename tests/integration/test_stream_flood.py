@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from scheduler.config import MAX_STREAMS_PER_TOKEN, MAX_SUBSCRIPTIONS_PER_TOKEN
@@ -153,6 +154,9 @@ async def test_one_token_at_every_stream_limit_does_not_slow_others_or_late_a_no
         assert start >= 2 * BATCH * SEED_ROUNDS
 
         quiet_submit, quiet_stats = await _measure(victim, admin)
+        assert sched.proc is not None
+        scheduler = psutil.Process(sched.proc.pid)
+        quiet_rss = scheduler.memory_info().rss
 
         flood = _start_flood(sched.url, mallory, watcher)
         assert flood.stdout is not None
@@ -167,6 +171,7 @@ async def test_one_token_at_every_stream_limit_does_not_slow_others_or_late_a_no
         )
 
         busy_submit, busy_stats = await _measure(victim, admin)
+        busy_rss = scheduler.memory_info().rss
         assert flood.stdin is not None
         flood.stdin.close()
         received = await asyncio.wait_for(asyncio.to_thread(flood.stdout.readline), DEADLINE_S)
@@ -177,6 +182,7 @@ async def test_one_token_at_every_stream_limit_does_not_slow_others_or_late_a_no
             "quiet_stats_s": round(quiet_stats, 3),
             "busy_stats_s": round(busy_stats, 3),
             "subscriptions_held": int(subscriptions),
+            "rss_mib": (quiet_rss >> 20, busy_rss >> 20),
             "stream": received.strip(),
         }
         print(figures)
