@@ -279,10 +279,7 @@ def scheduler(
     Every flag also reads the environment variable shown beside it.
     """
     from scheduler.app import serve
-    from scheduler.statedir import make_private
 
-    # Before anything is written: tokens, the database and blobs are for this user only.
-    make_private(state_dir)
     tls = tls_pair(tls_cert, tls_key)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -39,6 +39,7 @@ from scheduler.routes import (
 )
 from scheduler.service import Service
 from scheduler.sessions import Sessions
+from scheduler.statedir import make_private
 from scheduler.store.sqlite import SQLiteStore
 
 log = logging.getLogger("berth.scheduler")
@@ -117,6 +118,9 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
         if config.tls_cert is None or config.tls_key is None:
             raise TLSSetupError("a TLS certificate needs its key, and a key its certificate")
         tls = server_context(config.tls_cert, config.tls_key)
+    # Before anything is written (a refused start leaves nothing behind): tokens, the
+    # database and blobs are for this user only.
+    make_private(config.state_dir)
     app = build_app(config)
     # handler_cancellation: a client that goes away (an SSE subscriber, a log follower)
     # ends its handler at once instead of at its next write.
