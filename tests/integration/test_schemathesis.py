@@ -196,6 +196,15 @@ def _prepare(case: schemathesis.Case, live: Live) -> None:
             capacity.update(cpu=0, memory_mb=0)
 
 
+def _framing_refused(response: Any) -> bool:
+    """aiohttp's HTTP parser refused the request before any route or token was looked
+    at (a generated header broke the framing, such as an empty Content-Length): a
+    plain-text 400, not one of Berth's JSON errors."""
+    return response.status_code == 400 and not response.headers.get("Content-Type", "").startswith(
+        "application/json"
+    )
+
+
 def _headers(kind: str, live: Live) -> dict[str, str]:
     headers = {"Accept": "application/json"}
     token = live.tokens[kind]
@@ -231,4 +240,7 @@ def test_no_server_error_and_a_refusal_changes_nothing(case: schemathesis.Case, 
             live.moved()
         if kind in ("wrong", "none") and case.path.startswith("/api/"):
             public = case.path in ("/api/v1/openapi.json", "/api/v1/session")
-            assert public or response.status_code == 401, (where, response.text)
+            assert public or response.status_code == 401 or _framing_refused(response), (
+                where,
+                response.text,
+            )
