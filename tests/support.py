@@ -7,17 +7,20 @@ A SimAgent speaks the agent protocol over HTTP exactly as the real agent does, b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +29,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: int | str, what: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (created), unmounted afterwards; it needs
+    root, which CI has: there a missing root is a failure, elsewhere a skip."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} mounts a tmpfs and needs root; CI runs as root")
+        pytest.skip("needs root to mount a tmpfs")
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def free_bytes(path: Path) -> int:
+    """What an unprivileged writer may still write on ``path``'s file system."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 #: scheduler flags for benchmarks and load tests: throughput is measured, not the

@@ -21,7 +21,6 @@ import contextlib
 import errno
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import pytest
 
 from scheduler.writeguard import default_reserve
 from tests.chaos.conftest import Figures
-from tests.support import Api, SchedulerProcess, SimAgent, wait_until
+from tests.support import Api, SchedulerProcess, SimAgent, free_bytes, small_tmpfs, wait_until
 
 #: size of the state directory's file system
 TMPFS_SIZE = "16m"
@@ -40,41 +39,18 @@ MIB = 1024 * 1024
 MAX_FILLING_REPORTS = 4000
 
 
-def _need_root() -> None:
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("the disk-full test mounts a tmpfs and needs root; CI runs as root")
-    pytest.skip("needs root to mount a tmpfs")
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of TMPFS_SIZE mounted for the test, unmounted after it."""
-    _need_root()
-    mnt = tmp_path / "state"
-    mnt.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mnt)],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with small_tmpfs(tmp_path / "state", TMPFS_SIZE, "the disk-full test") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def _fill(filler: Path, leave: int) -> None:
     """Grow ``filler`` until its file system has about ``leave`` bytes free (0: none)."""
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        while (want := _free(filler.parent) - leave) > 0:
+        while (want := free_bytes(filler.parent) - leave) > 0:
             try:
                 os.write(fd, b"\0" * min(want, MIB))
             except OSError as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import aiohttp
 import pytest
 
 from scheduler.writeguard import default_reserve
-from tests.support import Api, SchedulerProcess, wait_until
+from tests.support import Api, SchedulerProcess, free_bytes, small_tmpfs, wait_until
 
 TMPFS_SIZE = 64 * 1024 * 1024
 UPLOADS = 3
@@ -32,33 +31,11 @@ REFUSAL_WAIT_S = 10.0
 CHUNK = 256 * 1024
 
 
-def _need_root() -> None:
-    if os.geteuid() == 0:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("the upload reservation test mounts a tmpfs and needs root")
-    pytest.skip("needs root to mount a tmpfs")
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    _need_root()
-    mnt = tmp_path / "state"
-    mnt.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mnt)],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    """A tmpfs of TMPFS_SIZE mounted for the test, unmounted after it."""
+    with small_tmpfs(tmp_path / "state", TMPFS_SIZE, "the upload reservation test") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 async def _slow_body(size: int, gate: asyncio.Event) -> AsyncIterator[bytes]:
@@ -107,7 +84,7 @@ async def _scenario(http: aiohttp.ClientSession, sched: SchedulerProcess, state:
     dave = Api(http, sched.url, tokens[3])
     st = os.statvfs(state)
     reserve = default_reserve(st.f_blocks * st.f_frsize)
-    usable = _free(state) - reserve
+    usable = free_bytes(state) - reserve
     # Two fit in what is above the reserve; three together would leave half the reserve.
     size = (usable + reserve // 2) // UPLOADS + 1
 
@@ -145,11 +122,11 @@ async def _scenario(http: aiohttp.ClientSession, sched: SchedulerProcess, state:
         "refused": [r[0] for r in refused],
         "submits": len(submits),
         "submits_refused": sum(s != 201 for s in submits),
-        "free_after_mib": round(_free(state) / 2**20, 1),
+        "free_after_mib": round(free_bytes(state) / 2**20, 1),
     }
     print(f"\nupload reservation figures: {figures}")
     assert refused_at_start == 1, figures
     assert len(stored) == 2, figures
     assert refused[0][0] == 503 and "reserved" in refused[0][1]["error"]["message"], figures
     assert figures["submits_refused"] == 0, figures
-    assert _free(state) >= reserve, figures
+    assert free_bytes(state) >= reserve, figures
