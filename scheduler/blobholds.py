@@ -68,6 +68,10 @@ class BlobHolds:
         self._set(digest, name, charged)
         changes.blob_holds[digest] = self._rows(digest)
 
+    def digests(self) -> list[str]:
+        """Every digest somebody holds."""
+        return list(self._holds)
+
     def drop(self, digest: str, changes: Changes) -> None:
         """The blob was deleted: nobody holds it any more."""
         names = self._holds.pop(digest, None)

@@ -153,6 +153,7 @@ class Service:
         gc.collect()
         gc.freeze()
         await self._ensure_tokens()
+        await self._drop_holds_of_swept_blobs()
         await self.commit()
         self.webhooks = WebhookSender(
             self._webhook_key(),
@@ -359,6 +360,15 @@ class Service:
             except Exception:
                 log.exception("blob sweep failed")
             await asyncio.sleep(self.config.retention_interval_s)
+
+    async def _drop_holds_of_swept_blobs(self) -> None:
+        """A sweep deletes a blob before it commits that nobody holds it: a scheduler
+        stopped in between comes back with holds (and quota charges) of a blob that is
+        gone. They are dropped here, in the first commit after loading."""
+        held = self.cluster.blob_holds.digests()
+        gone = await asyncio.to_thread(lambda: [d for d in held if not self.blobs.exists(d)])
+        for digest in gone:
+            self.cluster.blob_holds.drop(digest, self.cluster.changes)
 
     async def sweep_blobs(self) -> Swept:
         """Delete the blobs no kept job names, once past their grace (and uploads

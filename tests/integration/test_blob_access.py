@@ -217,6 +217,26 @@ async def test_holds_and_quotas_survive_a_restart_and_go_with_a_swept_blob(
         await _upload(alice, later)
 
 
+async def test_holds_of_a_blob_deleted_before_its_sweep_committed_go_at_the_next_start(
+    small_quota: SchedulerProcess,
+) -> None:
+    """A sweep deletes the file, then commits that nobody holds it; a scheduler stopped
+    in between must not keep the holds (nor charge the quota) of a blob that is gone."""
+    sched = small_quota
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        admin = Api(http, sched.url, sched.admin_token)
+        alice = await _token(admin, "submit", "alice")
+        kept = await _upload(alice, os.urandom(600 * KIB))
+        sched.stop()
+        # What the interrupted sweep left: the file gone, the holds committed.
+        (sched.state_dir / "blobs" / kept[:2] / kept).unlink()
+        sched.start()
+        assert (await alice.get(f"/api/v1/blobs/{kept}"))[0] == 403
+        # Her 600 KiB are no longer charged: another 600 KiB fit under the 1 MiB quota.
+        await _upload(alice, os.urandom(600 * KIB))
+
+
 async def _status(api: Api, path: str, expected: int) -> bool:
     status, _ = await api.get(path)
     return status == expected
