@@ -1,0 +1,369 @@
+"""Throughput and submit latency of high-priority jobs with a deep queue behind them.
+
+A real `berth scheduler` process (SQLite store in a temporary state directory) and 500
+simulated agents in this process speak the agent protocol over loopback HTTP: each
+registers with the join token from the state directory, heartbeats at the interval the
+register (and every heartbeat) reply gives, long-polls its assignments, and reports
+each assignment running and then completed at once, one request per report. A
+simulated agent has 4 CPUs, 8 GiB, max_parallel 4 and no labels; nothing runs.
+
+Each case starts a fresh scheduler on a fresh state directory. It first queues the
+case's deep jobs (priority 10) through POST /api/v1/jobs/batch, 1,000 specs per
+request. The deep jobs are constrained to the label ``pool=overnight``, which no
+simulated agent has, so they stay queued for the whole measurement: every placement
+pass still has them in its queue, but none of them takes a slot. Then the measured
+run submits 2,000 priority-90 jobs one request at a time (sequential POST
+/api/v1/jobs, each submit's latency recorded) and waits until every one of them was
+reported completed; throughput is jobs over the time from the first submit to the
+last completed report. Cases: an empty queue, then 20,000 and 100,000 deep jobs.
+
+Jobs are submitted with a submit token made for the bench (not the admin token), so
+the per-token admission checks are part of every submit; the scheduler is started with
+the queue cap, the per-token queue quota and the submit rate set high enough that
+none of them refuses the bench.
+
+Prints one JSON object: per case jobs/s, submit latency p50/p99 (ms), ``ratio_20k``
+and ``ratio_100k`` (throughput with that many deep jobs / throughput with none),
+``submit_p99_ratio_100k`` (submit p99 at 100,000 / submit p99 empty), and the targets
+as booleans. A case that runs past ``--timeout-s`` (the deep fill and the measured run
+each get that long) prints what it got with ``"timed_out": true``.
+
+Run: ``python bench/queue_depth.py [--depths 20000,100000] [--agents 500]
+[--jobs 2000] [--timeout-s 600]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cli.loop import event_loop_factory
+from tests.support import SchedulerProcess
+
+#: the measured jobs' priority and the deep jobs' (placement takes the highest first)
+HIGH_PRIORITY = 90
+DEEP_PRIORITY = 10
+#: a label no simulated agent has: the deep jobs never fit a node
+DEEP_CONSTRAINT = {"labels": {"pool": "overnight"}}
+BATCH = 1000
+#: nothing in the scheduler refuses the bench: the queue cap and the per-token quota are
+#: far above any case, and the submit rate has no limit
+FLAGS = (
+    "--log-level",
+    "warning",
+    "--submit-rate",
+    "0",
+    "--submit-burst",
+    "1000000",
+    "--max-queued-jobs",
+    "10000000",
+    "--max-queued-jobs-per-token",
+    "10000000",
+    "--max-streams-per-token",
+    "10000",
+)
+TARGET_RATIO_100K = 0.8
+TARGET_SUBMIT_P99_RATIO_100K = 1.5
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {
+        "p50": round(statistics.median(ordered), 3),
+        "p99": round(p99, 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+class Agent:
+    """One simulated worker host: register, heartbeat, long-poll, report."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, name: str) -> None:
+        self.http, self.url, self.name = http, url, name
+        self.node_id = ""
+        self.headers: dict[str, str] = {}
+        self.after = 0
+        self.heartbeat_interval_s = 5.0
+        self.assignment_wait_s = 30.0
+        self.running: dict[str, int] = {}
+
+    async def register(self, join_token: str) -> None:
+        body = {
+            "name": self.name,
+            "capacity": {"cpu": 4, "memory_mb": 8192},
+            "labels": {},
+            "max_parallel": 4,
+            "executor": "process",
+        }
+        async with self.http.post(
+            f"{self.url}/api/v1/nodes/register",
+            json=body,
+            headers={"Authorization": f"Bearer {join_token}"},
+        ) as r:
+            reply = orjson.loads(await r.read())
+            if r.status != 200:
+                raise RuntimeError(f"register answered {r.status}: {reply}")
+        self.node_id = reply["node_id"]
+        self.headers = {"Authorization": f"Bearer {reply['node_token']}"}
+        self.heartbeat_interval_s = float(reply["heartbeat_interval_s"])
+        self.assignment_wait_s = float(reply["assignment_wait_s"])
+
+    async def heartbeat_loop(self) -> None:
+        url = f"{self.url}/api/v1/nodes/{self.node_id}/heartbeat"
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            body = {
+                "metrics": {"cpu_percent": 1.0, "ram_total_mb": 8192, "ram_free_mb": 8000},
+                "running": [{"job_id": j, "attempt": a} for j, a in self.running.items()],
+            }
+            try:
+                async with self.http.post(url, json=body, headers=self.headers) as r:
+                    reply = orjson.loads(await r.read())
+                if r.status == 200:
+                    self.heartbeat_interval_s = float(reply["heartbeat_interval_s"])
+            except (aiohttp.ClientError, ValueError):
+                continue
+
+    async def run(self, completed: dict[str, float]) -> None:
+        base = f"{self.url}/api/v1/nodes/{self.node_id}"
+        while True:
+            try:
+                async with self.http.get(
+                    f"{base}/assignments",
+                    params={"after": self.after, "wait": self.assignment_wait_s},
+                    headers=self.headers,
+                ) as r:
+                    reply = orjson.loads(await r.read())
+                if r.status != 200:
+                    await asyncio.sleep(0.1)
+                    continue
+            except (aiohttp.ClientError, ValueError):
+                await asyncio.sleep(0.1)
+                continue
+            self.after = reply["index"]
+            for a in reply["assignments"]:
+                self.running[a["job_id"]] = a["attempt"]
+            for a in reply["assignments"]:
+                job_id = a["job_id"]
+                ok = True
+                for state in ("running", "completed"):
+                    body: dict[str, Any] = {"attempt": a["attempt"], "state": state}
+                    if state == "completed":
+                        body["exit_code"] = 0
+                    async with self.http.post(
+                        f"{base}/jobs/{job_id}/report", json=body, headers=self.headers
+                    ) as r:
+                        await r.read()
+                        ok = ok and r.status == 200
+                self.running.pop(job_id, None)
+                if ok:
+                    completed.setdefault(job_id, time.perf_counter())
+
+
+async def run_case(depth: int, n_agents: int, n_jobs: int, timeout_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        sched = SchedulerProcess(Path(tmp) / "state", *FLAGS).start(timeout=60)
+        try:
+            return await _case(sched, depth, n_agents, n_jobs, timeout_s)
+        finally:
+            sched.stop()
+
+
+async def _case(
+    sched: SchedulerProcess, depth: int, n_agents: int, n_jobs: int, timeout_s: float
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"deep_jobs": depth, "timed_out": False}
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
+        admin = {"Authorization": f"Bearer {sched.admin_token}"}
+        async with http.post(
+            f"{sched.url}/api/v1/tokens", json={"role": "submit", "name": "bench"}, headers=admin
+        ) as r:
+            created = orjson.loads(await r.read())
+            if r.status != 201:
+                raise RuntimeError(f"token create answered {r.status}: {created}")
+        submit = {"Authorization": f"Bearer {created['token']}"}
+
+        # The deep queue first, before any agent is there.
+        deep_spec = {
+            "image": "registry.example/batch/overnight:1",
+            "command": ["true"],
+            "resources": {"cpu": 0.1, "memory_mb": 16},
+            "priority": DEEP_PRIORITY,
+            "constraints": DEEP_CONSTRAINT,
+        }
+        t0 = time.perf_counter()
+        deadline = t0 + timeout_s
+        queued_deep = 0
+        while queued_deep < depth:
+            if time.perf_counter() > deadline:
+                result["timed_out"] = True
+                break
+            n = min(BATCH, depth - queued_deep)
+            async with http.post(
+                f"{sched.url}/api/v1/jobs/batch", json={"jobs": [deep_spec] * n}, headers=submit
+            ) as r:
+                body = await r.read()
+                if r.status != 201:
+                    raise RuntimeError(f"batch submit answered {r.status}: {body[:500]!r}")
+            queued_deep += n
+        fill_s = time.perf_counter() - t0
+        result["deep_queued"] = queued_deep
+        result["deep_fill_s"] = round(fill_s, 3)
+        result["deep_fill_jobs_per_s"] = round(queued_deep / fill_s) if queued_deep else None
+        if result["timed_out"]:
+            return result
+
+        agents = [Agent(http, sched.url, f"sim-{i:04d}") for i in range(n_agents)]
+        for i in range(0, n_agents, 50):
+            await asyncio.gather(*(a.register(sched.join_token) for a in agents[i : i + 50]))
+        completed: dict[str, float] = {}
+        tasks = [asyncio.create_task(a.run(completed)) for a in agents]
+        tasks += [asyncio.create_task(a.heartbeat_loop()) for a in agents]
+        try:
+            await asyncio.sleep(1.0)  # every agent's first long poll is waiting
+            result.update(await _measure(http, sched.url, submit, n_jobs, completed, timeout_s))
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        async with http.get(f"{sched.url}/api/v1/stats", headers=admin) as r:
+            stats = orjson.loads(await r.read())
+        with contextlib.suppress(KeyError, TypeError):
+            result["queued_at_end"] = stats["jobs"]["queued"]
+            result["completed_at_end"] = stats["jobs"]["completed"]
+    return result
+
+
+async def _measure(
+    http: aiohttp.ClientSession,
+    url: str,
+    submit: dict[str, str],
+    n_jobs: int,
+    completed: dict[str, float],
+    timeout_s: float,
+) -> dict[str, Any]:
+    spec = {
+        "image": "busybox",
+        "command": ["true"],
+        "resources": {"cpu": 0.1, "memory_mb": 16},
+        "priority": HIGH_PRIORITY,
+    }
+    latencies: list[float] = []
+    ids: list[str] = []
+    timed_out = False
+    t0 = time.perf_counter()
+    deadline = t0 + timeout_s
+    for _ in range(n_jobs):
+        if time.perf_counter() > deadline:
+            timed_out = True
+            break
+        s = time.perf_counter()
+        async with http.post(f"{url}/api/v1/jobs", json=spec, headers=submit) as r:
+            body = await r.read()
+            if r.status != 201:
+                raise RuntimeError(f"submit answered {r.status}: {body[:500]!r}")
+        latencies.append((time.perf_counter() - s) * 1000)
+        ids.append(orjson.loads(body)["id"])
+    t_submitted = time.perf_counter()
+    while not timed_out and not all(i in completed for i in ids):
+        if time.perf_counter() > deadline:
+            timed_out = True
+            break
+        await asyncio.sleep(0.005)
+    done = [completed[i] for i in ids if i in completed]
+    end = max(done) if done and not timed_out else time.perf_counter()
+    elapsed = end - t0
+    lat = percentiles(latencies)
+    return {
+        "jobs": n_jobs,
+        "submitted": len(ids),
+        "completed": len(done),
+        "timed_out": timed_out,
+        "elapsed_s": round(elapsed, 3),
+        "jobs_per_s": round(len(done) / elapsed, 1) if elapsed > 0 else 0.0,
+        "submit_s": round(t_submitted - t0, 3),
+        "submit_ms_p50": lat["p50"],
+        "submit_ms_p99": lat["p99"],
+        "submit_ms_max": lat["max"],
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+async def bench(depths: list[int], n_agents: int, n_jobs: int, timeout_s: float) -> dict[str, Any]:
+    cases: dict[str, Any] = {}
+    for depth in [0, *depths]:
+        name = "empty" if depth == 0 else str(depth)
+        cases[name] = await run_case(depth, n_agents, n_jobs, timeout_s)
+        # One line per case on stderr, so a long run shows progress.
+        print(json.dumps({name: cases[name]}), file=sys.stderr, flush=True)
+    empty = cases["empty"]
+    out: dict[str, Any] = {"agents": n_agents, "jobs": n_jobs, "cases": cases}
+    out["ratios"] = {
+        name: _ratio(case.get("jobs_per_s"), empty.get("jobs_per_s"))
+        for name, case in cases.items()
+        if name != "empty"
+    }
+    for depth, key in ((20_000, "20k"), (100_000, "100k")):
+        case = cases.get(str(depth))
+        out[f"ratio_{key}"] = _ratio(
+            case.get("jobs_per_s") if case else None, empty.get("jobs_per_s")
+        )
+    case = cases.get("100000")
+    out["submit_p99_ratio_100k"] = _ratio(
+        case.get("submit_ms_p99") if case else None, empty.get("submit_ms_p99")
+    )
+    r100, p100 = out["ratio_100k"], out["submit_p99_ratio_100k"]
+    out["targets"] = {
+        "ratio_100k": TARGET_RATIO_100K,
+        "submit_p99_ratio_100k": TARGET_SUBMIT_P99_RATIO_100K,
+        "ratio_100k_met": r100 is not None and r100 >= TARGET_RATIO_100K,
+        "submit_p99_ratio_100k_met": p100 is not None and p100 <= TARGET_SUBMIT_P99_RATIO_100K,
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--depths", default="20000,100000", help="deep queue sizes, comma-separated")
+    p.add_argument("--agents", type=int, default=500)
+    p.add_argument("--jobs", type=int, default=2000, help="measured high-priority jobs")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="per case: the deep fill, and then the measured run, each get this long",
+    )
+    args = p.parse_args()
+    depths = [int(d) for d in args.depths.split(",") if d.strip() and int(d) > 0]
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        result = runner.run(bench(depths, args.agents, args.jobs, args.timeout_s))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
