@@ -1,167 +1,224 @@
 """The store interface: what the scheduler persists and how it reads it back.
 
 The scheduler's in-memory state is authoritative while it runs; the store makes every
-acknowledged change survive a crash. Changes are grouped: many mutations are staged
-and written in one transaction, and each caller awaits the commit of the batch that
-holds its change before it answers its client.
+acknowledged change survive a crash. Changes are grouped (``scheduler.store.commit``):
+many mutations are staged and written in one transaction, and each caller awaits the
+commit of the batch that holds its change before it answers its client. A backend
+(``sqlite``, later ``postgres``) only encodes a batch into rows, writes those rows in
+one transaction, and reads.
+
+What a batch's write means, per table (every backend writes it so):
+
+========================  ============  =============================================
+Changes field             table         write
+========================  ============  =============================================
+jobs                      jobs          upsert by id (last write wins), with the
+                                        columns of ``job_columns``
+nodes                     nodes         upsert by id
+events                    events        insert-once by index (indexes only grow: an
+                                        append that a retried batch cannot break)
+idempotency               idempotency   insert-once by key
+tokens                    tokens        upsert by digest
+revoked_tokens            tokens        delete by digest, after ``tokens``
+logs                      logs          insert-once by (job id, attempt, offset)
+groups                    groups        upsert by name
+audit                     audit         append
+blob_holds                blob_holds    per digest: delete its rows, insert the holds
+                                        given (the last write of a digest wins)
+forgotten_nodes           nodes         delete by id, after ``nodes``
+========================  ============  =============================================
+
+The jobs table keeps, beside each job's document, columns the store fills from the
+Job on every write, so that ended jobs need not be decoded (or held) to be counted,
+expired or have their blobs kept: ``state``; ``ended_at`` (epoch seconds of
+``finished_at`` when the state is terminal, else NULL; a terminal job without
+``finished_at`` falls back to ``cancelled_at``, then ``created_at``); ``owner``
+(``submitted_by``); ``spec_bytes`` (``scheduler.limits.spec_bytes``); ``blobs``
+(``blobs_column``); ``webhook_pending``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from common import codec
-from common.models import Job, Node
-from common.states import JobState
+from common.models import Job
+from common.states import TERMINAL
 from scheduler.events import Event
+from scheduler.limits import spec_bytes
+from scheduler.store.commit import GroupCommit
+from scheduler.store.records import (
+    BLOB_TAGS,
+    AuditRecord,
+    BlobHold,
+    Changes,
+    EndedRow,
+    Loaded,
+    LogChunk,
+    RawEvent,
+    TokenRow,
+    blobs_column,
+    parse_blobs,
+)
 
-#: one event as stored: its index, type, job id and encoded document
-RawEvent = tuple[int, str, str | None, bytes]
+__all__ = [
+    "BLOB_TAGS",
+    "AuditRecord",
+    "BlobHold",
+    "Changes",
+    "EndedRow",
+    "Loaded",
+    "LogChunk",
+    "RawEvent",
+    "Store",
+    "TokenRow",
+    "blobs_column",
+    "cutoff_seconds",
+    "job_columns",
+    "parse_blobs",
+]
 
-
-@dataclass(slots=True, frozen=True)
-class TokenRow:
-    #: sha256 of the token; the token itself is never stored
-    digest: str
-    #: admin, submit or read for people; join and node for agents
-    role: str
-    name: str
-    node_id: str | None = None
-    #: a submit token that may see and act on every job, not only its own
-    all_jobs: bool = False
-    created_at: str | None = None
-    created_by: str | None = None
-    #: set when revoked: the row stays so the token's history reads whole
-    revoked_at: str | None = None
-
-    @property
-    def id(self) -> str:
-        """A public name for the token: a prefix of its digest, never the secret."""
-        return self.digest[:12]
-
-
-@dataclass(slots=True, frozen=True)
-class AuditRecord:
-    """Who did what to what, and when: written in the same commit as the change."""
-
-    at: str
-    actor: str
-    role: str
-    action: str
-    target: str | None
-    details: dict[str, Any] | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class LogChunk:
-    job_id: str
-    attempt: int
-    offset: int
-    data: bytes
+#: a job's row beside its document: (ended_at, owner, spec_bytes, blobs, webhook_pending)
+JobColumns = tuple[float | None, str | None, int, str | None, int]
 
 
-@dataclass(slots=True, frozen=True)
-class BlobHold:
-    """A name that may read a blob because it held the blob's content: it uploaded the
-    blob, or owns a job whose outputs or checkpoint it is. Kept until the blob is
-    swept; a hold never outlives its blob's deletion in the store."""
-
-    digest: str
-    #: a token's name (node tokens are named ``node:NAME``)
-    name: str
-    #: bytes the blob costs the name's quota: its size when the name uploaded it, 0
-    #: when the name holds it only as a job's owner
-    charged: int = 0
-
-
-@dataclass(slots=True)
-class Changes:
-    """Everything one batch writes. Jobs and nodes are keyed by id: last write wins."""
-
-    jobs: dict[str, Job] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    idempotency: list[tuple[str, str]] = field(default_factory=list)
-    tokens: list[TokenRow] = field(default_factory=list)
-    revoked_tokens: list[str] = field(default_factory=list)
-    logs: list[LogChunk] = field(default_factory=list)
-    #: concurrency groups' limits
-    groups: dict[str, int] = field(default_factory=dict)
-    audit: list[AuditRecord] = field(default_factory=list)
-    #: digest -> every hold on that blob now (none: the blob is gone); last write wins
-    blob_holds: dict[str, tuple[BlobHold, ...]] = field(default_factory=dict)
-    #: ids of nodes an admin forgot: their rows are deleted (after this batch's writes)
-    forgotten_nodes: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.audit
-            or self.blob_holds
-            or self.forgotten_nodes
-            or self.groups
-            or self.jobs
-            or self.nodes
-            or self.events
-            or self.idempotency
-            or self.tokens
-            or self.revoked_tokens
-            or self.logs
-        )
-
-    def merge(self, other: Changes) -> None:
-        self.jobs.update(other.jobs)
-        self.nodes.update(other.nodes)
-        self.events.extend(other.events)
-        self.idempotency.extend(other.idempotency)
-        self.tokens.extend(other.tokens)
-        self.revoked_tokens.extend(other.revoked_tokens)
-        self.logs.extend(other.logs)
-        self.groups.update(other.groups)
-        self.audit.extend(other.audit)
-        self.blob_holds.update(other.blob_holds)
-        self.forgotten_nodes.extend(other.forgotten_nodes)
+def job_columns(job: Job) -> JobColumns:
+    """The jobs table's columns for ``job`` (see the module docstring)."""
+    ended_at = None
+    if job.state in TERMINAL:
+        at = job.finished_at or job.cancelled_at or job.created_at
+        ended_at = at.timestamp()
+    return (
+        ended_at,
+        job.submitted_by,
+        spec_bytes(job.spec),
+        blobs_column(job),
+        int(job.webhook_pending),
+    )
 
 
-@dataclass(slots=True)
-class Loaded:
-    """The state read back at start."""
-
-    jobs: list[Job]
-    nodes: list[Node]
-    idempotency: dict[str, str]
-    tokens: list[TokenRow]
-    last_index: int
-    #: (job id, attempt) -> bytes of log stored
-    log_ends: dict[tuple[str, int], int]
-    #: ended jobs as (id, state, JSON document prefixed with the archive's state code)
-    archived: list[tuple[str, JobState, bytes]] = field(default_factory=list)
-    #: events below this index may have been dropped by retention
-    events_pruned_below: int = 0
-    #: concurrency groups' limits
-    groups: dict[str, int] = field(default_factory=dict)
-    #: ended jobs whose webhook has not been delivered yet
-    webhooks_pending: list[str] = field(default_factory=list)
-    #: who may read which blob (see BlobHold)
-    blob_holds: list[BlobHold] = field(default_factory=list)
+def cutoff_seconds(cutoff: float | str) -> float:
+    """A cutoff as epoch seconds; an RFC 3339 string is converted."""
+    if isinstance(cutoff, str):
+        return datetime.fromisoformat(cutoff.replace("Z", "+00:00")).timestamp()
+    return float(cutoff)
 
 
 class Store(ABC):
-    #: why writes fail at the moment (what the last try said), None while they succeed
-    failure: str | None = None
-    #: called once writes succeed again, after the changes of the failed batches (which
-    #: a store keeps and writes ahead of newer ones) are durable, before their waiters
-    on_recovered: Callable[[], None] | None = None
+    """Durable state behind a group commit.
 
-    @abstractmethod
+    Subclasses implement the backend part (``_open``, ``_close``, ``_encode``,
+    ``_write``, ``_encode_job``, ``_read_docs``, ``_read_log_size`` and the reads);
+    batching, waiters, retries while failing and read-your-writes live here and in
+    ``GroupCommit``, the same for every backend.
+    """
+
+    def __init__(self) -> None:
+        self._group: GroupCommit[Any] = GroupCommit(self._encode, self._write)
+
+    @property
+    def failure(self) -> str | None:
+        """Why writes fail at the moment (what the last try said), None while they
+        succeed."""
+        return self._group.failure
+
+    @failure.setter
+    def failure(self, value: str | None) -> None:
+        self._group.failure = value
+
+    @property
+    def on_recovered(self) -> Callable[[], None] | None:
+        """Called once writes succeed again, after the changes of the failed batches
+        (which the store keeps and writes ahead of newer ones) are durable, before
+        their waiters. Being replaced by ``take_recovered``."""
+        return self._group.on_recovered
+
+    @on_recovered.setter
+    def on_recovered(self, hook: Callable[[], None] | None) -> None:
+        self._group.on_recovered = hook
+
+    # --- lifecycle -------------------------------------------------------------------
+
     async def open(self) -> Loaded:
-        """Create the schema if needed and read everything back."""
+        """Create the schema if needed (bringing an older one up to date) and read
+        everything back."""
+        loaded = await self._open()
+        self._group.start()
+        return loaded
+
+    async def close(self) -> None:
+        """Write what is staged and release the database."""
+        await self._group.close()
+        await self._close()
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def commit(self, changes: Changes) -> None:
+        """Make ``changes`` durable; return once the batch holding them is committed.
+
+        Raises Unavailable when that batch could not be written: its changes stay
+        staged and are written, ahead of newer ones, by the next batch that succeeds
+        (``failure`` says why meanwhile; the store retries on its own)."""
+        await self._group.commit(changes)
+
+    def take_recovered(self) -> list[Changes]:
+        """Change sets whose commit failed (their callers got Unavailable) and that
+        have been written since, oldest first; each is returned once."""
+        return self._group.take_recovered()
 
     @abstractmethod
-    async def commit(self, changes: Changes) -> None:
-        """Make ``changes`` durable; return once the batch holding them is committed."""
+    async def delete_jobs(self, job_ids: list[str]) -> None:
+        """Delete jobs with their events, logs and idempotency keys, in one transaction."""
+
+    @abstractmethod
+    async def prune_events(self, keep: int) -> int:
+        """Drop events older than the newest ``keep`` unless their job is still kept.
+
+        Returns the index below which events may now be missing."""
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def read_jobs(self, ids: list[str]) -> dict[str, bytes]:
+        """The encoded documents of those of ``ids`` that exist, in their newest
+        version: one not committed yet (staged, in flight, or kept from a failed
+        batch) is encoded from there, never read from an older row. Served without
+        queueing behind writes."""
+        newest = self._pending_jobs(ids)
+        rest = [i for i in ids if i not in newest]
+        found = await self._read_docs(rest) if rest else {}
+        # A batch that was in flight before the read stayed in ``pending`` until it had
+        # committed, so the read saw it or ``newest`` holds it; what was staged during
+        # the read is newer still.
+        found.update(self._pending_jobs(rest))
+        found.update(newest)
+        return found
+
+    def _pending_jobs(self, ids: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        pending = self._group.pending()
+        for job_id in ids:
+            for changes in pending:
+                job = changes.jobs.get(job_id)
+                if job is not None:
+                    out[job_id] = self._encode_job(job)
+                    break
+        return out
+
+    async def read_log_end(self, job_id: str, attempt: int) -> int:
+        """Bytes of one attempt's log stored, counting chunks not committed yet."""
+        # Oldest first, so that the first chunk at an offset wins, as the write does.
+        chunks: dict[int, int] = {}
+        for changes in reversed(self._group.pending()):
+            for c in changes.logs:
+                if c.job_id == job_id and c.attempt == attempt:
+                    chunks.setdefault(c.offset, len(c.data))
+        stored = await self._read_log_size(job_id, attempt)
+        # A chunk committed during the read is counted there already: chunks follow
+        # each other, so only those from the stored end on add to it.
+        return stored + sum(n for offset, n in chunks.items() if offset >= stored)
 
     @abstractmethod
     async def read_log(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
@@ -180,12 +237,6 @@ class Store(ABC):
         return [(e.index, e.type, e.job_id, codec.encode(e)) for e in events]
 
     @abstractmethod
-    async def prune_events(self, keep: int) -> int:
-        """Drop events older than the newest ``keep`` unless their job is still kept.
-
-        Returns the index below which events may now be missing."""
-
-    @abstractmethod
     async def read_audit(
         self,
         after: int,
@@ -198,13 +249,38 @@ class Store(ABC):
         """Audit records with id > ``after``, oldest first, optionally filtered."""
 
     @abstractmethod
-    async def ended_before(self, cutoff: str, limit: int) -> list[str]:
-        """Ids of ended jobs that finished before ``cutoff`` (RFC 3339), oldest first."""
+    async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
+        """Ids of committed ended jobs whose ``ended_at`` is before ``cutoff`` (epoch
+        seconds; an RFC 3339 string is accepted for now), oldest first."""
+
+    # --- what a backend implements ---------------------------------------------------
 
     @abstractmethod
-    async def delete_jobs(self, job_ids: list[str]) -> None:
-        """Delete jobs with their events, logs and idempotency keys, in one transaction."""
+    async def _open(self) -> Loaded:
+        """Create or migrate the schema and read the state back."""
 
     @abstractmethod
-    async def close(self) -> None:
-        """Write what is staged and release the database."""
+    async def _close(self) -> None:
+        """Release the database (nothing is staged any more)."""
+
+    @abstractmethod
+    def _encode(self, changes: Changes) -> Any:
+        """A batch as the backend's rows; runs on the event loop, between two awaits,
+        so no record is seen half-changed."""
+
+    @abstractmethod
+    async def _write(self, rows: Any) -> None:
+        """Write one batch's rows in ONE transaction, off the event loop; raise if it
+        did not commit (nothing of it may then be left written)."""
+
+    @abstractmethod
+    def _encode_job(self, job: Job) -> bytes:
+        """A job's document exactly as ``_encode`` stores it."""
+
+    @abstractmethod
+    async def _read_docs(self, ids: list[str]) -> dict[str, bytes]:
+        """Committed documents of those of ``ids`` that exist (see ``read_jobs``)."""
+
+    @abstractmethod
+    async def _read_log_size(self, job_id: str, attempt: int) -> int:
+        """Committed bytes of one attempt's log."""

@@ -1,23 +1,25 @@
-"""SQLite store: WAL, synchronous=FULL, one writer thread, group commit.
+"""SQLite store: WAL, synchronous=FULL, one writer thread, one reader thread.
 
-An acknowledged write must survive power loss, so every commit is fsynced; grouping
-all changes staged while the previous transaction was being written into the next
-one makes that cost per batch, not per change.
+An acknowledged write must survive power loss, so every commit is fsynced; the group
+commit (``scheduler.store.commit``) makes that cost per batch, not per change. This
+backend turns a batch into rows on the event loop and writes them in one
+``BEGIN IMMEDIATE`` transaction on its writer thread; if that raises, nothing of the
+batch is written (SQLite rolls it back) and the group commit keeps it staged.
 
-A batch that cannot be written (the disk is full, the file is gone) fails its waiters
-with Unavailable, but its changes stay staged: the scheduler's memory already holds
-them, so they are written, ahead of anything newer, by the next batch that succeeds.
-While writes fail the store says why in ``failure`` and tries again every
-``RETRY_S`` seconds on its own, so that memory and disk converge once space returns.
+Reads that must not queue behind writes (replays, ``read_jobs``, log ends) run on a
+second connection and thread: WAL lets them read while the writer writes, and every
+read sees each transaction whole.
+
+The jobs table's columns beside the document (see ``scheduler.store.base``) are added
+to a database of an older release at open, and filled from the documents, once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import logging
 import sqlite3
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +27,6 @@ from typing import Any
 
 import msgspec
 
-from common.errors import Unavailable
 from common.models import Job, Node
 from common.states import TERMINAL, JobState
 from scheduler.archive import CODES
@@ -34,19 +35,21 @@ from scheduler.store.base import (
     AuditRecord,
     BlobHold,
     Changes,
+    EndedRow,
     Loaded,
     RawEvent,
     Store,
     TokenRow,
+    cutoff_seconds,
+    job_columns,
 )
 
-log = logging.getLogger("berth.store")
-
-#: while writes fail, how often what is staged is tried again
-RETRY_S = 1.0
-
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, ended_at REAL, owner TEXT,
+    spec_bytes INTEGER NOT NULL DEFAULT 0, blobs TEXT,
+    webhook_pending INTEGER NOT NULL DEFAULT 0, doc BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     idx INTEGER PRIMARY KEY, type TEXT NOT NULL, job_id TEXT, node_id TEXT, doc BLOB NOT NULL
@@ -74,7 +77,12 @@ CREATE TABLE IF NOT EXISTS blob_holds (
 ) WITHOUT ROWID;
 """
 
+#: made once the jobs table has its columns: retention's order (ended_at), and the jobs
+#: that have not ended (NULL first) without a scan of every row
+_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended_at, id);"
+
 _Row = tuple[Any, ...]
+_Rows = dict[str, Sequence[_Row]]
 #: columns added to the tokens table after its first release, with their definitions
 _TOKEN_COLUMNS = {
     "all_jobs": "INTEGER NOT NULL DEFAULT 0",
@@ -85,56 +93,96 @@ _TOKEN_COLUMNS = {
 _TOKEN_SELECT = (
     "SELECT digest, role, name, node_id, all_jobs, created_at, created_by, revoked_at FROM tokens"
 )
-#: how an ended job whose webhook is still owed looks in its encoded document
-_WEBHOOK_PENDING = b'"webhook_pending":true'
 
+_ENDED = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+#: columns added to the jobs table in step 8, filled from the document once (below)
+_JOB_COLUMNS = {
+    "ended_at": "REAL",
+    "owner": "TEXT",
+    "spec_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "blobs": "TEXT",
+    "webhook_pending": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def _doc(path: str) -> str:
+    return f"json_extract(CAST(doc AS TEXT), '$.{path}')"
+
+
+def _tagged(tag: str, path: str) -> str:
+    return f"COALESCE(' {tag}:' || {_doc(path)}, '')"
+
+
+#: the jobs columns from the documents, as ``job_columns`` fills them (spec_bytes counts
+#: the characters of the spec as SQLite re-encodes it: close to, not always, its bytes)
+_BACKFILL = f"""
+UPDATE jobs SET
+    ended_at = CASE WHEN state IN ({_ENDED}) THEN
+        (julianday(COALESCE({_doc("finished_at")}, {_doc("cancelled_at")}, {_doc("created_at")}))
+         - 2440587.5) * 86400.0 END,
+    owner = {_doc("submitted_by")},
+    spec_bytes = COALESCE(LENGTH({_doc("spec")}), 0),
+    blobs = NULLIF(LTRIM({_tagged("i", "spec.inputs")} || {_tagged("o", "outputs")}
+        || {_tagged("c", "checkpoint")}), ''),
+    webhook_pending = COALESCE({_doc("webhook_pending")}, 0)
+"""
+
+_JOB_UPSERT = (
+    "INSERT INTO jobs (id, state, ended_at, owner, spec_bytes, blobs, webhook_pending, doc) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
+    "ended_at = excluded.ended_at, owner = excluded.owner, spec_bytes = excluded.spec_bytes, "
+    "blobs = excluded.blobs, webhook_pending = excluded.webhook_pending, doc = excluded.doc"
+)
+# A table scan, not the index: nearly every row of a big store is an ended job.
+_LOAD_ENDED = (
+    "SELECT id, state, owner, spec_bytes, blobs, webhook_pending FROM jobs NOT INDEXED "
+    "WHERE ended_at IS NOT NULL"
+)
+_LOAD_LIVE = "SELECT doc FROM jobs WHERE ended_at IS NULL"
 _PREFIX = " ".join(f"WHEN '{st.value}' THEN '{code.decode()}'" for st, code in CODES.items())
-_LOAD_JOBS = f"SELECT id, state, CAST((CASE state {_PREFIX} ELSE '' END) || doc AS BLOB) FROM jobs"
-
-
-class _Batch:
-    __slots__ = ("changes", "waiters")
-
-    def __init__(self) -> None:
-        self.changes = Changes()
-        self.waiters: list[asyncio.Future[None]] = []
+_LOAD_ARCHIVED = (
+    f"SELECT id, state, CAST((CASE state {_PREFIX} ELSE '' END) || doc AS BLOB) FROM jobs "
+    "NOT INDEXED WHERE ended_at IS NOT NULL"
+)
+_LOG_ENDS = "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id, attempt"
+_LIVE_LOG_ENDS = (
+    "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs "
+    "WHERE job_id IN (SELECT id FROM jobs WHERE ended_at IS NULL) GROUP BY job_id, attempt"
+)
+#: ids per statement in a read of many jobs (well under SQLite's limit on parameters)
+_IDS_PER_READ = 500
+_STATES = {s.value: s for s in JobState}
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path) -> None:
+    """The default store: one SQLite file in the state directory.
+
+    Parameters:
+        path: the database file (created with its directory if missing).
+        load_ended_docs: whether ``open`` also reads ended jobs' documents into
+            ``Loaded.archived`` (and log ends of ended jobs); ``Loaded.ended`` is filled
+            either way, from the columns alone.
+    """
+
+    def __init__(self, path: Path, *, load_ended_docs: bool = True) -> None:
+        super().__init__()
         self.path = path
+        self.load_ended_docs = load_ended_docs
         self._conn: sqlite3.Connection | None = None
         # One thread owns the connection: SQLite calls never run on the event loop.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite")
-        # Replays read on a connection and thread of their own (WAL lets them read while
-        # the writer writes): however many replay, no commit waits behind their reads.
+        # Reads that must not wait for writes run on a connection and thread of their
+        # own (WAL lets them read while the writer writes).
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-sqlite-read")
         self._read_conn: sqlite3.Connection | None = None
-        self._staged = _Batch()
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
-        self.failure: str | None = None
-        #: set by close(): ends a wait between two tries of a failing write
-        self._closed = asyncio.Event()
         self._job_encoder = msgspec.json.Encoder()
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def open(self) -> Loaded:
-        loop = asyncio.get_running_loop()
-        loaded = await loop.run_in_executor(self._thread, self._open_sync)
-        self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(), name="berth-store-writer")
-        return loaded
+    async def _open(self) -> Loaded:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._open_sync)
 
-    async def close(self) -> None:
-        self._closing = True
-        self._closed.set()
-        if self._wake is not None:
-            self._wake.set()
-        if self._writer is not None:
-            await self._writer
+    async def _close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_sync)
         self._thread.shutdown(wait=True)
@@ -149,28 +197,23 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.executescript(SCHEMA)
         _add_missing_columns(conn, "tokens", _TOKEN_COLUMNS)
+        _migrate_jobs(conn)
+        conn.executescript(_INDEXES)
         self._conn = conn
-        job_dec = msgspec.json.Decoder(Job)
-        node_dec = msgspec.json.Decoder(Node)
         # Collections during a bulk load only re-scan what was just made: skip them.
         gc.disable()
-        jobs: list[Job] = []
-        archived: list[tuple[str, JobState, bytes]] = []
-        webhooks: list[str] = []
         try:
-            # Ended jobs stay encoded, as the archive keeps them; SQLite adds the
-            # archive's prefix so that no copy of each document is made here.
-            for job_id, state, doc in conn.execute(_LOAD_JOBS):
-                st = JobState(state)
-                if st in TERMINAL:
-                    archived.append((job_id, st, doc))
-                    # A plain search of the encoded document: no JSON parse per job.
-                    if _WEBHOOK_PENDING in doc:
-                        webhooks.append(job_id)
-                else:
-                    jobs.append(job_dec.decode(doc))
+            ended = _load_ended(conn)
+            job_dec = msgspec.json.Decoder(Job)
+            jobs = [job_dec.decode(d) for (d,) in conn.execute(_LOAD_LIVE)]
+            archived: list[tuple[str, JobState, bytes]] = []
+            if self.load_ended_docs:
+                # As the archive keeps them; SQLite adds the archive's prefix so that no
+                # copy of each document is made here.
+                archived = [(i, _STATES[st], d) for i, st, d in conn.execute(_LOAD_ARCHIVED)]
         finally:
             gc.enable()
+        node_dec = msgspec.json.Decoder(Node)
         nodes = [node_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM nodes")]
         idem = dict(conn.execute("SELECT key, job_id FROM idempotency").fetchall())
         tokens = [
@@ -178,12 +221,8 @@ class SQLiteStore(Store):
             for d, role, name, node, every, created, by, revoked in conn.execute(_TOKEN_SELECT)
         ]
         (last,) = conn.execute("SELECT COALESCE(MAX(idx), 0) FROM events").fetchone()
-        ends = {
-            (j, a): int(n)
-            for j, a, n in conn.execute(
-                "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id, attempt"
-            )
-        }
+        ends_sql = _LOG_ENDS if self.load_ended_docs else _LIVE_LOG_ENDS
+        ends = {(j, a): int(n) for j, a, n in conn.execute(ends_sql)}
         row = conn.execute("SELECT value FROM meta WHERE key = 'events_pruned_below'").fetchone()
         pruned_below = int(row[0]) if row else 0
         groups = dict(conn.execute("SELECT name, max_concurrent FROM groups").fetchall())
@@ -200,8 +239,9 @@ class SQLiteStore(Store):
             archived,
             pruned_below,
             groups,
-            webhooks,
+            [r[0] for r in ended if r[5]],
             holds,
+            ended,
         )
 
     def _close_reader_sync(self) -> None:
@@ -216,74 +256,13 @@ class SQLiteStore(Store):
 
     # --- writes ----------------------------------------------------------------------
 
-    async def commit(self, changes: Changes) -> None:
-        if not changes:
-            return
-        if self._closing or self._wake is None:
-            raise Unavailable("the store is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._staged.changes.merge(changes)
-        self._staged.waiters.append(fut)
-        self._wake.set()
-        await fut
+    def _encode_job(self, job: Job) -> bytes:
+        return self._job_encoder.encode(job)
 
-    async def _write_loop(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if self.failure is not None and not self._closing:
-                # Failing: try again at a steady pace, whether or not anyone waits,
-                # instead of at every commit.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RETRY_S):
-                        await self._closed.wait()
-            else:
-                await self._wake.wait()
-            self._wake.clear()
-            batch, self._staged = self._staged, _Batch()
-            if batch.changes or batch.waiters:
-                # Encode on the loop: between two awaits no record is half-changed.
-                rows = self._encode(batch.changes)
-                try:
-                    await loop.run_in_executor(self._thread, self._write_sync, rows)
-                except Exception as e:  # the disk is full, the file is gone, ...
-                    self._failed(batch, e)
-                else:
-                    if self.failure is not None:
-                        log.warning("the state is written again (it failed: %s)", self.failure)
-                        self.failure = None
-                        if self.on_recovered is not None:
-                            try:
-                                self.on_recovered()
-                            except Exception:  # the writer must outlive a broken hook
-                                log.exception("announcing the recovered changes failed")
-                    for w in batch.waiters:
-                        if not w.done():
-                            w.set_result(None)
-            if self._closing and not self._staged.waiters:
-                if self._staged.changes:
-                    log.error("stopping with changes that could not be written: %s", self.failure)
-                return
-
-    def _failed(self, batch: _Batch, e: Exception) -> None:
-        if self.failure is None:
-            log.error("commit failed, retrying every %gs: %s", RETRY_S, e)
-        self.failure = str(e) or type(e).__name__
-        # Memory holds these changes already: keep them, ahead of what was staged
-        # since (newer versions of the same records win), for the next batch.
-        batch.changes.merge(self._staged.changes)
-        self._staged.changes = batch.changes
-        err = Unavailable(
-            f"the state could not be written: {self.failure}", {"cause": self.failure}
-        )
-        for w in batch.waiters:
-            if not w.done():
-                w.set_exception(err)
-
-    def _encode(self, c: Changes) -> dict[str, Sequence[_Row]]:
+    def _encode(self, c: Changes) -> _Rows:
         enc = self._job_encoder.encode
         return {
-            "jobs": [(j.id, j.state.value, enc(j)) for j in c.jobs.values()],
+            "jobs": [(j.id, j.state.value, *job_columns(j), enc(j)) for j in c.jobs.values()],
             "nodes": [(n.id, n.name, enc(n)) for n in c.nodes.values()],
             "events": [(e.index, e.type, e.job_id, e.node_id, enc(e)) for e in c.events],
             "idempotency": c.idempotency,
@@ -315,14 +294,18 @@ class SQLiteStore(Store):
             "forgotten_nodes": [(n,) for n in c.forgotten_nodes],
         }
 
-    def _write_sync(self, rows: dict[str, Sequence[_Row]]) -> None:
+    async def _write(self, rows: _Rows) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._write_sync, rows)
+
+    def _write_sync(self, rows: _Rows) -> None:
+        # Each statement is the write the table's row in scheduler.store.base names.
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", rows["jobs"])
+            conn.executemany(_JOB_UPSERT, rows["jobs"])
             conn.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?)", rows["nodes"])
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows["events"])
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows["events"])
             conn.executemany("INSERT OR IGNORE INTO idempotency VALUES (?, ?)", rows["idempotency"])
             conn.executemany(
                 "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows["tokens"]
@@ -396,17 +379,49 @@ class SQLiteStore(Store):
         )
 
     def _read_raw_events_sync(self, after: int, limit: int, job_id: str | None) -> list[RawEvent]:
-        if self._read_conn is None:
-            self._read_conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
         cols = "SELECT idx, type, job_id, doc FROM events"
         if job_id is None:
             sql, args = f"{cols} WHERE idx > ? ORDER BY idx LIMIT ?", (after, limit)
         else:
             sql = f"{cols} WHERE job_id = ? AND idx > ? ORDER BY idx LIMIT ?"
             args = (job_id, after, limit)  # type: ignore[assignment]
-        return list(self._read_conn.execute(sql, args))
+        return list(self._reading().execute(sql, args))
+
+    def _reading(self) -> sqlite3.Connection:
+        """The reader thread's connection (opened on first use)."""
+        if self._read_conn is None:
+            self._read_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        return self._read_conn
+
+    async def _read_docs(self, ids: list[str]) -> dict[str, bytes]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_docs_sync, ids)
+
+    def _read_docs_sync(self, ids: list[str]) -> dict[str, bytes]:
+        conn = self._reading()
+        out: dict[str, bytes] = {}
+        for start in range(0, len(ids), _IDS_PER_READ):
+            part = ids[start : start + _IDS_PER_READ]
+            marks = ", ".join("?" * len(part))
+            out.update(conn.execute(f"SELECT id, doc FROM jobs WHERE id IN ({marks})", part))
+        return out
+
+    async def _read_log_size(self, job_id: str, attempt: int) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_log_size_sync, job_id, attempt)
+
+    def _read_log_size_sync(self, job_id: str, attempt: int) -> int:
+        (n,) = (
+            self._reading()
+            .execute(
+                "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM logs WHERE job_id = ? AND attempt = ?",
+                (job_id, attempt),
+            )
+            .fetchone()
+        )
+        return int(n)
 
     async def read_audit(
         self,
@@ -442,19 +457,16 @@ class SQLiteStore(Store):
             out.append((int(row_id), AuditRecord(at, who, role, what, on, doc)))
         return out
 
-    async def ended_before(self, cutoff: str, limit: int) -> list[str]:
+    async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._ended_before_sync, cutoff, limit)
+        at = cutoff_seconds(cutoff)
+        return await loop.run_in_executor(self._thread, self._ended_before_sync, at, limit)
 
-    def _ended_before_sync(self, cutoff: str, limit: int) -> list[str]:
+    def _ended_before_sync(self, cutoff: float, limit: int) -> list[str]:
         conn = self._conn
         assert conn is not None
-        ended = ",".join(f"'{s.value}'" for s in TERMINAL)
         rows = conn.execute(
-            f"SELECT id FROM jobs WHERE state IN ({ended}) "
-            "AND json_extract(doc, '$.finished_at') < ? "
-            "ORDER BY json_extract(doc, '$.finished_at') LIMIT ?",
-            (cutoff, limit),
+            "SELECT id FROM jobs WHERE ended_at < ? ORDER BY ended_at LIMIT ?", (cutoff, limit)
         )
         return [r[0] for r in rows]
 
@@ -512,3 +524,35 @@ def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str
     for name, definition in columns.items():
         if name not in have:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+
+
+def _migrate_jobs(conn: sqlite3.Connection) -> None:
+    """Give a jobs table of an older release its columns, filled from the documents:
+    in one transaction, so it happens whole and once."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    missing = {k: v for k, v in _JOB_COLUMNS.items() if k not in have}
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, definition in missing.items():
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        conn.execute(_BACKFILL)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _load_ended(conn: sqlite3.Connection) -> list[EndedRow]:
+    """Every ended job's row, in id order, from the columns alone."""
+    states, intern = _STATES, sys.intern
+    ended: list[EndedRow] = [
+        (i, states[st], intern(owner) if owner else owner, n, blobs, bool(hook))
+        for i, st, owner, n, blobs, hook in conn.execute(_LOAD_ENDED)
+    ]
+    # Rows come in the order they were first written, which is nearly id order: the
+    # sort has little to do.
+    ended.sort()
+    return ended

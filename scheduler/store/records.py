@@ -1,0 +1,198 @@
+"""The store's records: what one batch writes and what a start reads back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.models import Job, Node
+from common.states import JobState
+from scheduler.events import Event
+
+#: one event as stored: its index, type, job id and encoded document
+RawEvent = tuple[int, str, str | None, bytes]
+
+#: an ended job as a start reads it, without its document:
+#: (id, state, owner, spec_bytes, blobs, webhook_pending). ``owner`` is who submitted
+#: it; ``spec_bytes`` the size of its encoded spec (``scheduler.limits.spec_bytes``);
+#: ``blobs`` the digests it names (see ``blobs_column``), None when none;
+#: ``webhook_pending`` whether its end still has to reach its webhook.
+EndedRow = tuple[str, JobState, str | None, int, str | None, bool]
+
+#: how ``blobs_column`` tags each digest: the job's inputs, outputs and checkpoint
+BLOB_TAGS = ("i", "o", "c")
+
+
+def blobs_column(job: Job) -> str | None:
+    """The blob digests a job names, as one string: ``"i:<digest> o:<digest> c:<digest>"``
+    (space-separated ``tag:digest`` pairs, in that order: its inputs, outputs and
+    checkpoint; a pair it lacks is left out), or None when it names none."""
+    parts = []
+    if job.spec.inputs is not None:
+        parts.append("i:" + job.spec.inputs)
+    if job.outputs is not None:
+        parts.append("o:" + job.outputs)
+    if job.checkpoint is not None:
+        parts.append("c:" + job.checkpoint)
+    return " ".join(parts) if parts else None
+
+
+def parse_blobs(blobs: str | None) -> dict[str, str]:
+    """``blobs_column`` read back: tag (``i``, ``o`` or ``c``) -> digest."""
+    if not blobs:
+        return {}
+    out = {}
+    for part in blobs.split(" "):
+        tag, _, digest = part.partition(":")
+        out[tag] = digest
+    return out
+
+
+@dataclass(slots=True, frozen=True)
+class TokenRow:
+    #: sha256 of the token; the token itself is never stored
+    digest: str
+    #: admin, submit or read for people; join and node for agents
+    role: str
+    name: str
+    node_id: str | None = None
+    #: a submit token that may see and act on every job, not only its own
+    all_jobs: bool = False
+    created_at: str | None = None
+    created_by: str | None = None
+    #: set when revoked: the row stays so the token's history reads whole
+    revoked_at: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A public name for the token: a prefix of its digest, never the secret."""
+        return self.digest[:12]
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRecord:
+    """Who did what to what, and when: written in the same commit as the change."""
+
+    at: str
+    actor: str
+    role: str
+    action: str
+    target: str | None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class LogChunk:
+    job_id: str
+    attempt: int
+    offset: int
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class BlobHold:
+    """A name that may read a blob because it held the blob's content: it uploaded the
+    blob, or owns a job whose outputs or checkpoint it is. Kept until the blob is
+    swept; a hold never outlives its blob's deletion in the store."""
+
+    digest: str
+    #: a token's name (node tokens are named ``node:NAME``)
+    name: str
+    #: bytes the blob costs the name's quota: its size when the name uploaded it, 0
+    #: when the name holds it only as a job's owner
+    charged: int = 0
+
+
+@dataclass(slots=True)
+class Changes:
+    """Everything one batch writes, in one transaction. What each write means (the
+    table in ``scheduler.store.base`` says it per table) is written next to each field:
+
+    - upsert: the record is keyed; the last write of a key wins, in the batch and in
+      the table;
+    - insert-once: the first write of a key stays; a later one is ignored;
+    - append: a new row every time;
+    - delete: the keyed rows go (after this batch's other writes).
+    """
+
+    #: jobs table, upsert by job id
+    jobs: dict[str, Job] = field(default_factory=dict)
+    #: nodes table, upsert by node id
+    nodes: dict[str, Node] = field(default_factory=dict)
+    #: events table, insert-once by index (indexes only grow, so in effect an append;
+    #: a retried batch whose rows did land is not refused over them)
+    events: list[Event] = field(default_factory=list)
+    #: idempotency table, (key, job id), insert-once by key
+    idempotency: list[tuple[str, str]] = field(default_factory=list)
+    #: tokens table, upsert by digest
+    tokens: list[TokenRow] = field(default_factory=list)
+    #: tokens table, delete by digest (after this batch's tokens)
+    revoked_tokens: list[str] = field(default_factory=list)
+    #: logs table, insert-once by (job id, attempt, offset)
+    logs: list[LogChunk] = field(default_factory=list)
+    #: groups table (concurrency groups' limits), upsert by name
+    groups: dict[str, int] = field(default_factory=dict)
+    #: audit table, append
+    audit: list[AuditRecord] = field(default_factory=list)
+    #: blob_holds table: digest -> every hold on that blob now (none: the blob is gone);
+    #: the digest's rows are replaced as a whole (delete by digest, then insert), so
+    #: the last write of a digest wins
+    blob_holds: dict[str, tuple[BlobHold, ...]] = field(default_factory=dict)
+    #: nodes table, delete by id (after this batch's nodes): nodes an admin forgot
+    forgotten_nodes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.audit
+            or self.blob_holds
+            or self.forgotten_nodes
+            or self.groups
+            or self.jobs
+            or self.nodes
+            or self.events
+            or self.idempotency
+            or self.tokens
+            or self.revoked_tokens
+            or self.logs
+        )
+
+    def merge(self, other: Changes) -> None:
+        self.jobs.update(other.jobs)
+        self.nodes.update(other.nodes)
+        self.events.extend(other.events)
+        self.idempotency.extend(other.idempotency)
+        self.tokens.extend(other.tokens)
+        self.revoked_tokens.extend(other.revoked_tokens)
+        self.logs.extend(other.logs)
+        self.groups.update(other.groups)
+        self.audit.extend(other.audit)
+        self.blob_holds.update(other.blob_holds)
+        self.forgotten_nodes.extend(other.forgotten_nodes)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """The state read back at start."""
+
+    #: jobs that have not ended, decoded
+    jobs: list[Job]
+    nodes: list[Node]
+    idempotency: dict[str, str]
+    tokens: list[TokenRow]
+    last_index: int
+    #: (job id, attempt) -> bytes of log stored; of jobs that have not ended only, unless
+    #: the store was asked to load ended jobs' documents
+    log_ends: dict[tuple[str, int], int]
+    #: ended jobs as (id, state, JSON document prefixed with the archive's state code);
+    #: only when the store was asked to load ended jobs' documents
+    archived: list[tuple[str, JobState, bytes]] = field(default_factory=list)
+    #: events below this index may have been dropped by retention
+    events_pruned_below: int = 0
+    #: concurrency groups' limits
+    groups: dict[str, int] = field(default_factory=dict)
+    #: ended jobs whose webhook has not been delivered yet
+    webhooks_pending: list[str] = field(default_factory=list)
+    #: who may read which blob (see BlobHold)
+    blob_holds: list[BlobHold] = field(default_factory=list)
+    #: every ended job, in id order, read from the jobs table's columns (see EndedRow)
+    ended: list[EndedRow] = field(default_factory=list)
