@@ -63,7 +63,7 @@ from common.models import (
     RunningAttempt,
 )
 
-log = logging.getLogger("berth.agent")
+log = logging.getLogger(__name__)
 
 #: finished attempts remembered so that a repeated assignment is not run twice
 FINISHED_MEMORY = 10_000

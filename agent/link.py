@@ -36,7 +36,7 @@ from common.errors import (
 )
 from common.models import Command, Report, ReportReply
 
-log = logging.getLogger("berth.agent.link")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from agent.config import LOG_FLUSH_BYTES, LOG_MAX_APPEND
 from common.errors import Conflict, StaleAttempt
 
-log = logging.getLogger("berth.agent.logship")
+log = logging.getLogger(__name__)
 
 #: ``send(offset, data) -> new end``; raises Conflict(details.offset) or transport errors
 SendFn = Callable[[int, bytes], Awaitable[int]]

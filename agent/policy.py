@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from common import policy
 from common.models import JobSpec
 
-log = logging.getLogger("berth.agent.policy")
+log = logging.getLogger(__name__)
 
 
 def host_path(path: str) -> str:

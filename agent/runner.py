@@ -57,7 +57,7 @@ from agent.workspace import AttemptFiles, WorkspaceError
 from common.errors import BerthError, StaleAttempt
 from common.models import JobSpec, Progress, Report
 
-log = logging.getLogger("berth.agent.runner")
+log = logging.getLogger(__name__)
 
 #: seconds to let the output stream close after the attempt exited
 OUTPUT_CLOSE_S = 5.0

@@ -27,7 +27,7 @@ from common import codec
 from common.errors import BerthError
 from common.models import Report
 
-log = logging.getLogger("berth.agent.state")
+log = logging.getLogger(__name__)
 
 _REPORT_FILE = re.compile(r"^([A-Za-z0-9_.\-]+)\.([0-9]+)\.json$")
 

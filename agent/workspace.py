@@ -52,7 +52,7 @@ from common.archives import (
 from common.client import Backoff
 from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, Unauthorized
 
-log = logging.getLogger("berth.agent.workspace")
+log = logging.getLogger(__name__)
 
 #: holds a running attempt still (paused) while its checkpoint is archived
 Freeze = Callable[[], AbstractAsyncContextManager[None]]

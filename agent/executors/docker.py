@@ -68,7 +68,7 @@ from agent.hostmount import MountRefused, PinnedMounts
 from agent.policy import NodePolicy
 from common.models import JobSpec
 
-log = logging.getLogger("berth.agent.docker")
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -46,7 +46,7 @@ from common import codec
 from common.errors import BerthError
 from common.models import JobSpec
 
-log = logging.getLogger("berth.agent.process")
+log = logging.getLogger(__name__)
 
 #: bytes read from a job's output at a time
 READ_CHUNK = 64 * 1024

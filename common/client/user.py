@@ -1,0 +1,361 @@
+"""The user's and operator's side of the scheduler API, as the CLI calls it: jobs, nodes,
+blobs, tokens, the audit log, events and logs.
+
+Streams (events, a log follow) reconnect on their own: before a stream ever connected
+it gets the client's usual retries; once it has, it keeps trying for ``reconnect_for``
+seconds from the moment it went down, resuming where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common import codec
+from common.client.backoff import Backoff
+from common.client.errors import SchedulerUnreachable, SchedulerUntrusted, describe
+from common.client.sse import sse_frames
+from common.client.transport import Transport
+from common.errors import BerthError, Unavailable
+from common.models import (
+    ActionResults,
+    AuditPage,
+    DrainRequest,
+    Job,
+    JobBatch,
+    JobList,
+    JobSelection,
+    JobSpec,
+    JoinToken,
+    Node,
+    NodeList,
+    Stats,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
+)
+from common.states import TERMINAL
+
+log = logging.getLogger(__name__)
+
+#: how long a stream that was connected keeps trying to reconnect before giving up
+STREAM_RECONNECT_S = 60.0
+
+Params = dict[str, str | int | float]
+
+
+class UserAPI(Transport):
+    """The routes a user or an operator calls, over the transport's send loop."""
+
+    # --- jobs and nodes --------------------------------------------------------------
+
+    async def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
+        """Submit a job; with an idempotency key the submit is retried safely."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self._typed(
+            Job,
+            "POST",
+            "/api/v1/jobs",
+            body=codec.encode(spec),
+            headers=headers,
+            idempotent=idempotency_key is not None,
+        )
+
+    async def get_job(
+        self, job_id: str, index: int | None = None, wait: float | None = None
+    ) -> Job:
+        """One job; with ``index`` and ``wait``, block until its index passes ``index``."""
+        params = _given(index=index, wait=wait)
+        timeout = self.timeout + (wait or 0)
+        return await self._typed(
+            Job, "GET", f"/api/v1/jobs/{job_id}", params=params, timeout=timeout
+        )
+
+    async def list_jobs(
+        self, state: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> JobList:
+        params = _given(state=state, limit=limit, cursor=cursor)
+        return await self._typed(JobList, "GET", "/api/v1/jobs", params=params)
+
+    async def submit_batch(self, specs: list[JobSpec]) -> list[Job]:
+        """Submit up to 1,000 specs at once: all are queued or none."""
+        body = codec.encode(JobBatch(jobs=specs))
+        reply = await self._typed(JobList, "POST", "/api/v1/jobs/batch", body=body)
+        return reply.jobs
+
+    async def act(self, action: str, job_id: str) -> Job:
+        """cancel, retry, pause or resume one job."""
+        return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/{action}", body=b"{}")
+
+    async def act_many(self, action: str, selection: JobSelection) -> ActionResults:
+        """cancel, retry, pause or resume the jobs named by ids or matching a filter."""
+        body = codec.encode(selection)
+        return await self._typed(ActionResults, "POST", f"/api/v1/jobs/{action}", body=body)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/cancel", body=b"{}")
+
+    async def list_nodes(self) -> NodeList:
+        return await self._typed(NodeList, "GET", "/api/v1/nodes")
+
+    async def get_node(self, node_id: str) -> Node:
+        return await self._typed(Node, "GET", f"/api/v1/nodes/{node_id}")
+
+    async def drain_node(self, node_id: str, drain: bool = True, reason: str = "") -> Node:
+        return await self._typed(
+            Node,
+            "POST",
+            f"/api/v1/nodes/{node_id}/drain",
+            body=codec.encode(DrainRequest(drain=drain, reason=reason)),
+            idempotent=True,
+        )
+
+    async def forget_node(self, node_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Forget a node (admin): ``{"id", "name", "lost_jobs"}``."""
+        params = {"force": "1"} if force else None
+        reply: dict[str, Any] = codec.loads(
+            await self.request("DELETE", f"/api/v1/nodes/{node_id}", params=params)
+        )
+        return reply
+
+    async def stats(self) -> Stats:
+        return await self._typed(Stats, "GET", "/api/v1/stats")
+
+    async def healthz(self) -> Any:
+        return codec.loads(await self.request("GET", "/healthz"))
+
+    async def readyz(self) -> Any:
+        return codec.loads(await self.request("GET", "/readyz"))
+
+    # --- blobs: archives of inputs, outputs and checkpoints ----------------------------
+
+    async def upload_blob(self, source: Path) -> str:
+        """Store a file as a blob and return its sha256 digest.
+
+        Blobs are named by their content, so a retried upload is harmless.
+        """
+        return str(codec.loads(await self.upload("/api/v1/blobs", source))["digest"])
+
+    async def download_blob(self, digest: str, dest: Path) -> None:
+        """Fetch a blob into the file ``dest``; raise InvalidRequest if its sha256 differs."""
+        await self.download(f"/api/v1/blobs/{digest}", dest, digest)
+
+    async def download_outputs(self, job_id: str, dest: Path) -> str:
+        """Fetch the archive (tar.gz) of a job's outputs into ``dest``; return its digest.
+
+        NotFound when the job has no outputs (yet).
+        """
+        return await self.download(f"/api/v1/jobs/{job_id}/outputs", dest)
+
+    # --- tokens and the audit log (admin) ---------------------------------------------
+
+    async def create_token(self, role: str, name: str, *, all_jobs: bool = False) -> TokenCreated:
+        body = {"role": role, "name": name, "all_jobs": all_jobs}
+        return await self._typed(TokenCreated, "POST", "/api/v1/tokens", body=codec.dumps(body))
+
+    async def list_tokens(self, *, revoked: bool = False) -> TokenList:
+        params = {"revoked": "1"} if revoked else None
+        return await self._typed(TokenList, "GET", "/api/v1/tokens", params=params)
+
+    async def revoke_token(self, token_id: str) -> TokenInfo:
+        return await self._typed(TokenInfo, "DELETE", f"/api/v1/tokens/{token_id}")
+
+    async def rotate_join_token(self) -> JoinToken:
+        return await self._typed(JoinToken, "POST", "/api/v1/tokens/join/rotate", body=b"{}")
+
+    async def audit(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 500,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+    ) -> AuditPage:
+        params = _given(after=after, limit=limit, actor=actor, action=action, target=target)
+        return await self._typed(AuditPage, "GET", "/api/v1/audit", params=params)
+
+    # --- events and logs -------------------------------------------------------------
+
+    async def stream_events(
+        self,
+        *,
+        topics: Sequence[str] | None = None,
+        job_id: str | None = None,
+        since: int | None = None,
+        reconnect_for: float = STREAM_RECONNECT_S,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Events as the scheduler commits them, each the Event document as a dict.
+
+        ``since``: first replay the events after that index (None: only new ones).
+        ``topics`` (``jobs``, ``nodes``) or ``job_id`` narrow the stream. A dropped
+        connection is resumed with ``Last-Event-ID``, and so is a ``resync`` (this reader
+        fell too far behind), so no event is missed or repeated. When the index asked
+        for is older than what the scheduler keeps, ``{"type": "reset", "reason",
+        "oldest", "index"}`` is yielded and the stream goes on after ``index``.
+        Raises SchedulerUnreachable once no scheduler answered for ``reconnect_for`` s.
+        """
+        last = since
+        backoff = Backoff()
+        connected = False
+        down_since = time.monotonic()
+        params = _given(topics=",".join(topics) if topics else None, job=job_id)
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                resp = await self.open_stream("/api/v1/events", params=params, headers=headers)
+            except Unavailable as e:
+                await self._before_reconnect(e, backoff, connected, down_since, reconnect_for)
+                continue
+            connected = True
+            backoff.reset()
+            resync = False
+            error: BaseException = SchedulerUnreachable("the scheduler ended the stream")
+            try:
+                async for frame_id, kind, data in sse_frames(resp):
+                    if kind == "resync":
+                        resync = True
+                        break
+                    doc = codec.loads(data)
+                    if frame_id is not None and frame_id.isdigit():
+                        last = int(frame_id)
+                    if kind == "reset":
+                        yield {"type": "reset", **doc}
+                    elif isinstance(doc, dict):
+                        yield doc
+            except (aiohttp.ClientError, TimeoutError) as e:
+                error = e
+            finally:
+                resp.close()
+            if resync:
+                continue  # resume at once from the last event received
+            down_since = time.monotonic()
+            await self._before_reconnect(error, backoff, True, down_since, reconnect_for)
+
+    async def follow_logs(
+        self,
+        job_id: str,
+        *,
+        attempt: int | None = None,
+        offset: int = 0,
+        reconnect_for: float = STREAM_RECONNECT_S,
+    ) -> AsyncGenerator[bytes, None]:
+        """An attempt's log bytes as they are appended, from ``offset`` until the attempt
+        is over (ended, or replaced by a retry).
+
+        ``attempt`` defaults to the job's current attempt when the follow starts. A
+        dropped connection is resumed at the byte offset reached, so no byte is missed
+        or repeated. Raises SchedulerUnreachable once no scheduler answered for
+        ``reconnect_for`` seconds.
+        """
+        backoff = Backoff()
+        connected = False
+        down_since = time.monotonic()
+        path = f"/api/v1/jobs/{job_id}/logs"
+        while True:
+            params = _given(follow=1, offset=offset, attempt=attempt)
+            try:
+                resp = await self.open_stream(path, params=params, headers={"Accept": "text/plain"})
+            except Unavailable as e:
+                await self._before_reconnect(e, backoff, connected, down_since, reconnect_for)
+                continue
+            connected = True
+            backoff.reset()
+            error: BaseException | None = None
+            try:
+                if attempt is None:
+                    # Pin the attempt, so that a reconnect goes on with the same one.
+                    attempt = int(resp.headers.get("X-Berth-Attempt", "0")) or None
+                async for chunk in resp.content.iter_any():
+                    offset += len(chunk)
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as e:
+                error = e
+            finally:
+                resp.close()
+            if error is None:
+                job = await self.get_job(job_id)
+                if attempt is None or attempt < job.attempt or job.state in TERMINAL:
+                    return
+                # The scheduler ended the follow (it is stopping) while the attempt goes on.
+                error = SchedulerUnreachable("the scheduler ended the log follow")
+            down_since = time.monotonic()
+            await self._before_reconnect(error, backoff, True, down_since, reconnect_for)
+
+    async def read_logs(
+        self, job_id: str, *, attempt: int | None = None, offset: int = 0
+    ) -> tuple[bytes, int, int]:
+        """An attempt's stored log from ``offset`` (default: the current attempt).
+
+        Returns ``(bytes, end offset, attempt)``; the end is where a later read resumes.
+        """
+        resp = await self.open_stream(
+            f"/api/v1/jobs/{job_id}/logs",
+            params=_given(offset=offset, attempt=attempt),
+            headers={"Accept": "text/plain"},
+            read_timeout=self.timeout,
+            retries=self.retries,
+        )
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SchedulerUnreachable(f"reading the log failed: {describe(e)}") from e
+        finally:
+            resp.release()
+        end = int(resp.headers.get("X-Berth-Log-Offset", offset + len(data)))
+        return data, end, int(resp.headers.get("X-Berth-Attempt", attempt or 0))
+
+    async def events_page(
+        self,
+        *,
+        since: int = 0,
+        topics: Sequence[str] | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of stored events after ``since``: ``{"events", "index", "next"}``.
+
+        ``next`` is where the following page starts; raises Gone when ``since`` is older
+        than what the scheduler keeps.
+        """
+        params = _given(since=since, topics=",".join(topics) if topics else None, job=job_id)
+        page: dict[str, Any] = codec.loads(
+            await self.request("GET", "/api/v1/events", params=params)
+        )
+        return page
+
+    async def _before_reconnect(
+        self,
+        error: BaseException,
+        backoff: Backoff,
+        connected: bool,
+        down_since: float,
+        reconnect_for: float,
+    ) -> None:
+        """Wait before a stream reconnects, or raise when it is time to give up."""
+        if isinstance(error, SchedulerUntrusted):
+            raise error
+        if connected:
+            give_up = time.monotonic() - down_since > reconnect_for
+        else:
+            give_up = backoff.attempt >= self.retries
+        if give_up:
+            if isinstance(error, BerthError):
+                raise error
+            raise SchedulerUnreachable(
+                f"stream lost: no scheduler answered ({describe(error)})", {"urls": self.urls}
+            ) from error
+        log.debug("stream dropped (%s); reconnecting", describe(error))
+        await asyncio.sleep(backoff.next())
+
+
+def _given(**values: str | int | float | None) -> Params:
+    """The query parameters that were given (not None), in the order named."""
+    return {name: value for name, value in values.items() if value is not None}
