@@ -56,7 +56,7 @@ DEFAULT_MAX_ARCHIVE_MEMBERS = MAX_MEMBERS
 CONTAINER_LOG_MAX_SIZE = "32m"
 CONTAINER_LOG_MAX_FILES = 3
 #: the agent ships this much of an attempt's output from its start, then stops
-#: reading it (the scheduler keeps 10 MiB of a log: scheduler.cluster.LOG_CAP_BYTES) ...
+#: reading it (the scheduler keeps 10 MiB of a log: scheduler.state.agents.LOG_CAP_BYTES) ...
 LOG_HEAD_BYTES = 9 * 1024 * 1024
 #: ... and this much of its end once it has exited, after a marker
 LOG_TAIL_BYTES = 512 * 1024

@@ -8,6 +8,7 @@ fails with the path of the offending field (``$.resources.cpu``). Untyped payloa
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -79,3 +80,8 @@ def _validation_error(text: str) -> CodecError:
         # The error sits on the object; the field it names is what the client must fix.
         path = f"{path}.{named.group(1)}"
     return CodecError(f"{path}: {message}", {"field": path})
+
+
+def rfc3339(dt: datetime) -> str:
+    """A timestamp in the form msgspec writes, so stored strings sort in time order."""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

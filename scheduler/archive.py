@@ -1,98 +1,155 @@
-"""Ended jobs, kept compact.
+"""Ended jobs: an index in memory, their documents in the store.
 
-A job that has ended no longer changes (until a manual retry revives it), so it is
-kept as its encoded document: about a third of the memory of the live record, and
-already in the form the API sends. Each document is prefixed with one byte naming
-its state, so listings filter by state without decoding.
+A job that has ended no longer changes (until a manual retry revives it), so memory
+keeps only what the scheduler decides with: its state, who submitted it and the size of
+its spec, packed in one integer per job. The document itself is read from the store
+when someone asks for it, and a bounded number of recent ones stay cached. Commands
+fetch the documents they need before they touch the state (``missing`` / ``take``), so
+the state itself never waits on the store.
+
+Without a store behind it (``cache_size=None``) every document stays in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
 from common.models import Job
 from common.states import TERMINAL, JobState
+from scheduler.limits import spec_bytes
 
-#: the byte that prefixes an ended job's document, by state
+#: the byte that prefixes an ended job's document in ``stored``, by state
 CODES: dict[JobState, bytes] = {
     JobState.COMPLETED: b"c",
     JobState.FAILED: b"f",
     JobState.CANCELLED: b"x",
     JobState.TIMED_OUT: b"t",
 }
-_CODE = CODES
-_STATE: dict[int, JobState] = {code[0]: state for state, code in _CODE.items()}
+_STATE_BY_BYTE: dict[int, JobState] = {code[0]: state for state, code in CODES.items()}
+_STATES = tuple(CODES)
+_STATE_NUMBER = {state: i for i, state in enumerate(_STATES)}
+#: bits of the packed entry: state (3), owner (20), then the spec's size
+_STATE_BITS = 3
+_OWNER_BITS = 20
 
 
-class _Owner(msgspec.Struct):
-    """The one field of a job that listings by owner need."""
-
-    submitted_by: str | None = None
-
-
-class _OwnerAndSpec(msgspec.Struct):
-    """Who submitted a job, and its spec left encoded (its size is what is counted)."""
-
-    submitted_by: str | None = None
-    spec: msgspec.Raw = msgspec.Raw(b"")
+class NotFetched(LookupError):
+    """An ended job's document was asked for without being fetched from the store."""
 
 
 class JobArchive:
-    def __init__(self) -> None:
-        self._docs: dict[str, bytes] = {}
+    def __init__(self, cache_size: int | None = None) -> None:
+        #: job id -> state | owner | spec bytes, packed
+        self._index: dict[str, int] = {}
+        self._owners: list[str | None] = [None]
+        self._owner_number: dict[str | None, int] = {None: 0}
+        #: job id -> its JSON document, most recently used last
+        self._docs: OrderedDict[str, bytes] = OrderedDict()
+        self.cache_size = cache_size
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Job)
-        self._owner_decoder = msgspec.json.Decoder(_Owner)
-        self._spec_decoder = msgspec.json.Decoder(_OwnerAndSpec)
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self._docs
+        return job_id in self._index
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return len(self._index)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._docs)
+        return iter(self._index)
+
+    # --- what is known without the document ------------------------------------------
 
     def put(self, job: Job) -> None:
         assert job.state in TERMINAL, job.state
-        self._docs[job.id] = _CODE[job.state] + self._encoder.encode(job)
+        self.put_row(job.id, job.state, job.submitted_by, spec_bytes(job.spec))
+        self._cache(job.id, self._encoder.encode(job))
+
+    def put_row(self, job_id: str, state: JobState, owner: str | None, size: int) -> None:
+        """Index an ended job as the store lists it at start (its document stays there)."""
+        number = self._owner_number.get(owner)
+        if number is None:
+            number = self._owner_number[owner] = len(self._owners)
+            self._owners.append(owner)
+        packed = (size << _OWNER_BITS | number) << _STATE_BITS | _STATE_NUMBER[state]
+        self._index[job_id] = packed
 
     def put_encoded(self, job_id: str, prefixed_doc: bytes) -> None:
-        """Keep a document read back from the store, already prefixed with its code."""
-        self._docs[job_id] = prefixed_doc
+        """Keep a document prefixed with its state code (see ``stored``)."""
+        doc = prefixed_doc[1:]
+        job = self._decoder.decode(doc)
+        state = _STATE_BY_BYTE[prefixed_doc[0]]
+        self.put_row(job_id, state, job.submitted_by, spec_bytes(job.spec))
+        self._cache(job_id, bytes(doc))
 
     def state(self, job_id: str) -> JobState:
-        return _STATE[self._docs[job_id][0]]
+        return _STATES[self._index[job_id] & ((1 << _STATE_BITS) - 1)]
+
+    def owner(self, job_id: str) -> str | None:
+        """Who submitted the job."""
+        number = (self._index[job_id] >> _STATE_BITS) & ((1 << _OWNER_BITS) - 1)
+        return self._owners[number]
+
+    def spec_bytes(self, job_id: str) -> int:
+        return self._index[job_id] >> (_STATE_BITS + _OWNER_BITS)
+
+    def owner_and_spec_bytes(self, job_id: str) -> tuple[str | None, int]:
+        return self.owner(job_id), self.spec_bytes(job_id)
+
+    # --- documents -------------------------------------------------------------------
+
+    def missing(self, job_ids: Iterable[str]) -> list[str]:
+        """Those of the ids that are ended jobs whose document is not in memory."""
+        return [j for j in job_ids if j in self._index and j not in self._docs]
+
+    def take(self, docs: dict[str, bytes]) -> None:
+        """Documents read from the store for ``missing`` ids. One that was revived or
+        replaced meanwhile is not taken: what memory holds is newer."""
+        for job_id, doc in docs.items():
+            if job_id in self._index and job_id not in self._docs:
+                self._cache(job_id, doc)
+
+    def _cache(self, job_id: str, doc: bytes) -> None:
+        docs = self._docs
+        docs[job_id] = doc
+        docs.move_to_end(job_id)
+        if self.cache_size is not None:
+            while len(docs) > self.cache_size:
+                docs.popitem(last=False)
+
+    def _doc(self, job_id: str) -> bytes | None:
+        if job_id not in self._index:
+            return None
+        doc = self._docs.get(job_id)
+        if doc is None:
+            raise NotFetched(job_id)
+        return doc
 
     def get(self, job_id: str) -> Job | None:
         """A decoded copy of the job; changing it changes nothing stored here."""
-        doc = self._docs.get(job_id)
-        if doc is None:
-            return None
-        return self._decoder.decode(memoryview(doc)[1:])
-
-    def stored(self, job_id: str) -> bytes:
-        """The document as kept here (prefixed with its state code), as the store gives
-        it back on a restart."""
-        return self._docs[job_id]
-
-    def owner(self, job_id: str) -> str | None:
-        """Who submitted the job, read without decoding the rest of it."""
-        return self._owner_decoder.decode(memoryview(self._docs[job_id])[1:]).submitted_by
-
-    def owner_and_spec_bytes(self, job_id: str) -> tuple[str | None, int]:
-        """Who submitted the job and its spec's encoded size, without decoding the job."""
-        found = self._spec_decoder.decode(memoryview(self._docs[job_id])[1:])
-        return found.submitted_by, len(found.spec)
+        doc = self._doc(job_id)
+        return None if doc is None else self._decoder.decode(doc)
 
     def raw(self, job_id: str) -> bytes:
         """The job's JSON document as the API sends it."""
-        return self._docs[job_id][1:]
+        doc = self._doc(job_id)
+        if doc is None:
+            raise KeyError(job_id)
+        return doc
+
+    def stored(self, job_id: str) -> bytes:
+        """The document prefixed with its state code, as the store hands it back."""
+        return CODES[self.state(job_id)] + self.raw(job_id)
 
     def pop(self, job_id: str) -> Job | None:
+        """Take the job out to change it (it is live again until it ends again)."""
         job = self.get(job_id)
-        self._docs.pop(job_id, None)
+        self.drop(job_id)
         return job
+
+    def drop(self, job_id: str) -> None:
+        self._index.pop(job_id, None)
+        self._docs.pop(job_id, None)

@@ -33,7 +33,7 @@ from scheduler import access
 from scheduler.store.base import BlobHold, Changes, TokenRow
 
 if TYPE_CHECKING:
-    from scheduler.cluster import Cluster
+    from scheduler.state import State
 
 #: the roles whose uploads count against the per-token quota (admin tokens are trusted
 #: with the disk; nodes upload their jobs' outputs and checkpoints)
@@ -140,7 +140,7 @@ def sees_every_blob(who: TokenRow) -> bool:
     return access.sees_all_jobs(who)
 
 
-def node_uses(cluster: Cluster, node_id: str | None, digest: str) -> bool:
+def node_uses(cluster: State, node_id: str | None, digest: str) -> bool:
     """Whether an attempt on the node starts from the blob: its input archive or the
     checkpoint it restores."""
     node = cluster.nodes.get(node_id) if node_id is not None else None
@@ -155,7 +155,7 @@ def node_uses(cluster: Cluster, node_id: str | None, digest: str) -> bool:
     return False
 
 
-def may_read(cluster: Cluster, who: TokenRow, digest: str) -> bool:
+def may_read(cluster: State, who: TokenRow, digest: str) -> bool:
     """The one rule for reading a blob (see the module's docstring)."""
     if sees_every_blob(who):
         return True

@@ -15,14 +15,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from common.states import JobState, NodeState
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.http import Handler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _StateCollector(Collector):
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: State) -> None:
         self.cluster = cluster
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -55,7 +55,7 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: State) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_StateCollector(cluster))
         self.placement_seconds = Histogram(

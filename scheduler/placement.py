@@ -338,7 +338,7 @@ FilterKey = tuple[ConstraintKey, tuple[str, ...]]
 _NO_FILTER: FilterKey = ((), ())
 
 
-def _filter_key(job: JobRequest) -> FilterKey:
+def filter_key(job: JobRequest) -> FilterKey:
     if not job.constraints and not job.needs:
         return _NO_FILTER
     return (tuple(sorted(job.constraints.items())) if job.constraints else (), job.needs)
@@ -550,8 +550,75 @@ def _reason(candidates: _Candidates, key: FilterKey) -> str:
     return REASON_NO_FIT
 
 
-def _queue_order(job: JobRequest) -> tuple[int, int]:
+def queue_order(job: JobRequest) -> tuple[int, int]:
+    """The queue's one order: highest priority first, then first submitted."""
     return (-job.priority, job.seq)
+
+
+def admissible(node: NodeView, job: JobRequest, now: float) -> bool:
+    """Whether the node takes jobs at all and passes the job's static filter (labels and
+    allow-list), whatever it has free: the one availability filter, also used to pick
+    the node a starving job holds."""
+    return (
+        _is_available(node, now)
+        and _matches(node.labels, job.constraints)
+        and _allows(node.allows, job.needs)
+    )
+
+
+class Pass:
+    """One placement pass over a snapshot of nodes, fed one job at a time in queue order.
+
+    Every decision consumes the chosen node's capacity for the rest of the pass, so a
+    caller that walks its queue lazily (stopping a run of equal requests at the first
+    that fits nowhere) gets the same decisions as ``place`` on the whole list.
+    ``min_cpu`` and ``min_memory`` bound what any job of the pass asks for: a node left
+    with less can take none of them and is dropped from candidate lists.
+    """
+
+    __slots__ = ("_candidates", "_cluster", "_failed", "_limit", "_rng", "_spread")
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeView],
+        *,
+        now: float,
+        strategy: Strategy = "binpack",
+        rng: random.Random,
+        min_cpu: float = 0.0,
+        min_memory: int = 0,
+        candidate_limit: int | None = None,
+    ) -> None:
+        if strategy not in ("binpack", "spread"):
+            raise ValueError(f"unknown placement strategy {strategy!r}")
+        if candidate_limit is not None and candidate_limit < 1:
+            raise ValueError("candidate_limit must be at least 1")
+        self._limit = _default_limit(len(nodes)) if candidate_limit is None else candidate_limit
+        self._spread = strategy == "spread"
+        self._rng = rng
+        self._cluster = _Cluster(nodes, min_cpu, min_memory)
+        self._candidates = _Candidates(nodes, now, self._cluster, rng)
+        self._failed = _FailedShapes()
+
+    def offer(self, job: JobRequest) -> Decision | str:
+        """Place ``job`` on the best node that fits it, or say why it fits nowhere."""
+        key = filter_key(job)
+        cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
+        candidates = self._candidates
+        if self._failed.covers(key, cpu, memory, gpus):
+            return candidates.reason(key)
+        cands = candidates.get(key, gpus > 0)
+        picked = None
+        if cands.admits(cpu, memory, gpus):
+            picked = _select(self._cluster, cands, job, self._limit, self._spread, self._rng)
+            if picked is None:
+                cands.tighten(self._cluster)
+        if picked is None:
+            self._failed.add(key, cpu, memory, gpus)
+            return candidates.reason(key)
+        i, score = picked
+        self._cluster.consume(i, job)
+        return Decision(job.id, self._cluster.ids[i], score)
 
 
 def place(
@@ -570,40 +637,22 @@ def place(
     rest of the pass. ``candidate_limit`` caps how many feasible nodes are scored per
     job; by default all of them up to EXACT_NODE_LIMIT nodes, else ceil(log2(n)).
     """
-    if strategy not in ("binpack", "spread"):
-        raise ValueError(f"unknown placement strategy {strategy!r}")
-    if candidate_limit is not None and candidate_limit < 1:
-        raise ValueError("candidate_limit must be at least 1")
-    queue = sorted(jobs, key=_queue_order)
-    limit = _default_limit(len(nodes)) if candidate_limit is None else candidate_limit
-    spread = strategy == "spread"
-
-    min_cpu = min((job.cpu for job in queue), default=0.0)
-    min_memory = min((job.memory_mb for job in queue), default=0)
-    cluster = _Cluster(nodes, min_cpu, min_memory)
-    candidates = _Candidates(nodes, now, cluster, rng)
-    failed = _FailedShapes()
+    queue = sorted(jobs, key=queue_order)
+    one_pass = Pass(
+        nodes,
+        now=now,
+        strategy=strategy,
+        rng=rng,
+        min_cpu=min((job.cpu for job in queue), default=0.0),
+        min_memory=min((job.memory_mb for job in queue), default=0),
+        candidate_limit=candidate_limit,
+    )
     decisions: list[Decision] = []
     unplaced: dict[str, str] = {}
-    ids = cluster.ids
-
     for job in queue:
-        key = _filter_key(job)
-        cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
-        if failed.covers(key, cpu, memory, gpus):
-            unplaced[job.id] = candidates.reason(key)
-            continue
-        cands = candidates.get(key, gpus > 0)
-        picked = None
-        if cands.admits(cpu, memory, gpus):
-            picked = _select(cluster, cands, job, limit, spread, rng)
-            if picked is None:
-                cands.tighten(cluster)
-        if picked is None:
-            failed.add(key, cpu, memory, gpus)
-            unplaced[job.id] = candidates.reason(key)
-            continue
-        i, score = picked
-        cluster.consume(i, job)
-        decisions.append(Decision(job.id, ids[i], score))
+        outcome = one_pass.offer(job)
+        if isinstance(outcome, Decision):
+            decisions.append(outcome)
+        else:
+            unplaced[job.id] = outcome
     return PlacementResult(decisions, unplaced)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from common.policy import permits_all
 from common.states import TERMINAL, JobState
 from scheduler import placement
 
@@ -49,11 +48,6 @@ def dependencies(
     return Dependencies(failed=None, waiting=tuple(waiting))
 
 
-def queue_order(req: placement.JobRequest) -> tuple[int, int]:
-    """Highest priority first, then first submitted."""
-    return (-req.priority, req.seq)
-
-
 def group_room(active: int, limit: int | None) -> int | None:
     """How many more jobs of a group may start (None: no limit)."""
     if limit is None:
@@ -66,18 +60,12 @@ def hold_candidate(
 ) -> str | None:
     """The node a starving job holds: one that could take it once its jobs end.
 
-    Among the nodes that take jobs, match the job's labels, allow what it needs and are
-    big enough in total, the one with the most free room now, so the hold is likely short.
+    Among the nodes that pass the job's availability filter and are big enough in
+    total, the one with the most free room now, so the hold is likely short.
     """
     best: tuple[float, str] | None = None
     for n in nodes:
-        if not n.healthy or n.draining:
-            continue
-        if n.cooldown_until is not None and n.cooldown_until > now:
-            continue
-        if any(n.labels.get(k) != v for k, v in job.constraints.items()):
-            continue
-        if job.needs and not permits_all(n.allows, job.needs):
+        if not placement.admissible(n, job, now):
             continue
         if n.total_cpu + 1e-9 < job.cpu or n.total_memory_mb < job.memory_mb:
             continue

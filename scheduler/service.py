@@ -1,5 +1,6 @@
-"""The scheduler's running machinery around the Cluster: durable commits, the
-coalesced placement loop, the liveness loop, and long-poll wake-ups for agents."""
+"""The scheduler's running machinery around the state: durable commits and what follows
+them, the coalesced placement loop, the liveness and retention loops, and long-poll
+wake-ups. The commands clients and agents call are in ``scheduler.commands``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import gc
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import TooManyRequests, Unavailable
@@ -18,24 +17,22 @@ from common.models import Job, WebhookDelivery
 from common.states import JobState
 from scheduler.blobs import BlobStore, Swept
 from scheduler.bus import EventBus
-from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
-from scheduler.events import Event
 from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
+from scheduler.state import Effects, State
 from scheduler.store.base import Changes, Store, TokenRow
 from scheduler.webhooks import WebhookSender
 from scheduler.writeguard import WriteGuard
 
-log = logging.getLogger("berth.scheduler")
+log = logging.getLogger(__name__)
 
 #: ended jobs deleted per retention step
 RETENTION_BATCH = 1000
 
 
-def _rfc3339(dt: datetime) -> str:
-    # The form msgspec writes timestamps in, so that stored strings compare in order.
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+#: ended jobs' documents kept in memory, most recently used (the rest are read back)
+ENDED_DOCS_CACHED = 4096
 
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -44,30 +41,25 @@ WEBHOOK_KEY_FILE = "webhook.key"
 
 
 class Service:
-    def __init__(self, config: SchedulerConfig, store: Store, cluster: Cluster) -> None:
+    def __init__(self, config: SchedulerConfig, store: Store, state: State) -> None:
         self.config = config
         self.store = store
-        self.cluster = cluster
+        self.state = state
+        # Ended jobs live in the store: memory keeps their index and recent documents.
+        state.archive.cache_size = ENDED_DOCS_CACHED
+        state.store_behind = True
         self.ready = False
         self.stopping = False
         self._placement_wanted = asyncio.Event()
         self._node_waiters: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_commit: asyncio.Future[None] | None = None
-        #: batches the store failed to write and keeps staged, announced once written
-        self._unannounced: list[Changes] = []
         #: refuses writes up front while the state directory cannot take them
         self.guard = WriteGuard(config.state_dir, store)
-        store.on_recovered = self._written_again
-        cluster.on_placement_wanted = self._placement_wanted.set
-        cluster.on_node_changed = self.wake_node
-        self.bus = EventBus(owner_of=self._job_owner)
-        self.metrics = Metrics(cluster)
-        cluster.events.on_commit = self._published
+        self.bus = EventBus(owner_of=state.submitter_of)
+        self.metrics = Metrics(state)
         self._job_waiters: dict[str, asyncio.Event] = {}
         self.webhooks: WebhookSender | None = None
-        #: called with the jobs retention deleted (they let go of their input archives)
-        self.deletion_hooks: list[Callable[[list[Job]], Awaitable[None]]] = []
         self.blobs = BlobStore.in_state_dir(config.state_dir)
         self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
         self.streams = StreamSlots(config.max_streams_per_token)
@@ -75,69 +67,14 @@ class Service:
         #: replays reading and encoding history at once; the rest wait their turn
         self.replays = FairSlots(config.max_concurrent_replays)
 
-    def _job_owner(self, job_id: str) -> str | None:
-        """Who submitted a job (the event bus indexes on it), without decoding an ended
-        one."""
-        job = self.cluster.jobs.get(job_id)
-        if job is not None:
-            return job.submitted_by
-        archive = self.cluster.archive
-        return archive.owner(job_id) if job_id in archive else None
-
-    def admit_jobs(self, who: TokenRow, n: int, spec_bytes: int = 0) -> None:
-        """Refuse, before anything changes, ``n`` new jobs (of ``spec_bytes`` encoded
-        specs together) past the queue's cap, the token's share of the queue, the
-        token's stored spec bytes or its submit rate (429 with Retry-After)."""
-        self.admit_queued(who, n)
-        self._admit_spec_bytes(who, spec_bytes)
-        wait = self.submit_rate.take(who.digest, n)
-        if math.isinf(wait):
-            raise TooManyRequests(
-                f"{n} jobs at once is more than this token's burst of {self.submit_rate.burst}",
-                {"limit": self.submit_rate.burst},
-            )
-        if wait > 0:
-            raise TooManyRequests(
-                "this token is creating jobs too fast",
-                {"rate_per_s": self.submit_rate.rate},
-                retry_after_s=max(1, int(wait + 0.999)),
-            )
-
-    def admit_queued(self, who: TokenRow, n: int) -> None:
-        """Refuse ``n`` more queued jobs past the queue's cap or, but for an admin
-        token, past the token's quota of queued jobs (429 with Retry-After)."""
-        queued = self.cluster.counts[JobState.QUEUED]
-        if queued + n > self.config.max_queued_jobs:
-            raise TooManyRequests(
-                f"the queue is full ({queued} of {self.config.max_queued_jobs} jobs waiting)",
-                {"queued": queued, "limit": self.config.max_queued_jobs},
-                retry_after_s=10,
-            )
-        if who.role == "admin":
-            return
-        quota = self.config.queued_jobs_per_token
-        mine = self.cluster.queued_by.get(who.name, 0)
-        if mine + n > quota:
-            raise TooManyRequests(
-                f"this token has {mine} jobs waiting in the queue; {n} more would pass its "
-                f"quota of {quota} (--max-queued-jobs-per-token)",
-                {"queued": mine, "limit": quota},
-                retry_after_s=10,
-            )
-
-    def _admit_spec_bytes(self, who: TokenRow, size: int) -> None:
-        if who.role == "admin":
-            return
-        budget = self.config.max_spec_bytes_per_token
-        held = self.cluster.spec_bytes_of(who.name)
-        if held + size > budget:
-            raise TooManyRequests(
-                f"this token's kept jobs hold {held} bytes of specs; {size} more would pass "
-                f"its budget of {budget} (--max-spec-bytes-per-token); an ended job gives "
-                "its share back when retention deletes it",
-                {"spec_bytes": held, "limit": budget},
-                retry_after_s=60,
-            )
+    async def fetch_ended(self, job_ids: list[str]) -> None:
+        """Bring the documents of those ids that are ended jobs into memory, so that the
+        state can read them in the step that follows (no await in between)."""
+        archive = self.state.archive
+        missing = archive.missing(job_ids)
+        while missing:
+            chunk, missing = missing[:ENDED_DOCS_CACHED], missing[ENDED_DOCS_CACHED:]
+            archive.take(await self.store.read_jobs(chunk))
 
     def write_join_token(self, token: str) -> None:
         """Keep the state directory's join.token the live one (local agents read it)."""
@@ -148,7 +85,7 @@ class Service:
 
     async def start(self) -> None:
         loaded = await self.store.open()
-        self.cluster.load(loaded)
+        self.state.load(loaded)
         # What was loaded lives long: keep it out of every later collection.
         gc.collect()
         gc.freeze()
@@ -162,8 +99,9 @@ class Service:
             allow_private=self.config.webhook_allow_private,
         )
         await self.webhooks.start()
+        await self.fetch_ended(loaded.webhooks_pending)
         for job_id in loaded.webhooks_pending:
-            pending = self.cluster.find(job_id)
+            pending = self.state.find(job_id)
             if pending is not None and pending.webhook_pending:
                 self.webhooks.send(pending)
         self._tasks = [
@@ -175,9 +113,9 @@ class Service:
         self.ready = True
         log.info(
             "scheduler ready: %d jobs, %d nodes, event index %d",
-            len(self.cluster.jobs),
-            len(self.cluster.nodes),
-            self.cluster.events.last_index,
+            len(self.state.jobs) + len(self.state.archive),
+            len(self.state.nodes),
+            self.state.events.last_index,
         )
 
     async def stop(self) -> None:
@@ -194,37 +132,39 @@ class Service:
         await self.store.close()
 
     async def commit(self) -> None:
-        """Return once every change made so far is durable (and its events published).
+        """Return once every change made so far is durable (and what follows it done).
 
         Changes made by one request may have been taken by another request's commit
         still under way; batches commit in order, so waiting for the latest one covers
         them too.
         """
-        changes = self.cluster.take_changes()
-        if changes:
-            self._last_commit = asyncio.ensure_future(self._commit(changes))
+        changes = self.state.take_changes()
+        effects = self.state.take_effects()
+        if effects.placement_wanted:
+            # A pass works on memory, and what it changes commits after this batch:
+            # it need not wait for this one to be written.
+            self._placement_wanted.set()
+        if changes or effects.wake_nodes:
+            self._last_commit = asyncio.ensure_future(self._commit(changes, effects))
         if self._last_commit is not None and not self._last_commit.done():
             await asyncio.shield(self._last_commit)
         elif self._last_commit is not None and self.store.failure is not None:
             # What the failed batch held is still only in memory.
             self._last_commit.result()
 
-    async def _commit(self, changes: Changes) -> None:
-        try:
+    async def _commit(self, changes: Changes, effects: Effects) -> None:
+        if changes:
             await self.store.commit(changes)
-        except Unavailable:
-            if self.store.failure is not None:
-                # The store keeps these changes and writes them ahead of its next
-                # batch; they are announced when it has (_written_again).
-                self._unannounced.append(changes)
-            raise
+        self._announce_recovered()
         self._announce(changes)
+        # Agents hear of assignments and commands only once those are durable.
+        for node_id in effects.wake_nodes:
+            self.wake_node(node_id)
 
-    def _written_again(self) -> None:
-        """The store wrote what it had kept from failed batches: announce those, in
-        order, before the batch that succeeded."""
-        held, self._unannounced = self._unannounced, []
-        for earlier in held:
+    def _announce_recovered(self) -> None:
+        """Batches that failed to commit and were written since are announced, in
+        order, before anything newer."""
+        for earlier in self.store.take_recovered():
             self._announce(earlier)
 
     def _announce(self, changes: Changes) -> None:
@@ -235,11 +175,30 @@ class Service:
                     self.webhooks.send(job)
         for chunk in changes.logs:
             self._wake_job(chunk.job_id)
-        top = changes.events[-1].index if changes.events else self.cluster.events.committed_index
-        self.cluster.events.committed(changes.events, top)
+        events = changes.events
+        top = events[-1].index if events else self.state.events.committed_index
+        self.state.events.committed(events, top)
+        if events:
+            self.bus.publish(events)
+            for e in events:
+                self.metrics.events.labels(e.type).inc()
+            for e in events:
+                if e.job_id is not None:
+                    self._wake_job(e.job_id)
 
     def _record_delivery(self, job_id: str, delivery: WebhookDelivery, done: bool) -> None:
-        self.cluster.record_delivery(job_id, delivery, done=done)
+        # Its document was in memory when it was sent; read back if it has left since.
+        if job_id in self.state.archive and self.state.archive.missing([job_id]):
+            asyncio.ensure_future(self._record_delivery_later(job_id, delivery, done))
+            return
+        self.state.record_delivery(job_id, delivery, done=done)
+
+    async def _record_delivery_later(
+        self, job_id: str, delivery: WebhookDelivery, done: bool
+    ) -> None:
+        await self.fetch_ended([job_id])
+        self.state.record_delivery(job_id, delivery, done=done)
+        await self.commit()
 
     def _webhook_key(self) -> bytes:
         """The key webhook bodies are signed with, made on first use (mode 0600)."""
@@ -259,12 +218,12 @@ class Service:
                 token = path.read_text().strip()
                 # A token revoked through the API stays revoked; one the store has
                 # never seen (a fresh database beside old files) is taken in.
-                if token and not self.cluster.tokens.known(token):
-                    self.cluster.add_token(token, role, role)
+                if token and not self.state.tokens.known(token):
+                    self.state.add_token(token, role, role)
                 continue
             token = secrets.token_urlsafe(32)
             _write_secret(path, token)
-            self.cluster.add_token(token, role, role)
+            self.state.add_token(token, role, role)
             log.info("wrote the %s token to %s", role, path.resolve())
 
     # --- agents' long polls ----------------------------------------------------------
@@ -276,18 +235,10 @@ class Service:
             ev.set()
         for ev in self._job_waiters.values():
             ev.set()
-        self.cluster.events.wake_all()
+        self.state.events.wake_all()
         self.bus.close_all()
 
     # --- followers of one job (its logs, its end) --------------------------------------
-
-    def _published(self, events: list[Event]) -> None:
-        self.bus.publish(events)
-        for e in events:
-            self.metrics.events.labels(e.type).inc()
-        for e in events:
-            if e.job_id is not None:
-                self._wake_job(e.job_id)
 
     def _wake_job(self, job_id: str) -> None:
         ev = self._job_waiters.pop(job_id, None)
@@ -335,23 +286,20 @@ class Service:
             self._placement_wanted.clear()
             try:
                 with self.metrics.placement_seconds.time():
-                    touched = self.cluster.place()
+                    touched = self.state.place()
                 self.metrics.placements.inc(len(touched))
+                # The nodes given jobs are woken once the assignments are durable.
                 await self.commit()
             except Exception:
                 log.exception("placement pass failed")
                 await asyncio.sleep(1.0)
-                continue
-            # Agents hear of their assignments only once those are durable.
-            for node_id in set(touched):
-                self.wake_node(node_id)
 
     async def _retention_loop(self) -> None:
         while True:
             try:
                 await self.expire_jobs()
                 below = await self.store.prune_events(self.config.event_window)
-                self.cluster.events_pruned_below = below
+                self.state.events_pruned_below = below
             except Exception:
                 log.exception("retention failed")
             # After retention: the blobs of the jobs it deleted go in the same pass.
@@ -365,20 +313,20 @@ class Service:
         """A sweep deletes a blob before it commits that nobody holds it: a scheduler
         stopped in between comes back with holds (and quota charges) of a blob that is
         gone. They are dropped here, in the first commit after loading."""
-        held = self.cluster.blob_holds.digests()
+        held = self.state.blob_holds.digests()
         gone = await asyncio.to_thread(lambda: [d for d in held if not self.blobs.exists(d)])
         for digest in gone:
-            self.cluster.blob_holds.drop(digest, self.cluster.changes)
+            self.state.blob_holds.drop(digest, self.state.changes)
 
     async def sweep_blobs(self) -> Swept:
         """Delete the blobs no kept job names, once past their grace (and uploads
         abandoned that long ago)."""
-        swept = await self.blobs.sweep(self.cluster.names_blob, grace_s=self.config.blob_grace_s)
+        swept = await self.blobs.sweep(self.state.names_blob, grace_s=self.config.blob_grace_s)
         # Nobody holds a deleted blob any more, and its bytes leave its uploaders'
         # quotas; unless it was stored again meanwhile (then its new holds stay).
         for digest in swept.deleted:
             if not self.blobs.exists(digest):
-                self.cluster.blob_holds.drop(digest, self.cluster.changes)
+                self.state.blob_holds.drop(digest, self.state.changes)
         if swept.deleted:
             await self.commit()
         if swept.blobs or swept.uploads:
@@ -400,31 +348,32 @@ class Service:
 
         Nothing that has not ended is touched. Returns how many jobs were deleted.
         """
-        cutoff = datetime.fromtimestamp(self.cluster.clock() - self.config.job_retention_s, UTC)
+        cutoff = self.state.clock() - self.config.job_retention_s
         total = 0
         while True:
-            ids = await self.store.ended_before(_rfc3339(cutoff), RETENTION_BATCH)
-            gone = self.cluster.forget(ids)
+            ids = await self.store.ended_before(cutoff, RETENTION_BATCH)
+            gone = self.state.forget(ids)
             if gone:
                 await self.store.delete_jobs([j.id for j in gone])
-                await self.on_jobs_deleted(gone)
+                # The deleted jobs no longer name their input archives (forget() took
+                # off their outputs and checkpoints). The blob sweep that follows
+                # deletes what no kept job names any more: one blob may be the input
+                # of one job and the outputs of another, so none is deleted here.
+                self.state.release_inputs(gone)
                 total += len(gone)
                 log.info("retention: deleted %d ended jobs", len(gone))
             if len(ids) < RETENTION_BATCH:
                 return total
 
-    async def on_jobs_deleted(self, jobs: list[Job]) -> None:
-        """Hook for what else a deleted job owned (its blobs)."""
-        for hook in self.deletion_hooks:
-            await hook(jobs)
-
     async def _liveness_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.liveness_interval_s)
             try:
-                if self.cluster.check_liveness():
+                if self.state.check_liveness():
                     self._placement_wanted.set()
                 await self.commit()
+                # Batches that failed and were written by the store's own retries.
+                self._announce_recovered()
             except Exception:
                 log.exception("liveness check failed")
 

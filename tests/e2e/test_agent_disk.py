@@ -34,7 +34,7 @@ pytestmark = pytest.mark.docker
 LIMIT_MB = 64
 #: what the flooding jobs write
 FLOOD_MB = 200
-#: the scheduler's per-attempt log cap (scheduler.cluster.LOG_CAP_BYTES)
+#: the scheduler's per-attempt log cap (scheduler.state.agents.LOG_CAP_BYTES)
 LOG_CAP = 10 * 1024 * 1024
 #: the most a container's json log files may hold on disk (agent.config: 3 x 32 MiB)
 LOG_FILES_BOUND = 3 * 32 * 1024 * 1024

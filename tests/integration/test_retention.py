@@ -15,7 +15,7 @@ from common.models import (
     RunningAttempt,
 )
 from common.states import JobState
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.config import SchedulerConfig
 from scheduler.service import Service
 from scheduler.store.sqlite import SQLiteStore
@@ -26,7 +26,7 @@ DAY = 86400.0
 
 def _service(state_dir: Path, clock: FakeClock) -> Service:
     config = SchedulerConfig(state_dir=state_dir, job_retention_s=7 * DAY, restart_grace_s=0)
-    return Service(config, SQLiteStore(state_dir / "berth.db"), Cluster(config, clock=clock))
+    return Service(config, SQLiteStore(state_dir / "berth.db"), State(config, clock=clock))
 
 
 async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from agent.executors.base import AttemptInfo
 from agent.executors.docker import container_options
 from agent.runner import OUTPUT_CUT_MARKER, OUTPUT_DROPPED_MARKER, OUTPUT_TAIL_MARKER
 from common.models import JobResources, JobSpec
-from scheduler.cluster import LOG_CAP_BYTES
+from scheduler.state import LOG_CAP_BYTES
 
 
 def _write(path: Path, mib: int) -> None:

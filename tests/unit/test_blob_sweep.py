@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from common.errors import BerthError
 from common.models import Constraints, Job, Report
 from scheduler.blobs import ASIDE_SUFFIX, TMP_DIR, BlobFile, BlobStore, unreferenced
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.config import SchedulerConfig
 from tests.unit.test_cluster import FakeClock, loaded_from, new_cluster, register, report, submit
 
@@ -45,7 +45,7 @@ def test_nothing_is_picked_when_every_blob_is_named_or_young() -> None:
 # --- what kept jobs name --------------------------------------------------------------
 
 
-def _named(c: Cluster) -> dict[str, int]:
+def _named(c: State) -> dict[str, int]:
     """Every reference of every kept job, recounted from the jobs themselves."""
     jobs: list[Job] = list(c.jobs.values())
     for job_id in c.archive:
@@ -60,15 +60,15 @@ def _named(c: Cluster) -> dict[str, int]:
     return dict(refs)
 
 
-def _counted(c: Cluster) -> dict[str, int]:
+def _counted(c: State) -> dict[str, int]:
     return dict(Counter(c.input_refs) + Counter(c.result_refs))
 
 
-def _restarted(c: Cluster, clock: FakeClock) -> Cluster:
+def _restarted(c: State, clock: FakeClock) -> State:
     c.take_changes()  # what was committed: ended jobs are archived
     loaded = loaded_from(c)
     loaded.archived = [(j, c.archive.state(j), c.archive.stored(j)) for j in c.archive]
-    again = Cluster(SchedulerConfig(restart_grace_s=0), clock=clock)
+    again = State(SchedulerConfig(restart_grace_s=0), clock=clock)
     again.load(loaded)
     return again
 

@@ -27,7 +27,7 @@ from common.models import (
     RunningAttempt,
 )
 from common.states import ON_NODE, JobState, NodeState, can_transition
-from scheduler.cluster import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER, Cluster
+from scheduler.state import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER, State
 from scheduler.config import SchedulerConfig
 from scheduler.placement import REASON_NO_ELIGIBLE, REASON_NO_FIT
 from scheduler.store.base import Loaded
@@ -48,11 +48,11 @@ class FakeClock:
         self.now += seconds
 
 
-def new_cluster(clock: FakeClock, **settings: Any) -> Cluster:
-    # A fresh Cluster counts as a restart (``booted`` is taken at construction), so the
+def new_cluster(clock: FakeClock, **settings: Any) -> State:
+    # A fresh State counts as a restart (``booted`` is taken at construction), so the
     # restart grace is off unless a test asks for it.
     settings.setdefault("restart_grace_s", 0.0)
-    return Cluster(SchedulerConfig(**settings), clock=clock, rng=random.Random(1))
+    return State(SchedulerConfig(**settings), clock=clock, rng=random.Random(1))
 
 
 def job_spec(cpu: float = 1.0, memory_mb: int = 256, **fields: Any) -> JobSpec:
@@ -60,7 +60,7 @@ def job_spec(cpu: float = 1.0, memory_mb: int = 256, **fields: Any) -> JobSpec:
 
 
 def register(
-    c: Cluster,
+    c: State,
     name: str = "n1",
     *,
     cpu: float = 4.0,
@@ -79,13 +79,13 @@ def register(
     return node
 
 
-def submit(c: Cluster, cpu: float = 1.0, memory_mb: int = 256, **fields: Any) -> Job:
+def submit(c: State, cpu: float = 1.0, memory_mb: int = 256, **fields: Any) -> Job:
     job, created = c.submit(job_spec(cpu, memory_mb, **fields), submitted_by="alice")
     assert created
     return job
 
 
-def beat(c: Cluster, node: Node, *running: tuple[Job, int] | Job) -> list[Command]:
+def beat(c: State, node: Node, *running: tuple[Job, int] | Job) -> list[Command]:
     """A heartbeat from ``node`` listing the given jobs (current attempt) or (job, attempt)."""
     listed = []
     for item in running:
@@ -95,7 +95,7 @@ def beat(c: Cluster, node: Node, *running: tuple[Job, int] | Job) -> list[Comman
 
 
 def report(
-    c: Cluster, job: Job, state: str | None, *, node: Node | None = None, **fields: Any
+    c: State, job: Job, state: str | None, *, node: Node | None = None, **fields: Any
 ) -> Job:
     """The agent's report for the job's current attempt on its current node."""
     node_id = node.id if node is not None else job.node_id
@@ -104,7 +104,7 @@ def report(
     return c.report(node_id, job.id, Report(state=state, **fields))  # type: ignore[arg-type]
 
 
-def start(c: Cluster, *jobs: Job) -> None:
+def start(c: State, *jobs: Job) -> None:
     """Place the queued jobs and have their agents report them running."""
     c.place()
     for job in jobs:
@@ -112,7 +112,7 @@ def start(c: Cluster, *jobs: Job) -> None:
         report(c, job, "running")
 
 
-def loaded_from(c: Cluster) -> Loaded:
+def loaded_from(c: State) -> Loaded:
     """What a store would give back after a restart: copies of the records, not the objects."""
     return Loaded(
         jobs=[decode(encode(j), Job) for j in c.jobs.values()],
@@ -124,7 +124,7 @@ def loaded_from(c: Cluster) -> Loaded:
     )
 
 
-def assert_no_overcommit(c: Cluster) -> None:
+def assert_no_overcommit(c: State) -> None:
     """Allocations add up, never exceed what a node offers, and slots are respected."""
     for node in c.nodes.values():
         held = {(h.job_id, h.attempt): h.resources for h in node.releasing}
@@ -146,11 +146,11 @@ def assert_no_overcommit(c: Cluster) -> None:
             assert node_jobs(c, job.node_id).count(job.id) == 1
 
 
-def node_jobs(c: Cluster, node_id: str) -> list[str]:
+def node_jobs(c: State, node_id: str) -> list[str]:
     return c.nodes[node_id].running_jobs
 
 
-def event_types(c: Cluster, job: Job) -> list[tuple[str, Any]]:
+def event_types(c: State, job: Job) -> list[tuple[str, Any]]:
     return [(e.type, (e.data or {}).get("state")) for e in c.changes.events if e.job_id == job.id]
 
 
@@ -212,18 +212,18 @@ def test_a_job_that_fits_nowhere_waits_with_a_reason(clock: FakeClock) -> None:
     job = submit(c, cpu=3.0)
     assert c.place() == []
     assert job.state is JobState.QUEUED
-    assert c.pending_reason[job.id] == REASON_NO_FIT
+    assert c.shown(job).reason == REASON_NO_FIT
 
 
 def test_a_job_waits_when_no_node_is_registered(clock: FakeClock) -> None:
     c = new_cluster(clock)
     job = submit(c)
     assert c.place() == []
-    assert c.pending_reason[job.id] == REASON_NO_ELIGIBLE
+    assert c.shown(job).reason == REASON_NO_ELIGIBLE
     assert job.reason == REASON_NO_ELIGIBLE
     node = register(c)
     assert c.place() == [node.id]
-    assert job.id not in c.pending_reason
+    assert c.shown(job).reason is None
 
 
 def test_reserved_resources_are_not_given_to_jobs(clock: FakeClock) -> None:
@@ -387,7 +387,7 @@ def test_a_late_node_is_unhealthy_and_gets_no_new_jobs(clock: FakeClock) -> None
     assert node.reason == "heartbeat late"
     job = submit(c)
     assert c.place() == []
-    assert c.pending_reason[job.id] == REASON_NO_ELIGIBLE
+    assert c.shown(job).reason == REASON_NO_ELIGIBLE
     beat(c, node)
     assert node.state is NodeState.IDLE
     assert c.place() == [node.id]
@@ -559,7 +559,7 @@ def test_a_scheduler_timeout_with_retries_left_requeues_the_job(clock: FakeClock
 # --- cooldown after infrastructure failures ------------------------------------------------
 
 
-def infra_fail(c: Cluster, job: Job) -> None:
+def infra_fail(c: State, job: Job) -> None:
     report(c, job, "failed", error="docker: cannot start container", infra_failure=True)
 
 
@@ -586,7 +586,7 @@ def test_consecutive_infra_failures_put_a_node_in_growing_cooldown(clock: FakeCl
     # Placement avoids the node until the cooldown ends.
     third = submit(c)
     assert c.place() == []
-    assert c.pending_reason[third.id] == REASON_NO_ELIGIBLE
+    assert c.shown(third).reason == REASON_NO_ELIGIBLE
     clock.advance(9.5)
     beat(c, node)
     c.check_liveness()
@@ -889,7 +889,7 @@ def test_a_draining_node_takes_no_new_jobs_but_finishes_its_running_ones(
     waiting = submit(c)
     assert c.place() == []
     assert waiting.state is JobState.QUEUED
-    assert c.pending_reason[waiting.id] == REASON_NO_ELIGIBLE
+    assert c.shown(waiting).reason == REASON_NO_ELIGIBLE
 
     report(c, running, "completed", exit_code=0)
     assert running.state is JobState.COMPLETED
@@ -923,7 +923,7 @@ def test_an_automatic_retry_waits_for_its_backoff(clock: FakeClock) -> None:
     assert 10.0 <= wait < 15.0
 
     assert c.place() == []
-    assert c.pending_reason[job.id] == "waiting to retry"
+    assert c.shown(job).reason == "waiting to retry"
     assert c.check_liveness() is False
 
     clock.advance(wait)
@@ -1108,7 +1108,7 @@ def test_a_log_append_from_a_node_that_did_not_run_the_attempt_is_refused(
 # --- events --------------------------------------------------------------------------------
 
 
-def _exercise(c: Cluster, clock: FakeClock) -> None:
+def _exercise(c: State, clock: FakeClock) -> None:
     """A bit of everything: submits, placements, reports, cancels, retries, a lost node."""
     a = register(c, "a", max_parallel=3)
     b = register(c, "b", max_parallel=3)
@@ -1199,7 +1199,7 @@ def test_take_changes_hands_over_what_changed_and_starts_afresh(clock: FakeClock
 # --- capacity ------------------------------------------------------------------------------
 
 
-def _drive(c: Cluster, clock: FakeClock, rng: random.Random, steps: int) -> None:
+def _drive(c: State, clock: FakeClock, rng: random.Random, steps: int) -> None:
     nodes = [
         register(c, f"n{i}", cpu=cpu, memory_mb=mem, max_parallel=par)
         for i, (cpu, mem, par) in enumerate([(4.0, 4096, 3), (2.0, 8192, 8), (1.0, 1024, 2)])
@@ -1243,7 +1243,7 @@ def _drive(c: Cluster, clock: FakeClock, rng: random.Random, steps: int) -> None
 
 @pytest.mark.parametrize("seed", range(8))
 def test_capacity_is_never_over_committed(clock: FakeClock, seed: int) -> None:
-    c = Cluster(
+    c = State(
         SchedulerConfig(restart_grace_s=0.0, cooldown_base_s=3.0),
         clock=clock,
         rng=random.Random(seed),

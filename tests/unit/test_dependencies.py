@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from common.states import JobState
 from scheduler.archive import CODES
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.dependencies import MAX_REASON, DependencyIndex
 from scheduler.limits import spec_bytes
 from scheduler.store.base import Loaded
@@ -71,7 +71,7 @@ def test_the_reason_is_bounded_and_names_the_first_unmet_dependencies() -> None:
     assert idx.reason("j", deps, states.get).endswith(f"{deps[502]} and 497 more")
 
 
-def _restart(c: Cluster, clock: FakeClock) -> Cluster:
+def _restart(c: State, clock: FakeClock) -> State:
     """A restart: live jobs as records, ended ones as the archive's documents."""
     c.take_changes()
     loaded = loaded_from(c)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.states import JobState
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.config import SchedulerConfig
 from scheduler.store.base import Loaded
 from tests.unit.test_cluster import FakeClock, new_cluster, submit
@@ -12,7 +12,7 @@ SHARED = "a" * 64
 OWN = "b" * 64
 
 
-def _ended(c: Cluster) -> None:
+def _ended(c: State) -> None:
     for job_id in list(c.jobs):
         c.cancel(job_id, by="t")
     c.take_changes()  # ended jobs move to the archive
@@ -38,7 +38,7 @@ def test_references_are_counted_again_after_a_restart(clock: FakeClock) -> None:
     _ended(c)
     c.retry(live.id, by="t")
     archived = [(job_id, c.archive.state(job_id), c.archive.stored(job_id)) for job_id in c.archive]
-    restarted = Cluster(SchedulerConfig(restart_grace_s=0), clock=clock)
+    restarted = State(SchedulerConfig(restart_grace_s=0), clock=clock)
     restarted.load(
         Loaded(
             jobs=list(c.jobs.values()),

@@ -18,7 +18,7 @@ from common import codec, policy
 from common.errors import CodecError, InvalidRequest
 from common.models import JobResources, JobSpec, Mount, RegisterRequest, Resources
 from common.states import JobState
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.config import SchedulerConfig
 
 T0 = 1_700_000_000.0
@@ -285,14 +285,14 @@ def test_the_process_executor_refuses_what_only_a_container_gives() -> None:
 # --- the scheduler ------------------------------------------------------------------------
 
 
-def _cluster() -> Cluster:
+def _cluster() -> State:
     clock = [T0]
-    return Cluster(
+    return State(
         SchedulerConfig(restart_grace_s=0.0), clock=lambda: clock[0], rng=random.Random(1)
     )
 
 
-def _register(c: Cluster, name: str, allow: list[str]) -> str:
+def _register(c: State, name: str, allow: list[str]) -> str:
     node, _ = c.register(
         RegisterRequest(
             name=name,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from common.errors import InvalidRequest
 from common.models import Job
 from common.states import ON_NODE, JobState
-from scheduler.cluster import Cluster
+from scheduler.state import State
 from scheduler.config import SchedulerConfig
 from tests.unit.test_cluster import (
     FakeClock,
@@ -24,7 +24,7 @@ from tests.unit.test_cluster import (
 )
 
 
-def finish(c: Cluster, job: Job, state: str = "completed", **fields: object) -> None:
+def finish(c: State, job: Job, state: str = "completed", **fields: object) -> None:
     if job.state is JobState.ASSIGNED:
         report(c, job, "running")
     report(c, job, state, **fields)
@@ -191,7 +191,7 @@ def test_random_workloads_keep_group_limits_and_priority_order(
 ) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
-    c = Cluster(SchedulerConfig(restart_grace_s=0.0, starvation_s=30.0), clock=clock, rng=rng)
+    c = State(SchedulerConfig(restart_grace_s=0.0, starvation_s=30.0), clock=clock, rng=rng)
     for i in range(3):
         register(c, f"n{i}", cpu=4, memory_mb=8192, max_parallel=4)
     for _ in range(steps):
@@ -236,7 +236,7 @@ def test_a_big_job_is_placed_within_the_bound_under_a_stream_of_small_ones(seed:
     rng = random.Random(seed)
     clock = FakeClock()
     bound = 30.0
-    c = Cluster(SchedulerConfig(restart_grace_s=0.0, starvation_s=bound), clock=clock, rng=rng)
+    c = State(SchedulerConfig(restart_grace_s=0.0, starvation_s=bound), clock=clock, rng=rng)
     nodes = [register(c, f"n{i}", cpu=4, memory_mb=8192, max_parallel=8) for i in range(2)]
     ages: dict[str, int] = {}
     big: Job | None = None

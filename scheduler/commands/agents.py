@@ -1,0 +1,122 @@
+"""Commands agents give: register, heartbeat, take assignments, report, append logs,
+store checkpoints. Every one is fenced by node and attempt in the state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from common.errors import BerthError, InvalidRequest
+from common.models import (
+    AssignmentsReply,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Job,
+    JobReport,
+    RegisterReply,
+    RegisterRequest,
+    Report,
+    ReportBatchReply,
+    ReportResult,
+)
+from scheduler import blobholds
+from scheduler.commands.reads import Reads
+from scheduler.store.base import TokenRow
+
+
+class AgentCommands(Reads):
+    async def register(self, req: RegisterRequest, *, replace: bool) -> RegisterReply:
+        """``replace``: an admin may take over a registered name without its token."""
+        node, token = self.state.register(req, replace=replace)
+        await self.commit()
+        cfg = self.config
+        return RegisterReply(
+            node_id=node.id,
+            node_token=token,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            assignment_wait_s=cfg.assignment_wait_s,
+        )
+
+    async def heartbeat(self, node_id: str, req: HeartbeatRequest) -> HeartbeatReply:
+        # Attempts the state no longer holds in memory: their ends say why to stop.
+        await self.fetch_ended([r.job_id for r in req.running if r.job_id not in self.state.jobs])
+        commands = self.state.heartbeat(node_id, req)
+        await self.commit()
+        return HeartbeatReply(heartbeat_interval_s=self.config.heartbeat_interval_s, commands=commands)
+
+    async def assignments(self, node_id: str, after: int, wait: float) -> AssignmentsReply:
+        """What the node was given after ``after``; waits up to ``wait`` for some."""
+        found, index = self.state.pending_assignments(node_id, after)
+        if not found and wait > 0:
+            await self.wait_for_node(node_id, wait)
+            found, index = self.state.pending_assignments(node_id, after)
+        return AssignmentsReply(assignments=found, index=index)
+
+    def _check_blobs(self, who: TokenRow, rep: Report) -> None:
+        """A node names as a job's outputs or checkpoint only a blob it uploaded: naming
+        another would hand that blob to the job's owner."""
+        if blobholds.sees_every_blob(who):
+            return
+        for field, digest in (("outputs", rep.outputs), ("checkpoint", rep.checkpoint)):
+            if digest is not None and not self.state.blob_holds.holds(digest, who.name):
+                raise InvalidRequest(
+                    f"no blob {digest!r} that this node uploaded", {"field": f"$.{field}"}
+                )
+
+    async def report(self, node_id: str, job_id: str, rep: Report, who: TokenRow) -> Job:
+        self._check_blobs(who, rep)
+        await self.fetch_ended([job_id])
+        job = self.state.report(node_id, job_id, rep)
+        await self.commit()
+        return job
+
+    async def report_batch(
+        self, node_id: str, reports: list[JobReport], who: TokenRow
+    ) -> ReportBatchReply:
+        """Many reports in one commit; each is accepted or refused alone."""
+        await self.fetch_ended([r.job_id for r in reports])
+        results = []
+        for item in reports:
+            job_id = item.job_id
+            try:
+                self._check_blobs(who, item)
+                job = self.state.report(node_id, job_id, item)
+            except BerthError as e:
+                results.append(ReportResult(job_id, False, error=e.to_body()["error"]))
+            else:
+                results.append(ReportResult(job_id, True, state=job.state))
+        await self.commit()
+        return ReportBatchReply(results=results)
+
+    async def append_log(
+        self, node_id: str, job_id: str, attempt: int, offset: int, data: bytes
+    ) -> int:
+        """Append an attempt's log bytes at ``offset``; returns the log's end."""
+        await self.fetch_ended([job_id])
+        key = (job_id, attempt)
+        if key not in self.state.log_ends and job_id in self.state.archive:
+            # An ended job's log end was let go of with its document.
+            end = await self.store.read_log_end(job_id, attempt)
+            self.state.log_ends.setdefault(key, end)
+        end = self.state.append_log(node_id, job_id, attempt, offset, data)
+        await self.commit()
+        return end
+
+    async def checkpoint(
+        self,
+        node_id: str,
+        job_id: str,
+        attempt: int,
+        who: TokenRow,
+        body: AsyncIterator[bytes],
+        declared: int | None,
+    ) -> str:
+        """Store the archive of an attempt's /checkpoint and keep it for the job's next
+        attempt. Checked before the body is stored (a refused upload leaves no blob
+        behind) and again after: the job may have moved on while the body arrived."""
+        await self.fetch_ended([job_id])
+        self.state.check_checkpoint(node_id, job_id, attempt)
+        stored = await self.store_blob(who, body, declared)
+        await self.fetch_ended([job_id])
+        self.state.record_checkpoint(node_id, job_id, attempt, stored.digest)
+        await self.commit()
+        return stored.digest

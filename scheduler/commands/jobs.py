@@ -1,0 +1,268 @@
+"""Commands clients give about jobs: submit, act (cancel, retry, pause, resume), and
+the reads that go with them (one job, blocking until it changes; a page of jobs).
+
+Each command checks, applies, commits and returns: returned means durable, raised
+means nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import msgspec
+
+from common.errors import BerthError, InvalidRequest, TooManyRequests
+from common.models import ActionResult, Job, JobFilter, JobList, JobSpec
+from common.states import JobState
+from scheduler import access, blobholds
+from scheduler.limits import check_spec_size
+from scheduler.service import Service
+from scheduler.store.base import TokenRow
+
+ACTIONS = ("cancel", "retry", "pause", "resume")
+#: the most jobs one batch action may touch
+MAX_SELECTED = 10_000
+#: ended jobs read from the store at a time while a filter is matched
+_FILTER_CHUNK = 1000
+
+
+def _snapshot(job: Job) -> Job:
+    """The job as it is now: the reply shows it so even if a placement pass moves it
+    before the commit returns."""
+    return msgspec.structs.replace(job)
+
+
+class JobCommands(Service):
+    # --- admission -------------------------------------------------------------------
+
+    def admit_jobs(self, who: TokenRow, n: int, spec_bytes: int = 0) -> None:
+        """Refuse, before anything changes, ``n`` new jobs (of ``spec_bytes`` encoded
+        specs together) past the queue's cap, the token's share of the queue, the
+        token's stored spec bytes or its submit rate (429 with Retry-After)."""
+        self.admit_queued(who, n)
+        self._admit_spec_bytes(who, spec_bytes)
+        wait = self.submit_rate.take(who.digest, n)
+        if math.isinf(wait):
+            raise TooManyRequests(
+                f"{n} jobs at once is more than this token's burst of {self.submit_rate.burst}",
+                {"limit": self.submit_rate.burst},
+            )
+        if wait > 0:
+            raise TooManyRequests(
+                "this token is creating jobs too fast",
+                {"rate_per_s": self.submit_rate.rate},
+                retry_after_s=max(1, int(wait + 0.999)),
+            )
+
+    def admit_queued(self, who: TokenRow, n: int) -> None:
+        """Refuse ``n`` more queued jobs past the queue's cap or, but for an admin
+        token, past the token's quota of queued jobs (429 with Retry-After)."""
+        queued = self.state.counts[JobState.QUEUED]
+        if queued + n > self.config.max_queued_jobs:
+            raise TooManyRequests(
+                f"the queue is full ({queued} of {self.config.max_queued_jobs} jobs waiting)",
+                {"queued": queued, "limit": self.config.max_queued_jobs},
+                retry_after_s=10,
+            )
+        if who.role == "admin":
+            return
+        quota = self.config.queued_jobs_per_token
+        mine = self.state.queued_by.get(who.name, 0)
+        if mine + n > quota:
+            raise TooManyRequests(
+                f"this token has {mine} jobs waiting in the queue; {n} more would pass its "
+                f"quota of {quota} (--max-queued-jobs-per-token)",
+                {"queued": mine, "limit": quota},
+                retry_after_s=10,
+            )
+
+    def _admit_spec_bytes(self, who: TokenRow, size: int) -> None:
+        if who.role == "admin":
+            return
+        budget = self.config.max_spec_bytes_per_token
+        held = self.state.spec_bytes_of(who.name)
+        if held + size > budget:
+            raise TooManyRequests(
+                f"this token's kept jobs hold {held} bytes of specs; {size} more would pass "
+                f"its budget of {budget} (--max-spec-bytes-per-token); an ended job gives "
+                "its share back when retention deletes it",
+                {"spec_bytes": held, "limit": budget},
+                retry_after_s=60,
+            )
+
+    def _check_spec(self, who: TokenRow, spec: JobSpec, at: str) -> int:
+        """Everything about one spec that needs the state; returns its encoded size."""
+        size = check_spec_size(spec, self.config.max_spec_bytes, at)
+        if not access.sees_all_jobs(who):
+            # Naming another's job must not tell whether it exists.
+            for i, dep in enumerate(spec.depends_on):
+                if self.state.submitter_of(dep) != who.name:
+                    raise InvalidRequest(
+                        f"no job {dep!r} that this token can see",
+                        {"field": f"{at}.depends_on[{i}]"},
+                    )
+        access.check_group_limit(who, spec, self.state.group_limits, at)
+        if spec.inputs is not None and not blobholds.sees_every_blob(who):
+            # Naming another's blob must neither hand it over nor tell whether it exists.
+            if not blobholds.may_read(self.state, who, spec.inputs):
+                raise InvalidRequest(
+                    f"no blob {spec.inputs!r} that this token may read", {"field": f"{at}.inputs"}
+                )
+        try:
+            self.state.check_spec(spec)
+        except InvalidRequest as e:
+            field = str(e.details.get("field", "$")).replace("$", at, 1)
+            raise InvalidRequest(e.message, {**e.details, "field": field}) from None
+        return size
+
+    # --- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self, spec: JobSpec, who: TokenRow, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a job; with a key this token used before, the job it created then
+        (and False)."""
+        size = self._check_spec(who, spec, "$")
+        if idempotency_key is not None:
+            earlier = self.state.idempotency.get(f"{who.name}:{idempotency_key}")
+            if earlier is not None:
+                await self.fetch_ended([earlier])
+        self.admit_jobs(who, 1, size)
+        job, created = self.state.submit(spec, submitted_by=who.name, idempotency_key=idempotency_key)
+        if created:
+            self.state.audit(who, "job.submit", job.id, {"name": job.name})
+        shown = _snapshot(job)
+        await self.commit()
+        return shown, created
+
+    async def submit_batch(self, specs: list[JobSpec], who: TokenRow) -> list[Job]:
+        """Up to 1,000 specs, all checked before any is queued, committed together."""
+        size = sum(self._check_spec(who, spec, f"$.jobs[{i}]") for i, spec in enumerate(specs))
+        self.admit_jobs(who, len(specs), size)
+        jobs = [self.state.submit(spec, submitted_by=who.name)[0] for spec in specs]
+        for job in jobs:
+            self.state.audit(who, "job.submit", job.id, {"name": job.name})
+        shown = [_snapshot(j) for j in jobs]
+        await self.commit()
+        return shown
+
+    # --- cancel, retry, pause, resume ------------------------------------------------
+
+    def _act(self, action: str, job_id: str, who: TokenRow) -> Job:
+        state = self.state
+        if not access.sees_all_jobs(who):
+            access.check_job(who, state.find(job_id))
+        if action == "retry":
+            # A retried job waits in the queue again: the same caps as a new one.
+            self.admit_queued(who, 1)
+        method = {
+            "cancel": state.cancel,
+            "retry": state.retry,
+            "pause": state.pause,
+            "resume": state.resume,
+        }[action]
+        job = method(job_id, by=who.name)
+        state.audit(who, f"job.{action}", job_id)
+        return job
+
+    async def act(self, action: str, job_id: str, who: TokenRow) -> Job:
+        """Cancel, retry, pause or resume one job; 409 when its state does not allow it."""
+        await self.fetch_ended([job_id])
+        shown = _snapshot(self._act(action, job_id, who))
+        await self.commit()
+        return shown
+
+    async def act_many(
+        self, action: str, ids: list[str] | None, flt: JobFilter | None, who: TokenRow
+    ) -> list[ActionResult]:
+        """The same action on many jobs (by ids or a filter), in one commit; each job is
+        changed or refused on its own."""
+        if (ids is None) == (flt is None):
+            raise InvalidRequest("give either ids or filter", {"field": "$.ids"})
+        selected = ids if ids is not None else await self._matching(flt, who)
+        await self.fetch_ended(selected)
+        results = []
+        for job_id in selected:
+            try:
+                job = self._act(action, job_id, who)
+            except BerthError as e:
+                results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
+            else:
+                results.append(ActionResult(job_id, True, state=job.state))
+        await self.commit()
+        return results
+
+    async def _matching(self, flt: JobFilter | None, who: TokenRow) -> list[str]:
+        assert flt is not None
+        out: list[str] = []
+        ids = list(self.state.iter_ids(flt.state, None, access.owner_filter(who)))
+        for start in range(0, len(ids), _FILTER_CHUNK):
+            chunk = ids[start : start + _FILTER_CHUNK]
+            await self.fetch_ended(chunk)
+            for job_id in chunk:
+                job = self.state.find(job_id)
+                if job is None or (flt.group is not None and job.spec.group != flt.group):
+                    continue
+                if any(job.spec.labels.get(k) != v for k, v in flt.labels.items()):
+                    continue
+                out.append(job_id)
+                if len(out) > MAX_SELECTED:
+                    raise InvalidRequest(
+                        f"the filter matches more than {MAX_SELECTED} jobs", {"field": "$.filter"}
+                    )
+        return out
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def visible_job(self, who: TokenRow, job_id: str) -> Job:
+        """The job, if the caller may see it: 404 for a job that does not exist (to those
+        who see every job), 403 for one that is not the caller's."""
+        await self.fetch_ended([job_id])
+        if access.sees_all_jobs(who):
+            return self.state.shown(self.state.job(job_id))
+        job = access.check_job(who, self.state.find(job_id))
+        return self.state.shown(job)
+
+    async def get_job(
+        self, who: TokenRow, job_id: str, index: int | None = None, wait: float = 0.0
+    ) -> Job:
+        """The job; with ``index``, once it has changed past that index (or ``wait``
+        seconds passed)."""
+        job = await self.visible_job(who, job_id)
+        if index is None:
+            return job
+        loop_deadline = wait
+        loop = asyncio.get_running_loop().time
+        # Wake on every commit; stop as soon as this job moved past the index.
+        while job.index <= index and loop_deadline > 0 and not self.stopping:
+            before = self.state.events.committed_index
+            t0 = loop()
+            await self.state.events.wait_past(before, loop_deadline)
+            loop_deadline -= loop() - t0
+            job = await self.visible_job(who, job_id)
+        return job
+
+    async def list_jobs(
+        self,
+        who: TokenRow,
+        state: JobState | None,
+        cursor: str | None,
+        limit: int,
+        index: int | None = None,
+        wait: float = 0.0,
+    ) -> JobList:
+        """A page of jobs, newest first; with ``index``, once anything changed past it."""
+        if index is not None:
+            await self.state.events.wait_past(index, wait)
+        ids = []
+        for job_id in self.state.iter_ids(state, cursor, access.owner_filter(who)):
+            ids.append(job_id)
+            if len(ids) > limit:
+                break
+        await self.fetch_ended(ids)
+        jobs = [self.state.shown(j) for j in map(self.state.find, ids) if j is not None]
+        next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+        return JobList(
+            jobs=jobs[:limit], next_cursor=next_cursor, index=self.state.events.committed_index
+        )

@@ -1,0 +1,188 @@
+"""What clients do to jobs: submit, cancel, retry, pause, resume; group limits; and
+retention's deletion of ended jobs."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from common import policy
+from common.errors import Conflict, IllegalTransition, InvalidRequest, NotFound
+from common.models import Job, JobSpec, WebhookDelivery
+from common.states import TERMINAL, JobState, check_transition
+from scheduler.limits import spec_bytes
+from scheduler.state.blobrefs import Gone, NamedBlobs
+from scheduler.state.lifecycle import Lifecycle, share_strings
+from scheduler.state.records import dt
+
+#: the ended states a client may retry from
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
+
+
+class Jobs(Lifecycle):
+    def _setup(self) -> None:
+        super()._setup()
+        #: "owner:key" -> the job an idempotency key created
+        self.idempotency: dict[str, str] = {}
+        #: owner -> ids of the jobs it submitted, oldest first; built when first asked
+        #: for (only submit tokens list by owner), then kept up to date
+        self._owned: dict[str, list[str]] | None = None
+        self._last_id = 0
+
+    def _new_job_id(self) -> str:
+        # Strictly increasing and time-ordered, so ids sort by submission.
+        self._last_id = max(int(self.clock() * 1000) << 10, self._last_id + 1)
+        return f"{self._last_id:014x}"
+
+    def submit(
+        self, spec: JobSpec, *, submitted_by: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a new job; with a known idempotency key return the earlier job instead."""
+        if idempotency_key is not None:
+            scoped = f"{submitted_by}:{idempotency_key}"
+            earlier = self.idempotency.get(scoped)
+            if earlier is not None and (found := self.find(earlier)) is not None:
+                return found, False
+        self.check_spec(spec)
+        # The first job to name a group may set its limit; the admin route changes it.
+        if (
+            spec.group is not None
+            and spec.group_max_concurrent is not None
+            and spec.group not in self.group_limits
+        ):
+            self.set_group_limit(spec.group, spec.group_max_concurrent)
+        job = Job(
+            id=self._new_job_id(),
+            name=spec.name,
+            state=JobState.QUEUED,
+            spec=spec,
+            created_at=dt(self.clock()),
+            submitted_by=submitted_by,
+        )
+        share_strings(job)
+        self._count_job(job)
+        self.jobs[job.id] = job
+        self.ids.append(job.id)
+        if self._owned is not None:
+            self._owned.setdefault(submitted_by, []).append(job.id)
+        self.counts[JobState.QUEUED] += 1
+        self._enqueue(job)
+        self._held_spec_bytes(submitted_by, spec_bytes(spec))
+        if idempotency_key is not None:
+            self.idempotency[scoped] = job.id
+            self.changes.idempotency.append((scoped, job.id))
+        self._event("job.created", job=job, data={"name": job.name, "image": spec.image})
+        return job, True
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """What a spec's own validation cannot know: the jobs it depends on exist; and
+        what spans several of its items: no two mounts share a target.
+
+        A job may depend only on jobs that exist when it is submitted, so the
+        dependency graph never has a cycle.
+        """
+        for i, dep in enumerate(spec.depends_on):
+            if self.state_of(dep) is None:
+                raise InvalidRequest(
+                    f"depends_on names no job {dep!r}", {"field": f"$.depends_on[{i}]"}
+                )
+        targets: set[str] = set()
+        for i, mount in enumerate(spec.mounts):
+            target = policy.clean_path(mount.target)
+            if target in targets:
+                raise InvalidRequest(
+                    f"mounts[{i}]: another mount already has the target {target}",
+                    {"field": f"$.mounts[{i}].target"},
+                )
+            targets.add(target)
+
+    def set_group_limit(self, group: str, max_concurrent: int) -> None:
+        self.group_limits[group] = max_concurrent
+        self.changes.groups[group] = max_concurrent
+        self._capacity_changed(group)
+
+    def cancel(self, job_id: str, *, by: str) -> Job:
+        job = self.job(job_id)
+        if job.state in TERMINAL:
+            raise Conflict(f"job {job_id} already ended {job.state.value}", {"state": job.state})
+        node_id = job.node_id
+        job.error = f"cancelled by {by}"
+        job.cancelled_by = by
+        job.cancelled_at = dt(self.clock())
+        self._set_state(job, JobState.CANCELLED, reason=f"cancelled by {by}", hold=True)
+        if node_id:
+            self._wake_node(node_id)
+        return job
+
+    def retry(self, job_id: str, *, by: str) -> Job:
+        """Run an ended job again: same id, attempt + 1, its history kept."""
+        if job_id not in self.jobs:
+            if job_id not in self.archive:
+                raise NotFound(f"no job {job_id!r}", {"field": "id"})
+            check_transition(self.archive.state(job_id), JobState.QUEUED)
+        job = self._revive(job_id)
+        assert job is not None
+        if job.state not in RETRYABLE:
+            raise IllegalTransition(job.state.value, JobState.QUEUED.value)
+        self._archive_attempt(job)
+        self._set_state(job, JobState.QUEUED, reason=f"retried by {by}")
+        self._new_attempt(job)
+        return job
+
+    def pause(self, job_id: str, *, by: str) -> Job:
+        """Stop a running job where it is; its resources stay reserved.
+
+        Paused time counts toward the job's timeout: timeout_s bounds how long a job
+        holds its node's resources, and a paused job still holds them.
+        """
+        job = self.job(job_id)
+        self._set_state(job, JobState.PAUSED, reason=f"paused by {by}")
+        if job.node_id:
+            self._wake_node(job.node_id)
+        return job
+
+    def resume(self, job_id: str, *, by: str) -> Job:
+        job = self.job(job_id)
+        if job.state is not JobState.PAUSED:
+            raise Conflict(f"job {job_id} is {job.state.value}, not paused", {"state": job.state})
+        self._set_state(job, JobState.RUNNING, reason=None)
+        if job.node_id:
+            self._wake_node(job.node_id)
+        return job
+
+    def record_delivery(self, job_id: str, delivery: WebhookDelivery, *, done: bool) -> None:
+        """Note one try to deliver a job's end to its webhook; ``done`` ends the tries."""
+        job = self._revive(job_id)
+        if job is None:
+            return  # deleted by retention meanwhile
+        job.webhook_deliveries = (*job.webhook_deliveries, delivery)
+        job.webhook_pending = not done
+        self.changes.jobs[job.id] = job
+
+    def forget(self, job_ids: Iterable[str]) -> list[Gone]:
+        """Drop ended jobs (retention). Returns the jobs dropped.
+
+        A job that is no longer ended (retried since it was picked) is kept. Nothing
+        but the index is read: the documents stay where they are, to be deleted.
+        """
+        gone: list[Gone] = []
+        archive = self.archive
+        for job_id in job_ids:
+            if job_id not in archive:
+                continue
+            owner, size = archive.owner_and_spec_bytes(job_id)
+            self.counts[archive.state(job_id)] -= 1
+            archive.drop(job_id)
+            named = self.ended_blobs.pop(job_id, None) or NamedBlobs(None, None, None)
+            self._count_blobs(named, -1)
+            gone.append(Gone(job_id, named.inputs))
+            self._held_spec_bytes(owner, -size)
+            self.deps.forget(job_id)
+            i = bisect.bisect_left(self.ids, job_id)
+            if i < len(self.ids) and self.ids[i] == job_id:
+                del self.ids[i]
+        dropped = {j.id for j in gone}
+        if dropped:
+            self.idempotency = {k: v for k, v in self.idempotency.items() if v not in dropped}
+            self.log_ends = {k: v for k, v in self.log_ends.items() if k[0] not in dropped}
+        return gone

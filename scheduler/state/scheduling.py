@@ -1,0 +1,211 @@
+"""The placement pass: gate the queue, place what fits, reserve it on its node.
+
+A pass walks the queue's shapes in queue order (a heap of their first jobs), offering
+one job at a time to a placement pass over the nodes. A shape stops at its first job
+that cannot be placed and sleeps with that reason until something could make it fit,
+so a pass looks only at the jobs it places and one more per shape.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from common.models import Job, Node
+from common.states import JobState
+from scheduler import placement, queue
+from scheduler.nodes import add
+from scheduler.readyqueue import Entry, Shape, entry
+from scheduler.state.agents import AgentProtocol
+from scheduler.state.lifecycle import request_of
+from scheduler.state.records import dt
+
+#: reasons of a job that did not fit in the last pass (it may be starving)
+_BLOCKED = ("no node", queue.HELD)
+
+
+class Scheduling(AgentProtocol):
+    def place(self) -> list[str]:
+        """One placement pass. Returns the ids of nodes given new jobs.
+
+        A job that has waited past the starvation bound without fitting holds a node:
+        jobs behind it may not use that node until it has been placed.
+        """
+        now = self.clock()
+        self._gate(now)
+        shapes = self.queue.shapes()
+        if not shapes:
+            return []
+        if not self.nodes:
+            for shape in shapes:
+                if not shape.asleep:
+                    self._stop(shape, placement.REASON_NO_ELIGIBLE)
+            return []
+        # Only groups with a limit need counting, and most clusters have none.
+        active = self._active_by_group() if self.group_limits else {}
+        room: dict[str, int | None] = {}
+        starving = self._starving(shapes, now)
+        if starving is not None:
+            # It is looked at even if its shape sleeps: it may take a node's hold.
+            of_starving = self.queue.shape_of(starving.id)
+            if of_starving is not None:
+                of_starving.asleep = False
+        awake = [s for s in shapes if not s.asleep]
+        if starving is None:
+            return self._run(awake, now, active, room, until=None, held=None)
+        touched = self._run(awake, now, active, room, until=entry(starving), held=None)
+        held = None
+        if starving.id in self.queue:
+            views = [self._cached_view(n) for n in self.nodes.values()]
+            held = queue.hold_candidate(views, starving, now)
+            if held is not None:
+                name = self.nodes[held].name
+                self._pending(
+                    self.jobs[starving.id],
+                    f"{queue.HELD}: node {name}, until it has room for this job",
+                )
+        awake = [s for s in awake if not s.asleep and len(s)]
+        return touched + self._run(awake, now, active, room, until=None, held=held)
+
+    def _gate(self, now: float) -> None:
+        """What decides itself before the nodes are looked at: retries whose backoff
+        ended join their shapes, jobs whose dependency failed for good fail, and jobs
+        still waiting on dependencies say on which."""
+        for job_id in self._fresh_backoff:
+            job = self.jobs.get(job_id)
+            if job is not None and self.queue.backing_off(job_id):
+                self._pending(job, queue.WAITING_TO_RETRY)
+        self._fresh_backoff.clear()
+        nb = self.queue.next_due()
+        if nb is not None and nb <= now:
+            self.queue.release_due(now, lambda job_id: self.jobs[job_id].spec.group)
+        doomed: list[tuple[Job, str]] = []
+        for job_id in self.deps.take_doomed():
+            # A dependency ended without completing: judged once, against the states
+            # of now (it may have been retried since), in the first pass it may run.
+            job = self.jobs[job_id]
+            if job.not_before is not None and job.not_before.timestamp() > now:
+                self.deps.doom_later(job_id)
+                continue
+            failed = queue.dependencies(job.spec.depends_on, self.state_of).failed
+            if failed is not None:
+                doomed.append((job, failed))
+        for job_id in self.deps.take_stale():
+            job = self.jobs[job_id]
+            self._pending(job, self.deps.reason(job_id, job.spec.depends_on, self.state_of))
+        for job, dep in doomed:
+            why = f"{queue.DEPENDENCY_FAILED}: job {dep} did not complete"
+            job.error = why
+            self._set_state(job, JobState.FAILED, reason=why)
+
+    def _starving(self, shapes: list[Shape], now: float) -> placement.JobRequest | None:
+        """The first job in queue order that waited past the bound and did not fit in
+        the last pass (or already holds a node, and keeps it). Only the first job of
+        each shape can be it: the others have waited no longer and fit no better."""
+        bound = self.config.starvation_s
+        found: tuple[Entry, placement.JobRequest] | None = None
+        for shape in shapes:
+            head = shape.head()
+            if head is None:
+                continue
+            job = self.jobs[head]
+            since = job.queued_at.timestamp() if job.queued_at is not None else now
+            last = job.reason or ""
+            if now - since > bound and last.startswith(_BLOCKED):
+                req = self.queue.requests[head]
+                if found is None or entry(req) < found[0]:
+                    found = (entry(req), req)
+        return found[1] if found else None
+
+    def _run(
+        self,
+        shapes: list[Shape],
+        now: float,
+        active: dict[str, int],
+        room: dict[str, int | None],
+        *,
+        until: Entry | None,
+        held: str | None,
+    ) -> list[str]:
+        """Offer the shapes' jobs in queue order (up to ``until``, included) to a pass
+        over the nodes but ``held``; a shape stops at its first job left unplaced."""
+        if not shapes:
+            return []
+        views = [self._cached_view(n) for n in self.nodes.values() if n.id != held]
+        one_pass = placement.Pass(
+            views,
+            now=now,
+            strategy=self.config.strategy,
+            rng=self.rng,
+            min_cpu=min(s.request.cpu for s in shapes),
+            min_memory=min(s.request.memory_mb for s in shapes),
+        )
+        heads = [(s.entries[0], i) for i, s in enumerate(shapes) if s.entries]
+        heapq.heapify(heads)
+        touched: list[str] = []
+        while heads:
+            first, i = heads[0]
+            if until is not None and first > until:
+                break
+            heapq.heappop(heads)
+            shape = shapes[i]
+            req = self.queue.requests[first[2]]
+            job = self.jobs[req.id]
+            why = self._group_full(shape, active, room)
+            if why is None:
+                outcome = one_pass.offer(req)
+                if isinstance(outcome, placement.Decision):
+                    node = self.nodes[outcome.node_id]
+                    # Reserve with a re-check against the node as it is now.
+                    if placement.fits(self.node_view(node), req, now):
+                        self._assign(job, node)
+                        touched.append(node.id)
+                        if shape.entries:
+                            heapq.heappush(heads, (shape.entries[0], i))
+                        continue
+                    outcome = placement.REASON_NO_FIT
+                why = outcome
+            self._stop(shape, why)
+        return touched
+
+    def _group_full(
+        self, shape: Shape, active: dict[str, int], room: dict[str, int | None]
+    ) -> str | None:
+        """Why the shape's next job may not start for its concurrency group, if so;
+        otherwise it takes one of the group's places for this pass."""
+        group = shape.group
+        if group is None:
+            return None
+        if group not in room:
+            room[group] = queue.group_room(active.get(group, 0), self.group_limits.get(group))
+        left = room[group]
+        if left is None:
+            return None
+        if left <= 0:
+            limit = self.group_limits.get(group)
+            return f"{queue.GROUP_LIMIT}: group {group} runs its limit of {limit}"
+        room[group] = left - 1
+        return None
+
+    def _stop(self, shape: Shape, why: str) -> None:
+        """The shape's first job cannot be placed: it sleeps with that reason."""
+        shape.sleep(why)
+        head = shape.head()
+        if head is not None:
+            self._pending(self.jobs[head], why)
+
+    def _pending(self, job: Job, why: str) -> None:
+        """Say why a queued job waits; a change is stored and told as an event."""
+        if job.reason != why:
+            job.reason = why
+            self._event("job.pending", job=job, data={"reason": why})
+
+    def _assign(self, job: Job, node: Node) -> None:
+        job.node_id = node.id
+        job.assigned_at = dt(self.clock())
+        job.not_before = None
+        node.allocated = add(node.allocated, request_of(job))
+        node.running_jobs.append(job.id)
+        self._set_state(job, JobState.ASSIGNED)
+        self._refresh_node(node)
+        self.changes.nodes[node.id] = node
+        self._wake_node(node.id)
