@@ -118,6 +118,7 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self._group: GroupCommit[Any] = GroupCommit(self._encode, self._write)
+        self._closed = False
 
     @property
     def failure(self) -> str | None:
@@ -150,7 +151,10 @@ class Store(ABC):
         return loaded
 
     async def close(self) -> None:
-        """Write what is staged and release the database."""
+        """Write what is staged and release the database; once closed, nothing more."""
+        if self._closed:
+            return
+        self._closed = True
         await self._group.close()
         await self._close()
 
