@@ -9,9 +9,7 @@ import signal
 
 from aiohttp import web
 
-# scheduler.routes binds the name `web` to aiohttp.web; importing the submodule by its
-# full name gets the dashboard's routes.
-import scheduler.routes.web as dashboard
+from common import codec
 from common.models import Job
 from common.tls import TLSSetupError, server_context
 from scheduler.cluster import Cluster
@@ -20,27 +18,21 @@ from scheduler.http import (
     MAX_BODY,
     PRINCIPAL,
     PRINCIPAL_BY_DIGEST,
+    PUBLIC_PATHS,
     SESSIONS,
     auth_middleware,
     errors_middleware,
 )
-from scheduler.routes import (
-    SERVICE,
-    agents,
-    blobs,
-    events,
-    groups,
-    jobs,
-    logs,
-    nodes,
-    session,
-    system,
-    tokens,
-)
+from scheduler.openapi import document
+from scheduler.routes import SERVICE
+from scheduler.routes.registry import ROUTES
+from scheduler.routes.system import OPENAPI
+from scheduler.routes.table import add_routes, bookkeeping_paths, public_paths, stateless_paths
 from scheduler.service import Service
 from scheduler.sessions import Sessions
 from scheduler.statedir import make_private
 from scheduler.store.sqlite import SQLiteStore
+from scheduler.writeguard import BOOKKEEPING_PATHS, STATELESS_PATHS
 
 log = logging.getLogger("berth.scheduler")
 
@@ -68,20 +60,11 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.live(digest)
     app[SESSIONS] = Sessions()
     app[MAX_BODY] = config.max_body_bytes
-    for module in (
-        system,
-        jobs,
-        nodes,
-        agents,
-        events,
-        logs,
-        groups,
-        blobs,
-        session,
-        tokens,
-        dashboard,
-    ):
-        app.add_routes(module.routes)
+    app[PUBLIC_PATHS] = public_paths(ROUTES)
+    app[STATELESS_PATHS] = stateless_paths(ROUTES)
+    app[BOOKKEEPING_PATHS] = bookkeeping_paths(ROUTES)
+    app[OPENAPI] = codec.dumps(document(ROUTES))
+    add_routes(app.router, ROUTES)
 
     async def drop_blobs(ended: list[Job]) -> None:
         # The deleted jobs no longer name their input archives (forget() took off

@@ -27,8 +27,6 @@ log = logging.getLogger("berth.http")
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: routes anyone may call
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json", "/api/v1/session"})
 #: what needs a token: the API and metrics (the dashboard's static files do not)
 PROTECTED_PREFIXES = ("/api/", "/metrics")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -36,6 +34,8 @@ TokenLookup = Callable[[str], TokenRow | None]
 PRINCIPAL: web.AppKey[TokenLookup] = web.AppKey("principal_lookup")
 PRINCIPAL_BY_DIGEST: web.AppKey[TokenLookup] = web.AppKey("principal_by_digest")
 SESSIONS = web.AppKey("sessions", Sessions)
+#: paths anyone may call, from the route table (:attr:`scheduler.routes.table.Route.public`)
+PUBLIC_PATHS: web.AppKey[frozenset[str]] = web.AppKey("public_paths")
 
 
 def json_response(
@@ -85,7 +85,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A Bearer token, or a dashboard session cookie (with its CSRF header on mutations)."""
-    if request.path in PUBLIC_PATHS or not request.path.startswith(PROTECTED_PREFIXES):
+    if request.path in request.app[PUBLIC_PATHS] or not request.path.startswith(PROTECTED_PREFIXES):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

@@ -50,17 +50,11 @@ RESERVE_MAX_BYTES = 64 * 1024 * 1024
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: methods that change nothing
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: writes that touch no state on disk (a dashboard session lives in memory)
-_NO_STATE = frozenset({"/api/v1/session"})
-#: the agent protocol's small writes, still taken while only the reserve is left
-_BOOKKEEPING = frozenset(
-    {
-        "/api/v1/nodes/register",
-        "/api/v1/nodes/{id}/heartbeat",
-        "/api/v1/nodes/{id}/jobs/{job}/report",
-        "/api/v1/nodes/{id}/reports",
-    }
-)
+#: writes that touch no state on disk (a dashboard session lives in memory), and the
+#: agent protocol's small writes, still taken while only the reserve is left: canonical
+#: paths from the route table (:class:`scheduler.routes.table.Route`)
+STATELESS_PATHS: web.AppKey[frozenset[str]] = web.AppKey("stateless_paths")
+BOOKKEEPING_PATHS: web.AppKey[frozenset[str]] = web.AppKey("bookkeeping_paths")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -169,11 +163,13 @@ class WriteGuard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in _SAFE_METHODS or request.path in _NO_STATE:
+        if request.method in _SAFE_METHODS:
             return await handler(request)
         route = request.match_info.route.resource
         canonical = route.canonical if route is not None else request.path
-        why = self.refusal(bookkeeping=canonical in _BOOKKEEPING)
+        if canonical in request.app[STATELESS_PATHS]:
+            return await handler(request)
+        why = self.refusal(bookkeeping=canonical in request.app[BOOKKEEPING_PATHS])
         if why is not None:
             raise Unavailable(f"{why}; nothing was changed, try again later", {"cause": why})
         try:

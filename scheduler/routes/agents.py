@@ -20,10 +20,11 @@ from common.models import (
 from scheduler import blobholds
 from scheduler.http import json_response, principal, query_float, query_int, read_body, require_node
 from scheduler.routes import service
+from scheduler.routes.table import RouteTable
 from scheduler.service import Service
 from scheduler.store.base import TokenRow
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 #: largest single log append
 MAX_LOG_APPEND = 4 * 1024 * 1024
@@ -31,7 +32,13 @@ MAX_LOG_APPEND = 4 * 1024 * 1024
 LOG_READ_CHUNK = 256 * 1024
 
 
-@routes.post("/api/v1/nodes/register")
+@routes.post(
+    "/api/v1/nodes/register",
+    summary="Register an agent (join token)",
+    body=RegisterRequest,
+    reply=RegisterReply,
+    bookkeeping=True,
+)
 async def register(request: web.Request) -> web.Response:
     role = principal(request).role
     if role not in ("join", "admin"):
@@ -52,7 +59,13 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/api/v1/nodes/{id}/heartbeat")
+@routes.post(
+    "/api/v1/nodes/{id}/heartbeat",
+    summary="An agent's heartbeat",
+    body=HeartbeatRequest,
+    reply=HeartbeatReply,
+    bookkeeping=True,
+)
 async def heartbeat(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     require_node(request, node_id)
@@ -65,7 +78,12 @@ async def heartbeat(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/v1/nodes/{id}/assignments")
+@routes.get(
+    "/api/v1/nodes/{id}/assignments",
+    summary="Long-poll an agent's assignments",
+    reply=AssignmentsReply,
+    query=(("after", "integer"), ("wait", "number")),
+)
 async def assignments(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     require_node(request, node_id)
@@ -81,7 +99,13 @@ async def assignments(request: web.Request) -> web.Response:
     return json_response(AssignmentsReply(assignments=found, index=index))
 
 
-@routes.post("/api/v1/nodes/{id}/jobs/{job}/report")
+@routes.post(
+    "/api/v1/nodes/{id}/jobs/{job}/report",
+    summary="Report on an attempt",
+    body=Report,
+    reply=ReportReply,
+    bookkeeping=True,
+)
 async def report(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     who = require_node(request, node_id)
@@ -105,7 +129,13 @@ def _check_blobs(svc: Service, who: TokenRow, rep: Report) -> None:
             )
 
 
-@routes.post("/api/v1/nodes/{id}/reports")
+@routes.post(
+    "/api/v1/nodes/{id}/reports",
+    summary="Many reports at once",
+    body=ReportBatch,
+    reply=ReportBatchReply,
+    bookkeeping=True,
+)
 async def report_batch(request: web.Request) -> web.Response:
     """Many reports in one request and one commit; each is accepted or refused alone."""
     node_id = request.match_info["id"]
@@ -125,7 +155,13 @@ async def report_batch(request: web.Request) -> web.Response:
     return json_response(ReportBatchReply(results=results))
 
 
-@routes.post("/api/v1/nodes/{id}/jobs/{job}/logs")
+@routes.post(
+    "/api/v1/nodes/{id}/jobs/{job}/logs",
+    summary="Append log bytes",
+    body="binary",
+    query=(("attempt", "integer"), ("offset", "integer")),
+    required=("attempt", "offset"),
+)
 async def append_log(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     require_node(request, node_id)

@@ -22,9 +22,10 @@ from scheduler import blobholds
 from scheduler.blobs import BlobStore, Stored, check_digest
 from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
 from scheduler.routes import service, visible_job
+from scheduler.routes.table import RouteTable
 from scheduler.store.base import TokenRow
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 #: bytes read from a request body at a time
 READ_CHUNK = 256 * 1024
@@ -93,7 +94,9 @@ def _send(path: Path, digest: str, filename: str | None = None) -> web.FileRespo
     return web.FileResponse(path, headers=headers)
 
 
-@routes.post("/api/v1/blobs")
+@routes.post(
+    "/api/v1/blobs", summary="Store an archive (content-addressed)", body="binary", created=True
+)
 async def upload(request: web.Request) -> web.Response:
     """Store the raw body; 201 with its digest, whether or not it was stored already
     (another answer would tell that someone else stored it)."""
@@ -103,7 +106,7 @@ async def upload(request: web.Request) -> web.Response:
     return json_response({"digest": stored.digest, "size": stored.size}, status=201)
 
 
-@routes.get("/api/v1/blobs/{digest}")
+@routes.get("/api/v1/blobs/{digest}", summary="Fetch an archive", reply="binary")
 async def download(request: web.Request) -> web.FileResponse:
     who = _allow(request, READERS)
     digest = check_digest(request.match_info["digest"])
@@ -112,7 +115,7 @@ async def download(request: web.Request) -> web.FileResponse:
     return _send(_store(request).find(digest), digest)
 
 
-@routes.get("/api/v1/jobs/{id}/outputs")
+@routes.get("/api/v1/jobs/{id}/outputs", summary="The archive of a job's outputs", reply="binary")
 async def outputs(request: web.Request) -> web.FileResponse:
     """The archive (tar.gz) of what the job's attempt left in /workspace/out."""
     _allow(request, READERS - {"node"})
@@ -133,7 +136,13 @@ async def outputs(request: web.Request) -> web.FileResponse:
     return _send(path, job.outputs, f"{job.id}-outputs.tar.gz")
 
 
-@routes.post("/api/v1/nodes/{id}/jobs/{job}/checkpoint")
+@routes.post(
+    "/api/v1/nodes/{id}/jobs/{job}/checkpoint",
+    summary="Upload a checkpoint",
+    body="binary",
+    query=(("attempt", "integer"),),
+    required=("attempt",),
+)
 async def checkpoint(request: web.Request) -> web.Response:
     """An agent uploads the archive of an attempt's /checkpoint (raw tar body)."""
     node_id = request.match_info["id"]

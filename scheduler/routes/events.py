@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp_sse import sse_response
@@ -26,16 +27,17 @@ from aiohttp_sse import sse_response
 from common import codec
 from common.errors import BerthError, Forbidden, Gone, InvalidRequest, TooManyRequests
 from scheduler import access
-from scheduler.bus import TOPICS, Subscription
+from scheduler.bus import TOPICS, EventBus, Part, Subscription
 from scheduler.config import KEEPALIVE_S
 from scheduler.http import principal, query_int, require_role
 from scheduler.routes import service, visible_job
+from scheduler.routes.table import RouteTable
 from scheduler.service import Service
 from scheduler.store.base import RawEvent
 
 log = logging.getLogger("berth.events")
 T = TypeVar("T")
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 #: events read from the store (or memory) and encoded per replay chunk
 REPLAY_CHUNK = 500
@@ -49,7 +51,7 @@ OVERFLOW_GRACE_S = 1.0
 MAX_SOCKET_SUBSCRIPTIONS = 64
 
 
-class _Reset(Exception):
+class _Pruned(Exception):
     """The requested index is older than what is retained."""
 
     def __init__(self, oldest: int) -> None:
@@ -97,7 +99,7 @@ async def history(
     replays take turns with each other and with everything else the scheduler does,
     and the replays of one token (``key``) count as one in the queue for slots."""
     if sub.job_id is None and since + 1 < svc.cluster.events_pruned_below:
-        raise _Reset(svc.cluster.events_pruned_below)
+        raise _Pruned(svc.cluster.events_pruned_below)
     recent = svc.cluster.events.replay(since)
     # A copy: the in-memory window moves on while the replay waits for its turns. One
     # job's few events are picked out at once rather than a chunk of the window a turn.
@@ -128,6 +130,95 @@ async def history(
         after = end
         if rendered is not None:
             yield wanted[-1][0], rendered
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed(Generic[T]):
+    """A chunk of history, rendered for the transport."""
+
+    chunk: T
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """History from the requested index is no longer kept (events before ``oldest``
+    were pruned); live events follow from ``index``."""
+
+    oldest: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Live events not sent before, by committed batch (a batch's SSE frames encoded
+    once for every subscriber that sees it)."""
+
+    parts: list[Part]
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The subscriber fell too far behind: its events were dropped after ``index``. The
+    last thing it is sent."""
+
+    index: int
+
+
+async def replay(
+    svc: Service,
+    sub: Subscription,
+    since: int | None,
+    upto: int,
+    render: Callable[[list[RawEvent]], T],
+    key: str,
+    turn: contextlib.AbstractAsyncContextManager[object] | None = None,
+) -> AsyncGenerator[Replayed[T] | Reset | Live | Resync, None]:
+    """What to send one subscription, in order, for either transport.
+
+    With ``since``: the history in (since, upto] in rendered chunks (see
+    :func:`history`, whose ``key`` this is), or a :class:`Reset` when it is no longer
+    kept. ``sub`` must have been subscribed before ``upto`` was read. Then live events
+    as they come, without those at or below what was already sent, until the bus
+    closes the subscription; or a :class:`Resync` once it overflowed. ``turn`` is held
+    while history is sent (the consumer writes those chunks inside it)."""
+    last = upto
+    if since is not None:
+        last = since
+        try:
+            async with contextlib.nullcontext() if turn is None else turn:
+                async for sent, chunk in history(svc, sub, since, upto, render, key):
+                    yield Replayed(chunk)
+                    last = sent
+        except _Pruned as r:
+            yield Reset(r.oldest, upto)
+        if not sub.overflowed:
+            last = max(last, upto)
+    while True:
+        # Everything already waiting goes out at once: a commit's events wake each
+        # subscriber once, not once per event.
+        parts = await sub.take()
+        if sub.overflowed:
+            yield Resync(last)
+            return
+        fresh = _unsent(svc.bus, parts, last)
+        if fresh:
+            last = fresh[-1].events[-1].index
+            yield Live(fresh)
+        if sub.closed:
+            return
+
+
+def _unsent(bus: EventBus, parts: list[Part], last: int) -> list[Part]:
+    """The parts with only their events after ``last``."""
+    out = []
+    for part in parts:
+        if part.events[0].index > last:
+            out.append(part)
+        elif part.events[-1].index > last:
+            # Only where replay and live events overlap.
+            events = [e for e in part.events if e.index > last]
+            out.append(Part(events, bus.sse(events)))
+    return out
 
 
 def _subscription(
@@ -190,53 +281,35 @@ async def _stream(
         _subscription(request, svc, topics, job_id, lambda: _overflowed(svc, transport, "sse"))
     )
     upto = svc.cluster.events.committed_index
+    items = replay(svc, sub, since, upto, svc.bus.replay_sse, principal(request).digest)
     try:
-        async with sse_response(
-            request,
-            ping_interval=KEEPALIVE_S,
-            send_timeout=SEND_TIMEOUT_S,
-            headers={"X-Berth-Index": str(upto)},
-        ) as resp:
-            last = upto
-            if since is not None:
-                last = since
-                try:
-                    async for sent, chunk in history(
-                        svc, sub, since, upto, svc.bus.replay_sse, principal(request).digest
-                    ):
+        async with (
+            sse_response(
+                request,
+                ping_interval=KEEPALIVE_S,
+                send_timeout=SEND_TIMEOUT_S,
+                headers={"X-Berth-Index": str(upto)},
+            ) as resp,
+            contextlib.aclosing(items),
+        ):
+            async for item in items:
+                match item:
+                    case Replayed(chunk):
                         async with asyncio.timeout(SEND_TIMEOUT_S):
                             await resp.write(chunk)
-                        last = sent
-                except _Reset as r:
-                    body = {
-                        "reason": "events before this index are no longer kept",
-                        "oldest": r.oldest,
-                        "index": upto,
-                    }
-                    await resp.send(codec.dumps(body).decode(), id=str(upto), event="reset")
-                if not sub.overflowed:
-                    last = max(last, upto)
-            while True:
-                # Everything already waiting goes out in one write: a commit's events
-                # wake each subscriber once, not once per event.
-                parts = await sub.take()
-                if sub.overflowed:
-                    body = {"reason": "too slow: events were dropped", "index": last}
-                    await resp.send(codec.dumps(body).decode(), event="resync")
-                    break
-                frames = []
-                for part in parts:
-                    if part.events[0].index > last:
-                        frames.append(part.sse)
-                    else:
-                        # Only where replay and live events overlap.
-                        frames.extend(svc.bus.sse_frame(e) for e in part.events if e.index > last)
-                    last = max(last, part.events[-1].index)
-                if frames:
-                    async with asyncio.timeout(SEND_TIMEOUT_S):
-                        await resp.write(b"".join(frames))
-                if sub.closed:
-                    break
+                    case Reset(oldest, index):
+                        body = {
+                            "reason": "events before this index are no longer kept",
+                            "oldest": oldest,
+                            "index": index,
+                        }
+                        await resp.send(codec.dumps(body).decode(), id=str(index), event="reset")
+                    case Live(parts):
+                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                            await resp.write(b"".join([part.sse for part in parts]))
+                    case Resync(index):
+                        body = {"reason": "too slow: events were dropped", "index": index}
+                        await resp.send(codec.dumps(body).decode(), event="resync")
     except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
         pass
     finally:
@@ -257,7 +330,7 @@ async def _page(
             if len(rows) >= PAGE_LIMIT:
                 del rows[PAGE_LIMIT:]
                 break
-    except _Reset as r:
+    except _Pruned as r:
         raise Gone(
             "events before this index are no longer kept", {"oldest": r.oldest, "index": upto}
         ) from None
@@ -274,7 +347,13 @@ async def _page(
     )
 
 
-@routes.get("/api/v1/events")
+@routes.get(
+    "/api/v1/events",
+    summary="Events (JSON page or SSE), replay from since",
+    reply="events",
+    query=(("since", "integer"), ("topics", "string"), ("job", "string")),
+    headers=("Last-Event-ID",),
+)
 async def all_events(request: web.Request) -> web.StreamResponse:
     require_role(request, "read", "submit")
     job_id = request.query.get("job") or None
@@ -283,7 +362,13 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     return await _sse(request, job_id)
 
 
-@routes.get("/api/v1/jobs/{id}/events")
+@routes.get(
+    "/api/v1/jobs/{id}/events",
+    summary="A job's events (JSON page or SSE)",
+    reply="events",
+    query=(("since", "integer"),),
+    headers=("Last-Event-ID",),
+)
 async def job_events(request: web.Request) -> web.StreamResponse:
     require_role(request, "read", "submit")
     job_id = request.match_info["id"]
@@ -404,47 +489,37 @@ class _Socket:
 
     async def _pump(self, sub_id: str, sub: Subscription, since: int | None, upto: int) -> None:
         render = self._render(sub_id)
-        last = upto
+        # The socket is this replay's until its history is sent: its other
+        # subscriptions wait their turn without reading a chunk each, so a socket that
+        # reads nothing holds at most one chunk in memory.
+        items = replay(self.svc, sub, since, upto, render, self.digest, turn=self.send_lock)
         try:
-            if since is not None:
-                last = since
-                try:
-                    # The socket is this replay's until it is done: its other
-                    # subscriptions wait their turn without reading a chunk each, so a
-                    # socket that reads nothing holds at most one chunk in memory.
-                    async with self.send_lock:
-                        async for sent, messages in history(
-                            self.svc, sub, since, upto, render, self.digest
-                        ):
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    match item:
+                        case Replayed(messages):
+                            # The send lock is held already (the replay's turn).
                             await self._write(messages)
-                            last = sent
-                except _Reset as r:
-                    await self.send(
-                        {"type": "reset", "id": sub_id, "oldest": r.oldest, "index": upto}
-                    )
-                if not sub.overflowed:
-                    last = max(last, upto)
-            while True:
-                parts = await sub.take()
-                if sub.overflowed:
-                    await self.send({"type": "resync", "id": sub_id, "index": last})
-                    await self.ws.close(
-                        code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow: events were dropped"
-                    )
-                    return
-                doc = self.svc.bus.doc
-                fresh = [
-                    (e.index, e.type, e.job_id, doc(e))
-                    for part in parts
-                    for e in part.events
-                    if e.index > last
-                ]
-                if fresh:
-                    await self.send_encoded(render(fresh))
-                    last = fresh[-1][0]
-                if sub.closed:
-                    await self.ws.close()
-                    return
+                        case Reset(oldest, index):
+                            await self.send(
+                                {"type": "reset", "id": sub_id, "oldest": oldest, "index": index}
+                            )
+                        case Live(parts):
+                            doc = self.svc.bus.doc
+                            rows = [
+                                (e.index, e.type, e.job_id, doc(e))
+                                for part in parts
+                                for e in part.events
+                            ]
+                            await self.send_encoded(render(rows))
+                        case Resync(index):
+                            await self.send({"type": "resync", "id": sub_id, "index": index})
+                            await self.ws.close(
+                                code=WSCloseCode.TRY_AGAIN_LATER,
+                                message=b"too slow: events were dropped",
+                            )
+                            return
+            await self.ws.close()
         except (ConnectionResetError, TimeoutError):
             return
 

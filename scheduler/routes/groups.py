@@ -10,15 +10,16 @@ from msgspec import Meta, Struct
 from scheduler import access
 from scheduler.http import json_response, read_body, require_role
 from scheduler.routes import service
+from scheduler.routes.table import RouteTable
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 
 class GroupLimit(Struct, forbid_unknown_fields=True):
     max_concurrent: Annotated[int, Meta(ge=1, le=100_000)]
 
 
-@routes.get("/api/v1/groups")
+@routes.get("/api/v1/groups", summary="Concurrency groups")
 async def list_groups(request: web.Request) -> web.Response:
     who = require_role(request, "read", "submit")
     # A submit token sees its own jobs only, in groups as anywhere else.
@@ -26,7 +27,7 @@ async def list_groups(request: web.Request) -> web.Response:
     return json_response({"groups": groups})
 
 
-@routes.put("/api/v1/groups/{name}")
+@routes.put("/api/v1/groups/{name}", summary="Set a group's limit", body=GroupLimit)
 async def set_group(request: web.Request) -> web.Response:
     who = require_role(request)
     name = request.match_info["name"]

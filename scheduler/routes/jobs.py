@@ -22,17 +22,28 @@ from scheduler.config import MAX_WAIT_S
 from scheduler.http import json_response, query_float, query_int, read_body, require_role
 from scheduler.limits import check_spec_size
 from scheduler.routes import service, visible_job
+from scheduler.routes.table import RouteTable
 from scheduler.service import Service
 from scheduler.store.base import TokenRow
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 MAX_IDEMPOTENCY_KEY = 200
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+#: query parameters of a page of jobs, and of a blocking read
+_PAGE = (("state", "string"), ("limit", "integer"), ("cursor", "string"))
+_BLOCK = (("index", "integer"), ("wait", "number"))
 
 
-@routes.post("/api/v1/jobs")
+@routes.post(
+    "/api/v1/jobs",
+    summary="Submit a job (Idempotency-Key honoured)",
+    body=JobSpec,
+    reply=Job,
+    headers=("Idempotency-Key",),
+    created=True,
+)
 async def submit(request: web.Request) -> web.Response:
     who = require_role(request, "submit")
     key = request.headers.get("Idempotency-Key")
@@ -62,7 +73,13 @@ async def submit(request: web.Request) -> web.Response:
     return json_response(body, status=201 if created else 200, headers=headers)
 
 
-@routes.post("/api/v1/jobs/batch")
+@routes.post(
+    "/api/v1/jobs/batch",
+    summary="Submit up to 1,000 jobs, all or none",
+    body=JobBatch,
+    reply=JobList,
+    created=True,
+)
 async def submit_batch(request: web.Request) -> web.Response:
     """Up to 1,000 specs, all validated before any is queued, committed together."""
     who = require_role(request, "submit")
@@ -111,7 +128,7 @@ def _check_inputs(svc: Service, who: TokenRow, spec: JobSpec, at: str) -> None:
         )
 
 
-@routes.get("/api/v1/jobs")
+@routes.get("/api/v1/jobs", summary="List jobs, newest first", reply=JobList, query=_PAGE + _BLOCK)
 async def list_jobs(request: web.Request) -> web.Response:
     who = require_role(request, "read", "submit")
     svc = service(request)
@@ -140,7 +157,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     return json_response(body, headers={"X-Berth-Index": str(current)})
 
 
-@routes.get("/api/v1/jobs/{id}")
+@routes.get(
+    "/api/v1/jobs/{id}", summary="One job; blocks with index and wait", reply=Job, query=_BLOCK
+)
 async def get_job(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     svc = service(request)
@@ -183,7 +202,9 @@ def _act(svc: Service, action: str, job_id: str, who: TokenRow) -> Job:
     return job
 
 
-@routes.post(f"/api/v1/jobs/{{id}}/{{action:{_ACTION_PATTERN}}}")
+@routes.post(
+    f"/api/v1/jobs/{{id}}/{{action:{_ACTION_PATTERN}}}", summary="{action} a job", reply=Job
+)
 async def act(request: web.Request) -> web.Response:
     """Cancel, retry, pause or resume one job; 409 when the job's state does not allow it."""
     who = require_role(request, "submit")
@@ -194,7 +215,12 @@ async def act(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-@routes.post(f"/api/v1/jobs/{{action:{_ACTION_PATTERN}}}")
+@routes.post(
+    f"/api/v1/jobs/{{action:{_ACTION_PATTERN}}}",
+    summary="{action} many jobs",
+    body=JobSelection,
+    reply=ActionResults,
+)
 async def act_many(request: web.Request) -> web.Response:
     """The same action on many jobs (by ids or a filter), in one commit; each job is
     changed or refused on its own."""

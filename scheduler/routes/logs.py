@@ -14,9 +14,10 @@ from common.states import TERMINAL
 from scheduler.config import KEEPALIVE_S
 from scheduler.http import query_int, require_role
 from scheduler.routes import service, visible_job
+from scheduler.routes.table import RouteTable
 from scheduler.service import Service
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 #: the most bytes one read from the store returns
 READ_CHUNK = 256 * 1024
@@ -63,7 +64,18 @@ async def _follow(svc: Service, job_id: str, attempt: int, offset: int) -> tuple
         await svc.wait_for_job(job_id, FOLLOW_POLL_S)
 
 
-@routes.get("/api/v1/jobs/{id}/logs")
+@routes.get(
+    "/api/v1/jobs/{id}/logs",
+    summary="A job's logs (text, follow, or SSE)",
+    reply="text",
+    query=(
+        ("attempt", "integer"),
+        ("offset", "integer"),
+        ("follow", "string"),
+        ("download", "string"),
+    ),
+    headers=("Last-Event-ID",),
+)
 async def logs(request: web.Request) -> web.StreamResponse:
     who = require_role(request, "read", "submit")
     svc = service(request)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common.models import DrainRequest, NodeList
+from common.models import DrainRequest, Node, NodeList
 from scheduler.http import json_response, query_int, read_body, require_role
 from scheduler.routes import service
+from scheduler.routes.table import RouteTable
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 
-@routes.get("/api/v1/nodes")
+@routes.get("/api/v1/nodes", summary="Node status", reply=NodeList)
 async def list_nodes(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     cluster = service(request).cluster
@@ -19,13 +20,15 @@ async def list_nodes(request: web.Request) -> web.Response:
     return json_response(NodeList(nodes=nodes, index=cluster.events.committed_index))
 
 
-@routes.get("/api/v1/nodes/{id}")
+@routes.get("/api/v1/nodes/{id}", summary="One node's status", reply=Node)
 async def get_node(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     return json_response(service(request).cluster.node(request.match_info["id"]))
 
 
-@routes.post("/api/v1/nodes/{id}/drain")
+@routes.post(
+    "/api/v1/nodes/{id}/drain", summary="Drain or undrain a node", body=DrainRequest, reply=Node
+)
 async def drain(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, DrainRequest, empty_ok=True)
@@ -37,7 +40,11 @@ async def drain(request: web.Request) -> web.Response:
     return json_response(node)
 
 
-@routes.delete("/api/v1/nodes/{id}")
+@routes.delete(
+    "/api/v1/nodes/{id}",
+    summary="Forget a node (admin); 409 while it runs jobs unless force=1",
+    query=(("force", "integer"),),
+)
 async def forget(request: web.Request) -> web.Response:
     """Forget a node (admin): its tokens stop working and its name may be registered
     again; 409 while it runs jobs unless ``?force=1``, which loses them."""

@@ -9,10 +9,11 @@ from msgspec import Meta, Struct
 
 from common.errors import Unauthorized
 from scheduler.http import PRINCIPAL, PRINCIPAL_BY_DIGEST, SESSIONS, json_response, read_body
+from scheduler.routes.table import RouteTable
 from scheduler.sessions import COOKIE, SESSION_TTL_S, Session
 from scheduler.tokens import token_digest
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 
 class Login(Struct, forbid_unknown_fields=True):
@@ -23,7 +24,13 @@ def _describe(session: Session, role: str, name: str) -> dict[str, str]:
     return {"csrf": session.csrf, "role": role, "name": name}
 
 
-@routes.post("/api/v1/session")
+@routes.post(
+    "/api/v1/session",
+    summary="Log in with a token: an HttpOnly session cookie",
+    body="object",
+    public=True,
+    stateless=True,
+)
 async def login(request: web.Request) -> web.Response:
     req = await read_body(request, Login)
     row = request.app[PRINCIPAL](req.token)
@@ -43,7 +50,12 @@ async def login(request: web.Request) -> web.Response:
     return resp
 
 
-@routes.get("/api/v1/session")
+@routes.get(
+    "/api/v1/session",
+    summary="The session's user and CSRF token",
+    public=True,
+    stateless=True,
+)
 async def current(request: web.Request) -> web.Response:
     """Who is logged in, and the CSRF token to send with changes (after a page reload)."""
     session_id = request.cookies.get(COOKIE)
@@ -54,7 +66,7 @@ async def current(request: web.Request) -> web.Response:
     return json_response(_describe(session, row.role, row.name))
 
 
-@routes.delete("/api/v1/session")
+@routes.delete("/api/v1/session", summary="Log out", public=True, stateless=True)
 async def logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(COOKIE)
     if session_id:

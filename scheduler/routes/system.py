@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common import codec
 from common.models import Stats
 from scheduler.http import json_response, require_role
 from scheduler.metrics import CONTENT_TYPE
-from scheduler.openapi import document
 from scheduler.routes import service
+from scheduler.routes.table import RouteTable
 
-routes = web.RouteTableDef()
+routes = RouteTable()
+#: the OpenAPI document, encoded
 OPENAPI = web.AppKey("openapi", bytes)
 
 
-@routes.get("/healthz")
+@routes.get("/healthz", summary="Liveness probe", public=True)
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@routes.get("/readyz")
+@routes.get("/readyz", summary="Readiness probe", public=True)
 async def readyz(request: web.Request) -> web.Response:
     svc = service(request)
     if not svc.ready:
@@ -32,16 +32,13 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
-@routes.get("/api/v1/openapi.json")
+@routes.get("/api/v1/openapi.json", public=True)
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI document, built once from the models."""
-    app = request.app
-    if OPENAPI not in app:
-        app[OPENAPI] = codec.dumps(document())
-    return web.Response(body=app[OPENAPI], content_type="application/json")
+    """The OpenAPI document, built from the route table as the app is built."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-@routes.get("/metrics")
+@routes.get("/metrics", summary="Prometheus metrics", reply="text")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (any token that may read; Prometheus sends it as a bearer token)."""
     require_role(request, "read", "submit")
@@ -49,7 +46,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-@routes.get("/api/v1/stats")
+@routes.get("/api/v1/stats", summary="Jobs and nodes by state, capacity", reply=Stats)
 async def stats(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     s = service(request).cluster.stats()

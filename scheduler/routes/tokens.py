@@ -18,9 +18,10 @@ from common.models import (
 )
 from scheduler.http import json_response, query_int, read_body, require_role
 from scheduler.routes import service
+from scheduler.routes.table import RouteTable
 from scheduler.store.base import TokenRow
 
-routes = web.RouteTableDef()
+routes = RouteTable()
 
 AUDIT_PAGE = 500
 MAX_AUDIT_PAGE = 5000
@@ -38,7 +39,13 @@ def _info(row: TokenRow) -> TokenInfo:
     )
 
 
-@routes.post("/api/v1/tokens")
+@routes.post(
+    "/api/v1/tokens",
+    summary="Create a token (admin)",
+    body=TokenCreate,
+    reply=TokenCreated,
+    created=True,
+)
 async def create_token(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, TokenCreate)
@@ -49,7 +56,12 @@ async def create_token(request: web.Request) -> web.Response:
     return json_response(body, status=201, headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/api/v1/tokens")
+@routes.get(
+    "/api/v1/tokens",
+    summary="List tokens, never their secrets (admin)",
+    reply=TokenList,
+    query=(("revoked", "string"),),
+)
 async def list_tokens(request: web.Request) -> web.Response:
     require_role(request)
     revoked = request.query.get("revoked") in ("1", "true", "yes")
@@ -57,7 +69,9 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response(TokenList(tokens=[_info(r) for r in rows]))
 
 
-@routes.delete("/api/v1/tokens/{id}")
+@routes.delete(
+    "/api/v1/tokens/{id}", summary="Revoke a token by id or name (admin)", reply=TokenInfo
+)
 async def revoke_token(request: web.Request) -> web.Response:
     who = require_role(request)
     svc = service(request)
@@ -66,7 +80,9 @@ async def revoke_token(request: web.Request) -> web.Response:
     return json_response(_info(row))
 
 
-@routes.post("/api/v1/tokens/join/rotate")
+@routes.post(
+    "/api/v1/tokens/join/rotate", summary="Replace the join token (admin)", reply=JoinToken
+)
 async def rotate_join(request: web.Request) -> web.Response:
     who = require_role(request)
     svc = service(request)
@@ -78,7 +94,18 @@ async def rotate_join(request: web.Request) -> web.Response:
     return json_response(JoinToken(id=row.id, token=secret), headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/api/v1/audit")
+@routes.get(
+    "/api/v1/audit",
+    summary="The audit log: who did what, oldest first (admin)",
+    reply=AuditPage,
+    query=(
+        ("after", "integer"),
+        ("limit", "integer"),
+        ("actor", "string"),
+        ("action", "string"),
+        ("target", "string"),
+    ),
+)
 async def audit(request: web.Request) -> web.Response:
     require_role(request)
     after = query_int(request, "after", 0) or 0

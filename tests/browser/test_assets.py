@@ -8,7 +8,7 @@ import re
 
 import aiohttp
 
-from scheduler.routes.web import WEB_DIR
+from scheduler.routes.dashboard import WEB_DIR
 from tests.support import SchedulerProcess
 
 IMPORT = re.compile(r"""^import .*? from "(\.{1,2}/[^"]+)";$""", re.M | re.S)
@@ -40,9 +40,9 @@ async def test_nothing_outside_the_web_directory_is_served(
     sched: SchedulerProcess, http: aiohttp.ClientSession
 ) -> None:
     for path in (
-        "/ui/../routes/web.py",
-        "/ui/%2e%2e/routes/web.py",
-        "/ui/..%2froutes%2fweb.py",
+        "/ui/../routes/dashboard.py",
+        "/ui/%2e%2e/routes/dashboard.py",
+        "/ui/..%2froutes%2fdashboard.py",
         "/ui/js",
         "/ui/missing.js",
         "/ui/.hidden",

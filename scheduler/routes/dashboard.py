@@ -12,7 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-routes = web.RouteTableDef()
+from scheduler.routes.table import RouteTable
+
+routes = RouteTable()
 
 #: where the dashboard's files live (package data of ``scheduler``)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"

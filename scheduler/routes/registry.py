@@ -1,0 +1,37 @@
+"""Every route of the scheduler, in the order the router tries them: API v1, the
+probes and metrics, and the dashboard's files."""
+
+from __future__ import annotations
+
+from scheduler.routes import (
+    agents,
+    blobs,
+    dashboard,
+    events,
+    groups,
+    jobs,
+    logs,
+    nodes,
+    session,
+    system,
+    tokens,
+)
+from scheduler.routes.table import Route
+
+ROUTES: tuple[Route, ...] = tuple(
+    route
+    for module in (
+        system,
+        jobs,
+        nodes,
+        agents,
+        events,
+        logs,
+        groups,
+        blobs,
+        session,
+        tokens,
+        dashboard,
+    )
+    for route in module.routes
+)
