@@ -118,6 +118,10 @@ def job_detail(job: Job) -> str:
         f"attempt   {job.attempt} on {job.node_id or '-'}",
         f"submitted {_ago(job.created_at, now)} by {job.submitted_by or '-'}",
     ]
+    if job.state is JobState.QUEUED and job.queued_at is not None:
+        lines.append(
+            f"queued    {_ago(job.queued_at, now)}, waiting: {job.reason or 'to be placed'}"
+        )
     if job.progress is not None:
         lines.append(f"progress  {job.progress.percent:.0f}% {job.progress.message}")
     if job.exit_code is not None or job.error:

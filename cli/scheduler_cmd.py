@@ -16,6 +16,7 @@ from scheduler.config import (
     BLOB_GRACE_S,
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
+    ENDED_JOBS_CACHED,
     MAX_BLOB_BYTES_PER_TOKEN,
     MAX_CONCURRENT_REPLAYS,
     MAX_QUEUED_JOBS,
@@ -171,6 +172,16 @@ def _origins(raw: str) -> tuple[str, ...]:
     help="Largest job spec, as encoded JSON; past it, 413.",
 )
 @click.option(
+    "--ended-jobs-cached",
+    envvar="BERTH_ENDED_JOBS_CACHED",
+    show_envvar=True,
+    type=click.IntRange(min=1100),
+    default=ENDED_JOBS_CACHED,
+    show_default=True,
+    help="Ended jobs whose documents stay in memory (most recently used); the others "
+    "are read from the store when asked for.",
+)
+@click.option(
     "--max-spec-bytes-per-token",
     envvar="BERTH_MAX_SPEC_BYTES_PER_TOKEN",
     show_envvar=True,
@@ -262,6 +273,7 @@ def scheduler(
     max_queued_jobs: int,
     max_queued_jobs_per_token: int | None,
     max_spec_bytes: int,
+    ended_jobs_cached: int,
     max_spec_bytes_per_token: int,
     max_streams_per_token: int,
     max_subscriptions_per_token: int,
@@ -300,6 +312,7 @@ def scheduler(
         max_queued_jobs=max_queued_jobs,
         max_queued_jobs_per_token=max_queued_jobs_per_token,
         max_spec_bytes=max_spec_bytes,
+        ended_jobs_cached=ended_jobs_cached,
         max_spec_bytes_per_token=max_spec_bytes_per_token,
         max_streams_per_token=max_streams_per_token,
         max_subscriptions_per_token=max_subscriptions_per_token,

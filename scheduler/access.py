@@ -65,7 +65,7 @@ _REMEMBERED = 100_000
 
 
 def job_visibility(
-    who: TokenRow, find: Callable[[str], Job | None]
+    who: TokenRow, owner_of: Callable[[str], str | None]
 ) -> Callable[[str], bool] | None:
     """For an event stream: which job ids' events the caller may see (None: all)."""
     if sees_all_jobs(who):
@@ -75,8 +75,7 @@ def job_visibility(
     def visible(job_id: str) -> bool:
         known = seen.get(job_id)
         if known is None:
-            job = find(job_id)
-            known = job is not None and job.submitted_by == who.name
+            known = owner_of(job_id) == who.name
             if len(seen) >= _REMEMBERED:
                 seen.clear()
             seen[job_id] = known

@@ -10,9 +10,8 @@ import signal
 from aiohttp import web
 
 from common import codec
-from common.models import Job
 from common.tls import TLSSetupError, server_context
-from scheduler.cluster import Cluster
+from scheduler.commands import Scheduler
 from scheduler.config import SchedulerConfig
 from scheduler.http import (
     MAX_BODY,
@@ -28,13 +27,13 @@ from scheduler.routes import SERVICE
 from scheduler.routes.registry import ROUTES
 from scheduler.routes.system import OPENAPI
 from scheduler.routes.table import add_routes, bookkeeping_paths, public_paths, stateless_paths
-from scheduler.service import Service
 from scheduler.sessions import Sessions
+from scheduler.state import State
 from scheduler.statedir import make_private
 from scheduler.store.sqlite import SQLiteStore
 from scheduler.writeguard import BOOKKEEPING_PATHS, STATELESS_PATHS
 
-log = logging.getLogger("berth.scheduler")
+log = logging.getLogger(__name__)
 
 DB_FILE = "berth.db"
 #: how long requests under way may take to finish when the scheduler stops
@@ -42,9 +41,9 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def build_app(config: SchedulerConfig) -> web.Application:
-    cluster = Cluster(config)
-    store = SQLiteStore(config.state_dir / DB_FILE)
-    svc = Service(config, store, cluster)
+    state = State(config)
+    store = SQLiteStore(config.state_dir / DB_FILE, load_ended_docs=False)
+    svc = Scheduler(config, store, state)
     # Bodies over the limit are refused by aiohttp before they are read in full.
     app = web.Application(
         middlewares=[
@@ -56,8 +55,8 @@ def build_app(config: SchedulerConfig) -> web.Application:
         client_max_size=config.max_body_bytes,
     )
     app[SERVICE] = svc
-    app[PRINCIPAL] = cluster.authenticate
-    app[PRINCIPAL_BY_DIGEST] = lambda digest: cluster.tokens.live(digest)
+    app[PRINCIPAL] = state.authenticate
+    app[PRINCIPAL_BY_DIGEST] = lambda digest: state.tokens.live(digest)
     app[SESSIONS] = Sessions()
     app[MAX_BODY] = config.max_body_bytes
     app[PUBLIC_PATHS] = public_paths(ROUTES)
@@ -65,15 +64,6 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[BOOKKEEPING_PATHS] = bookkeeping_paths(ROUTES)
     app[OPENAPI] = codec.dumps(document(ROUTES))
     add_routes(app.router, ROUTES)
-
-    async def drop_blobs(ended: list[Job]) -> None:
-        # The deleted jobs no longer name their input archives (forget() took off
-        # their outputs and checkpoints). The blob sweep that follows retention
-        # deletes what no kept job names any more: one blob may be the input of one
-        # job and the outputs of another, so it is never deleted here by its role.
-        cluster.release_inputs(ended)
-
-    svc.deletion_hooks.append(drop_blobs)
 
     async def on_startup(_: web.Application) -> None:
         await svc.start()

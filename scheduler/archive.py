@@ -102,8 +102,17 @@ class JobArchive:
     # --- documents -------------------------------------------------------------------
 
     def missing(self, job_ids: Iterable[str]) -> list[str]:
-        """Those of the ids that are ended jobs whose document is not in memory."""
-        return [j for j in job_ids if j in self._index and j not in self._docs]
+        """Those of the ids that are ended jobs whose document is not in memory; the
+        others become the most recently used, so that taking the missing ones in does
+        not push them out."""
+        docs = self._docs
+        out = []
+        for job_id in job_ids:
+            if job_id in docs:
+                docs.move_to_end(job_id)
+            elif job_id in self._index:
+                out.append(job_id)
+        return out
 
     def take(self, docs: dict[str, bytes]) -> None:
         """Documents read from the store for ``missing`` ids. One that was revived or

@@ -140,14 +140,14 @@ def sees_every_blob(who: TokenRow) -> bool:
     return access.sees_all_jobs(who)
 
 
-def node_uses(cluster: State, node_id: str | None, digest: str) -> bool:
+def node_uses(state: State, node_id: str | None, digest: str) -> bool:
     """Whether an attempt on the node starts from the blob: its input archive or the
     checkpoint it restores."""
-    node = cluster.nodes.get(node_id) if node_id is not None else None
+    node = state.nodes.get(node_id) if node_id is not None else None
     if node is None:
         return False
     for job_id in node.running_jobs:
-        job = cluster.jobs.get(job_id)
+        job = state.jobs.get(job_id)
         if job is None or job.node_id != node_id or job.state not in ON_NODE:
             continue
         if digest == job.spec.inputs or digest == job.checkpoint:
@@ -155,10 +155,10 @@ def node_uses(cluster: State, node_id: str | None, digest: str) -> bool:
     return False
 
 
-def may_read(cluster: State, who: TokenRow, digest: str) -> bool:
+def may_read(state: State, who: TokenRow, digest: str) -> bool:
     """The one rule for reading a blob (see the module's docstring)."""
     if sees_every_blob(who):
         return True
     if who.role == "node":
-        return node_uses(cluster, who.node_id, digest)
-    return who.role == "submit" and cluster.blob_holds.holds(digest, who.name)
+        return node_uses(state, who.node_id, digest)
+    return who.role == "submit" and state.blob_holds.holds(digest, who.name)

@@ -56,8 +56,11 @@ MAX_QUEUED_JOBS = 200_000
 QUEUED_SHARE_PER_TOKEN = 0.25
 #: largest JobSpec, as encoded JSON; past it a submit gets 413
 MAX_SPEC_BYTES = 64 * 1024
+#: ended jobs' documents kept in memory, most recently used; the rest are read from
+#: the store when asked for (memory holds an index entry per ended job)
+ENDED_JOBS_CACHED = 4096
 #: encoded spec bytes of the jobs one token has stored (every job not yet deleted by
-#: retention: ended jobs stay in memory as documents too); past it submits get 429
+#: retention); past it submits get 429
 MAX_SPEC_BYTES_PER_TOKEN = 256 * 1024 * 1024
 #: event streams, WebSockets and log follows one token may hold open at once
 MAX_STREAMS_PER_TOKEN = 256
@@ -101,6 +104,7 @@ class SchedulerConfig:
     #: None: QUEUED_SHARE_PER_TOKEN of max_queued_jobs (see queued_jobs_per_token)
     max_queued_jobs_per_token: int | None = None
     max_spec_bytes: int = MAX_SPEC_BYTES
+    ended_jobs_cached: int = ENDED_JOBS_CACHED
     max_spec_bytes_per_token: int = MAX_SPEC_BYTES_PER_TOKEN
     max_streams_per_token: int = MAX_STREAMS_PER_TOKEN
     max_subscriptions_per_token: int = MAX_SUBSCRIPTIONS_PER_TOKEN

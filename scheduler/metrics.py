@@ -15,18 +15,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from common.states import JobState, NodeState
-from scheduler.state import State
 from scheduler.http import Handler
+from scheduler.state import State
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _StateCollector(Collector):
-    def __init__(self, cluster: State) -> None:
-        self.cluster = cluster
+    def __init__(self, state: State) -> None:
+        self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        c = self.cluster
+        c = self.state
         jobs = GaugeMetricFamily("berth_jobs", "Jobs by state.", labels=["state"])
         for job_state in JobState:
             jobs.add_metric([job_state.value], c.counts[job_state])
@@ -55,9 +55,9 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, cluster: State) -> None:
+    def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_StateCollector(cluster))
+        self.registry.register(_StateCollector(state))
         self.placement_seconds = Histogram(
             "berth_placement_pass_seconds",
             "Time one placement pass takes.",

@@ -8,20 +8,18 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import secrets
 from pathlib import Path
 
-from common.errors import TooManyRequests, Unavailable
-from common.models import Job, WebhookDelivery
-from common.states import JobState
+from common.errors import Unavailable
+from common.models import WebhookDelivery
 from scheduler.blobs import BlobStore, Swept
 from scheduler.bus import EventBus
 from scheduler.config import SchedulerConfig
 from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
 from scheduler.state import Effects, State
-from scheduler.store.base import Changes, Store, TokenRow
+from scheduler.store.base import Changes, Store
 from scheduler.webhooks import WebhookSender
 from scheduler.writeguard import WriteGuard
 
@@ -31,8 +29,8 @@ log = logging.getLogger(__name__)
 RETENTION_BATCH = 1000
 
 
-#: ended jobs' documents kept in memory, most recently used (the rest are read back)
-ENDED_DOCS_CACHED = 4096
+#: reads of ended jobs' documents one command makes at most before it gives up
+FETCH_ROUNDS = 8
 
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -46,7 +44,7 @@ class Service:
         self.store = store
         self.state = state
         # Ended jobs live in the store: memory keeps their index and recent documents.
-        state.archive.cache_size = ENDED_DOCS_CACHED
+        state.archive.cache_size = config.ended_jobs_cached
         state.store_behind = True
         self.ready = False
         self.stopping = False
@@ -69,12 +67,16 @@ class Service:
 
     async def fetch_ended(self, job_ids: list[str]) -> None:
         """Bring the documents of those ids that are ended jobs into memory, so that the
-        state can read them in the step that follows (no await in between)."""
+        state can read them in the step that follows (no await in between). At most
+        ``--ended-jobs-cached`` ids: more would push the first ones out again."""
         archive = self.state.archive
-        missing = archive.missing(job_ids)
-        while missing:
-            chunk, missing = missing[:ENDED_DOCS_CACHED], missing[ENDED_DOCS_CACHED:]
-            archive.take(await self.store.read_jobs(chunk))
+        for _ in range(FETCH_ROUNDS):
+            # Again after each read: jobs that ended meanwhile may have left memory.
+            missing = archive.missing(job_ids)
+            if not missing:
+                return
+            archive.take(await self.store.read_jobs(missing[: self.config.ended_jobs_cached]))
+        raise Unavailable("ended jobs change too fast to be read back; try again")
 
     def write_join_token(self, token: str) -> None:
         """Keep the state directory's join.token the live one (local agents read it)."""
@@ -95,7 +97,6 @@ class Service:
         self.webhooks = WebhookSender(
             self._webhook_key(),
             self._record_delivery,
-            self.commit,
             allow_private=self.config.webhook_allow_private,
         )
         await self.webhooks.start()
@@ -145,16 +146,20 @@ class Service:
             # it need not wait for this one to be written.
             self._placement_wanted.set()
         if changes or effects.wake_nodes:
-            self._last_commit = asyncio.ensure_future(self._commit(changes, effects))
+            # Staged now: ended jobs' documents may leave memory at once, and reads of
+            # the store must find them.
+            written = self.store.stage(changes)
+            self._last_commit = asyncio.ensure_future(self._commit(written, changes, effects))
         if self._last_commit is not None and not self._last_commit.done():
             await asyncio.shield(self._last_commit)
         elif self._last_commit is not None and self.store.failure is not None:
             # What the failed batch held is still only in memory.
             self._last_commit.result()
 
-    async def _commit(self, changes: Changes, effects: Effects) -> None:
-        if changes:
-            await self.store.commit(changes)
+    async def _commit(
+        self, written: asyncio.Future[None], changes: Changes, effects: Effects
+    ) -> None:
+        await written
         self._announce_recovered()
         self._announce(changes)
         # Agents hear of assignments and commands only once those are durable.
@@ -186,16 +191,8 @@ class Service:
                 if e.job_id is not None:
                     self._wake_job(e.job_id)
 
-    def _record_delivery(self, job_id: str, delivery: WebhookDelivery, done: bool) -> None:
-        # Its document was in memory when it was sent; read back if it has left since.
-        if job_id in self.state.archive and self.state.archive.missing([job_id]):
-            asyncio.ensure_future(self._record_delivery_later(job_id, delivery, done))
-            return
-        self.state.record_delivery(job_id, delivery, done=done)
-
-    async def _record_delivery_later(
-        self, job_id: str, delivery: WebhookDelivery, done: bool
-    ) -> None:
+    async def _record_delivery(self, job_id: str, delivery: WebhookDelivery, done: bool) -> None:
+        """Note one try to deliver a job's end to its webhook, durably."""
         await self.fetch_ended([job_id])
         self.state.record_delivery(job_id, delivery, done=done)
         await self.commit()

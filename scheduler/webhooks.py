@@ -97,13 +97,13 @@ def literal_refusal(url: str, *, allow_private: bool) -> str | None:
 
 
 class WebhookSender:
-    """Delivers job ends in the background; ``record`` notes each try on the job."""
+    """Delivers job ends in the background; ``record`` notes each try on the job (and
+    returns once that is durable)."""
 
     def __init__(
         self,
         key: bytes,
-        record: Callable[[str, WebhookDelivery, bool], None],
-        commit: Callable[[], Awaitable[None]],
+        record: Callable[[str, WebhookDelivery, bool], Awaitable[None]],
         *,
         first_delay_s: float = FIRST_DELAY_S,
         allow_private: bool = False,
@@ -111,7 +111,6 @@ class WebhookSender:
         self.key = key
         self.allow_private = allow_private
         self._record = record
-        self._commit = commit
         self._first_delay_s = first_delay_s
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -171,10 +170,9 @@ class WebhookSender:
             # A refused address stays refused: trying again would not change that.
             done = ok or n == MAX_TRIES or refused is not None
             at = datetime.now(UTC)
-            self._record(
+            await self._record(
                 job_id, WebhookDelivery(at=at, attempt=n, status=status, error=error), done
             )
-            await self._commit()
             if done:
                 if not ok:
                     log.warning("webhook of job %s not delivered after %d tries", job_id, n)

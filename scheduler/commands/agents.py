@@ -41,7 +41,9 @@ class AgentCommands(Reads):
         await self.fetch_ended([r.job_id for r in req.running if r.job_id not in self.state.jobs])
         commands = self.state.heartbeat(node_id, req)
         await self.commit()
-        return HeartbeatReply(heartbeat_interval_s=self.config.heartbeat_interval_s, commands=commands)
+        return HeartbeatReply(
+            heartbeat_interval_s=self.config.heartbeat_interval_s, commands=commands
+        )
 
     async def assignments(self, node_id: str, after: int, wait: float) -> AssignmentsReply:
         """What the node was given after ``after``; waits up to ``wait`` for some."""

@@ -103,12 +103,15 @@ class JobCommands(Service):
                         {"field": f"{at}.depends_on[{i}]"},
                     )
         access.check_group_limit(who, spec, self.state.group_limits, at)
-        if spec.inputs is not None and not blobholds.sees_every_blob(who):
-            # Naming another's blob must neither hand it over nor tell whether it exists.
-            if not blobholds.may_read(self.state, who, spec.inputs):
-                raise InvalidRequest(
-                    f"no blob {spec.inputs!r} that this token may read", {"field": f"{at}.inputs"}
-                )
+        # Naming another's blob must neither hand it over nor tell whether it exists.
+        if (
+            spec.inputs is not None
+            and not blobholds.sees_every_blob(who)
+            and not blobholds.may_read(self.state, who, spec.inputs)
+        ):
+            raise InvalidRequest(
+                f"no blob {spec.inputs!r} that this token may read", {"field": f"{at}.inputs"}
+            )
         try:
             self.state.check_spec(spec)
         except InvalidRequest as e:
@@ -129,7 +132,9 @@ class JobCommands(Service):
             if earlier is not None:
                 await self.fetch_ended([earlier])
         self.admit_jobs(who, 1, size)
-        job, created = self.state.submit(spec, submitted_by=who.name, idempotency_key=idempotency_key)
+        job, created = self.state.submit(
+            spec, submitted_by=who.name, idempotency_key=idempotency_key
+        )
         if created:
             self.state.audit(who, "job.submit", job.id, {"name": job.name})
         shown = _snapshot(job)
@@ -181,15 +186,18 @@ class JobCommands(Service):
         if (ids is None) == (flt is None):
             raise InvalidRequest("give either ids or filter", {"field": "$.ids"})
         selected = ids if ids is not None else await self._matching(flt, who)
-        await self.fetch_ended(selected)
         results = []
-        for job_id in selected:
-            try:
-                job = self._act(action, job_id, who)
-            except BerthError as e:
-                results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
-            else:
-                results.append(ActionResult(job_id, True, state=job.state))
+        for start in range(0, len(selected), _FILTER_CHUNK):
+            # A chunk at a time: ended jobs' documents are read in, then used at once.
+            chunk = selected[start : start + _FILTER_CHUNK]
+            await self.fetch_ended(chunk)
+            for job_id in chunk:
+                try:
+                    job = self._act(action, job_id, who)
+                except BerthError as e:
+                    results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
+                else:
+                    results.append(ActionResult(job_id, True, state=job.state))
         await self.commit()
         return results
 

@@ -12,7 +12,7 @@ from scheduler import blobholds
 from scheduler.blobs import Stored
 from scheduler.events import Event
 from scheduler.service import Service
-from scheduler.store.base import TokenRow
+from scheduler.store.base import RawEvent, TokenRow
 
 #: the one answer to a blob the caller may not read, whether or not it is stored
 NOT_READABLE = "this token may not read that blob"
@@ -38,6 +38,10 @@ class Reads(Service):
     async def wait_for_index(self, index: int, timeout: float) -> None:
         """Return once the committed index passes ``index``, or after ``timeout``."""
         await self.state.events.wait_past(index, timeout)
+
+    async def read_history(self, after: int, limit: int, job_id: str | None) -> list[RawEvent]:
+        """Committed events past ``after`` as stored, oldest first (for replays)."""
+        return await self.store.read_raw_events(after, limit, job_id)
 
     def job_owner(self, job_id: str) -> str | None:
         return self.state.submitter_of(job_id)
@@ -86,7 +90,9 @@ class Reads(Service):
         self.state.blob_holds.hold(stored.digest, who.name, charged, self.state.changes)
         return stored
 
-    async def upload(self, who: TokenRow, body: AsyncIterator[bytes], declared: int | None) -> Stored:
+    async def upload(
+        self, who: TokenRow, body: AsyncIterator[bytes], declared: int | None
+    ) -> Stored:
         stored = await self.store_blob(who, body, declared)
         await self.commit()
         return stored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common.errors import BerthError, Forbidden, InvalidRequest, PayloadTooLarge
+from common.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from common.models import (
     AssignmentsReply,
     HeartbeatReply,
@@ -15,14 +15,10 @@ from common.models import (
     ReportBatch,
     ReportBatchReply,
     ReportReply,
-    ReportResult,
 )
-from scheduler import blobholds
 from scheduler.http import json_response, principal, query_float, query_int, read_body, require_node
 from scheduler.routes import service
 from scheduler.routes.table import RouteTable
-from scheduler.service import Service
-from scheduler.store.base import TokenRow
 
 routes = RouteTable()
 
@@ -44,19 +40,8 @@ async def register(request: web.Request) -> web.Response:
     if role not in ("join", "admin"):
         raise Forbidden("registering needs the join token")
     req = await read_body(request, RegisterRequest)
-    svc = service(request)
     # Only an admin may take over a registered name without the node's own token.
-    node, token = svc.cluster.register(req, replace=role == "admin")
-    await svc.commit()
-    cfg = svc.config
-    return json_response(
-        RegisterReply(
-            node_id=node.id,
-            node_token=token,
-            heartbeat_interval_s=cfg.heartbeat_interval_s,
-            assignment_wait_s=cfg.assignment_wait_s,
-        )
-    )
+    return json_response(await service(request).register(req, replace=role == "admin"))
 
 
 @routes.post(
@@ -70,12 +55,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     require_node(request, node_id)
     req = await read_body(request, HeartbeatRequest, empty_ok=True)
-    svc = service(request)
-    commands = svc.cluster.heartbeat(node_id, req)
-    await svc.commit()
-    return json_response(
-        HeartbeatReply(heartbeat_interval_s=svc.config.heartbeat_interval_s, commands=commands)
-    )
+    return json_response(await service(request).heartbeat(node_id, req))
 
 
 @routes.get(
@@ -92,11 +72,7 @@ async def assignments(request: web.Request) -> web.Response:
     wait = query_float(
         request, "wait", svc.config.assignment_wait_s, lo=0, hi=svc.config.assignment_wait_s
     )
-    found, index = svc.cluster.pending_assignments(node_id, after)
-    if not found and wait > 0:
-        await svc.wait_for_node(node_id, wait)
-        found, index = svc.cluster.pending_assignments(node_id, after)
-    return json_response(AssignmentsReply(assignments=found, index=index))
+    return json_response(await svc.assignments(node_id, after, wait))
 
 
 @routes.post(
@@ -110,23 +86,8 @@ async def report(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     who = require_node(request, node_id)
     rep = await read_body(request, Report)
-    svc = service(request)
-    _check_blobs(svc, who, rep)
-    job = svc.cluster.report(node_id, request.match_info["job"], rep)
-    await svc.commit()
+    job = await service(request).report(node_id, request.match_info["job"], rep, who)
     return json_response(ReportReply(ok=True, state=job.state))
-
-
-def _check_blobs(svc: Service, who: TokenRow, rep: Report) -> None:
-    """A node names as a job's outputs or checkpoint only a blob it uploaded: naming
-    another would hand that blob to the job's owner."""
-    if blobholds.sees_every_blob(who):
-        return
-    for field, digest in (("outputs", rep.outputs), ("checkpoint", rep.checkpoint)):
-        if digest is not None and not svc.cluster.blob_holds.holds(digest, who.name):
-            raise InvalidRequest(
-                f"no blob {digest!r} that this node uploaded", {"field": f"$.{field}"}
-            )
 
 
 @routes.post(
@@ -141,18 +102,7 @@ async def report_batch(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     who = require_node(request, node_id)
     batch = await read_body(request, ReportBatch)
-    svc = service(request)
-    results = []
-    for item in batch.reports:
-        try:
-            _check_blobs(svc, who, item)
-            job = svc.cluster.report(node_id, item.job_id, item)
-        except BerthError as e:
-            results.append(ReportResult(item.job_id, False, error=e.to_body()["error"]))
-        else:
-            results.append(ReportResult(item.job_id, True, state=job.state))
-    await svc.commit()
-    return json_response(ReportBatchReply(results=results))
+    return json_response(await service(request).report_batch(node_id, batch.reports, who))
 
 
 @routes.post(
@@ -185,7 +135,7 @@ async def append_log(request: web.Request) -> web.Response:
         if len(body) > MAX_LOG_APPEND:
             raise too_large
     data = bytes(body)
-    svc = service(request)
-    end = svc.cluster.append_log(node_id, request.match_info["job"], attempt, offset, data)
-    await svc.commit()
+    end = await service(request).append_log(
+        node_id, request.match_info["job"], attempt, offset, data
+    )
     return json_response({"offset": end})

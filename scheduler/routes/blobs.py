@@ -18,10 +18,9 @@ from pathlib import Path
 from aiohttp import web
 
 from common.errors import Forbidden, InvalidRequest, NotFound
-from scheduler import blobholds
-from scheduler.blobs import BlobStore, Stored, check_digest
+from scheduler.blobs import BlobStore, check_digest
 from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
-from scheduler.routes import service, visible_job
+from scheduler.routes import service
 from scheduler.routes.table import RouteTable
 from scheduler.store.base import TokenRow
 
@@ -36,8 +35,6 @@ UPLOAD_IDLE_S = 60.0
 READERS = frozenset({"admin", "read", "submit", "node"})
 #: roles that may store blobs (node tokens too: agents upload outputs)
 WRITERS = frozenset({"admin", "submit", "node"})
-#: the one answer to a blob the caller may not read, whether or not it is stored
-NOT_READABLE = "this token may not read that blob"
 
 
 def _store(request: web.Request) -> BlobStore:
@@ -49,25 +46,6 @@ def _allow(request: web.Request, roles: frozenset[str]) -> TokenRow:
     if who.role not in roles:
         raise Forbidden(NOT_ALLOWED)
     return who
-
-
-async def _receive(request: web.Request, who: TokenRow) -> Stored:
-    """Store the body, its declared size reserved on disk and counted against the
-    token's quota before a byte of it is read; the uploader then holds the blob."""
-    svc = service(request)
-    store = _store(request)
-    declared = request.content_length
-    store.check_declared(declared)
-    # A body without a length may be as long as the largest blob.
-    bound = store.max_bytes if declared is None else declared
-    with (
-        svc.cluster.blob_holds.admit_upload(who, bound, svc.config.max_blob_bytes_per_token),
-        svc.guard.reserve(bound) as held,
-    ):
-        stored = await store.put(_body(request), declared=declared, wrote=held.wrote)
-    charged = stored.size if who.role in blobholds.QUOTA_ROLES else 0
-    svc.cluster.blob_holds.hold(stored.digest, who.name, charged, svc.cluster.changes)
-    return stored
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -101,8 +79,7 @@ async def upload(request: web.Request) -> web.Response:
     """Store the raw body; 201 with its digest, whether or not it was stored already
     (another answer would tell that someone else stored it)."""
     who = _allow(request, WRITERS)
-    stored = await _receive(request, who)
-    await service(request).commit()
+    stored = await service(request).upload(who, _body(request), request.content_length)
     return json_response({"digest": stored.digest, "size": stored.size}, status=201)
 
 
@@ -110,16 +87,15 @@ async def upload(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.FileResponse:
     who = _allow(request, READERS)
     digest = check_digest(request.match_info["digest"])
-    if not blobholds.may_read(service(request).cluster, who, digest):
-        raise Forbidden(NOT_READABLE)
+    service(request).check_blob_readable(who, digest)
     return _send(_store(request).find(digest), digest)
 
 
 @routes.get("/api/v1/jobs/{id}/outputs", summary="The archive of a job's outputs", reply="binary")
 async def outputs(request: web.Request) -> web.FileResponse:
     """The archive (tar.gz) of what the job's attempt left in /workspace/out."""
-    _allow(request, READERS - {"node"})
-    job = visible_job(request, request.match_info["id"])
+    who = _allow(request, READERS - {"node"})
+    job = await service(request).visible_job(who, request.match_info["id"])
     if job.outputs is None:
         raise NotFound(
             f"job {job.id} has no outputs yet (state {job.state.value}); they are stored "
@@ -151,11 +127,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     attempt = query_int(request, "attempt", None, lo=1)
     if attempt is None:
         raise InvalidRequest("attempt is required", {"field": "attempt"})
-    svc = service(request)
-    # Checked before the body is stored: a refused upload leaves no blob behind.
-    svc.cluster.check_checkpoint(node_id, job_id, attempt)
-    stored = await _receive(request, principal(request))
-    # Checked again: the job may have moved on while the body arrived.
-    svc.cluster.record_checkpoint(node_id, job_id, attempt, stored.digest)
-    await svc.commit()
-    return json_response({"digest": stored.digest})
+    digest = await service(request).checkpoint(
+        node_id, job_id, attempt, principal(request), _body(request), request.content_length
+    )
+    return json_response({"digest": digest})

@@ -11,11 +11,11 @@ from common import codec
 from common.errors import InvalidRequest
 from common.models import Job
 from common.states import TERMINAL
+from scheduler.commands import Scheduler
 from scheduler.config import KEEPALIVE_S
 from scheduler.http import query_int, require_role
-from scheduler.routes import service, visible_job
+from scheduler.routes import service
 from scheduler.routes.table import RouteTable
-from scheduler.service import Service
 
 routes = RouteTable()
 
@@ -45,19 +45,17 @@ def _args(request: web.Request, job: Job) -> tuple[int, int]:
     return attempt, query_int(request, "offset", 0, lo=0) or 0
 
 
-async def _read(svc: Service, job_id: str, attempt: int, offset: int) -> bytes:
-    if offset >= svc.cluster.log_ends.get((job_id, attempt), 0):
-        return b""
-    return await svc.store.read_log(job_id, attempt, offset, READ_CHUNK)
+async def _read(svc: Scheduler, job_id: str, attempt: int, offset: int) -> bytes:
+    return await svc.read_log(job_id, attempt, offset, READ_CHUNK)
 
 
-async def _follow(svc: Service, job_id: str, attempt: int, offset: int) -> tuple[bytes, bool]:
+async def _follow(svc: Scheduler, job_id: str, attempt: int, offset: int) -> tuple[bytes, bool]:
     """The next bytes after ``offset``, waiting for them; and whether the attempt is over."""
     while True:
         data = await _read(svc, job_id, attempt, offset)
         if data:
             return data, False
-        job = svc.cluster.job(job_id)
+        job = await svc.job_now(job_id)
         if _over(job, attempt) or svc.stopping:
             # One last read: bytes committed together with the end are not missed.
             return await _read(svc, job_id, attempt, offset), True
@@ -79,7 +77,7 @@ async def _follow(svc: Service, job_id: str, attempt: int, offset: int) -> tuple
 async def logs(request: web.Request) -> web.StreamResponse:
     who = require_role(request, "read", "submit")
     svc = service(request)
-    job = visible_job(request, request.match_info["id"])
+    job = await svc.visible_job(who, request.match_info["id"])
     attempt, offset = _args(request, job)
     follow = request.query.get("follow") in ("1", "true", "yes")
     if "text/event-stream" in request.headers.get("Accept", ""):
@@ -114,7 +112,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 
 async def _sse(
-    request: web.Request, svc: Service, job_id: str, attempt: int, offset: int
+    request: web.Request, svc: Scheduler, job_id: str, attempt: int, offset: int
 ) -> web.StreamResponse:
     """Log bytes as SSE ``log`` events whose id is the byte offset after them."""
     async with sse_response(request, ping_interval=KEEPALIVE_S) as resp:
@@ -126,7 +124,7 @@ async def _sse(
                     text = data.decode("utf-8", errors="replace")
                     await resp.send(text, id=str(offset), event="log")
                 if over and not data:
-                    job = svc.cluster.job(job_id)
+                    job = await svc.job_now(job_id)
                     end: dict[str, object] = {"attempt": attempt, "offset": offset}
                     if attempt == job.attempt:
                         end |= {"state": job.state.value, "exit_code": job.exit_code}

@@ -15,15 +15,13 @@ routes = RouteTable()
 @routes.get("/api/v1/nodes", summary="Node status", reply=NodeList)
 async def list_nodes(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
-    cluster = service(request).cluster
-    nodes = sorted(cluster.nodes.values(), key=lambda n: n.name)
-    return json_response(NodeList(nodes=nodes, index=cluster.events.committed_index))
+    return json_response(service(request).nodes())
 
 
 @routes.get("/api/v1/nodes/{id}", summary="One node's status", reply=Node)
 async def get_node(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
-    return json_response(service(request).cluster.node(request.match_info["id"]))
+    return json_response(service(request).node(request.match_info["id"]))
 
 
 @routes.post(
@@ -32,11 +30,7 @@ async def get_node(request: web.Request) -> web.Response:
 async def drain(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, DrainRequest, empty_ok=True)
-    svc = service(request)
-    node = svc.cluster.drain(request.match_info["id"], req.drain, req.reason)
-    action = "node.drain" if req.drain else "node.undrain"
-    svc.cluster.audit(who, action, node.id, {"name": node.name, "reason": req.reason})
-    await svc.commit()
+    node = await service(request).drain(request.match_info["id"], req.drain, req.reason, who)
     return json_response(node)
 
 
@@ -50,9 +44,6 @@ async def forget(request: web.Request) -> web.Response:
     again; 409 while it runs jobs unless ``?force=1``, which loses them."""
     who = require_role(request)
     force = bool(query_int(request, "force", 0, lo=0, hi=1))
-    svc = service(request)
-    node, lost = svc.cluster.forget_node(request.match_info["id"], force=force)
-    details = {"name": node.name, "force": force, "lost_jobs": lost}
-    svc.cluster.audit(who, "node.forget", node.id, details)
-    await svc.commit()
-    return json_response({"id": node.id, "name": node.name, "lost_jobs": lost})
+    return json_response(
+        await service(request).forget_node(request.match_info["id"], force=force, who=who)
+    )

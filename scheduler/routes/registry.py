@@ -13,6 +13,7 @@ from scheduler.routes import (
     logs,
     nodes,
     session,
+    socket,
     system,
     tokens,
 )
@@ -26,6 +27,7 @@ ROUTES: tuple[Route, ...] = tuple(
         nodes,
         agents,
         events,
+        socket,
         logs,
         groups,
         blobs,

@@ -49,5 +49,5 @@ async def metrics(request: web.Request) -> web.Response:
 @routes.get("/api/v1/stats", summary="Jobs and nodes by state, capacity", reply=Stats)
 async def stats(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
-    s = service(request).cluster.stats()
+    s = service(request).stats()
     return json_response(Stats(**s))

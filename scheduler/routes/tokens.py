@@ -50,8 +50,7 @@ async def create_token(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, TokenCreate)
     svc = service(request)
-    row, secret = svc.cluster.create_token(req.role, req.name, all_jobs=req.all_jobs, by=who)
-    await svc.commit()
+    row, secret = await svc.create_token(req.role, req.name, all_jobs=req.all_jobs, who=who)
     body = TokenCreated(**msgspec.structs.asdict(_info(row)), token=secret)
     return json_response(body, status=201, headers={"Cache-Control": "no-store"})
 
@@ -65,7 +64,7 @@ async def create_token(request: web.Request) -> web.Response:
 async def list_tokens(request: web.Request) -> web.Response:
     require_role(request)
     revoked = request.query.get("revoked") in ("1", "true", "yes")
-    rows = service(request).cluster.tokens.listing(revoked=revoked)
+    rows = service(request).tokens(revoked=revoked)
     return json_response(TokenList(tokens=[_info(r) for r in rows]))
 
 
@@ -75,8 +74,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def revoke_token(request: web.Request) -> web.Response:
     who = require_role(request)
     svc = service(request)
-    row = svc.cluster.revoke_token(request.match_info["id"], by=who)
-    await svc.commit()
+    row = await svc.revoke_token(request.match_info["id"], who)
     return json_response(_info(row))
 
 
@@ -86,11 +84,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def rotate_join(request: web.Request) -> web.Response:
     who = require_role(request)
     svc = service(request)
-    row, secret = svc.cluster.rotate_join_token(by=who)
-    await svc.commit()
-    # Only once the new token is durable: a crash before this leaves the old file,
-    # whose token the restarted scheduler refuses, not a file with an unknown token.
-    svc.write_join_token(secret)
+    row, secret = await svc.rotate_join_token(who)
     return json_response(JoinToken(id=row.id, token=secret), headers={"Cache-Control": "no-store"})
 
 
@@ -116,7 +110,7 @@ async def audit(request: web.Request) -> web.Response:
         if value is not None and len(value) > 200:
             raise InvalidRequest(f"{name} is too long", {"field": name})
         filters[name] = value
-    rows = await service(request).store.read_audit(
+    rows = await service(request).audit_log(
         after, limit, actor=filters["actor"], action=filters["action"], target=filters["target"]
     )
     entries = [

@@ -39,6 +39,7 @@ expired or have their blobs kept: ``state``; ``ended_at`` (epoch seconds of
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
@@ -167,6 +168,11 @@ class Store(ABC):
         staged and are written, ahead of newer ones, by the next batch that succeeds
         (``failure`` says why meanwhile; the store retries on its own)."""
         await self._group.commit(changes)
+
+    def stage(self, changes: Changes) -> asyncio.Future[None]:
+        """Stage ``changes`` at once, so that reads see them from now on; the future is
+        done (or failed, as ``commit`` raises) once they are durable."""
+        return self._group.stage(changes)
 
     def take_recovered(self) -> list[Changes]:
         """Change sets whose commit failed (their callers got Unavailable) and that

@@ -96,16 +96,23 @@ class GroupCommit(Generic[Rows]):
 
         Raises Unavailable when that batch could not be written (the changes stay
         staged and go out with the next batch) or when the store is closed."""
-        if not changes:
-            return
-        if self._closing or self._wake is None:
-            raise Unavailable("the store is closed")
+        await self.stage(changes)
+
+    def stage(self, changes: Changes) -> asyncio.Future[None]:
+        """Stage ``changes`` now (reads see them from this moment); the future is done
+        once the batch holding them is committed, as ``commit`` describes."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not changes:
+            fut.set_result(None)
+            return fut
+        if self._closing or self._wake is None:
+            fut.set_exception(Unavailable("the store is closed"))
+            return fut
         self._staged.changes.merge(changes)
         self._staged.sets.append(changes)
         self._staged.waiters.append(fut)
         self._wake.set()
-        await fut
+        return fut
 
     def take_recovered(self) -> list[Changes]:
         """Change sets whose commit failed and that have been written since, oldest

@@ -179,6 +179,11 @@ async def test_blocking_get_returns_when_the_job_changes(
     sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
 ) -> None:
     _, job = await admin.post("/api/v1/jobs", SPEC)
+    # The first placement pass says why it waits: that is a change of the job too.
+    _, job = await admin.get(
+        f"/api/v1/jobs/{job['id']}", params={"index": job["index"], "wait": 10}
+    )
+    assert job["state"] == "queued" and job["reason"].startswith("no node is taking jobs")
     waiter = asyncio.create_task(
         admin.get(f"/api/v1/jobs/{job['id']}", params={"index": job["index"], "wait": 20})
     )

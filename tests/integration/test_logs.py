@@ -464,6 +464,12 @@ async def test_blocking_list_query_returns_on_a_change_or_when_the_wait_runs_out
     assert [j["id"] for j in changed["jobs"]] == [job["id"]]
     assert time.monotonic() - t0 < DEADLINE_S / 2
 
+    # The first placement pass says why it waits (no node): that moves it once.
+    status, job = await admin.get(
+        f"/api/v1/jobs/{job['id']}", params={"index": job["index"], "wait": DEADLINE_S}
+    )
+    assert job["state"] == "queued" and job["reason"].startswith("no node is taking jobs")
+
     # One job: blocks until that job moves past the index it names.
     t0 = time.monotonic()
     status, same = await admin.get(

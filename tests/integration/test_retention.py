@@ -15,9 +15,9 @@ from common.models import (
     RunningAttempt,
 )
 from common.states import JobState
-from scheduler.state import State
 from scheduler.config import SchedulerConfig
 from scheduler.service import Service
+from scheduler.state import State
 from scheduler.store.sqlite import SQLiteStore
 from tests.unit.test_cluster import FakeClock
 
@@ -33,7 +33,7 @@ async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: 
     clock = FakeClock()
     svc = _service(tmp_path, clock)
     await svc.start()
-    c = svc.cluster
+    c = svc.state
     node, _ = c.register(
         RegisterRequest(name="n", capacity=Resources(cpu=8, memory_mb=8192), max_parallel=8)
     )
@@ -58,8 +58,8 @@ async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: 
     clock.advance(1.5 * DAY)
     c.heartbeat(node.id, alive)
     assert await svc.expire_jobs() == 1
-    assert c.find(old_done.id) is None
-    assert c.find(recent.id) is not None
+    assert c.state_of(old_done.id) is None
+    assert c.state_of(recent.id) is JobState.CANCELLED
     assert c.jobs[running.id].state is JobState.RUNNING  # running for 7.5 days: untouched
     assert c.counts[JobState.COMPLETED] == 0
     assert "t:k-old" not in c.idempotency
@@ -70,7 +70,7 @@ async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: 
     # After a restart the deleted job stays deleted.
     again = _service(tmp_path, clock)
     await again.start()
-    assert again.cluster.find(old_done.id) is None
-    assert again.cluster.find(recent.id) is not None
-    assert again.cluster.find(running.id) is not None
+    assert again.state.state_of(old_done.id) is None
+    assert again.state.state_of(recent.id) is JobState.CANCELLED
+    assert again.state.state_of(running.id) is JobState.RUNNING
     await again.stop()

@@ -308,7 +308,7 @@ async def test_rate_limit_queue_cap_and_stream_cap(
 async def test_a_websocket_holds_a_bounded_number_of_subscriptions(
     limited: SchedulerProcess, http: aiohttp.ClientSession
 ) -> None:
-    from scheduler.routes.events import MAX_SOCKET_SUBSCRIPTIONS
+    from scheduler.routes.socket import MAX_SOCKET_SUBSCRIPTIONS
 
     headers = {"Authorization": f"Bearer {limited.admin_token}"}
     async with http.ws_connect(limited.url + "/api/v1/ws", headers=headers) as ws:

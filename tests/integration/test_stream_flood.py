@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from scheduler.config import MAX_STREAMS_PER_TOKEN, MAX_SUBSCRIPTIONS_PER_TOKEN
-from scheduler.routes.events import MAX_SOCKET_SUBSCRIPTIONS
+from scheduler.routes.socket import MAX_SOCKET_SUBSCRIPTIONS
 from tests.support import REPO, Api, SchedulerProcess, SimAgent
 
 SPEC = {"image": "busybox", "command": ["true"], "resources": {"cpu": 1, "memory_mb": 64}}

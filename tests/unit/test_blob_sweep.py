@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from common.errors import BerthError
 from common.models import Constraints, Job, Report
 from scheduler.blobs import ASIDE_SUFFIX, TMP_DIR, BlobFile, BlobStore, unreferenced
-from scheduler.state import State
 from scheduler.config import SchedulerConfig
+from scheduler.state import State
 from tests.unit.test_cluster import FakeClock, loaded_from, new_cluster, register, report, submit
 
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)

@@ -27,9 +27,9 @@ from common.models import (
     RunningAttempt,
 )
 from common.states import ON_NODE, JobState, NodeState, can_transition
-from scheduler.state import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER, State
 from scheduler.config import SchedulerConfig
 from scheduler.placement import REASON_NO_ELIGIBLE, REASON_NO_FIT
+from scheduler.state import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER, State
 from scheduler.store.base import Loaded
 
 T0 = 1_700_000_000.0

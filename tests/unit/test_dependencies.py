@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from common.states import JobState
 from scheduler.archive import CODES
-from scheduler.state import State
 from scheduler.dependencies import MAX_REASON, DependencyIndex
 from scheduler.limits import spec_bytes
+from scheduler.state import State
 from scheduler.store.base import Loaded
 from tests.unit.test_cluster import FakeClock, loaded_from, new_cluster, register, submit
 from tests.unit.test_queue import finish

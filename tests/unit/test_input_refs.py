@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from common.states import JobState
-from scheduler.state import State
 from scheduler.config import SchedulerConfig
+from scheduler.state import State
 from scheduler.store.base import Loaded
 from tests.unit.test_cluster import FakeClock, new_cluster, submit
 

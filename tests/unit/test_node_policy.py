@@ -18,8 +18,8 @@ from common import codec, policy
 from common.errors import CodecError, InvalidRequest
 from common.models import JobResources, JobSpec, Mount, RegisterRequest, Resources
 from common.states import JobState
-from scheduler.state import State
 from scheduler.config import SchedulerConfig
+from scheduler.state import State
 
 T0 = 1_700_000_000.0
 INFO = AttemptInfo("j1", 1, "n1", 60.0, 64)
@@ -287,9 +287,7 @@ def test_the_process_executor_refuses_what_only_a_container_gives() -> None:
 
 def _cluster() -> State:
     clock = [T0]
-    return State(
-        SchedulerConfig(restart_grace_s=0.0), clock=lambda: clock[0], rng=random.Random(1)
-    )
+    return State(SchedulerConfig(restart_grace_s=0.0), clock=lambda: clock[0], rng=random.Random(1))
 
 
 def _register(c: State, name: str, allow: list[str]) -> str:

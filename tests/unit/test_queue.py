@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from common.errors import InvalidRequest
 from common.models import Job
 from common.states import ON_NODE, JobState
-from scheduler.state import State
 from scheduler.config import SchedulerConfig
+from scheduler.state import State
 from tests.unit.test_cluster import (
     FakeClock,
     beat,

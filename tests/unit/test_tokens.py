@@ -99,13 +99,13 @@ def test_who_sees_which_jobs() -> None:
 def test_an_event_filter_remembers_what_it_looked_up() -> None:
     lookups: list[str] = []
 
-    def find(job_id: str) -> Job | None:
+    def owner_of(job_id: str) -> str | None:
         lookups.append(job_id)
-        return _job("alice") if job_id == "mine" else None
+        return "alice" if job_id == "mine" else None
 
-    visible = access.job_visibility(_row("a", "submit", "alice"), find)
+    visible = access.job_visibility(_row("a", "submit", "alice"), owner_of)
     assert visible is not None
     assert visible("mine") and visible("mine")
     assert not visible("other")
     assert lookups == ["mine", "other"]
-    assert access.job_visibility(_row("r", "read", "viewer"), find) is None
+    assert access.job_visibility(_row("r", "read", "viewer"), owner_of) is None

@@ -10,6 +10,7 @@ export const EVENT_TYPES = [
   "job.created",
   "job.state",
   "job.progress",
+  "job.pending",
   "job.checkpoint",
   "node.registered",
   "node.forgotten",

@@ -264,6 +264,7 @@ export function apply(event) {
       break;
     }
     case "job.progress":
+    case "job.pending":
       touch("jobs");
       break;
     case "node.registered":
@@ -323,6 +324,9 @@ function applyToJob(job, event) {
     }
   } else if (event.type === "job.progress") {
     job.progress = { percent: data.percent, message: data.message || "" };
+  } else if (event.type === "job.pending") {
+    // Why a queued job waits, told when it changes.
+    job.reason = data.reason ?? null;
   }
 }
 
