@@ -410,6 +410,12 @@ class DrainRequest(Struct, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(max_length=1024)] = ""
 
 
+class GroupLimit(Struct, forbid_unknown_fields=True):
+    """A concurrency group's limit, as an admin sets it."""
+
+    max_concurrent: Annotated[int, Meta(ge=1, le=100_000)]
+
+
 class JobBatch(Struct, forbid_unknown_fields=True):
     """Many specs submitted at once: all are accepted or none."""
 

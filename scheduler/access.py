@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from common.errors import Forbidden
 from common.models import Job, JobSpec
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
 NOT_YOURS = "this token may not use that job"
 

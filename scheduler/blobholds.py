@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from common.errors import PayloadTooLarge
 from common.states import ON_NODE
 from scheduler import access
-from scheduler.store.base import BlobHold, Changes, TokenRow
+from scheduler.store.base import BlobHold, Changes
+from scheduler.tokens import TokenRow
 
 if TYPE_CHECKING:
     from scheduler.state import State

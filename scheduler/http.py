@@ -20,9 +20,9 @@ from common.errors import (
     Unauthorized,
 )
 from scheduler.sessions import COOKIE, CSRF_HEADER, Sessions
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
-log = logging.getLogger("berth.http")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

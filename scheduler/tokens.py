@@ -12,10 +12,31 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from common.errors import Conflict, InvalidRequest, NotFound
-from scheduler.store.base import TokenRow
+
+
+@dataclass(slots=True, frozen=True)
+class TokenRow:
+    #: sha256 of the token; the token itself is never stored
+    digest: str
+    #: admin, submit or read for people; join and node for agents
+    role: str
+    name: str
+    node_id: str | None = None
+    #: a submit token that may see and act on every job, not only its own
+    all_jobs: bool = False
+    created_at: str | None = None
+    created_by: str | None = None
+    #: set when revoked: the row stays so the token's history reads whole
+    revoked_at: str | None = None
+
+    @property
+    def id(self) -> str:
+        """A public name for the token: a prefix of its digest, never the secret."""
+        return self.digest[:12]
+
 
 #: roles a person's token may have; ``join`` and ``node`` belong to agents
 PERSON_ROLES = ("admin", "submit", "read")

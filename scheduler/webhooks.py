@@ -32,7 +32,7 @@ from yarl import URL
 from common import codec
 from common.models import Job, WebhookDelivery
 
-log = logging.getLogger("berth.webhooks")
+log = logging.getLogger(__name__)
 
 #: tries per job end, the first included
 MAX_TRIES = 6

@@ -7,7 +7,8 @@ from typing import Any
 from common.models import Node, NodeList
 from scheduler import access
 from scheduler.service import Service
-from scheduler.store.base import AuditRecord, TokenRow
+from scheduler.store.base import AuditRecord
+from scheduler.tokens import TokenRow
 
 
 class AdminCommands(Service):

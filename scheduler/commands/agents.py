@@ -20,7 +20,7 @@ from common.models import (
 )
 from scheduler import blobholds
 from scheduler.commands.reads import Reads
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
 
 class AgentCommands(Reads):
@@ -95,9 +95,8 @@ class AgentCommands(Reads):
         """Append an attempt's log bytes at ``offset``; returns the log's end."""
         await self.fetch_ended([job_id])
         key = (job_id, attempt)
-        if key not in self.state.log_ends and job_id in self.state.archive:
-            # An ended job's log end was let go of with its document.
-            end = await self.store.read_log_end(job_id, attempt)
+        if key not in self.state.log_ends:
+            end = await self.log_end(job_id, attempt)
             self.state.log_ends.setdefault(key, end)
         end = self.state.append_log(node_id, job_id, attempt, offset, data)
         await self.commit()

@@ -18,7 +18,7 @@ from common.states import JobState
 from scheduler import access, blobholds
 from scheduler.limits import check_spec_size
 from scheduler.service import Service
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
 ACTIONS = ("cancel", "retry", "pause", "resume")
 #: the most jobs one batch action may touch

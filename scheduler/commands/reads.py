@@ -12,7 +12,8 @@ from scheduler import blobholds
 from scheduler.blobs import Stored
 from scheduler.events import Event
 from scheduler.service import Service
-from scheduler.store.base import RawEvent, TokenRow
+from scheduler.store.base import RawEvent
+from scheduler.tokens import TokenRow
 
 #: the one answer to a blob the caller may not read, whether or not it is stored
 NOT_READABLE = "this token may not read that blob"
@@ -52,14 +53,18 @@ class Reads(Service):
     # --- logs ------------------------------------------------------------------------
 
     async def log_end(self, job_id: str, attempt: int) -> int:
-        """Bytes of that attempt's log stored."""
+        """Bytes of that attempt's log stored. Memory knows them for the attempts of
+        live jobs; those of ended jobs, and of a retried job's earlier attempts, are let
+        go of and read from the store."""
         end = self.state.log_ends.get((job_id, attempt))
-        if end is None:
-            if job_id not in self.state.archive:
-                return 0
-            # Let go of with the ended job's document: read from the store.
-            end = await self.store.read_log_end(job_id, attempt)
-        return end
+        if end is not None:
+            return end
+        live = self.state.jobs.get(job_id)
+        if live is not None and live.attempt == attempt:
+            return 0
+        if live is None and job_id not in self.state.archive:
+            return 0
+        return await self.store.read_log_end(job_id, attempt)
 
     async def read_log(self, job_id: str, attempt: int, offset: int, limit: int) -> bytes:
         if offset >= await self.log_end(job_id, attempt):

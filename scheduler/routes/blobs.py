@@ -22,7 +22,7 @@ from scheduler.blobs import BlobStore, check_digest
 from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
 from scheduler.routes import service
 from scheduler.routes.table import RouteTable
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
 routes = RouteTable()
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from aiohttp import web
-from msgspec import Meta, Struct
 
+from common.models import GroupLimit
 from scheduler.http import json_response, read_body, require_role
 from scheduler.routes import service
 from scheduler.routes.table import RouteTable
 
 routes = RouteTable()
-
-
-class GroupLimit(Struct, forbid_unknown_fields=True):
-    max_concurrent: Annotated[int, Meta(ge=1, le=100_000)]
 
 
 @routes.get("/api/v1/groups", summary="Concurrency groups")

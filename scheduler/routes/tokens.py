@@ -19,7 +19,7 @@ from common.models import (
 from scheduler.http import json_response, query_int, read_body, require_role
 from scheduler.routes import service
 from scheduler.routes.table import RouteTable
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 
 routes = RouteTable()
 

@@ -21,7 +21,8 @@ from common.models import Job, Node
 from scheduler.config import SchedulerConfig
 from scheduler.events import Event, EventLog
 from scheduler.readyqueue import ReadyQueue
-from scheduler.store.base import AuditRecord, Changes, TokenRow
+from scheduler.store.base import AuditRecord, Changes
+from scheduler.tokens import TokenRow
 
 
 def dt(ts: float) -> datetime:

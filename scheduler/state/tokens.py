@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.errors import Conflict, InvalidRequest
 from scheduler.state.records import Records
-from scheduler.store.base import TokenRow
+from scheduler.tokens import TokenRow
 from scheduler.tokens import JOIN, TokenBook, new_secret, token_digest
 
 

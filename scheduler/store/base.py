@@ -60,10 +60,10 @@ from scheduler.store.records import (
     Loaded,
     LogChunk,
     RawEvent,
-    TokenRow,
     blobs_column,
     parse_blobs,
 )
+from scheduler.tokens import TokenRow
 
 __all__ = [
     "BLOB_TAGS",

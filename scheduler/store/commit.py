@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 from common.errors import Unavailable
 from scheduler.store.records import Changes
 
-log = logging.getLogger("berth.store")
+log = logging.getLogger(__name__)
 
 #: while writes fail, how often what is staged is tried again (seconds)
 RETRY_S = 1.0

@@ -8,6 +8,7 @@ from typing import Any
 from common.models import Job, Node
 from common.states import JobState
 from scheduler.events import Event
+from scheduler.tokens import TokenRow
 
 #: one event as stored: its index, type, job id and encoded document
 RawEvent = tuple[int, str, str | None, bytes]
@@ -46,27 +47,6 @@ def parse_blobs(blobs: str | None) -> dict[str, str]:
         tag, _, digest = part.partition(":")
         out[tag] = digest
     return out
-
-
-@dataclass(slots=True, frozen=True)
-class TokenRow:
-    #: sha256 of the token; the token itself is never stored
-    digest: str
-    #: admin, submit or read for people; join and node for agents
-    role: str
-    name: str
-    node_id: str | None = None
-    #: a submit token that may see and act on every job, not only its own
-    all_jobs: bool = False
-    created_at: str | None = None
-    created_by: str | None = None
-    #: set when revoked: the row stays so the token's history reads whole
-    revoked_at: str | None = None
-
-    @property
-    def id(self) -> str:
-        """A public name for the token: a prefix of its digest, never the secret."""
-        return self.digest[:12]
 
 
 @dataclass(slots=True, frozen=True)

@@ -39,11 +39,11 @@ from scheduler.store.base import (
     Loaded,
     RawEvent,
     Store,
-    TokenRow,
     cutoff_seconds,
     job_columns,
 )
 from scheduler.store.sqlite_schema import prepare
+from scheduler.tokens import TokenRow
 
 _Row = tuple[Any, ...]
 _Rows = dict[str, Sequence[_Row]]

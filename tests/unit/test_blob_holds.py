@@ -9,7 +9,8 @@ import pytest
 from common.errors import PayloadTooLarge
 from common.models import Constraints
 from scheduler.blobholds import BlobHolds, may_read
-from scheduler.store.base import BlobHold, Changes, TokenRow
+from scheduler.store.base import BlobHold, Changes
+from scheduler.tokens import TokenRow
 from tests.unit.test_cluster import FakeClock, new_cluster, register, submit
 
 A = "a" * 64

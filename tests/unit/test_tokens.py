@@ -10,8 +10,7 @@ from common.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from common.models import Job, JobSpec
 from common.states import JobState
 from scheduler import access
-from scheduler.store.base import TokenRow
-from scheduler.tokens import TokenBook, new_secret, token_digest
+from scheduler.tokens import TokenBook, TokenRow, new_secret, token_digest
 
 
 def _row(secret: str, role: str, name: str, **kw: object) -> TokenRow:
