@@ -19,7 +19,7 @@ import bisect
 import heapq
 from collections.abc import Callable, Iterator
 
-from scheduler.placement import FilterKey, JobRequest, filter_key
+from scheduler.placement import FilterKey, JobRequest, filter_key, queue_order
 
 #: (cpu, memory_mb, gpus, static filter, concurrency group)
 ShapeKey = tuple[float, int, int, FilterKey, str | None]
@@ -28,8 +28,8 @@ Entry = tuple[int, int, str]
 
 
 def entry(req: JobRequest) -> Entry:
-    """Highest priority first, then first submitted (the id settles nothing: seq is unique)."""
-    return (-req.priority, req.seq, req.id)
+    """The job's place in the queue's one order (placement.queue_order), with its id."""
+    return (*queue_order(req), req.id)
 
 
 class Shape:

@@ -175,3 +175,24 @@ async def test_an_unknown_job_says_so(
     await login(p, sched)
     await p.goto(sched.url + "/#/jobs/0000000000dead")
     await expect(p.locator(".empty-page")).to_contain_text("No such job.")
+
+
+async def test_why_a_queued_job_waits_changes_live(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    status, job = await admin.post(
+        "/api/v1/jobs", {**SPEC, "constraints": {"labels": {"pool": "gpu"}}}
+    )
+    assert status == 201, job
+    await open_job(p, sched, job["id"])
+    reason = p.get_by_test_id("job-reason")
+    await expect(reason).to_contain_text("no node is taking jobs")
+    # A node comes that does not carry the label: the job.pending event says so.
+    await add_agent(agents, sched, http, "worker-1")
+    await expect(reason).to_have_text("no node matches the constraints")
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Queued")

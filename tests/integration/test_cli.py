@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import REPO, Api, SchedulerProcess, SimAgent, free_port
+from tests.support import REPO, Api, SchedulerProcess, SimAgent, free_port, wait_until
 
 
 def berth(
@@ -51,6 +51,14 @@ async def test_submit_list_show_and_cancel_jobs(
 
     detail = berth(sched, "job", job_id)
     assert detail.returncode == 0 and "nightly" in detail.stdout and "queued" in detail.stdout
+
+    # With no node, the first pass says why it waits, and `berth job` shows it.
+    async def told() -> bool:
+        return bool((await admin.get(f"/api/v1/jobs/{job_id}"))[1]["reason"])
+
+    await wait_until(told, timeout=10)
+    waiting = berth(sched, "job", job_id).stdout
+    assert "waiting: no node is taking jobs" in waiting, waiting
 
     cancelled = berth(sched, "cancel", "--state", "queued", "--label", "team=a")
     assert cancelled.returncode == 0 and cancelled.stdout.split() == [job_id, "cancelled"]
