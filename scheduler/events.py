@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -30,9 +30,7 @@ class Event(Struct, gc=False):
 class EventLog:
     """Hands out indexes and wakes whoever waits for the committed index to move."""
 
-    def __init__(
-        self, last_index: int = 0, *, on_commit: Callable[[list[Event]], None] | None = None
-    ) -> None:
+    def __init__(self, last_index: int = 0) -> None:
         #: highest index handed out (possibly not yet committed)
         self.last_index = last_index
         #: highest index known to be committed
@@ -40,18 +38,14 @@ class EventLog:
         self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._advanced: asyncio.Future[None] | None = None
         self._closed = False
-        #: called with each committed batch of events (the subscribers' bus)
-        self.on_commit = on_commit
 
     def next_index(self) -> int:
         self.last_index += 1
         return self.last_index
 
     def committed(self, events: list[Event], up_to: int) -> None:
-        """Called after a batch commits: publish its events and wake waiters."""
+        """Called after a batch commits: keep its events for replay and wake waiters."""
         self.recent.extend(events)
-        if self.on_commit is not None and events:
-            self.on_commit(events)
         if up_to > self.committed_index:
             self.committed_index = up_to
         fut, self._advanced = self._advanced, None

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -130,17 +129,6 @@ class Store(ABC):
     @failure.setter
     def failure(self, value: str | None) -> None:
         self._group.failure = value
-
-    @property
-    def on_recovered(self) -> Callable[[], None] | None:
-        """Called once writes succeed again, after the changes of the failed batches
-        (which the store keeps and writes ahead of newer ones) are durable, before
-        their waiters. Being replaced by ``take_recovered``."""
-        return self._group.on_recovered
-
-    @on_recovered.setter
-    def on_recovered(self, hook: Callable[[], None] | None) -> None:
-        self._group.on_recovered = hook
 
     # --- lifecycle -------------------------------------------------------------------
 

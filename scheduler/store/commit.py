@@ -73,7 +73,6 @@ class GroupCommit(Generic[Rows]):
         #: why writes fail at the moment (what the last try said), None while they succeed
         self.failure: str | None = None
         #: called once writes succeed again, before the waiters of that batch return
-        self.on_recovered: Callable[[], None] | None = None
         self._staged = _Batch()
         self._in_flight: Changes | None = None
         #: change sets of failed batches, oldest first, not written yet
@@ -175,11 +174,6 @@ class GroupCommit(Generic[Rows]):
             self.failure = None
             self._recovered.extend(self._failed)
             self._failed = []
-            if self.on_recovered is not None:
-                try:
-                    self.on_recovered()
-                except Exception:  # the writer must outlive a broken hook
-                    log.exception("announcing the recovered changes failed")
         for w in batch.waiters:
             if not w.done():
                 w.set_result(None)

@@ -141,17 +141,17 @@ async def test_a_write_to_a_full_disk_raises_keeps_its_changes_and_writes_them_l
     assert [r[0] for r in loaded.ended] == ["00000000000001"]
 
 
-async def test_on_recovered_is_still_called_before_the_waiters_return(
+async def test_a_batch_that_failed_is_handed_back_once_it_is_written(
     store: SQLiteStore,
 ) -> None:
-    seen: list[int] = []
-    store.on_recovered = lambda: seen.append(len(store.take_recovered()))
     await fill_the_disk(store)
+    failed = Changes(jobs={"00000000000001": make_job(1)}, logs=[big_log("a")])
     with pytest.raises(Unavailable):
-        await store.commit(Changes(jobs={"00000000000001": make_job(1)}, logs=[big_log("a")]))
+        await store.commit(failed)
     await set_max_pages(store, 0)
     await store.commit(jobs(make_job(2)))
-    assert seen == [1]
+    assert store.take_recovered() == [failed]
+    assert store.take_recovered() == []
 
 
 async def test_close_writes_what_is_staged(tmp_path: Path) -> None:

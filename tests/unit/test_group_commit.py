@@ -112,11 +112,9 @@ async def test_a_failing_batch_raises_unavailable_and_is_written_ahead_of_newer_
     assert group.take_recovered() == []
 
 
-async def test_a_failing_store_retries_on_its_own_and_calls_on_recovered(
+async def test_a_failing_store_retries_on_its_own_and_hands_back_what_it_wrote(
     group: GroupCommit[dict[str, int]], backend: DictBackend
 ) -> None:
-    called: list[list[Changes]] = []
-    group.on_recovered = lambda: called.append(list(group.pending()))
     backend.failing = "disk I/O error"
     a = limits(x=1)
     with pytest.raises(Unavailable):
@@ -125,23 +123,7 @@ async def test_a_failing_store_retries_on_its_own_and_calls_on_recovered(
     # Nobody commits: the writer tries again by itself.
     await wait_until(lambda: group.failure is None, timeout=5, interval=0.01)
     assert backend.table == {"x": 1}
-    assert len(called) == 1
     assert group.take_recovered() == [a]
-
-
-async def test_a_broken_on_recovered_hook_does_not_stop_the_writer(
-    group: GroupCommit[dict[str, int]], backend: DictBackend
-) -> None:
-    def broken() -> None:
-        raise RuntimeError("boom")
-
-    group.on_recovered = broken
-    backend.failing = "gone"
-    with pytest.raises(Unavailable):
-        await group.commit(limits(x=1))
-    backend.failing = None
-    await group.commit(limits(y=2))
-    assert backend.table == {"x": 1, "y": 2}
 
 
 async def test_a_batch_in_flight_stays_pending_until_its_transaction_commits(
