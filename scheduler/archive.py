@@ -34,6 +34,8 @@ _STATE_NUMBER = {state: i for i, state in enumerate(_STATES)}
 #: bits of the packed entry: state (3), owner (20), then the spec's size
 _STATE_BITS = 3
 _OWNER_BITS = 20
+#: distinct packed values shared between jobs; past it each job keeps its own
+_SHARED_PACKED = 1 << 16
 
 
 class NotFetched(LookupError):
@@ -44,6 +46,8 @@ class JobArchive:
     def __init__(self, cache_size: int | None = None) -> None:
         #: job id -> state | owner | spec bytes, packed
         self._index: dict[str, int] = {}
+        #: each packed value once: many jobs share one (an int object costs 32 bytes)
+        self._packed: dict[int, int] = {}
         self._owners: list[str | None] = [None]
         self._owner_number: dict[str | None, int] = {None: 0}
         #: job id -> its JSON document, most recently used last
@@ -75,7 +79,10 @@ class JobArchive:
             number = self._owner_number[owner] = len(self._owners)
             self._owners.append(owner)
         packed = (size << _OWNER_BITS | number) << _STATE_BITS | _STATE_NUMBER[state]
-        self._index[job_id] = packed
+        shared = self._packed.get(packed)
+        if shared is None and len(self._packed) < _SHARED_PACKED:
+            shared = self._packed[packed] = packed
+        self._index[job_id] = packed if shared is None else shared
 
     def put_encoded(self, job_id: str, prefixed_doc: bytes) -> None:
         """Keep a document prefixed with its state code (see ``stored``)."""

@@ -59,12 +59,15 @@ class Loading(Queries):
     def _load_ended(self, loaded: Loaded) -> None:
         archive = self.archive
         counts = self.counts
-        for job_id, state, owner, size, blobs, _webhook in loaded.ended:
-            archive.put_row(job_id, state, owner, size)
+        rows = loaded.ended
+        put, states, owners, sizes = archive.put_row, rows.states, rows.owners, rows.spec_bytes
+        for i, job_id in enumerate(rows.ids):
+            put(job_id, states[i], owners[i], sizes[i])
+        for state in states:
             counts[state] += 1
-            if blobs is not None:
-                named = self.ended_blobs[job_id] = NamedBlobs.parse(blobs)
-                self._count_blobs(named, 1)
+        for i, blobs in rows.blobs.items():
+            named = self.ended_blobs[rows.ids[i]] = NamedBlobs.parse(blobs)
+            self._count_blobs(named, 1)
         for job_id, state, doc in loaded.archived:
             archive.put_encoded(job_id, doc)
             counts[state] += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,48 @@ RawEvent = tuple[int, str, str | None, bytes]
 #: ``blobs`` the digests it names (see ``blobs_column``), None when none;
 #: ``webhook_pending`` whether its end still has to reach its webhook.
 EndedRow = tuple[str, JobState, str | None, int, str | None, bool]
+
+
+@dataclass(slots=True)
+class EndedRows:
+    """Every ended job as a start reads it (see EndedRow), kept column by column: a
+    tuple per job would cost, while loading, about as much as the job's index entry."""
+
+    ids: list[str] = field(default_factory=list)
+    states: list[JobState] = field(default_factory=list)
+    #: interned: a few submitters own most jobs
+    owners: list[str | None] = field(default_factory=list)
+    spec_bytes: array[int] = field(default_factory=lambda: array("q"))
+    #: row -> the blobs it names, for the few rows that name any
+    blobs: dict[int, str] = field(default_factory=dict)
+    #: rows whose end still has to reach their webhook
+    webhooks: set[int] = field(default_factory=set)
+
+    def append(self, row: EndedRow) -> None:
+        job_id, state, owner, size, blobs, webhook = row
+        if blobs is not None:
+            self.blobs[len(self.ids)] = blobs
+        if webhook:
+            self.webhooks.add(len(self.ids))
+        self.ids.append(job_id)
+        self.states.append(state)
+        self.owners.append(owner)
+        self.spec_bytes.append(size)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[EndedRow]:
+        for i, job_id in enumerate(self.ids):
+            yield (
+                job_id,
+                self.states[i],
+                self.owners[i],
+                self.spec_bytes[i],
+                self.blobs.get(i),
+                i in self.webhooks,
+            )
+
 
 #: how ``blobs_column`` tags each digest: the job's inputs, outputs and checkpoint
 BLOB_TAGS = ("i", "o", "c")
@@ -175,4 +219,4 @@ class Loaded:
     #: who may read which blob (see BlobHold)
     blob_holds: list[BlobHold] = field(default_factory=list)
     #: every ended job, in id order, read from the jobs table's columns (see EndedRow)
-    ended: list[EndedRow] = field(default_factory=list)
+    ended: EndedRows = field(default_factory=EndedRows)

@@ -35,7 +35,7 @@ from scheduler.store.base import (
     AuditRecord,
     BlobHold,
     Changes,
-    EndedRow,
+    EndedRows,
     Loaded,
     RawEvent,
     Store,
@@ -160,7 +160,7 @@ class SQLiteStore(Store):
             archived,
             pruned_below,
             groups,
-            [r[0] for r in ended if r[5]],
+            [ended.ids[i] for i in sorted(ended.webhooks)],
             holds,
             ended,
         )
@@ -439,11 +439,11 @@ class SQLiteStore(Store):
         return below
 
 
-def _load_ended(conn: sqlite3.Connection) -> list[EndedRow]:
+def _load_ended(conn: sqlite3.Connection) -> EndedRows:
     """Every ended job's row, in id order, from the columns alone."""
     states, intern = _STATES, sys.intern
-    ended: list[EndedRow] = [
-        (i, states[st], intern(owner) if owner else owner, n, blobs, bool(hook))
-        for i, st, owner, n, blobs, hook in conn.execute(_LOAD_ENDED)
-    ]
+    ended = EndedRows()
+    add = ended.append
+    for i, st, owner, n, blobs, hook in conn.execute(_LOAD_ENDED):
+        add((i, states[st], intern(owner) if owner else owner, n, blobs, bool(hook)))
     return ended

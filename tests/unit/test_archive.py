@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+import pytest
+
 from common.models import Job, JobSpec
 from common.states import JobState
-from scheduler.archive import CODES, JobArchive
+from scheduler.archive import CODES, JobArchive, NotFetched
 
 
 def _job(job_id: str, state: JobState) -> Job:
@@ -63,3 +66,47 @@ def test_the_owner_is_read_without_the_rest_of_the_job() -> None:
     archive.put(_job("b", JobState.COMPLETED))
     assert archive.owner("a") == "alice"
     assert archive.owner("b") is None
+
+
+def test_only_the_most_recently_used_documents_stay_in_memory() -> None:
+    archive = JobArchive(cache_size=2)
+    for job_id in "abc":
+        archive.put(_job(job_id, JobState.COMPLETED))
+    # Every job is still indexed; the oldest document left memory.
+    assert list(archive) == ["a", "b", "c"]
+    assert archive.missing(["a", "b", "c"]) == ["a"]
+    with pytest.raises(NotFetched):
+        archive.get("a")
+    assert archive.state("a") is JobState.COMPLETED
+
+
+def test_asking_which_are_missing_keeps_the_others_in_memory() -> None:
+    archive = JobArchive(cache_size=2)
+    docs = {}
+    for job_id in "abc":
+        job = _job(job_id, JobState.FAILED)
+        docs[job_id] = msgspec.json.encode(job)
+        archive.put(job)
+    # "b" is used again, so taking "a" back in pushes "c" out, not "b".
+    assert archive.missing(["a", "b"]) == ["a"]
+    archive.take({"a": docs["a"]})
+    assert archive.missing(["a", "b"]) == []
+    assert archive.get("a") == _job("a", JobState.FAILED)
+
+
+def test_an_indexed_job_knows_its_owner_and_spec_size_without_its_document() -> None:
+    archive = JobArchive(cache_size=1)
+    archive.put_row("a", JobState.TIMED_OUT, "alice", 321)
+    archive.put_row("b", JobState.CANCELLED, None, 5)
+    assert archive.owner_and_spec_bytes("a") == ("alice", 321)
+    assert archive.state("b") is JobState.CANCELLED and archive.owner("b") is None
+    assert archive.missing(["a", "b", "zz"]) == ["a", "b"]
+
+
+def test_a_document_read_back_after_the_job_was_revived_is_not_taken() -> None:
+    archive = JobArchive(cache_size=4)
+    job = _job("a", JobState.FAILED)
+    archive.put_row("a", JobState.FAILED, None, 10)
+    archive.drop("a")
+    archive.take({"a": msgspec.json.encode(job)})
+    assert "a" not in archive and archive.missing(["a"]) == []
