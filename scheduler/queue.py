@@ -1,7 +1,8 @@
 """What keeps a queued job from being placed, decided apart from placement itself:
 dependencies, concurrency groups, retry backoff, and the starvation hold.
 
-Pure functions over plain values; the Cluster feeds them and applies the answers.
+Pure functions over plain values; the state (scheduler.state.scheduling) feeds them
+and applies the answers.
 """
 
 from __future__ import annotations
