@@ -105,10 +105,18 @@ class ReadyQueue:
             return
         self._into_shape(req, group)
 
-    def ready(self, job_id: str, group: str | None) -> None:
-        """The job's last dependency completed: it may be placed from now on."""
+    def ready(
+        self, job_id: str, group: str | None, *, not_before: float | None, now: float
+    ) -> None:
+        """The job's last dependency completed: it may be placed from now on (or once
+        its backoff ends)."""
         req = self.requests.get(job_id)
-        if req is not None and job_id not in self._shape_of and job_id not in self._delayed_until:
+        if req is None or job_id in self._shape_of or job_id in self._delayed_until:
+            return
+        if not_before is not None and not_before > now:
+            self._delayed_until[job_id] = not_before
+            heapq.heappush(self._delayed, (not_before, req.seq, job_id))
+        else:
             self._into_shape(req, group)
 
     def remove(self, job_id: str) -> None:

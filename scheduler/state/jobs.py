@@ -67,7 +67,8 @@ class Jobs(Lifecycle):
             self._owned.setdefault(submitted_by, []).append(job.id)
         self.counts[JobState.QUEUED] += 1
         self._enqueue(job)
-        self._held_spec_bytes(submitted_by, spec_bytes(spec))
+        if self._spec_bytes is not None:  # counted once someone asked (see spec_bytes_of)
+            self._held_spec_bytes(submitted_by, spec_bytes(spec))
         if idempotency_key is not None:
             self.idempotency[scoped] = job.id
             self.changes.idempotency.append((scoped, job.id))

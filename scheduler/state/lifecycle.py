@@ -215,8 +215,13 @@ class Lifecycle(Nodes):
         """Tell the jobs waiting on ``job`` that it ended (its last dependents may be
         placed now; a failure fails them at the next pass, as it always has)."""
         ready = self.deps.ended(job.id, state)
+        now = self.clock()
         for job_id in ready:
-            self.queue.ready(job_id, self.jobs[job_id].spec.group)
+            waiting = self.jobs[job_id]
+            nb = waiting.not_before.timestamp() if waiting.not_before is not None else None
+            self.queue.ready(job_id, waiting.spec.group, not_before=nb, now=now)
+            if self.queue.backing_off(job_id):
+                self._fresh_backoff.append(job_id)
         if ready or state is not JobState.COMPLETED:
             self._placement_wanted()
 

@@ -64,8 +64,16 @@ def test_a_job_waiting_on_dependencies_joins_only_when_ready() -> None:
     q = ReadyQueue()
     q.add(req("a", 1), None, not_before=None, now=0.0, waiting=True)
     assert "a" in q and q.shapes() == []
-    q.ready("a", None)
+    q.ready("a", None, not_before=None, now=0.0)
     assert q.shapes()[0].head() == "a"
+
+
+def test_a_ready_job_still_backing_off_waits_for_its_time() -> None:
+    q = ReadyQueue()
+    q.add(req("a", 1), None, not_before=None, now=0.0, waiting=True)
+    q.ready("a", None, not_before=30.0, now=10.0)
+    assert q.shapes() == [] and q.backing_off("a")
+    assert q.release_due(30.0, lambda _: None) == ["a"]
 
 
 def test_sleeping_shapes_share_their_reason_and_wake_on_a_change() -> None:
