@@ -105,6 +105,11 @@ async def _stream(
             contextlib.aclosing(items),
         ):
             async for item in items:
+                if type(item) is Live:
+                    # The common case first: a commit's events, in one write.
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await resp.write(b"".join([part.sse for part in item.parts]))
+                    continue
                 match item:
                     case Replayed(chunk):
                         async with asyncio.timeout(SEND_TIMEOUT_S):
@@ -116,9 +121,6 @@ async def _stream(
                             "index": index,
                         }
                         await resp.send(codec.dumps(body).decode(), id=str(index), event="reset")
-                    case Live(parts):
-                        async with asyncio.timeout(SEND_TIMEOUT_S):
-                            await resp.write(b"".join([part.sse for part in parts]))
                     case Resync(index):
                         body = {"reason": "too slow: events were dropped", "index": index}
                         await resp.send(codec.dumps(body).decode(), event="resync")

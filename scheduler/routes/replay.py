@@ -168,6 +168,9 @@ async def replay(
 
 def unsent(bus: EventBus, parts: list[Part], last: int) -> list[Part]:
     """The parts with only their events after ``last``."""
+    if not parts or parts[0].events[0].index > last:
+        # Live events come in order after what was sent: nothing to cut (most calls).
+        return parts
     out = []
     for part in parts:
         if part.events[0].index > last:
