@@ -187,11 +187,21 @@ class Scheduling(AgentProtocol):
         return None
 
     def _stop(self, shape: Shape, why: str) -> None:
-        """The shape's first job cannot be placed: it sleeps with that reason."""
+        """The shape's first job cannot be placed: it sleeps with that reason.
+
+        A job that becomes first of a shape already showed the shape's reason, so only a
+        change of the shape's reason is stored and told (coalesced: a busy queue whose
+        first jobs come and go does not write or send an event per pass)."""
+        told = shape.reason
         shape.sleep(why)
         head = shape.head()
-        if head is not None:
-            self._pending(self.jobs[head], why)
+        if head is None:
+            return
+        job = self.jobs[head]
+        if why == told:
+            job.reason = why
+        else:
+            self._pending(job, why)
 
     def _pending(self, job: Job, why: str) -> None:
         """Say why a queued job waits; a change is stored and told as an event."""

@@ -33,7 +33,8 @@ Job on every write, so that ended jobs need not be decoded (or held) to be count
 expired or have their blobs kept: ``state``; ``ended_at`` (epoch seconds of
 ``finished_at`` when the state is terminal, else NULL; a terminal job without
 ``finished_at`` falls back to ``cancelled_at``, then ``created_at``); ``owner``
-(``submitted_by``); ``spec_bytes`` (``scheduler.limits.spec_bytes``); ``blobs``
+(``submitted_by``); ``spec_bytes`` (``scheduler.limits.spec_bytes`` of an ended job;
+0 while it runs or waits, as only ended rows are read back by it); ``blobs``
 (``blobs_column``); ``webhook_pending``.
 """
 
@@ -96,7 +97,9 @@ def job_columns(job: Job) -> JobColumns:
     return (
         ended_at,
         job.submitted_by,
-        spec_bytes(job.spec),
+        # Only ended rows are read back by it: a live job, written at every change,
+        # is not encoded again for it.
+        spec_bytes(job.spec) if ended_at is not None else 0,
         blobs_column(job),
         int(job.webhook_pending),
     )

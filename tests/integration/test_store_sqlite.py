@@ -173,7 +173,8 @@ async def test_close_writes_what_is_staged(tmp_path: Path) -> None:
 async def test_every_job_write_fills_the_columns(store: SQLiteStore, tmp_path: Path) -> None:
     job = make_job(7, submitted_by="alice", webhook_pending=True)
     await store.commit(jobs(job))
-    assert columns(tmp_path / "berth.db", job.id) == (None, "alice", spec_bytes(job.spec), None, 1)
+    # A live job's spec size is counted once it ends (only ended rows are read by it).
+    assert columns(tmp_path / "berth.db", job.id) == (None, "alice", 0, None, 1)
     spec = msgspec.structs.replace(job.spec, inputs=DIGEST["i"])
     ended = msgspec.structs.replace(
         job,
