@@ -74,6 +74,9 @@ class SimWorker:
         self.ledger = ledger
         self.after = 0
         self.runs: dict[tuple[str, int], asyncio.Task[None]] = {}
+        #: attempts whose run is over and whose end is being reported: as with a real
+        #: agent whose container has exited, a cancel command has nothing left to stop
+        self.ending: set[tuple[str, int]] = set()
         self.stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -117,7 +120,10 @@ class SimWorker:
                 status, body = 0, None
             if status == 200:
                 for cmd in body["commands"]:
-                    task = self.runs.get((cmd["job_id"], cmd["attempt"]))
+                    key = (cmd["job_id"], cmd["attempt"])
+                    task = self.runs.get(key)
+                    if key in self.ending:
+                        continue
                     if cmd["action"] == "cancel" and task is not None and not task.done():
                         task.cancel()
                         self.ledger.cancelled += 1
@@ -127,6 +133,7 @@ class SimWorker:
         if await self._report(job_id, attempt, "running") != 200:
             return
         await asyncio.sleep(random.uniform(*RUN_S))
+        self.ending.add((job_id, attempt))
         await self._report(job_id, attempt, "completed", exit_code=0)
 
     async def _report(self, job_id: str, attempt: int, state: str, **extra: Any) -> int:
