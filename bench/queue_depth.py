@@ -15,7 +15,9 @@ pass still has them in its queue, but none of them takes a slot. Then the measur
 run submits 2,000 priority-90 jobs one request at a time (sequential POST
 /api/v1/jobs, each submit's latency recorded) and waits until every one of them was
 reported completed; throughput is jobs over the time from the first submit to the
-last completed report. Cases: an empty queue, then 20,000 and 100,000 deep jobs.
+last completed report. Cases: an empty queue, then 20,000 and 100,000 deep jobs; the
+cases run in turn, ``--rounds`` times (default 3), and each figure is the median of
+its rounds (the rounds' throughputs and p99s are printed beside it).
 
 Jobs are submitted with a submit token made for the bench (not the admin token), so
 the per-token admission checks are part of every submit; the scheduler is started with
@@ -29,7 +31,7 @@ as booleans. A case that runs past ``--timeout-s`` (the deep fill and the measur
 each get that long) prints what it got with ``"timed_out": true``.
 
 Run: ``python bench/queue_depth.py [--depths 20000,100000] [--agents 500]
-[--jobs 2000] [--timeout-s 600]``.
+[--jobs 2000] [--rounds 3] [--timeout-s 600]``.
 """
 
 from __future__ import annotations
@@ -312,28 +314,36 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-async def bench(depths: list[int], n_agents: int, n_jobs: int, timeout_s: float) -> dict[str, Any]:
-    cases: dict[str, Any] = {}
-    for depth in [0, *depths]:
-        name = "empty" if depth == 0 else str(depth)
-        cases[name] = await run_case(depth, n_agents, n_jobs, timeout_s)
-        # One line per case on stderr, so a long run shows progress.
-        print(json.dumps({name: cases[name]}), file=sys.stderr, flush=True)
+async def bench(
+    depths: list[int], n_agents: int, n_jobs: int, timeout_s: float, rounds: int
+) -> dict[str, Any]:
+    # Cases run in turn within each round, so that a slow stretch of a shared machine
+    # falls on every case alike; each case's figure is its median over the rounds.
+    names = ["empty", *(str(d) for d in depths)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for depth in [0, *depths]:
+            name = "empty" if depth == 0 else str(depth)
+            case = await run_case(depth, n_agents, n_jobs, timeout_s)
+            runs[name].append(case)
+            # One line per case on stderr, so a long run shows progress.
+            print(json.dumps({name: case}), file=sys.stderr, flush=True)
+    cases = {name: _median_case(runs[name]) for name in names}
     empty = cases["empty"]
-    out: dict[str, Any] = {"agents": n_agents, "jobs": n_jobs, "cases": cases}
+    out: dict[str, Any] = {"agents": n_agents, "jobs": n_jobs, "rounds": rounds, "cases": cases}
     out["ratios"] = {
         name: _ratio(case.get("jobs_per_s"), empty.get("jobs_per_s"))
         for name, case in cases.items()
         if name != "empty"
     }
     for depth, key in ((20_000, "20k"), (100_000, "100k")):
-        case = cases.get(str(depth))
+        deep = cases.get(str(depth))
         out[f"ratio_{key}"] = _ratio(
-            case.get("jobs_per_s") if case else None, empty.get("jobs_per_s")
+            deep.get("jobs_per_s") if deep else None, empty.get("jobs_per_s")
         )
-    case = cases.get("100000")
+    deepest = cases.get("100000")
     out["submit_p99_ratio_100k"] = _ratio(
-        case.get("submit_ms_p99") if case else None, empty.get("submit_ms_p99")
+        deepest.get("submit_ms_p99") if deepest else None, empty.get("submit_ms_p99")
     )
     r100, p100 = out["ratio_100k"], out["submit_p99_ratio_100k"]
     out["targets"] = {
@@ -345,6 +355,22 @@ async def bench(depths: list[int], n_agents: int, n_jobs: int, timeout_s: float)
     return out
 
 
+#: figures of a case reported as their median over the rounds (the rest: the last round)
+_MEDIAN_FIGURES = ("jobs_per_s", "elapsed_s", "submit_s", "submit_ms_p50", "submit_ms_p99")
+
+
+def _median_case(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(runs[-1])
+    out["timed_out"] = any(r.get("timed_out") for r in runs)
+    for key in _MEDIAN_FIGURES:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = round(statistics.median(values), 3)
+    out["jobs_per_s_rounds"] = [r.get("jobs_per_s") for r in runs]
+    out["submit_ms_p99_rounds"] = [r.get("submit_ms_p99") for r in runs]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -352,6 +378,9 @@ def main() -> None:
     p.add_argument("--depths", default="20000,100000", help="deep queue sizes, comma-separated")
     p.add_argument("--agents", type=int, default=500)
     p.add_argument("--jobs", type=int, default=2000, help="measured high-priority jobs")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="every case runs this often; medians are reported"
+    )
     p.add_argument(
         "--timeout-s",
         type=float,
@@ -361,7 +390,7 @@ def main() -> None:
     args = p.parse_args()
     depths = [int(d) for d in args.depths.split(",") if d.strip() and int(d) > 0]
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        result = runner.run(bench(depths, args.agents, args.jobs, args.timeout_s))
+        result = runner.run(bench(depths, args.agents, args.jobs, args.timeout_s, args.rounds))
     print(json.dumps(result))
 
 
