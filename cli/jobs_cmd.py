@@ -1,4 +1,5 @@
-"""`berth submit`, `jobs`, `job`, `nodes`, `cancel`, `retry`, `pause`, `resume`, `drain`.
+"""`berth submit`, `jobs`, `job`, `nodes`, `schedulers`, `cancel`, `retry`, `pause`,
+`resume`, `drain`.
 
 Listings are tables sized to the terminal, or JSON with ``--json`` for scripts. Address,
 token and exit codes are those of every client command (see ``berth logs --help``).
@@ -106,6 +107,39 @@ def node_rows(nodes: list[Node]) -> str:
     return table(headers, rows, flexible=6)
 
 
+def scheduler_rows(schedulers: list[dict[str, Any]], now: datetime | None = None) -> str:
+    """The scheduler processes sharing the store: which one leads, how far each applied."""
+    now = now or datetime.now(UTC)
+    rows = [
+        [
+            _cell(s.get("id")),
+            _cell(s.get("url")),
+            _cell(s.get("role")),
+            _cell(s.get("epoch")),
+            _cell(s.get("applied_index")),
+            _ago(_parse_time(s.get("seen")), now),
+        ]
+        for s in schedulers
+    ]
+    headers = ["ID", "URL", "ROLE", "EPOCH", "APPLIED", "SEEN"]
+    return table(headers, rows, flexible=1)
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time as the scheduler writes it, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
 def job_detail(job: Job) -> str:
     now = datetime.now(UTC)
     lines = [
@@ -185,7 +219,11 @@ def _read_specs(path: str) -> list[JobSpec]:
     required=True,
     help="A JSON job spec, a list of specs, or {'jobs': [...]}; - reads stdin.",
 )
-@click.option("--idempotency-key", default=None, help="Submitting again returns the same job.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    help="Submitting again with this key returns the same job (default: a new key).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 def submit(
     addr: str, token: str | None, spec_file: str, idempotency_key: str | None, as_json: bool
@@ -262,6 +300,23 @@ def nodes(addr: str, token: str | None, as_json: bool) -> None:
             print_json(listing.nodes)
         elif listing.nodes:
             click.echo(node_rows(listing.nodes))
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@click.command()
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def schedulers(addr: str, token: str | None, as_json: bool) -> None:
+    """The scheduler processes sharing the store: the leader and its standbys."""
+
+    async def body(client: BerthClient) -> int:
+        found = await client.schedulers()
+        if as_json:
+            print_json(found)
+        elif found:
+            click.echo(scheduler_rows(found))
         return EXIT_OK
 
     run_client(addr, token, body)
@@ -352,4 +407,4 @@ def drain(addr: str, token: str | None, node: str, reason: str, undo: bool) -> N
     run_client(addr, token, body)
 
 
-COMMANDS = [submit, jobs, job, nodes, cancel, retry, pause, resume, drain]
+COMMANDS = [submit, jobs, job, nodes, schedulers, cancel, retry, pause, resume, drain]

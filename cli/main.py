@@ -30,6 +30,7 @@ COMMANDS = {
     "resume": "cli.jobs_cmd:resume",
     "drain": "cli.jobs_cmd:drain",
     "node": "cli.node_cmd:node",
+    "schedulers": "cli.jobs_cmd:schedulers",
     "token": "cli.token_cmd:token",
     "audit": "cli.token_cmd:audit",
     "logs": "cli.live_cmd:logs",

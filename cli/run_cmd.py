@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import BinaryIO
 
@@ -139,7 +138,8 @@ async def _run(
     with tempfile.TemporaryDirectory(prefix="berth-run-") as tmp:
         if input_dir is not None:
             spec.inputs = await _send_inputs(client, input_dir, Path(tmp))
-        job = await client.submit_job(spec, idempotency_key=uuid.uuid4().hex)
+        # The client gives the submit an Idempotency-Key, so a lost reply is resent safely.
+        job = await client.submit_job(spec)
         _say(f"job {job.id} submitted")
         job = await _follow_until_cancelled(client, job)
         if output_dir is not None:

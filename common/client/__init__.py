@@ -5,13 +5,20 @@ backoff) sits under two APIs that only build requests and read replies: the user
 operator's (:mod:`.user`) and the agent's (:mod:`.agent`). :class:`BerthClient` offers
 both, since the agent uploads and downloads blobs too. :mod:`.sse` parses event streams,
 :mod:`.backoff` spaces retries out and :mod:`.errors` turns error replies into errors.
+A standby scheduler's ``not_leader`` is followed to the leader by the transport.
 """
 
 from __future__ import annotations
 
 from common.client.agent import LONG_POLL_MARGIN_S, AgentAPI
 from common.client.backoff import BACKOFF_BASE_S, BACKOFF_MAX_S, Backoff, backoff_delay
-from common.client.errors import SchedulerUnreachable, SchedulerUntrusted, error_from_body
+from common.client.errors import (
+    NOT_LEADER,
+    NotLeader,
+    SchedulerUnreachable,
+    SchedulerUntrusted,
+    error_from_body,
+)
 from common.client.transport import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT_S,
@@ -29,6 +36,7 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT_S",
     "LONG_POLL_MARGIN_S",
+    "NOT_LEADER",
     "RETRY_STATUSES",
     "STREAM_READ_TIMEOUT_S",
     "STREAM_RECONNECT_S",
@@ -37,6 +45,7 @@ __all__ = [
     "AgentAPI",
     "Backoff",
     "BerthClient",
+    "NotLeader",
     "SchedulerUnreachable",
     "SchedulerUntrusted",
     "Transport",

@@ -4,7 +4,8 @@ log shipping and checkpoints.
 Every call here may be sent twice (a node keeps its id, a report or a log chunk sent
 again changes nothing), so each is retried like an idempotent call. The calls of the
 agent's loops (heartbeat, long poll, reports, logs) make one pass over the URLs only:
-the loop itself tries again on its own schedule.
+the loop itself tries again on its own schedule. A standby's ``not_leader`` is followed
+to the leader it names within that pass, by the transport.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What the client raises: an error reply as its class of :mod:`common.errors`, and the
-two errors of a scheduler that could not be reached or trusted."""
+"""What the client raises: an error reply as its class of :mod:`common.errors`, the
+two errors of a scheduler that could not be reached or trusted, and a standby's refusal."""
 
 from __future__ import annotations
 
@@ -16,6 +16,25 @@ _FALLBACK_BY_STATUS = {
     429: "too_many_requests",
     503: "unavailable",
 }
+
+
+#: the error code of a standby scheduler's 503: it did nothing, the leader takes the call
+NOT_LEADER = "not_leader"
+
+
+class NotLeader(Unavailable):
+    """A standby scheduler refused a write or an agent call before acting on it.
+
+    ``details["leader_url"]`` names the leader, or is absent (None) while no leader is
+    known. The transport follows it on its own; once it gives up, it raises
+    SchedulerUnreachable from the last one.
+    """
+
+    code = NOT_LEADER
+
+
+#: codes the client knows beyond those of common.errors
+_CLIENT_ERRORS: dict[str, type[BerthError]] = {NotLeader.code: NotLeader}
 
 
 class SchedulerUnreachable(Unavailable):
@@ -41,15 +60,23 @@ def error_from_body(status: int, body: bytes) -> BerthError:
         details = raw_details if isinstance(raw_details, dict) else {}
     else:
         message = body[:200].decode("utf-8", "replace").strip()
-    if not isinstance(code, str) or code not in ERRORS_BY_CODE:
-        code = _FALLBACK_BY_STATUS.get(status, "internal")
-    cls = ERRORS_BY_CODE[code]
+    cls = _class_of(code, status)
     # IllegalTransition has its own __init__; build every class the same way.
     error = cls.__new__(cls)
     BerthError.__init__(error, message or f"HTTP {status}", details)
     if isinstance(error, TooManyRequests):
         error.retry_after_s = int(details.get("retry_after_s") or 1)
     return error
+
+
+def _class_of(code: object, status: int) -> type[BerthError]:
+    """The class of an error code; for a code not known here (a newer scheduler's), the
+    generic class of the status."""
+    if isinstance(code, str):
+        cls = ERRORS_BY_CODE.get(code) or _CLIENT_ERRORS.get(code)
+        if cls is not None:
+            return cls
+    return ERRORS_BY_CODE[_FALLBACK_BY_STATUS.get(status, "internal")]
 
 
 def describe(e: BaseException | None) -> str:

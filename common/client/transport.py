@@ -8,6 +8,12 @@ connection errors and on 502/503/504, failing over to the next URL; a call that 
 idempotent is retried only when the connection could not be made at all (nothing was
 sent).
 
+A standby scheduler answers writes and agent calls with 503 ``not_leader`` and, when it
+knows one, the leader's URL. Every call, idempotent or not, is then sent again: to that
+leader, which becomes the URL tried first from then on (even one not configured), or
+else to the next URL. Those hops share the bound of the retries above; once it is spent,
+the call raises SchedulerUnreachable from the last refusal.
+
 Parameters of :class:`Transport` and their defaults:
 
 - ``timeout``: seconds for one request (``DEFAULT_TIMEOUT_S``); long polls add their wait.
@@ -34,6 +40,7 @@ import aiohttp
 from common import codec
 from common.client.backoff import backoff_delay
 from common.client.errors import (
+    NOT_LEADER,
     SchedulerUnreachable,
     SchedulerUntrusted,
     describe,
@@ -89,7 +96,14 @@ class Transport:
         self._ssl: ssl.SSLContext | bool = True
         if ca_file or any(u.startswith("https:") for u in self.urls):
             self._ssl = client_context(ca_file)
+        # A leader URL must not lower the transport's protection: with only https URLs
+        # configured, a standby's pointer to an http URL (the token sent in clear) is
+        # not followed.
+        self._https_only = all(u.startswith("https:") for u in self.urls)
+        #: index into urls of the URL tried first
         self._current = 0
+        #: the leader's URL when a standby named one that is not in urls; tried first
+        self._leader: str | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
@@ -116,8 +130,8 @@ class Transport:
 
     @property
     def url(self) -> str:
-        """The scheduler URL that answered last."""
-        return self.urls[self._current]
+        """The scheduler URL tried first: the one that answered last, or the leader."""
+        return self._leader or self.urls[self._current]
 
     async def send(
         self,
@@ -138,7 +152,8 @@ class Transport:
         """Send one request and return what ``receive`` reads from its 2xx reply.
 
         Every URL is tried in turn from the one that answered last, ``passes`` times
-        over with a backoff between passes. A ``body`` that is a Path is streamed from
+        over with a backoff between passes; a standby's ``not_leader`` moves the call
+        to the leader (see _Tries). A ``body`` that is a Path is streamed from
         the file, reopened on every try. ``token`` overrides the transport's token for
         this call. With ``keep_open`` the reply is left open for the caller to close (a
         stream). Raises the BerthError of an error reply, SchedulerUntrusted at once, or
@@ -155,7 +170,8 @@ class Transport:
         hdrs.update(headers or {})
         query = {k: str(v) for k, v in (params or {}).items()}
         last: BaseException | None = None
-        async for url in self._urls(passes, path):
+        tries = _Tries(self, passes)
+        async for url in tries.urls(path):
             # A file is reopened on every try, so a retried upload sends it from the start.
             data = await asyncio.to_thread(body.open, "rb") if isinstance(body, Path) else body
             resp: aiohttp.ClientResponse | None = None
@@ -175,7 +191,7 @@ class Transport:
             except aiohttp.ClientConnectorError as e:
                 # Nothing was sent: safe to try elsewhere, idempotent or not.
                 last = e
-                self._failover()
+                tries.failed()
                 continue
             except (aiohttp.ClientError, TimeoutError) as e:
                 if not idempotent:
@@ -183,16 +199,23 @@ class Transport:
                         f"{method} {path}: {describe(e)}", {"url": url}
                     ) from e
                 last = e
-                self._failover()
+                tries.failed()
                 continue
             finally:
                 if resp is not None:
                     resp.release()
                 if data is not None and not isinstance(data, bytes):
                     data.close()
+            if status == 503 and error.code == NOT_LEADER:
+                # A standby refuses before it acts, so the call had no effect there: even
+                # one that is not safe to send twice (a submit without a key, a cancel)
+                # is sent again, to the leader.
+                last = error
+                tries.not_leader(error.details.get("leader_url"))
+                continue
             if status in RETRY_STATUSES and idempotent:
                 last = error
-                self._failover()
+                tries.failed()
                 continue
             raise error
         self._unreachable(method, path, last)
@@ -303,17 +326,13 @@ class Transport:
             total=None, sock_connect=self.timeout, sock_read=TRANSFER_IDLE_TIMEOUT_S
         )
 
-    async def _urls(self, passes: int, path: str) -> AsyncIterator[str]:
-        """Every scheduler URL in turn from the current one, ``passes`` times over, with
-        a backoff between passes; the caller calls _failover when one fails."""
-        for attempt in range(passes):
-            if attempt:
-                await asyncio.sleep(backoff_delay(attempt - 1))
-            for _ in range(len(self.urls)):
-                yield self.urls[self._current] + path
-
     def _unreachable(self, method: str, path: str, last: BaseException | None) -> NoReturn:
-        """Give up: the last error answered, or no scheduler answered at all."""
+        """Give up: the last error answered, or no scheduler answered (or led) at all."""
+        if isinstance(last, BerthError) and last.code == NOT_LEADER:
+            raise SchedulerUnreachable(
+                f"{method} {path}: no scheduler took the call as the leader ({last.message})",
+                {"urls": self.urls, "leader_url": last.details.get("leader_url")},
+            ) from last
         if isinstance(last, BerthError):
             raise last
         raise SchedulerUnreachable(
@@ -321,7 +340,35 @@ class Transport:
         ) from last
 
     def _failover(self) -> None:
+        """Move on from the URL tried first; a leader learned from a standby is dropped
+        and the configured URLs go on from the one after the last tried."""
+        self._leader = None
         self._current = (self._current + 1) % len(self.urls)
+
+    def _follow_leader(self, leader_url: object) -> bool:
+        """Make the leader a standby named the URL tried first, or fail over when it named
+        none that can be used; True when it moved to a leader."""
+        leader = self._usable_leader(leader_url)
+        if leader is None:
+            self._failover()
+            return False
+        if leader in self.urls:
+            self._current = self.urls.index(leader)
+            self._leader = None
+        else:
+            self._leader = leader
+        return True
+
+    def _usable_leader(self, leader_url: object) -> str | None:
+        """A standby's ``leader_url`` as a base URL, or None when it names none, names the
+        URL that just refused, or would leave https."""
+        if not isinstance(leader_url, str):
+            return None
+        leader = leader_url.strip().rstrip("/")
+        allowed = ("https://",) if self._https_only else ("http://", "https://")
+        if not leader.startswith(allowed) or leader == self.url:
+            return None
+        return leader
 
     def _untrusted(self, e: aiohttp.ClientConnectorCertificateError) -> SchedulerUntrusted:
         """The error for a certificate that failed verification at the current URL.
@@ -329,11 +376,49 @@ class Transport:
         Waiting will not make the certificate trusted, so callers raise it at once
         instead of retrying; the next call starts at the next URL.
         """
-        url = self.urls[self._current]
+        url = self.url
         self._failover()
         cert_error = e.certificate_error
         why = getattr(cert_error, "verify_message", "") or str(cert_error)
         return SchedulerUntrusted(f"certificate verify failed for {url}: {why}", {"url": url})
+
+
+class _Tries:
+    """The scheduler URLs one call tries, and when it gives up.
+
+    Every URL in turn from the one tried first, ``passes`` times over with a backoff
+    between passes. A standby that names the leader adds one try to the pass, so a
+    client given a single URL still reaches a leader it was not given; further hops in
+    that pass count as ordinary tries, which bounds a ping-pong between standbys that
+    name each other to ``passes`` times (URLs + 2).
+    """
+
+    def __init__(self, transport: Transport, passes: int) -> None:
+        self._transport = transport
+        self._passes = passes
+        self._hopped = False
+
+    async def urls(self, path: str) -> AsyncIterator[str]:
+        t = self._transport
+        for attempt in range(self._passes):
+            if attempt:
+                await asyncio.sleep(backoff_delay(attempt - 1))
+            self._hopped = False
+            # A learned leader outside the configured URLs is one more to try.
+            count = len(t.urls) + (t.url not in t.urls)
+            tried = 0
+            while tried < count + self._hopped:
+                tried += 1
+                yield t.url + path
+
+    def failed(self) -> None:
+        """The URL tried did not answer, or answered a retryable error."""
+        self._transport._failover()
+
+    def not_leader(self, leader_url: object) -> None:
+        """The URL tried is a standby; ``leader_url`` is what it said of the leader."""
+        if self._transport._follow_leader(leader_url):
+            self._hopped = True
 
 
 async def _read(resp: aiohttp.ClientResponse) -> bytes:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from common import codec
 from common.client.backoff import Backoff
@@ -56,15 +58,20 @@ class UserAPI(Transport):
     # --- jobs and nodes --------------------------------------------------------------
 
     async def submit_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
-        """Submit a job; with an idempotency key the submit is retried safely."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        """Submit a job under an Idempotency-Key: ``idempotency_key``, else a new one.
+
+        The key is made once here, so every resend of this submit carries it: one whose
+        reply was lost (a dropped connection, a leader that failed over) is sent again
+        and the scheduler answers with the job the first one created, not a second job.
+        """
+        key = idempotency_key or uuid.uuid4().hex
         return await self._typed(
             Job,
             "POST",
             "/api/v1/jobs",
             body=codec.encode(spec),
-            headers=headers,
-            idempotent=idempotency_key is not None,
+            headers={"Idempotency-Key": key},
+            idempotent=True,
         )
 
     async def get_job(
@@ -84,7 +91,11 @@ class UserAPI(Transport):
         return await self._typed(JobList, "GET", "/api/v1/jobs", params=params)
 
     async def submit_batch(self, specs: list[JobSpec]) -> list[Job]:
-        """Submit up to 1,000 specs at once: all are queued or none."""
+        """Submit up to 1,000 specs at once: all are queued or none.
+
+        The batch route takes no Idempotency-Key, so a batch is not resent once it may
+        have reached a leader (a standby's not_leader is still followed).
+        """
         body = codec.encode(JobBatch(jobs=specs))
         reply = await self._typed(JobList, "POST", "/api/v1/jobs/batch", body=body)
         return reply.jobs
@@ -123,6 +134,12 @@ class UserAPI(Transport):
             await self.request("DELETE", f"/api/v1/nodes/{node_id}", params=params)
         )
         return reply
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        """The scheduler processes sharing the store, each ``{"id", "url", "role"
+        ("leader" or "standby"), "epoch", "applied_index", "seen" (RFC 3339)}``."""
+        reply = await self.request("GET", "/api/v1/schedulers")
+        return codec.decode(reply, _SchedulerList).schedulers
 
     async def stats(self) -> Stats:
         return await self._typed(Stats, "GET", "/api/v1/stats")
@@ -354,6 +371,12 @@ class UserAPI(Transport):
             ) from error
         log.debug("stream dropped (%s); reconnecting", describe(error))
         await asyncio.sleep(backoff.next())
+
+
+class _SchedulerList(msgspec.Struct):
+    """The reply of GET /api/v1/schedulers, its entries kept as they come."""
+
+    schedulers: list[dict[str, Any]]
 
 
 def _given(**values: str | int | float | None) -> Params:
