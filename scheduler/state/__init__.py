@@ -8,20 +8,20 @@ waiting.
 
 The modules are layers, each built on the one before, named after what they hold:
 records -> tokens -> blobrefs -> nodes -> lifecycle -> jobs -> agents -> scheduling
--> liveness -> queries -> loading.
+-> liveness -> queries -> loading -> following.
 """
 
 from __future__ import annotations
 
 from scheduler.state.agents import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER
 from scheduler.state.blobrefs import Gone
+from scheduler.state.following import Followed, Following
 from scheduler.state.jobs import RETRYABLE
-from scheduler.state.loading import Loading
 from scheduler.state.nodes import AGENT_SHUTTING_DOWN
 from scheduler.state.records import Effects
 
 
-class State(Loading):
+class State(Following):
     """Jobs, nodes, tokens and the queue, with every change made to them."""
 
 
@@ -31,6 +31,7 @@ __all__ = [
     "LOG_TRUNCATED_MARKER",
     "RETRYABLE",
     "Effects",
+    "Followed",
     "Gone",
     "State",
 ]

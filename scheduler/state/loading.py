@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from common.models import Job, Resources
+from common.models import Resources
 from common.states import ON_NODE, TERMINAL, JobState
+from scheduler.blobholds import BlobHolds
 from scheduler.events import EventLog
 from scheduler.nodes import add
 from scheduler.state.blobrefs import NamedBlobs
@@ -11,7 +12,6 @@ from scheduler.state.lifecycle import request_of, share_strings
 from scheduler.state.queries import Queries
 from scheduler.store.base import Changes, Loaded
 from scheduler.tokens import TokenBook
-from scheduler.blobholds import BlobHolds
 
 #: an encoded job that may name a blob (an input archive, ending in ``puts":"`` like
 #: outputs, or a checkpoint) contains one of these; checking two keeps loading cheap

@@ -75,9 +75,7 @@ class Scheduling(AgentProtocol):
             if job is not None and self.queue.backing_off(job_id):
                 self._pending(job, queue.WAITING_TO_RETRY)
         self._fresh_backoff.clear()
-        nb = self.queue.next_due()
-        if nb is not None and nb <= now:
-            self.queue.release_due(now, lambda job_id: self.jobs[job_id].spec.group)
+        self._release_due(now)
         doomed: list[tuple[Job, str]] = []
         for job_id in self.deps.take_doomed():
             # A dependency ended without completing: judged once, against the states
@@ -96,6 +94,12 @@ class Scheduling(AgentProtocol):
             why = f"{queue.DEPENDENCY_FAILED}: job {dep} did not complete"
             job.error = why
             self._set_state(job, JobState.FAILED, reason=why)
+
+    def _release_due(self, now: float) -> None:
+        """Retries whose backoff has ended join their shapes."""
+        nb = self.queue.next_due()
+        if nb is not None and nb <= now:
+            self.queue.release_due(now, lambda job_id: self.jobs[job_id].spec.group)
 
     def _starving(self, shapes: list[Shape], now: float) -> placement.JobRequest | None:
         """The first job in queue order that waited past the bound and did not fit in

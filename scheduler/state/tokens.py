@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from common.errors import Conflict, InvalidRequest
 from scheduler.state.records import Records
-from scheduler.tokens import TokenRow
-from scheduler.tokens import JOIN, TokenBook, new_secret, token_digest
+from scheduler.tokens import JOIN, TokenBook, TokenRow, new_secret, token_digest
 
 
 class Tokens(Records):
