@@ -95,6 +95,16 @@ class Unavailable(BerthError):
     status = 503
 
 
+class NotLeader(Unavailable):
+    """A standby scheduler refused a write or an agent call before acting on it.
+
+    ``details["leader_url"]`` names the leader, or is None while no leader is known;
+    clients and agents send the same call there.
+    """
+
+    code = "not_leader"
+
+
 class CodecError(InvalidRequest):
     """A payload could not be decoded or did not match its model."""
 
@@ -114,5 +124,6 @@ ERRORS_BY_CODE: dict[str, type[BerthError]] = {
         PayloadTooLarge,
         TooManyRequests,
         Unavailable,
+        NotLeader,
     )
 }

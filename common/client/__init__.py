@@ -14,7 +14,6 @@ from common.client.agent import LONG_POLL_MARGIN_S, AgentAPI
 from common.client.backoff import BACKOFF_BASE_S, BACKOFF_MAX_S, Backoff, backoff_delay
 from common.client.errors import (
     NOT_LEADER,
-    NotLeader,
     SchedulerUnreachable,
     SchedulerUntrusted,
     error_from_body,
@@ -29,6 +28,7 @@ from common.client.transport import (
     Transport,
 )
 from common.client.user import STREAM_RECONNECT_S, UserAPI
+from common.errors import NotLeader
 
 __all__ = [
     "BACKOFF_BASE_S",

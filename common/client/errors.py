@@ -4,7 +4,7 @@ two errors of a scheduler that could not be reached or trusted, and a standby's 
 from __future__ import annotations
 
 from common import codec
-from common.errors import ERRORS_BY_CODE, BerthError, TooManyRequests, Unavailable
+from common.errors import ERRORS_BY_CODE, BerthError, NotLeader, TooManyRequests, Unavailable
 
 _FALLBACK_BY_STATUS = {
     400: "invalid",
@@ -19,22 +19,7 @@ _FALLBACK_BY_STATUS = {
 
 
 #: the error code of a standby scheduler's 503: it did nothing, the leader takes the call
-NOT_LEADER = "not_leader"
-
-
-class NotLeader(Unavailable):
-    """A standby scheduler refused a write or an agent call before acting on it.
-
-    ``details["leader_url"]`` names the leader, or is absent (None) while no leader is
-    known. The transport follows it on its own; once it gives up, it raises
-    SchedulerUnreachable from the last one.
-    """
-
-    code = NOT_LEADER
-
-
-#: codes the client knows beyond those of common.errors
-_CLIENT_ERRORS: dict[str, type[BerthError]] = {NotLeader.code: NotLeader}
+NOT_LEADER = NotLeader.code
 
 
 class SchedulerUnreachable(Unavailable):
@@ -73,7 +58,7 @@ def _class_of(code: object, status: int) -> type[BerthError]:
     """The class of an error code; for a code not known here (a newer scheduler's), the
     generic class of the status."""
     if isinstance(code, str):
-        cls = ERRORS_BY_CODE.get(code) or _CLIENT_ERRORS.get(code)
+        cls = ERRORS_BY_CODE.get(code)
         if cls is not None:
             return cls
     return ERRORS_BY_CODE[_FALLBACK_BY_STATUS.get(status, "internal")]
