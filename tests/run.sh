@@ -25,6 +25,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The link-swap attack tests compile a static helper (tests/link_swapper.c).
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
+# The PostgreSQL store's tests start throwaway clusters (tests/pg.py).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt_install "${need[@]}"
