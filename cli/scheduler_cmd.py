@@ -29,6 +29,7 @@ from scheduler.config import (
     SUBMIT_BURST,
     SUBMIT_RATE_PER_S,
     SchedulerConfig,
+    is_postgres_dsn,
 )
 
 
@@ -45,6 +46,22 @@ def _origins(raw: str) -> tuple[str, ...]:
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Where the database and tokens live.",
+)
+@click.option(
+    "--store",
+    envvar="BERTH_STORE",
+    show_envvar=True,
+    default="",
+    help="Where the state is stored: a postgresql://USER@HOST/DB DSN, shared by every "
+    "scheduler of a highly available setup; default: SQLite in the state directory.",
+)
+@click.option(
+    "--advertise-url",
+    envvar="BERTH_ADVERTISE_URL",
+    show_envvar=True,
+    default="",
+    help="The URL other schedulers, agents and clients are sent to for this scheduler "
+    "(default: http(s)://HOST:PORT of --listen).",
 )
 @click.option(
     "--listen",
@@ -259,6 +276,8 @@ def _origins(raw: str) -> tuple[str, ...]:
 )
 def scheduler(
     state_dir: Path,
+    store: str,
+    advertise_url: str,
     listen: str,
     strategy: str,
     heartbeat_interval: float,
@@ -293,6 +312,12 @@ def scheduler(
     from scheduler.app import serve
 
     tls = tls_pair(tls_cert, tls_key)
+    if store and not is_postgres_dsn(store):
+        raise click.BadParameter(
+            f"{store!r} is not a postgresql:// DSN (leave it empty for SQLite in the "
+            "state directory)",
+            param_hint="--store",
+        )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -323,6 +348,8 @@ def scheduler(
         webhook_allow_private=webhook_allow_private,
         tls_cert=tls[0] if tls else None,
         tls_key=tls[1] if tls else None,
+        store=store,
+        advertise_url=advertise_url.rstrip("/"),
     )
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

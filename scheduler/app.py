@@ -22,14 +22,22 @@ from scheduler.http import (
     auth_middleware,
     errors_middleware,
 )
+from scheduler.leaderguard import LEADER_ROUTES, leader_middleware
 from scheduler.openapi import document
 from scheduler.routes import SERVICE
 from scheduler.routes.registry import ROUTES
 from scheduler.routes.system import OPENAPI
-from scheduler.routes.table import add_routes, bookkeeping_paths, public_paths, stateless_paths
+from scheduler.routes.table import (
+    add_routes,
+    bookkeeping_paths,
+    leader_routes,
+    public_paths,
+    stateless_paths,
+)
 from scheduler.sessions import Sessions
 from scheduler.state import State
 from scheduler.statedir import make_private
+from scheduler.store.base import Store
 from scheduler.store.sqlite import SQLiteStore
 from scheduler.writeguard import BOOKKEEPING_PATHS, STATELESS_PATHS
 
@@ -40,9 +48,20 @@ DB_FILE = "berth.db"
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
+def open_store(config: SchedulerConfig) -> Store:
+    """The store ``--store`` names: PostgreSQL for a DSN, else SQLite in the state
+    directory."""
+    if config.postgres:
+        # Only then: asyncpg is not loaded by a scheduler on SQLite.
+        from scheduler.store.postgres import PostgresStore
+
+        return PostgresStore(config.store)
+    return SQLiteStore(config.state_dir / DB_FILE, load_ended_docs=False)
+
+
 def build_app(config: SchedulerConfig) -> web.Application:
     state = State(config)
-    store = SQLiteStore(config.state_dir / DB_FILE, load_ended_docs=False)
+    store = open_store(config)
     svc = Scheduler(config, store, state)
     # Bodies over the limit are refused by aiohttp before they are read in full.
     app = web.Application(
@@ -50,6 +69,7 @@ def build_app(config: SchedulerConfig) -> web.Application:
             svc.metrics.middleware(),
             errors_middleware,
             auth_middleware,
+            leader_middleware,
             svc.guard.middleware,
         ],
         client_max_size=config.max_body_bytes,
@@ -62,6 +82,7 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[PUBLIC_PATHS] = public_paths(ROUTES)
     app[STATELESS_PATHS] = stateless_paths(ROUTES)
     app[BOOKKEEPING_PATHS] = bookkeeping_paths(ROUTES)
+    app[LEADER_ROUTES] = leader_routes(ROUTES)
     app[OPENAPI] = codec.dumps(document(ROUTES))
     add_routes(app.router, ROUTES)
 

@@ -118,6 +118,15 @@ class SchedulerConfig:
     #: PEM certificate (may hold its chain) and private key: with both, HTTPS only
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: where the state is stored: "" for SQLite in the state directory, or a
+    #: postgresql:// DSN (then several schedulers may share it, one leading)
+    store: str = ""
+    #: the URL other schedulers, agents and clients are sent to for this scheduler
+    advertise_url: str = ""
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres_dsn(self.store)
 
     @property
     def queued_jobs_per_token(self) -> int:
@@ -129,3 +138,11 @@ class SchedulerConfig:
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "127.0.0.1", int(port)
+
+
+#: the schemes of a PostgreSQL DSN (libpq and asyncpg take both)
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_dsn(store: str) -> bool:
+    return store.startswith(POSTGRES_SCHEMES)

@@ -7,7 +7,7 @@ is counted as it happens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -54,7 +54,38 @@ class _StateCollector(Collector):
         )
 
 
+#: (role, epoch, seconds since the state last caught up with the store) of a
+#: scheduler that shares its store with others
+RoleFigures = Callable[[], tuple[str, int, float]]
+
+
+class _RoleCollector(Collector):
+    def __init__(self, figures: RoleFigures) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        role, epoch, lag = self.figures()
+        leader = GaugeMetricFamily(
+            "berth_role", "1 for this scheduler's role (leader or standby).", labels=["role"]
+        )
+        for name in ("leader", "standby"):
+            leader.add_metric([name], 1.0 if role == name else 0.0)
+        yield leader
+        yield GaugeMetricFamily(
+            "berth_epoch", "The leader's epoch as this scheduler knows it.", epoch
+        )
+        yield GaugeMetricFamily(
+            "berth_apply_lag_seconds",
+            "A standby: seconds since its state last caught up with the store (0 on the leader).",
+            lag,
+        )
+
+
 class Metrics:
+    def watch_roles(self, figures: RoleFigures) -> None:
+        """Report leading and following (schedulers sharing a store)."""
+        self.registry.register(_RoleCollector(figures))
+
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_StateCollector(state))

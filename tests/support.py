@@ -14,10 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -75,7 +75,16 @@ QUIET = ("--heartbeat-interval", "36000", "--node-ttl", "36000", "--restart-grac
 
 
 class SchedulerProcess:
-    """A real `berth scheduler` process on a loopback port with its own state dir."""
+    """A real `berth scheduler` process on a loopback port with its own state dir.
+
+    Unless its flags name a ``--store``, it runs on SQLite in its state directory, or,
+    while ``databases`` is set (the integration suite's PostgreSQL runs), on the
+    PostgreSQL database that gives for its state directory: one database per state
+    directory, so a restart on the same directory finds its state again.
+    """
+
+    #: state directory -> DSN of a database of its own; None: SQLite
+    databases: ClassVar[Callable[[Path], str] | None] = None
 
     def __init__(
         self, state_dir: Path, *extra: str, port: int | None = None, scheme: str = "http"
@@ -101,6 +110,9 @@ class SchedulerProcess:
             f"127.0.0.1:{self.port}",
             *self.extra,
         ]
+        databases = SchedulerProcess.databases  # the class's: a function, not a method
+        if databases is not None and "--store" not in self.extra:
+            cmd += ["--store", databases(self.state_dir)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

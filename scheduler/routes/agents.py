@@ -61,6 +61,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/nodes/{id}/assignments",
     summary="Long-poll an agent's assignments",
+    leader=True,
     reply=AssignmentsReply,
     query=(("after", "integer"), ("wait", "number")),
 )

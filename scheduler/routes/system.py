@@ -20,11 +20,19 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@routes.get("/readyz", summary="Readiness probe", public=True)
+@routes.get("/readyz", summary="Readiness probe", public=True, query=(("leader", "string"),))
 async def readyz(request: web.Request) -> web.Response:
     svc = service(request)
     if not svc.ready:
         return json_response({"status": "starting"}, status=503)
+    if not svc.leading():
+        # A standby serves reads while it keeps up; load balancers that send writes
+        # ask with ?leader=1.
+        status = {"status": "standby", "leader_url": svc.leader_url}
+        ok = svc.roles is not None and svc.roles.following()
+        if request.query.get("leader") in ("1", "true") or not ok:
+            return json_response(status if ok else {**status, "status": "behind"}, status=503)
+        return json_response(status)
     refused = svc.guard.status()
     if refused is not None:
         # Writes are refused (the disk is full): send clients elsewhere.
@@ -51,3 +59,11 @@ async def stats(request: web.Request) -> web.Response:
     require_role(request, "read", "submit")
     s = service(request).stats()
     return json_response(Stats(**s))
+
+
+@routes.get("/api/v1/schedulers", summary="The schedulers sharing the store")
+async def schedulers(request: web.Request) -> web.Response:
+    """Every scheduler seen lately: id, advertised URL, role, epoch, applied index and
+    when it last noted itself; a scheduler alone on its store lists itself."""
+    require_role(request, "read", "submit")
+    return json_response({"schedulers": await service(request).schedulers()})

@@ -62,6 +62,15 @@ class Route:
     bookkeeping: bool = False
     #: a write that touches no state on disk: never refused by the write guard
     stateless: bool = False
+    #: only the leader serves it (a standby answers 503 not_leader); None: every
+    #: method but GET that is not stateless. Agent calls that only read say True.
+    leader: bool | None = None
+
+    @property
+    def leader_only(self) -> bool:
+        if self.leader is not None:
+            return self.leader
+        return self.method != "GET" and not self.stateless
 
     def documented(self) -> Iterator[tuple[str, str]]:
         """(path, summary) of each operation the document lists for this route."""
@@ -119,6 +128,11 @@ def add_routes(router: web.UrlDispatcher, routes: Iterable[Route]) -> None:
             router.add_get(r.path, r.handler)
         else:
             router.add_route(r.method, r.path, r.handler)
+
+
+def leader_routes(routes: Iterable[Route]) -> frozenset[tuple[str, str]]:
+    """(method, canonical path) of the routes only the leader serves."""
+    return frozenset((r.method, canonical(r.path)) for r in routes if r.leader_only)
 
 
 def public_paths(routes: Iterable[Route]) -> frozenset[str]:

@@ -25,7 +25,9 @@ from scheduler.events import Event
 from scheduler.nodes import add
 from scheduler.state.blobrefs import NamedBlobs
 from scheduler.state.lifecycle import request_of, share_strings
+from scheduler.readyqueue import ReadyQueue
 from scheduler.state.loading import Loading
+from scheduler.state.records import Effects
 from scheduler.store.records import Changes
 from scheduler.tokens import TokenRow
 
@@ -84,6 +86,18 @@ def heard_of(events: Iterable[Event]) -> list[tuple[str, datetime, dict[str, Any
 
 
 class Following(Loading):
+    def reset(self) -> None:
+        """Forget everything, to load afresh: a scheduler that takes or leaves the lead
+        loads the state as a restart does."""
+        cache_size, store_behind = self.archive.cache_size, self.store_behind
+        # Blocking queries on the old log answer now; they ask again.
+        self.events.wake_all()
+        self.changes = Changes()
+        self.effects = Effects()
+        self.queue = ReadyQueue()
+        self._setup()
+        self.archive.cache_size, self.store_behind = cache_size, store_behind
+
     def follow(self, followed: Followed) -> None:
         """Apply what the leader committed (events are the service's to apply)."""
         touched: set[str] = set()

@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from common import codec
+from common.errors import BerthError, NotLeader
 from common.models import Job
 from common.states import TERMINAL
 from scheduler.events import Event
@@ -167,6 +169,14 @@ class Store(ABC):
         done (or failed, as ``commit`` raises) once they are durable."""
         return self._group.stage(changes)
 
+    def discard(self, why: BerthError | None = None) -> None:
+        """Drop what is not written yet and refuse commits until ``resume`` (see
+        ``GroupCommit.discard``)."""
+        self._group.discard(why or NotLeader("this scheduler no longer leads; nothing was done"))
+
+    def resume(self) -> None:
+        self._group.resume()
+
     def take_recovered(self) -> list[Changes]:
         """Change sets whose commit failed (their callers got Unavailable) and that
         have been written since, oldest first; each is returned once."""
@@ -181,6 +191,12 @@ class Store(ABC):
         """Drop events older than the newest ``keep`` unless their job is still kept.
 
         Returns the index below which events may now be missing."""
+
+    async def shared_secret(self, name: str, make: Callable[[], str]) -> str | None:
+        """A secret every scheduler on this store shares, made by the first one that asks
+        (``make``), or None when the store keeps none: then it lives in the state
+        directory."""
+        return None
 
     # --- reads -----------------------------------------------------------------------
 

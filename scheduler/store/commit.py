@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from common.errors import Unavailable
+from common.errors import BerthError, Unavailable
 from scheduler.store.records import Changes
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class GroupCommit(Generic[Rows]):
         self._closed: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        #: while set, nothing is written and commits fail with it (see ``discard``)
+        self._discarding: BerthError | None = None
 
     def start(self) -> None:
         """Start the writer task (on the running event loop)."""
@@ -107,11 +109,31 @@ class GroupCommit(Generic[Rows]):
         if self._closing or self._wake is None:
             fut.set_exception(Unavailable("the store is closed"))
             return fut
+        if self._discarding is not None:
+            fut.set_exception(self._discarding)
+            return fut
         self._staged.changes.merge(changes)
         self._staged.sets.append(changes)
         self._staged.waiters.append(fut)
         self._wake.set()
         return fut
+
+    def discard(self, why: BerthError) -> None:
+        """Drop everything not written yet, failing its waiters with ``why``, and refuse
+        what is staged from now on until ``resume``: a scheduler that lost the lead
+        must not write what it decided while it led (its memory is loaded afresh)."""
+        self._discarding = why
+        staged, self._staged = self._staged, _Batch()
+        self._failed = []
+        self._recovered = []
+        self.failure = None
+        for w in staged.waiters:
+            if not w.done():
+                w.set_exception(why)
+
+    def resume(self) -> None:
+        """Take commits again (see ``discard``)."""
+        self._discarding = None
 
     def take_recovered(self) -> list[Changes]:
         """Change sets whose commit failed and that have been written since, oldest
@@ -179,6 +201,11 @@ class GroupCommit(Generic[Rows]):
                 w.set_result(None)
 
     def _failed_batch(self, batch: _Batch, e: Exception) -> None:
+        if self._discarding is not None:
+            for w in batch.waiters:
+                if not w.done():
+                    w.set_exception(self._discarding)
+            return
         if self.failure is None:
             log.error("commit failed, retrying every %gs: %s", self.retry_s, e)
         self.failure = str(e) or type(e).__name__

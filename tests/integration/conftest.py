@@ -6,7 +6,39 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.pg import PgCluster, pg_cluster, pg_dsn  # noqa: F401 - fixtures
 from tests.support import Api, SchedulerProcess
+
+#: every integration test runs on each store, unless marked ``stores(...)``
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("stores")
+        metafunc.parametrize("store", only.args if only else STORES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store every scheduler the module starts runs on: SQLite in its state
+    directory, or a PostgreSQL database of its own per state directory."""
+    if request.param != "postgresql":
+        yield request.param
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    databases: dict[Path, str] = {}
+
+    def database_for(state_dir: Path) -> str:
+        if state_dir not in databases:
+            databases[state_dir] = cluster.dsn(cluster.new_database())
+        return databases[state_dir]
+
+    SchedulerProcess.databases = database_for
+    try:
+        yield request.param
+    finally:
+        SchedulerProcess.databases = None
 
 
 @pytest.fixture

@@ -18,21 +18,35 @@ from common.states import JobState
 from scheduler.config import SchedulerConfig
 from scheduler.service import Service
 from scheduler.state import State
+from scheduler.store.postgres import PostgresStore
 from scheduler.store.sqlite import SQLiteStore
+from tests.support import SchedulerProcess, wait_until
 from tests.unit.test_cluster import FakeClock
 
 DAY = 86400.0
 
 
 def _service(state_dir: Path, clock: FakeClock) -> Service:
-    config = SchedulerConfig(state_dir=state_dir, job_retention_s=7 * DAY, restart_grace_s=0)
-    return Service(config, SQLiteStore(state_dir / "berth.db"), State(config, clock=clock))
+    """A service on the store of the run: SQLite in ``state_dir``, or the PostgreSQL
+    database of ``state_dir``."""
+    dsn = SchedulerProcess.databases(state_dir) if SchedulerProcess.databases else ""
+    config = SchedulerConfig(
+        state_dir=state_dir, job_retention_s=7 * DAY, restart_grace_s=0, store=dsn
+    )
+    store = PostgresStore(dsn) if dsn else SQLiteStore(state_dir / "berth.db")
+    return Service(config, store, State(config, clock=clock))
+
+
+async def _started(svc: Service) -> Service:
+    """Started, and leading (on PostgreSQL it takes the lead first)."""
+    await svc.start()
+    await wait_until(svc.leading, timeout=20)
+    return svc
 
 
 async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: Path) -> None:
     clock = FakeClock()
-    svc = _service(tmp_path, clock)
-    await svc.start()
+    svc = await _started(_service(tmp_path, clock))
     c = svc.state
     node, _ = c.register(
         RegisterRequest(name="n", capacity=Resources(cpu=8, memory_mb=8192), max_parallel=8)
@@ -68,8 +82,7 @@ async def test_ended_jobs_past_retention_are_deleted_and_nothing_else(tmp_path: 
     await svc.stop()
 
     # After a restart the deleted job stays deleted.
-    again = _service(tmp_path, clock)
-    await again.start()
+    again = await _started(_service(tmp_path, clock))
     assert again.state.state_of(old_done.id) is None
     assert again.state.state_of(recent.id) is JobState.CANCELLED
     assert again.state.state_of(running.id) is JobState.RUNNING

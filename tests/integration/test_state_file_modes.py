@@ -23,6 +23,9 @@ import pytest
 
 from tests.support import REPO, Api, SchedulerProcess, wait_until
 
+# The modes of the SQLite store's files in the state directory.
+pytestmark = pytest.mark.stores("sqlite")
+
 
 def _modes(root: Path) -> dict[str, int]:
     """Every path under ``root`` (itself included) with its permission bits."""

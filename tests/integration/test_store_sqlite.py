@@ -22,6 +22,9 @@ from scheduler.store.base import Changes, LogChunk, job_columns, parse_blobs
 from scheduler.store.sqlite import SQLiteStore
 from tests.support import wait_until
 
+# The stores are this module's subject: it is not repeated per store.
+pytestmark = pytest.mark.stores("sqlite")
+
 T0 = datetime(2030, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC)
 DIGEST = {tag: c * 64 for tag, c in (("i", "a"), ("o", "b"), ("c", "c"))}
 
