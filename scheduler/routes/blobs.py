@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -38,7 +37,7 @@ WRITERS = frozenset({"admin", "submit", "node"})
 
 
 def _store(request: web.Request) -> BlobStore:
-    return BlobStore.in_state_dir(service(request).config.state_dir)
+    return service(request).blobs
 
 
 def _allow(request: web.Request, roles: frozenset[str]) -> TokenRow:
@@ -65,11 +64,11 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _send(path: Path, digest: str, filename: str | None = None) -> web.FileResponse:
+def _headers(digest: str, filename: str | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/octet-stream", "X-Berth-Digest": digest}
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return web.FileResponse(path, headers=headers)
+    return headers
 
 
 @routes.post(
@@ -84,15 +83,15 @@ async def upload(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/blobs/{digest}", summary="Fetch an archive", reply="binary")
-async def download(request: web.Request) -> web.FileResponse:
+async def download(request: web.Request) -> web.StreamResponse:
     who = _allow(request, READERS)
     digest = check_digest(request.match_info["digest"])
     service(request).check_blob_readable(who, digest)
-    return _send(_store(request).find(digest), digest)
+    return await _store(request).response(request, digest, _headers(digest))
 
 
 @routes.get("/api/v1/jobs/{id}/outputs", summary="The archive of a job's outputs", reply="binary")
-async def outputs(request: web.Request) -> web.FileResponse:
+async def outputs(request: web.Request) -> web.StreamResponse:
     """The archive (tar.gz) of what the job's attempt left in /workspace/out."""
     who = _allow(request, READERS - {"node"})
     job = await service(request).visible_job(who, request.match_info["id"])
@@ -102,14 +101,15 @@ async def outputs(request: web.Request) -> web.FileResponse:
             "when an attempt ends with files in /workspace/out",
             {"field": "outputs", "state": job.state.value},
         )
+    headers = _headers(job.outputs, f"{job.id}-outputs.tar.gz")
     try:
-        path = _store(request).find(job.outputs)
+        # NotFound comes before a byte of the answer is sent.
+        return await _store(request).response(request, job.outputs, headers)
     except NotFound:
         raise NotFound(
             f"the outputs of job {job.id} ({job.outputs}) are no longer stored",
             {"field": "outputs", "digest": job.outputs},
         ) from None
-    return _send(path, job.outputs, f"{job.id}-outputs.tar.gz")
 
 
 @routes.post(

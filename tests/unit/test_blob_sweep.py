@@ -1,22 +1,41 @@
 """Blobs nothing refers to are swept: which blobs kept jobs name (counted as inputs,
 outputs and checkpoints are recorded and dropped), which blobs the sweep picks, and the
-sweep itself on real files."""
+sweep itself on every backend: real files, and a real PostgreSQL database
+(``tests.pg``). What only files have (where a blob is moved aside, the names of
+uploads) is tested on files alone."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import BerthError
+from common.errors import BerthError, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from common.models import Constraints, Job, Report
-from scheduler.blobs import ASIDE_SUFFIX, TMP_DIR, BlobFile, BlobStore, unreferenced
+from scheduler.blobs import (
+    ASIDE_SUFFIX,
+    TMP_DIR,
+    WRITE_BATCH,
+    BlobFile,
+    BlobStore,
+    FileBlobs,
+    unreferenced,
+)
+from scheduler.blobs_pg import ASIDE_PREFIX, PostgresBlobs
 from scheduler.config import SchedulerConfig
 from scheduler.state import State
+from tests.pg import pg_cluster, pg_dsn  # noqa: F401
 from tests.unit.test_cluster import FakeClock, loaded_from, new_cluster, register, report, submit
 
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
@@ -228,38 +247,142 @@ def test_what_is_counted_is_what_kept_jobs_name_after_any_history(
     assert all(c.names_blob(d) == (d in _named(c)) for d in (A, B, C, D))
 
 
-# --- the sweep on real files ----------------------------------------------------------
+# --- the sweep on every backend -------------------------------------------------------
 
 
-def _age(store: BlobStore, digest: str, seconds: float) -> None:
-    """Make the blob look stored ``seconds`` before NOW."""
-    at = NOW - seconds
-    os.utime(store.path(digest), (at, at))
+class Kept(ABC):
+    """A blob store under test, and what a test sees and changes below it."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    @abstractmethod
+    async def age(self, digest: str, seconds: float) -> None:
+        """Make the blob look stored ``seconds`` before NOW."""
+
+    @abstractmethod
+    def stored_again_now(self, digest: str) -> None:
+        """As if the same content were stored at NOW; blocking, so that ``named`` may
+        call it in the middle of a sweep."""
+
+    @abstractmethod
+    async def stored_at(self, digest: str) -> float: ...
+
+    @abstractmethod
+    async def leftovers(self) -> list[str]:
+        """What is aside or half uploaded: nothing once a sweep finished."""
+
+    @abstractmethod
+    async def left_aside(self, digest: str) -> None:
+        """Move the blob aside as a sweep that did not finish would leave it."""
 
 
-async def _stored(store: BlobStore, data: bytes, age: float) -> str:
-    digest = (await store.put_bytes(data)).digest
-    _age(store, digest, age)
+class KeptFiles(Kept):
+    store: FileBlobs
+
+    async def age(self, digest: str, seconds: float) -> None:
+        at = NOW - seconds
+        os.utime(self.store.path(digest), (at, at))
+
+    def stored_again_now(self, digest: str) -> None:
+        os.utime(self.store.path(digest), (NOW, NOW))
+
+    async def stored_at(self, digest: str) -> float:
+        return self.store.path(digest).stat().st_mtime
+
+    async def leftovers(self) -> list[str]:
+        tmp = self.store.root / TMP_DIR
+        return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+    async def left_aside(self, digest: str) -> None:
+        self.store.path(digest).rename(self.store.root / TMP_DIR / (digest + ASIDE_SUFFIX))
+
+
+class KeptRows(Kept):
+    store: PostgresBlobs
+
+    async def _run(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.store.dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    async def age(self, digest: str, seconds: float) -> None:
+        await self._run("UPDATE blobs SET stored_at = $2 WHERE digest = $1", digest, NOW - seconds)
+
+    def stored_again_now(self, digest: str) -> None:
+        sql = "UPDATE blobs SET stored_at = $2 WHERE digest = $1"
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, self._run(sql, digest, NOW)).result()
+
+    async def stored_at(self, digest: str) -> float:
+        rows = await self._run("SELECT stored_at FROM blobs WHERE digest = $1", digest)
+        return float(rows[0]["stored_at"])
+
+    async def leftovers(self) -> list[str]:
+        rows = await self._run(
+            """SELECT id AS name FROM blob_uploads UNION ALL SELECT digest FROM blob_aside
+               UNION ALL SELECT DISTINCT digest FROM blob_chunks
+                         WHERE digest NOT IN (SELECT digest FROM blobs)"""
+        )
+        return sorted(r["name"] for r in rows)
+
+    async def left_aside(self, digest: str) -> None:
+        await self._run(
+            """WITH moved AS (DELETE FROM blobs WHERE digest = $1 RETURNING *),
+                    aside AS (INSERT INTO blob_aside SELECT * FROM moved)
+               UPDATE blob_chunks SET digest = $2 || digest WHERE digest = $1""",
+            digest,
+            ASIDE_PREFIX,
+        )
+
+
+@pytest.fixture(params=["files", "postgres"])
+async def kept(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kept]:
+    k: Kept
+    if request.param == "files":
+        k = KeptFiles(FileBlobs(tmp_path / "blobs"))
+    else:
+        k = KeptRows(PostgresBlobs(request.getfixturevalue("pg_dsn")))
+    # Its tables are made on first use: a test may look below before that.
+    assert not await k.store.exists(A)
+    yield k
+    await k.store.close()
+
+
+async def _stored(kept: Kept, data: bytes, age: float) -> str:
+    digest = (await kept.store.put_bytes(data)).digest
+    await kept.age(digest, age)
     return digest
 
 
-async def test_the_sweep_deletes_old_blobs_no_job_names_and_nothing_else(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
-    named = await _stored(store, b"named input", 2 * GRACE)
-    orphan = await _stored(store, b"an upload no job names" * 100, 2 * GRACE)
-    young = await _stored(store, b"an input whose job is on its way", 10.0)
+async def _content(store: BlobStore, digest: str) -> bytes:
+    return b"".join([piece async for piece in store.read(digest)])
+
+
+async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def test_the_sweep_deletes_old_blobs_no_job_names_and_nothing_else(kept: Kept) -> None:
+    store = kept.store
+    named = await _stored(kept, b"named input", 2 * GRACE)
+    orphan = await _stored(kept, b"an upload no job names" * 100, 2 * GRACE)
+    young = await _stored(kept, b"an input whose job is on its way", 10.0)
     swept = await store.sweep({named}.__contains__, grace_s=GRACE, now=NOW)
     assert (swept.blobs, swept.uploads, swept.freed_bytes) == (1, 0, 2200)
-    assert not store.exists(orphan)
-    assert store.exists(named) and store.exists(young)
-    assert sorted(p.name for p in (tmp_path / "blobs" / TMP_DIR).iterdir()) == []
+    assert swept.deleted == (orphan,)
+    assert await store.exists_many([named, orphan, young]) == {named, young}
+    assert await kept.leftovers() == []
     # Nothing left to do: a second sweep deletes nothing.
     assert (await store.sweep({named}.__contains__, grace_s=GRACE, now=NOW)).blobs == 0
 
 
-async def test_a_blob_named_while_the_sweep_runs_is_put_back(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
-    digest = await _stored(store, b"about to be named", 2 * GRACE)
+async def test_a_blob_named_while_the_sweep_runs_is_put_back(kept: Kept) -> None:
+    store = kept.store
+    digest = await _stored(kept, b"about to be named", 2 * GRACE)
     asked: list[str] = []
 
     def named(d: str) -> bool:
@@ -270,13 +393,14 @@ async def test_a_blob_named_while_the_sweep_runs_is_put_back(tmp_path: Path) -> 
 
     swept = await store.sweep(named, grace_s=GRACE, now=NOW)
     assert (swept.blobs, swept.kept_back) == (0, 1)
-    assert store.exists(digest)
-    assert store.find(digest).read_bytes() == b"about to be named"
+    assert await store.exists(digest)
+    assert await _content(store, digest) == b"about to be named"
+    assert await kept.leftovers() == []
 
 
-async def test_a_blob_stored_again_while_the_sweep_runs_is_put_back(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
-    digest = await _stored(store, b"outputs stored again", 2 * GRACE)
+async def test_a_blob_stored_again_while_the_sweep_runs_is_put_back(kept: Kept) -> None:
+    store = kept.store
+    digest = await _stored(kept, b"outputs stored again", 2 * GRACE)
     asked: list[str] = []
 
     def named(d: str) -> bool:
@@ -284,42 +408,121 @@ async def test_a_blob_stored_again_while_the_sweep_runs_is_put_back(tmp_path: Pa
         # before it is moved aside; the report naming it comes after the sweep.
         asked.append(d)
         if len(asked) == 2:
-            os.utime(store.path(d), (NOW, NOW))
+            kept.stored_again_now(d)
         return False
 
     swept = await store.sweep(named, grace_s=GRACE, now=NOW)
     assert (swept.blobs, swept.kept_back) == (0, 1)
-    assert store.exists(digest)
+    assert await store.exists(digest)
+    assert await _content(store, digest) == b"outputs stored again"
 
 
-async def test_storing_a_blob_again_refreshes_its_time(tmp_path: Path) -> None:
-    # The real clock: storing sets the file's time to now.
-    store = BlobStore(tmp_path / "blobs")
+async def test_storing_a_blob_again_refreshes_its_time(kept: Kept) -> None:
+    # The real clock: storing sets the blob's time to now.
+    store = kept.store
     digest = (await store.put_bytes(b"same content")).digest
     long_ago = time.time() - 2 * GRACE
-    os.utime(store.path(digest), (long_ago, long_ago))
+    await kept.age(digest, NOW - long_ago)
     again = await store.put_bytes(b"same content")
     assert not again.created
-    assert store.path(digest).stat().st_mtime > long_ago + GRACE
+    assert await kept.stored_at(digest) > long_ago + GRACE
     assert (await store.sweep(lambda d: False, grace_s=GRACE)).blobs == 0
-    assert store.exists(digest)
+    assert await store.exists(digest)
 
 
-async def test_what_an_unfinished_sweep_left_aside_is_put_back(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
-    digest = await _stored(store, b"moved aside before a crash", 2 * GRACE)
-    aside = tmp_path / "blobs" / TMP_DIR / (digest + ASIDE_SUFFIX)
-    store.path(digest).rename(aside)
-    assert not store.exists(digest)
+async def test_what_an_unfinished_sweep_left_aside_is_put_back(kept: Kept) -> None:
+    store = kept.store
+    digest = await _stored(kept, b"moved aside before a crash", 2 * GRACE)
+    await kept.left_aside(digest)
+    assert not await store.exists(digest)
     swept = await store.sweep({digest}.__contains__, grace_s=GRACE, now=NOW)
     assert swept.blobs == 0
-    assert store.exists(digest) and not aside.exists()
+    assert await store.exists(digest) and await kept.leftovers() == []
+    assert await _content(store, digest) == b"moved aside before a crash"
+
+
+async def test_an_upload_left_unwritten_for_the_grace_is_swept_and_never_placed(
+    kept: Kept,
+) -> None:
+    store = kept.store
+    written = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"x" * WRITE_BATCH
+        await go_on.wait()
+        yield b"the rest"
+
+    upload = asyncio.create_task(store.put(stalls(), wrote=lambda n: written.set()))
+    await written.wait()
+    # Written to just now: under way, whatever its size.
+    under_way = await store.sweep(lambda d: False, grace_s=GRACE)
+    assert under_way.uploads == 0 and await kept.leftovers() != []
+    abandoned = await store.sweep(lambda d: False, grace_s=GRACE, now=time.time() + 2 * GRACE)
+    assert (abandoned.uploads, abandoned.freed_bytes) == (1, WRITE_BATCH)
+    go_on.set()
+    # Its writer came back too late: refused, and nothing of it is visible.
+    with pytest.raises((FileNotFoundError, Unavailable)):
+        await upload
+    assert await kept.leftovers() == []
+    assert (await store.sweep(lambda d: False, grace_s=0.0)).blobs == 0
+
+
+async def test_a_blob_stored_is_read_back_whole_and_deleted(kept: Kept) -> None:
+    store = kept.store
+    data = os.urandom(2 * WRITE_BATCH + 12345)
+    stored = await store.put(_pieces(data[:1000], data[1000:]), declared=len(data))
+    assert stored.created and stored.size == len(data)
+    assert await _content(store, stored.digest) == data
+    assert await store.delete(stored.digest)
+    assert not await store.delete(stored.digest)
+    with pytest.raises(NotFound):
+        await _content(store, stored.digest)
+
+
+async def test_an_empty_blob_is_stored_and_read_back_empty(kept: Kept) -> None:
+    stored = await kept.store.put(_pieces(), declared=0)
+    assert (stored.digest, stored.size) == (hashlib.sha256(b"").hexdigest(), 0)
+    assert await kept.store.exists(stored.digest)
+    assert await _content(kept.store, stored.digest) == b""
+
+
+@pytest.mark.parametrize(
+    ("pieces", "declared", "expect", "refused"),
+    [
+        ((b"x" * 600, b"y" * 600), None, None, PayloadTooLarge),
+        ((b"x" * 600,), 2000, None, PayloadTooLarge),
+        ((b"x" * 600, b"y"), 600, None, InvalidRequest),
+        ((b"some content",), None, "0" * 64, InvalidRequest),
+    ],
+    ids=["over the limit", "declared over the limit", "longer than declared", "not as said"],
+)
+async def test_a_refused_upload_leaves_nothing(
+    kept: Kept,
+    pieces: tuple[bytes, ...],
+    declared: int | None,
+    expect: str | None,
+    refused: type[Exception],
+) -> None:
+    kept.store.max_bytes = 1000
+    with pytest.raises(refused):
+        await kept.store.put(_pieces(*pieces), declared=declared, expect=expect)
+    assert await kept.leftovers() == []
+    assert (await kept.store.sweep(lambda d: False, grace_s=0.0)).blobs == 0
+
+
+async def test_content_as_its_sender_said_is_stored(kept: Kept) -> None:
+    expect = hashlib.sha256(b"said").hexdigest()
+    assert (await kept.store.put(_pieces(b"said"), expect=expect)).digest == expect
+
+
+# --- files only -------------------------------------------------------------------
 
 
 async def test_abandoned_uploads_are_deleted_and_uploads_under_way_are_not(
     tmp_path: Path,
 ) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobs(tmp_path / "blobs")
     tmp = tmp_path / "blobs" / TMP_DIR
     tmp.mkdir(parents=True)
     abandoned = tmp / "0123456789abcdef.part"
@@ -334,6 +537,6 @@ async def test_abandoned_uploads_are_deleted_and_uploads_under_way_are_not(
 
 
 async def test_an_empty_or_missing_blob_directory_sweeps_to_nothing(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "never-created")
+    store = FileBlobs(tmp_path / "never-created")
     assert (await store.sweep(lambda d: False, grace_s=GRACE, now=NOW)).blobs == 0
     assert not (tmp_path / "never-created").exists()
