@@ -41,7 +41,6 @@ import msgspec
 
 from common.models import Job, Node
 from common.states import JobState
-from scheduler.archive import CODES
 from scheduler.events import Event
 from scheduler.store.base import (
     AuditRecord,
@@ -54,7 +53,21 @@ from scheduler.store.base import (
     cutoff_seconds,
     job_columns,
 )
-from scheduler.store.postgres_schema import prepare
+from scheduler.store.postgres_schema import (
+    BURY,
+    FENCE,
+    LIVE_LOG_ENDS,
+    LOAD_ARCHIVED,
+    LOAD_ENDED,
+    LOAD_LIVE,
+    LOG_ENDS,
+    NOTIFY,
+    PRUNED_BELOW,
+    TAKE_LEAD,
+    TOKEN_SELECT,
+    WRITES,
+    prepare,
+)
 from scheduler.tokens import TokenRow
 
 log = logging.getLogger(__name__)
@@ -77,113 +90,6 @@ _FETCH_ROWS = 10_000
 _STATES = {s.value: s for s in JobState}
 
 _Row = tuple[Any, ...]
-
-# Every write transaction starts here: the leader row's lock serialises writers and
-# fences a deposed one. The UPDATE takes the lock SELECT ... FOR UPDATE would (and, in
-# READ COMMITTED, sees an epoch bumped while it waited), so the check costs no extra
-# round trip; refusing rolls the bump back with everything else.
-_FENCE = (
-    "UPDATE leader SET seq = seq + 1, last_index = GREATEST(last_index, $1::bigint) "
-    "WHERE id = 1 RETURNING epoch, seq"
-)
-_TAKE_LEAD = (
-    "UPDATE leader SET epoch = epoch + 1, holder = $1, url = $2, at = now() "
-    "WHERE id = 1 RETURNING epoch"
-)
-_NOTIFY = "SELECT pg_notify($1, $2)"
-_BURY = (
-    "INSERT INTO tombstones (seq, tbl, key) "
-    "SELECT $1, t, k FROM unnest($2::text[], $3::text[]) AS u(t, k)"
-)
-
-_JOB_UPSERT = (
-    "INSERT INTO jobs (id, state, ended_at, owner, spec_bytes, blobs, webhook_pending, doc, seq) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET "
-    "state = excluded.state, ended_at = excluded.ended_at, owner = excluded.owner, "
-    "spec_bytes = excluded.spec_bytes, blobs = excluded.blobs, "
-    "webhook_pending = excluded.webhook_pending, doc = excluded.doc, seq = excluded.seq"
-)
-#: (field of _Rows, statement, whether the transaction's seq is appended to each row),
-#: in the order SQLite writes them; each is the write base.py's table names
-_WRITES: tuple[tuple[str, str, bool], ...] = (
-    ("jobs", _JOB_UPSERT, True),
-    (
-        "nodes",
-        "INSERT INTO nodes (id, name, doc, seq) VALUES ($1, $2, $3, $4) ON CONFLICT (id) "
-        "DO UPDATE SET name = excluded.name, doc = excluded.doc, seq = excluded.seq",
-        True,
-    ),
-    (
-        "events",
-        "INSERT INTO events (idx, type, job_id, node_id, doc, seq) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idx) DO NOTHING",
-        True,
-    ),
-    (
-        "idempotency",
-        "INSERT INTO idempotency (key, job_id, seq) VALUES ($1, $2, $3) "
-        "ON CONFLICT (key) DO NOTHING",
-        True,
-    ),
-    (
-        "tokens",
-        "INSERT INTO tokens (digest, role, name, node_id, all_jobs, created_at, created_by, "
-        "revoked_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (digest) "
-        "DO UPDATE SET role = excluded.role, name = excluded.name, node_id = excluded.node_id, "
-        "all_jobs = excluded.all_jobs, created_at = excluded.created_at, "
-        "created_by = excluded.created_by, revoked_at = excluded.revoked_at, seq = excluded.seq",
-        True,
-    ),
-    (
-        "audit",
-        "INSERT INTO audit (at, actor, role, action, target, details) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        False,
-    ),
-    ("revoked", "DELETE FROM tokens WHERE digest = $1", False),
-    (
-        "logs",
-        "INSERT INTO logs (job_id, attempt, pos, data) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (job_id, attempt, pos) DO NOTHING",
-        False,
-    ),
-    (
-        "groups",
-        "INSERT INTO groups (name, max_concurrent, seq) VALUES ($1, $2, $3) ON CONFLICT (name) "
-        "DO UPDATE SET max_concurrent = excluded.max_concurrent, seq = excluded.seq",
-        True,
-    ),
-    # A blob's holds are written whole: its old rows go, its current ones come.
-    ("blobs", "DELETE FROM blob_holds WHERE digest = $1", False),
-    (
-        "blob_holds",
-        "INSERT INTO blob_holds (digest, name, charged, seq) VALUES ($1, $2, $3, $4)",
-        True,
-    ),
-    ("forgotten_nodes", "DELETE FROM nodes WHERE id = $1", False),
-)
-
-_LOAD_ENDED = (
-    "SELECT id, state, owner, spec_bytes, blobs, webhook_pending FROM jobs "
-    "WHERE ended_at IS NOT NULL ORDER BY id"
-)
-_LOAD_LIVE = "SELECT doc FROM jobs WHERE ended_at IS NULL"
-_PREFIX = " ".join(f"WHEN '{st.value}' THEN '{code.decode()}'" for st, code in CODES.items())
-#: as the archive keeps them: the server adds the archive's prefix, so that no copy of
-#: each document is made here
-_LOAD_ARCHIVED = (
-    f"SELECT id, state, convert_to(CASE state {_PREFIX} ELSE '' END, 'UTF8') || doc "
-    "FROM jobs WHERE ended_at IS NOT NULL"
-)
-_LOG_ENDS = "SELECT job_id, attempt, SUM(length(data)) FROM logs GROUP BY job_id, attempt"
-_LIVE_LOG_ENDS = (
-    "SELECT l.job_id, l.attempt, SUM(length(l.data)) FROM logs l "
-    "JOIN jobs j ON j.id = l.job_id AND j.ended_at IS NULL GROUP BY l.job_id, l.attempt"
-)
-_TOKEN_SELECT = (
-    "SELECT digest, role, name, node_id, all_jobs, created_at, created_by, revoked_at FROM tokens"
-)
-_PRUNED_BELOW = "SELECT value FROM meta WHERE key = 'events_pruned_below'"
 
 
 class Deposed(Exception):
@@ -222,7 +128,7 @@ class ChangesSince:
 
 @dataclass(slots=True)
 class _Rows:
-    """One batch as rows for ``_WRITES`` (each field one statement's rows)."""
+    """One batch as rows for ``WRITES`` (each field one statement's rows)."""
 
     jobs: list[_Row]
     nodes: list[_Row]
@@ -322,25 +228,25 @@ class PostgresStore(Store):
         try:
             ended = await _load_ended(conn)
             job_dec = msgspec.json.Decoder(Job)
-            live = conn.cursor(_LOAD_LIVE, prefetch=_FETCH_ROWS)
+            live = conn.cursor(LOAD_LIVE, prefetch=_FETCH_ROWS)
             jobs = [job_dec.decode(r[0]) async for r in live]
             archived: list[tuple[str, JobState, bytes]] = []
             if self.load_ended_docs:
                 archived = [
                     (r[0], _STATES[r[1]], r[2])
-                    async for r in conn.cursor(_LOAD_ARCHIVED, prefetch=_FETCH_ROWS)
+                    async for r in conn.cursor(LOAD_ARCHIVED, prefetch=_FETCH_ROWS)
                 ]
         finally:
             gc.enable()
         node_dec = msgspec.json.Decoder(Node)
         nodes = [node_dec.decode(r[0]) for r in await conn.fetch("SELECT doc FROM nodes")]
         idem = {r[0]: r[1] for r in await conn.fetch("SELECT key, job_id FROM idempotency")}
-        tokens = [TokenRow(*r) for r in await conn.fetch(_TOKEN_SELECT)]
+        tokens = [TokenRow(*r) for r in await conn.fetch(TOKEN_SELECT)]
         leader = await conn.fetchrow("SELECT last_index, seq FROM leader WHERE id = 1")
         top = await conn.fetchval("SELECT COALESCE(MAX(idx), 0) FROM events")
-        ends_sql = _LOG_ENDS if self.load_ended_docs else _LIVE_LOG_ENDS
+        ends_sql = LOG_ENDS if self.load_ended_docs else LIVE_LOG_ENDS
         ends = {(r[0], r[1]): int(r[2]) for r in await conn.fetch(ends_sql)}
-        pruned_below = await conn.fetchval(_PRUNED_BELOW)
+        pruned_below = await conn.fetchval(PRUNED_BELOW)
         groups = {r[0]: r[1] for r in await conn.fetch("SELECT name, max_concurrent FROM groups")}
         holds = [
             BlobHold(*r) for r in await conn.fetch("SELECT digest, name, charged FROM blob_holds")
@@ -413,7 +319,7 @@ class PostgresStore(Store):
 
     async def _write(self, rows: _Rows) -> None:
         async with self._transaction(rows.last_index) as (conn, seq):
-            for name, sql, stamped in _WRITES:
+            for name, sql, stamped in WRITES:
                 batch: list[_Row] = getattr(rows, name)
                 if batch:
                     await conn.executemany(sql, [(*r, seq) for r in batch] if stamped else batch)
@@ -431,7 +337,7 @@ class PostgresStore(Store):
     async def prune_events(self, keep: int) -> int:
         top = await self._reads.fetchval("SELECT COALESCE(MAX(idx), 0) FROM events")
         below = int(top) - keep + 1
-        before = int(await self._reads.fetchval(_PRUNED_BELOW) or 0)
+        before = int(await self._reads.fetchval(PRUNED_BELOW) or 0)
         if below <= before:
             return before
         async with self._transaction() as (conn, _):
@@ -456,14 +362,14 @@ class PostgresStore(Store):
         if self.epoch is not None and self._deposed_by is not None:
             raise Deposed(self.epoch, self._deposed_by)
         async with self._writer() as conn, conn.transaction():
-            epoch, seq = await conn.fetchrow(_FENCE, last_index)
+            epoch, seq = await conn.fetchrow(FENCE, last_index)
             if self.epoch is not None and epoch != self.epoch:
                 self._deposed_by = int(epoch)
                 log.error("another scheduler leads (epoch %d, ours %d)", epoch, self.epoch)
                 raise Deposed(self.epoch, int(epoch))
             yield conn, int(seq)
             # Delivered on commit only, so a follower never hears of a rolled-back one.
-            await conn.execute(_NOTIFY, NOTIFY_CHANNEL, str(seq))
+            await conn.execute(NOTIFY, NOTIFY_CHANNEL, str(seq))
 
     @asynccontextmanager
     async def _writer(self) -> AsyncIterator[Any]:
@@ -490,7 +396,7 @@ class PostgresStore(Store):
         """Bump the epoch in one transaction, recording who leads and where; from now on
         every write of this store checks it. Returns the new epoch."""
         async with self._writer() as conn:
-            epoch = int(await conn.fetchval(_TAKE_LEAD, holder, url))
+            epoch = int(await conn.fetchval(TAKE_LEAD, holder, url))
             self.epoch = epoch
             self._deposed_by = None
         return epoch
@@ -540,7 +446,7 @@ class PostgresStore(Store):
                 "SELECT seq, tbl, key FROM tombstones WHERE seq > $1 ORDER BY seq", seq
             )
             out.tombstones = [(r[0], r[1], r[2]) for r in buried]
-            out.events_pruned_below = int(await conn.fetchval(_PRUNED_BELOW) or 0)
+            out.events_pruned_below = int(await conn.fetchval(PRUNED_BELOW) or 0)
         return out
 
     # --- shared values ---------------------------------------------------------------
@@ -676,7 +582,7 @@ async def _bury(conn: Any, seq: int, tombstones: list[tuple[str, str]]) -> None:
     """Record deleted keys for followers."""
     if tombstones:
         tables, keys = zip(*tombstones, strict=True)
-        await conn.execute(_BURY, seq, list(tables), list(keys))
+        await conn.execute(BURY, seq, list(tables), list(keys))
 
 
 async def _since(conn: Any, columns: str, table: str, seq: int) -> list[Any]:
@@ -688,6 +594,6 @@ async def _load_ended(conn: Any) -> EndedRows:
     states, intern = _STATES, sys.intern
     ended = EndedRows()
     add = ended.append
-    async for i, st, owner, n, blobs, hook in conn.cursor(_LOAD_ENDED, prefetch=_FETCH_ROWS):
+    async for i, st, owner, n, blobs, hook in conn.cursor(LOAD_ENDED, prefetch=_FETCH_ROWS):
         add((i, states[st], intern(owner) if owner else owner, n, blobs, hook))
     return ended

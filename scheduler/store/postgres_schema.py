@@ -1,4 +1,5 @@
-"""The PostgreSQL store's schema, created whole and once, whoever opens the database.
+"""The PostgreSQL store's schema, created whole and once, whoever opens the database,
+and the statements the store runs on it.
 
 The tables are those of the SQLite store (``sqlite_schema``) with the same columns and
 the same encoded documents, plus what several schedulers sharing one database need:
@@ -14,6 +15,8 @@ the same encoded documents, plus what several schedulers sharing one database ne
 from __future__ import annotations
 
 import asyncpg
+
+from scheduler.archive import CODES
 
 #: the transaction-scoped advisory lock held while the schema is created: two processes
 #: that open a new database at once would otherwise race on the catalogue ("berth" in
@@ -81,6 +84,116 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
 CREATE TABLE IF NOT EXISTS kv (key text PRIMARY KEY, value bytea NOT NULL);
 """
+
+
+# --- the statements the store runs, next to the tables they write ---------------------
+
+# Every write transaction starts here: the leader row's lock serialises writers and
+# fences a deposed one. The UPDATE takes the lock SELECT ... FOR UPDATE would (and, in
+# READ COMMITTED, sees an epoch bumped while it waited), so the check costs no extra
+# round trip; refusing rolls the bump back with everything else.
+FENCE = (
+    "UPDATE leader SET seq = seq + 1, last_index = GREATEST(last_index, $1::bigint) "
+    "WHERE id = 1 RETURNING epoch, seq"
+)
+TAKE_LEAD = (
+    "UPDATE leader SET epoch = epoch + 1, holder = $1, url = $2, at = now() "
+    "WHERE id = 1 RETURNING epoch"
+)
+NOTIFY = "SELECT pg_notify($1, $2)"
+BURY = (
+    "INSERT INTO tombstones (seq, tbl, key) "
+    "SELECT $1, t, k FROM unnest($2::text[], $3::text[]) AS u(t, k)"
+)
+
+_JOB_UPSERT = (
+    "INSERT INTO jobs (id, state, ended_at, owner, spec_bytes, blobs, webhook_pending, doc, seq) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET "
+    "state = excluded.state, ended_at = excluded.ended_at, owner = excluded.owner, "
+    "spec_bytes = excluded.spec_bytes, blobs = excluded.blobs, "
+    "webhook_pending = excluded.webhook_pending, doc = excluded.doc, seq = excluded.seq"
+)
+#: (field of the batch's rows, statement, whether the transaction's seq is appended to each row),
+#: in the order SQLite writes them; each is the write base.py's table names
+WRITES: tuple[tuple[str, str, bool], ...] = (
+    ("jobs", _JOB_UPSERT, True),
+    (
+        "nodes",
+        "INSERT INTO nodes (id, name, doc, seq) VALUES ($1, $2, $3, $4) ON CONFLICT (id) "
+        "DO UPDATE SET name = excluded.name, doc = excluded.doc, seq = excluded.seq",
+        True,
+    ),
+    (
+        "events",
+        "INSERT INTO events (idx, type, job_id, node_id, doc, seq) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idx) DO NOTHING",
+        True,
+    ),
+    (
+        "idempotency",
+        "INSERT INTO idempotency (key, job_id, seq) VALUES ($1, $2, $3) "
+        "ON CONFLICT (key) DO NOTHING",
+        True,
+    ),
+    (
+        "tokens",
+        "INSERT INTO tokens (digest, role, name, node_id, all_jobs, created_at, created_by, "
+        "revoked_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (digest) "
+        "DO UPDATE SET role = excluded.role, name = excluded.name, node_id = excluded.node_id, "
+        "all_jobs = excluded.all_jobs, created_at = excluded.created_at, "
+        "created_by = excluded.created_by, revoked_at = excluded.revoked_at, seq = excluded.seq",
+        True,
+    ),
+    (
+        "audit",
+        "INSERT INTO audit (at, actor, role, action, target, details) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        False,
+    ),
+    ("revoked", "DELETE FROM tokens WHERE digest = $1", False),
+    (
+        "logs",
+        "INSERT INTO logs (job_id, attempt, pos, data) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (job_id, attempt, pos) DO NOTHING",
+        False,
+    ),
+    (
+        "groups",
+        "INSERT INTO groups (name, max_concurrent, seq) VALUES ($1, $2, $3) ON CONFLICT (name) "
+        "DO UPDATE SET max_concurrent = excluded.max_concurrent, seq = excluded.seq",
+        True,
+    ),
+    # A blob's holds are written whole: its old rows go, its current ones come.
+    ("blobs", "DELETE FROM blob_holds WHERE digest = $1", False),
+    (
+        "blob_holds",
+        "INSERT INTO blob_holds (digest, name, charged, seq) VALUES ($1, $2, $3, $4)",
+        True,
+    ),
+    ("forgotten_nodes", "DELETE FROM nodes WHERE id = $1", False),
+)
+
+LOAD_ENDED = (
+    "SELECT id, state, owner, spec_bytes, blobs, webhook_pending FROM jobs "
+    "WHERE ended_at IS NOT NULL ORDER BY id"
+)
+LOAD_LIVE = "SELECT doc FROM jobs WHERE ended_at IS NULL"
+_PREFIX = " ".join(f"WHEN '{st.value}' THEN '{code.decode()}'" for st, code in CODES.items())
+#: as the archive keeps them: the server adds the archive's prefix, so that no copy of
+#: each document is made here
+LOAD_ARCHIVED = (
+    f"SELECT id, state, convert_to(CASE state {_PREFIX} ELSE '' END, 'UTF8') || doc "
+    "FROM jobs WHERE ended_at IS NOT NULL"
+)
+LOG_ENDS = "SELECT job_id, attempt, SUM(length(data)) FROM logs GROUP BY job_id, attempt"
+LIVE_LOG_ENDS = (
+    "SELECT l.job_id, l.attempt, SUM(length(l.data)) FROM logs l "
+    "JOIN jobs j ON j.id = l.job_id AND j.ended_at IS NULL GROUP BY l.job_id, l.attempt"
+)
+TOKEN_SELECT = (
+    "SELECT digest, role, name, node_id, all_jobs, created_at, created_by, revoked_at FROM tokens"
+)
+PRUNED_BELOW = "SELECT value FROM meta WHERE key = 'events_pruned_below'"
 
 
 async def prepare(conn: asyncpg.Connection) -> None:

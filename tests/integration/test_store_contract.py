@@ -28,6 +28,9 @@ from scheduler.tokens import TokenRow
 from tests.pg import PgCluster, pg_cluster, pg_dsn  # noqa: F401
 from tests.support import wait_until
 
+# The stores are this module's subject: it is not repeated per store.
+pytestmark = pytest.mark.stores("sqlite")
+
 T0 = datetime(2030, 1, 2, 3, 4, 5, 250_000, tzinfo=UTC)
 DIGEST = "d" * 64
 
@@ -115,16 +118,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return _postgres(request.getfixturevalue("pg_cluster"), request.getfixturevalue("pg_dsn"))
 
 
+# Not named ``store``: the integration suite's fixture of that name says which store
+# the schedulers it starts run on.
 @pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
+async def subject(backend: Backend) -> AsyncIterator[Store]:
     s = backend.make()
     await s.open()
     yield s
     await s.close()
 
 
-async def reopen(backend: Backend, store: Store) -> tuple[Store, Any]:
-    await store.close()
+async def reopen(backend: Backend, subject: Store) -> tuple[Store, Any]:
+    await subject.close()
     again = backend.make()
     return again, await again.open()
 
@@ -137,14 +142,14 @@ def token(n: int, **fields: Any) -> TokenRow:
 
 
 async def test_a_committed_batch_reads_back_whole_after_reopening(
-    backend: Backend, store: Store
+    backend: Backend, subject: Store
 ) -> None:
     live = make_job(1, submitted_by="alice")
     done = make_job(2, JobState.COMPLETED, submitted_by="bob", webhook_pending=True)
     nodes = [make_node(1), make_node(2)]
     events = [event(1, live.id), event(2, done.id), event(3, None, "node.registered")]
     audit = AuditRecord("2030-01-02T03:04:05Z", "admin", "admin", "token.create", "user1", {"a": 1})
-    await store.commit(
+    await subject.commit(
         Changes(
             jobs={live.id: live, done.id: done},
             nodes={n.id: n for n in nodes},
@@ -157,7 +162,7 @@ async def test_a_committed_batch_reads_back_whole_after_reopening(
             blob_holds={DIGEST: (BlobHold(DIGEST, "alice", 10), BlobHold(DIGEST, "bob"))},
         )
     )
-    await store.commit(
+    await subject.commit(
         Changes(
             revoked_tokens=[token(2).digest],
             forgotten_nodes=["node-2"],
@@ -165,7 +170,7 @@ async def test_a_committed_batch_reads_back_whole_after_reopening(
         )
     )
 
-    store, loaded = await reopen(backend, store)
+    subject, loaded = await reopen(backend, subject)
     try:
         assert loaded.jobs == [live]
         assert list(loaded.ended) == [
@@ -185,61 +190,61 @@ async def test_a_committed_batch_reads_back_whole_after_reopening(
             BlobHold(DIGEST, "alice", 10),
             BlobHold(DIGEST, "bob", 0),
         ]
-        assert await store.read_events(0, 10) == events
-        assert await store.read_events(1, 10, job_id=done.id) == [events[1]]
-        assert await store.read_audit(0, 10) == [(1, audit)]
-        assert await store.read_log(live.id, 1, 3, 100) == b"lo world"
-        assert await store.read_log(live.id, 1, 0, 8) == b"hello wo"
-        assert await store.read_log_end(live.id, 1) == 11
+        assert await subject.read_events(0, 10) == events
+        assert await subject.read_events(1, 10, job_id=done.id) == [events[1]]
+        assert await subject.read_audit(0, 10) == [(1, audit)]
+        assert await subject.read_log(live.id, 1, 3, 100) == b"lo world"
+        assert await subject.read_log(live.id, 1, 0, 8) == b"hello wo"
+        assert await subject.read_log_end(live.id, 1) == 11
     finally:
-        await store.close()
+        await subject.close()
 
 
-async def test_stored_documents_are_the_encoded_records_byte_for_byte(store: Store) -> None:
+async def test_stored_documents_are_the_encoded_records_byte_for_byte(subject: Store) -> None:
     job = make_job(1, submitted_by="alice")
     events = [event(1, job.id), event(2)]
-    await store.commit(Changes(jobs={job.id: job}, events=events))
-    assert await store.read_jobs([job.id, "missing"]) == {job.id: msgspec.json.encode(job)}
-    assert await store.read_raw_events(0, 10) == [
+    await subject.commit(Changes(jobs={job.id: job}, events=events))
+    assert await subject.read_jobs([job.id, "missing"]) == {job.id: msgspec.json.encode(job)}
+    assert await subject.read_raw_events(0, 10) == [
         (e.index, e.type, e.job_id, msgspec.json.encode(e)) for e in events
     ]
-    assert await store.read_raw_events(0, 10, job_id=job.id) == [
+    assert await subject.read_raw_events(0, 10, job_id=job.id) == [
         (1, "job.queued", job.id, msgspec.json.encode(events[0]))
     ]
 
 
 async def test_loading_without_ended_documents_reads_their_columns_only(backend: Backend) -> None:
-    store = backend.make()
-    await store.open()
+    subject = backend.make()
+    await subject.open()
     ended = make_job(2, JobState.FAILED, submitted_by="carol")
     live = make_job(1)
-    await store.commit(
+    await subject.commit(
         Changes(
             jobs={ended.id: ended, live.id: live},
             logs=[LogChunk(live.id, 1, 0, b"live"), LogChunk(ended.id, 1, 0, b"ended")],
         )
     )
-    await store.close()
-    store = backend.make()
-    store.load_ended_docs = False  # type: ignore[attr-defined]
-    loaded = await store.open()
+    await subject.close()
+    subject = backend.make()
+    subject.load_ended_docs = False  # type: ignore[attr-defined]
+    loaded = await subject.open()
     try:
         assert loaded.jobs == [live]
         assert [(r[0], r[1], r[2]) for r in loaded.ended] == [(ended.id, JobState.FAILED, "carol")]
         assert loaded.archived == []
         assert loaded.log_ends == {(live.id, 1): 4}
     finally:
-        await store.close()
+        await subject.close()
 
 
 # --- each table's write ------------------------------------------------------------------
 
 
 async def test_upserts_keep_the_last_write_and_inserts_once_the_first(
-    backend: Backend, store: Store
+    backend: Backend, subject: Store
 ) -> None:
     job = make_job(1)
-    await store.commit(
+    await subject.commit(
         Changes(
             jobs={job.id: job},
             events=[event(1, job.id)],
@@ -251,7 +256,7 @@ async def test_upserts_keep_the_last_write_and_inserts_once_the_first(
         )
     )
     running = make_job(1, JobState.RUNNING)
-    await store.commit(
+    await subject.commit(
         Changes(
             jobs={job.id: running},
             # A retried batch's rows that did land are not refused over them.
@@ -264,53 +269,55 @@ async def test_upserts_keep_the_last_write_and_inserts_once_the_first(
             blob_holds={DIGEST: (BlobHold(DIGEST, "bob"),), "e" * 64: ()},
         )
     )
-    await store.commit(Changes(audit=[AuditRecord("t", "a", "admin", "x", None)] * 2))
-    store, loaded = await reopen(backend, store)
+    await subject.commit(Changes(audit=[AuditRecord("t", "a", "admin", "x", None)] * 2))
+    subject, loaded = await reopen(backend, subject)
     try:
         assert loaded.jobs == [running]
-        assert [e.type for e in await store.read_events(0, 10)] == ["job.queued"]
+        assert [e.type for e in await subject.read_events(0, 10)] == ["job.queued"]
         assert loaded.idempotency == {"key": job.id}
-        assert await store.read_log(job.id, 1, 0, 100) == b"first"
+        assert await subject.read_log(job.id, 1, 0, 100) == b"first"
         assert loaded.tokens == [token(1, revoked_at="2030-01-03T00:00:00Z")]
         assert loaded.groups == {"g": 4}
         assert loaded.blob_holds == [BlobHold(DIGEST, "bob", 0)]
-        assert [i for i, _ in await store.read_audit(0, 10)] == [1, 2]
+        assert [i for i, _ in await subject.read_audit(0, 10)] == [1, 2]
     finally:
-        await store.close()
+        await subject.close()
 
 
 # --- reads that see what is not committed yet --------------------------------------------
 
 
 async def test_reads_see_a_batch_in_flight_and_what_is_staged_behind_it(
-    backend: Backend, store: Store
+    backend: Backend, subject: Store
 ) -> None:
     job = make_job(1)
-    await store.commit(Changes(jobs={job.id: job}, logs=[LogChunk(job.id, 1, 0, b"12345")]))
+    await subject.commit(Changes(jobs={job.id: job}, logs=[LogChunk(job.id, 1, 0, b"12345")]))
     async with backend.hold_writes():
         done = make_job(1, JobState.COMPLETED)
-        first = store.stage(Changes(jobs={done.id: done}, logs=[LogChunk(job.id, 1, 5, b"67")]))
-        await wait_until(lambda: len(store._group.pending()) == 2, timeout=5, interval=0.005)
-        assert await store.read_jobs([job.id]) == {job.id: msgspec.json.encode(done)}
-        assert await store.read_log_end(job.id, 1) == 7
+        first = subject.stage(Changes(jobs={done.id: done}, logs=[LogChunk(job.id, 1, 5, b"67")]))
+        await wait_until(lambda: len(subject._group.pending()) == 2, timeout=5, interval=0.005)
+        assert await subject.read_jobs([job.id]) == {job.id: msgspec.json.encode(done)}
+        assert await subject.read_log_end(job.id, 1) == 7
         cancelled = make_job(1, JobState.CANCELLED, cancelled_at=T0)
-        second = store.stage(Changes(jobs={job.id: cancelled}, logs=[LogChunk(job.id, 1, 7, b"8")]))
-        assert await store.read_jobs([job.id]) == {job.id: msgspec.json.encode(cancelled)}
-        assert await store.read_log_end(job.id, 1) == 8
+        second = subject.stage(
+            Changes(jobs={job.id: cancelled}, logs=[LogChunk(job.id, 1, 7, b"8")])
+        )
+        assert await subject.read_jobs([job.id]) == {job.id: msgspec.json.encode(cancelled)}
+        assert await subject.read_log_end(job.id, 1) == 8
         assert not first.done()
     await asyncio.gather(first, second)
-    assert await store.read_jobs([job.id]) == {job.id: msgspec.json.encode(cancelled)}
-    assert await store.read_log(job.id, 1, 0, 100) == b"12345678"
+    assert await subject.read_jobs([job.id]) == {job.id: msgspec.json.encode(cancelled)}
+    assert await subject.read_log(job.id, 1, 0, 100) == b"12345678"
 
 
 # --- deletions and retention -------------------------------------------------------------
 
 
 async def test_delete_jobs_takes_their_events_logs_and_idempotency_keys(
-    backend: Backend, store: Store
+    backend: Backend, subject: Store
 ) -> None:
     gone, kept = make_job(1, JobState.COMPLETED), make_job(2, JobState.COMPLETED)
-    await store.commit(
+    await subject.commit(
         Changes(
             jobs={gone.id: gone, kept.id: kept},
             events=[event(1, gone.id), event(2, kept.id)],
@@ -318,39 +325,39 @@ async def test_delete_jobs_takes_their_events_logs_and_idempotency_keys(
             logs=[LogChunk(gone.id, 1, 0, b"x"), LogChunk(kept.id, 1, 0, b"y")],
         )
     )
-    await store.delete_jobs([gone.id])
-    assert await store.read_jobs([gone.id, kept.id]) == {kept.id: msgspec.json.encode(kept)}
-    store, loaded = await reopen(backend, store)
+    await subject.delete_jobs([gone.id])
+    assert await subject.read_jobs([gone.id, kept.id]) == {kept.id: msgspec.json.encode(kept)}
+    subject, loaded = await reopen(backend, subject)
     try:
         assert [r[0] for r in loaded.ended] == [kept.id]
         assert loaded.idempotency == {"b": kept.id}
         assert loaded.log_ends == {(kept.id, 1): 1}
-        assert [e.index for e in await store.read_events(0, 10)] == [2]
-        assert await store.ended_before(T0.timestamp() + 100, 10) == [kept.id]
+        assert [e.index for e in await subject.read_events(0, 10)] == [2]
+        assert await subject.ended_before(T0.timestamp() + 100, 10) == [kept.id]
     finally:
-        await store.close()
+        await subject.close()
 
 
 async def test_prune_events_keeps_the_newest_and_every_event_of_a_kept_job(
-    backend: Backend, store: Store
+    backend: Backend, subject: Store
 ) -> None:
     kept = make_job(1)
     events = [event(i, kept.id if i == 2 else None) for i in range(1, 11)]
-    await store.commit(Changes(jobs={kept.id: kept}, events=events))
-    assert await store.prune_events(3) == 8
-    assert [e.index for e in await store.read_events(0, 100)] == [2, 8, 9, 10]
+    await subject.commit(Changes(jobs={kept.id: kept}, events=events))
+    assert await subject.prune_events(3) == 8
+    assert [e.index for e in await subject.read_events(0, 100)] == [2, 8, 9, 10]
     # Nothing more to drop: the mark stays where it is.
-    assert await store.prune_events(5) == 8
-    store, loaded = await reopen(backend, store)
+    assert await subject.prune_events(5) == 8
+    subject, loaded = await reopen(backend, subject)
     try:
         assert loaded.events_pruned_below == 8
         assert loaded.last_index == 10
     finally:
-        await store.close()
+        await subject.close()
 
 
-async def test_ended_before_lists_ended_jobs_oldest_first(store: Store) -> None:
-    await store.commit(
+async def test_ended_before_lists_ended_jobs_oldest_first(subject: Store) -> None:
+    await subject.commit(
         Changes(
             jobs={
                 j.id: j
@@ -365,22 +372,27 @@ async def test_ended_before_lists_ended_jobs_oldest_first(store: Store) -> None:
         )
     )
     cutoff = (T0 + timedelta(seconds=25)).timestamp()
-    assert await store.ended_before(cutoff, 10) == [jid(10), jid(20)]
-    assert await store.ended_before(cutoff, 1) == [jid(10)]
-    assert await store.ended_before("2030-01-02T03:04:30.250000Z", 10) == [jid(10), jid(20)]
-    assert await store.ended_before(T0.timestamp() + 100, 10) == [jid(10), jid(20), jid(30), jid(5)]
+    assert await subject.ended_before(cutoff, 10) == [jid(10), jid(20)]
+    assert await subject.ended_before(cutoff, 1) == [jid(10)]
+    assert await subject.ended_before("2030-01-02T03:04:30.250000Z", 10) == [jid(10), jid(20)]
+    assert await subject.ended_before(T0.timestamp() + 100, 10) == [
+        jid(10),
+        jid(20),
+        jid(30),
+        jid(5),
+    ]
 
 
-async def test_read_audit_filters_by_actor_action_and_target(store: Store) -> None:
+async def test_read_audit_filters_by_actor_action_and_target(subject: Store) -> None:
     records = [
         AuditRecord("t1", "alice", "admin", "token.create", "bob"),
         AuditRecord("t2", "alice", "admin", "node.drain", "node-1", {"reason": "x"}),
         AuditRecord("t3", "carol", "submit", "job.cancel", "bob"),
     ]
-    await store.commit(Changes(audit=records))
-    assert [i for i, _ in await store.read_audit(0, 10)] == [1, 2, 3]
-    assert await store.read_audit(1, 1) == [(2, records[1])]
-    assert [i for i, _ in await store.read_audit(0, 10, actor="alice")] == [1, 2]
-    assert [i for i, _ in await store.read_audit(0, 10, target="bob")] == [1, 3]
-    assert [i for i, _ in await store.read_audit(0, 10, actor="alice", target="bob")] == [1]
-    assert await store.read_audit(0, 10, action="node.drain") == [(2, records[1])]
+    await subject.commit(Changes(audit=records))
+    assert [i for i, _ in await subject.read_audit(0, 10)] == [1, 2, 3]
+    assert await subject.read_audit(1, 1) == [(2, records[1])]
+    assert [i for i, _ in await subject.read_audit(0, 10, actor="alice")] == [1, 2]
+    assert [i for i, _ in await subject.read_audit(0, 10, target="bob")] == [1, 3]
+    assert [i for i, _ in await subject.read_audit(0, 10, actor="alice", target="bob")] == [1]
+    assert await subject.read_audit(0, 10, action="node.drain") == [(2, records[1])]

@@ -25,6 +25,9 @@ from tests.integration.test_store_contract import (
 from tests.pg import PgCluster, pg_cluster, pg_dsn  # noqa: F401
 from tests.support import wait_until
 
+# The stores are this module's subject: it is not repeated per store.
+pytestmark = pytest.mark.stores("sqlite")
+
 
 def db_name(dsn: str) -> str:
     return dsn.split("/")[3].split("?")[0]
