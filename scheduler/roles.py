@@ -56,11 +56,21 @@ class Roles:
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Lead at once when nobody does (a scheduler alone on its database is ready
+        to take writes when it starts listening), else stand by."""
         # Nothing this scheduler holds may be written unless it takes the lead: an
         # epoch no leader ever has fences every write until then.
         self.store.epoch = -1
-        self._task = asyncio.create_task(self._run(), name="berth-roles")
+        leading = await self.lock.try_take()
+        if leading:
+            try:
+                await self._take_over()
+            except Exception:
+                log.exception("taking the lead failed; standing by")
+                await self._step_down()
+                leading = False
+        self._task = asyncio.create_task(self._run(leading), name="berth-roles")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -85,11 +95,13 @@ class Roles:
 
     # --- the loop ------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, leading: bool) -> None:
         while True:
             try:
-                await self._stand_by()
-                await self._take_over()
+                if not leading:
+                    await self._stand_by()
+                    await self._take_over()
+                leading = False
                 await self._hold()
             except asyncio.CancelledError:
                 raise

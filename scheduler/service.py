@@ -9,19 +9,27 @@ import contextlib
 import gc
 import logging
 import secrets
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from common.codec import rfc3339
 from common.errors import Unavailable
 from common.models import WebhookDelivery
-from scheduler.blobs import BlobStore, Swept
+from scheduler.blobs import Swept, open_blobs
 from scheduler.bus import EventBus
 from scheduler.config import SchedulerConfig
+from scheduler.events import Event
 from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
-from scheduler.state import Effects, State
-from scheduler.store.base import Changes, Store
+from scheduler.state import Effects, Followed, State
+from scheduler.store.base import Changes, Loaded, Store
 from scheduler.webhooks import WebhookSender
 from scheduler.writeguard import WriteGuard
+
+if TYPE_CHECKING:
+    from scheduler.roles import Roles
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +66,18 @@ class Service:
         self.metrics = Metrics(state)
         self._job_waiters: dict[str, asyncio.Event] = {}
         self.webhooks: WebhookSender | None = None
-        self.blobs = BlobStore.in_state_dir(config.state_dir)
+        self.blobs = open_blobs(config)
         self.submit_rate = RateLimiter(config.submit_rate_per_s, config.submit_burst)
         self.streams = StreamSlots(config.max_streams_per_token)
         self.subscriptions = StreamSlots(config.max_subscriptions_per_token, "subscriptions")
         #: replays reading and encoding history at once; the rest wait their turn
         self.replays = FairSlots(config.max_concurrent_replays)
+        self._webhooks_pending: list[str] = []
+        #: who leads, when several schedulers share the store (None: this one alone)
+        self.roles: Roles | None = None
+        if config.postgres:
+            self.roles = _roles(self, store)
+            self.metrics.watch_roles(self.roles.figures)
 
     async def fetch_ended(self, job_ids: list[str]) -> None:
         """Bring the documents of those ids that are ended jobs into memory, so that the
@@ -86,22 +100,37 @@ class Service:
         tmp.replace(path)
 
     async def start(self) -> None:
-        loaded = await self.store.open()
+        await self.reload(await self.store.open())
+        if self.roles is not None:
+            # Shared by several schedulers: lead, or stand by until elected.
+            await self.roles.start()
+            self.ready = True
+            return
+        await self.lead()
+
+    async def reload(self, loaded: Loaded) -> None:
+        """Take the state read from the store, in place of what memory held."""
+        self.state.reset()
         self.state.load(loaded)
+        self._webhooks_pending = loaded.webhooks_pending
         # What was loaded lives long: keep it out of every later collection.
         gc.collect()
         gc.freeze()
+
+    async def lead(self) -> None:
+        """Act on the state: tokens, webhooks, placement, liveness and retention."""
         await self._ensure_tokens()
         await self._drop_holds_of_swept_blobs()
         await self.commit()
         self.webhooks = WebhookSender(
-            self._webhook_key(),
+            await self._webhook_key(),
             self._record_delivery,
             allow_private=self.config.webhook_allow_private,
         )
         await self.webhooks.start()
-        await self.fetch_ended(loaded.webhooks_pending)
-        for job_id in loaded.webhooks_pending:
+        pending_webhooks, self._webhooks_pending = self._webhooks_pending, []
+        await self.fetch_ended(pending_webhooks)
+        for job_id in pending_webhooks:
             pending = self.state.find(job_id)
             if pending is not None and pending.webhook_pending:
                 self.webhooks.send(pending)
@@ -119,18 +148,66 @@ class Service:
             self.state.events.last_index,
         )
 
-    async def stop(self) -> None:
-        self.ready = False
+    async def stop_leading(self) -> None:
+        """Stop acting on the state (the loops and webhooks); it stays readable."""
         if self.webhooks is not None:
             await self.webhooks.stop()
-        for t in self._tasks:
+            self.webhooks = None
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self._last_commit = None
+
+    def leading(self) -> bool:
+        """Whether this scheduler takes writes and agents now."""
+        return self.roles is None or self.roles.leading()
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        """The schedulers sharing the store, as GET /api/v1/schedulers lists them."""
+        if self.roles is not None:
+            return await self.roles.lock.listing()
+        return [
+            {
+                "id": scheduler_id(self.config.state_dir),
+                "url": advertised_url(self.config),
+                "role": "leader",
+                "epoch": 0,
+                "applied_index": self.state.events.committed_index,
+                "seen": rfc3339(datetime.now(UTC)),
+            }
+        ]
+
+    @property
+    def leader_url(self) -> str | None:
+        """Where the leader is: this scheduler when it leads alone."""
+        if self.roles is None:
+            return None
+        return self.roles.leader_url
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.roles is None else self.roles.role
+
+    def apply_followed(self, followed: Followed, events: list[Event]) -> None:
+        """A standby applies what the leader committed, and tells its own followers."""
+        self.state.follow(followed)
+        for job in followed.jobs:
+            self._wake_job(job.id)
+        self._publish(events)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.stop_leading()
+        # What the leader staged is written (fenced) before the lead is let go.
         with contextlib.suppress(Exception):
             await self.commit()
+        if self.roles is not None:
+            await self.roles.stop()
         await self.store.close()
+        await self.blobs.close()
 
     async def commit(self) -> None:
         """Return once every change made so far is durable (and what follows it done).
@@ -180,7 +257,10 @@ class Service:
                     self.webhooks.send(job)
         for chunk in changes.logs:
             self._wake_job(chunk.job_id)
-        events = changes.events
+        self._publish(changes.events)
+
+    def _publish(self, events: list[Event]) -> None:
+        """Committed events: blocking queries, subscribers, metrics, job followers."""
         top = events[-1].index if events else self.state.events.committed_index
         self.state.events.committed(events, top)
         if events:
@@ -197,8 +277,13 @@ class Service:
         self.state.record_delivery(job_id, delivery, done=done)
         await self.commit()
 
-    def _webhook_key(self) -> bytes:
-        """The key webhook bodies are signed with, made on first use (mode 0600)."""
+    async def _webhook_key(self) -> bytes:
+        """The key webhook bodies are signed with, made on first use: in the store when
+        it keeps secrets (every scheduler on it signs alike), else in the state
+        directory (mode 0600)."""
+        shared = await self.store.shared_secret("webhook_key", lambda: secrets.token_urlsafe(32))
+        if shared is not None:
+            return shared.encode()
         path = self.config.state_dir / WEBHOOK_KEY_FILE
         if not path.exists():
             _write_secret(path, secrets.token_urlsafe(32))
@@ -311,7 +396,7 @@ class Service:
         stopped in between comes back with holds (and quota charges) of a blob that is
         gone. They are dropped here, in the first commit after loading."""
         held = self.state.blob_holds.digests()
-        gone = await asyncio.to_thread(lambda: [d for d in held if not self.blobs.exists(d)])
+        gone = set(held) - await self.blobs.exists_many(held)
         for digest in gone:
             self.state.blob_holds.drop(digest, self.state.changes)
 
@@ -321,9 +406,8 @@ class Service:
         swept = await self.blobs.sweep(self.state.names_blob, grace_s=self.config.blob_grace_s)
         # Nobody holds a deleted blob any more, and its bytes leave its uploaders'
         # quotas; unless it was stored again meanwhile (then its new holds stay).
-        for digest in swept.deleted:
-            if not self.blobs.exists(digest):
-                self.state.blob_holds.drop(digest, self.state.changes)
+        for digest in set(swept.deleted) - await self.blobs.exists_many(swept.deleted):
+            self.state.blob_holds.drop(digest, self.state.changes)
         if swept.deleted:
             await self.commit()
         if swept.blobs or swept.uploads:
@@ -379,3 +463,41 @@ def _write_secret(path: Path, secret: str) -> None:
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(secret + "\n")
+
+
+def _roles(svc: Service, store: Store) -> Roles:
+    """Leading and standing by on a shared PostgreSQL store."""
+    # Only then: a scheduler on SQLite does not load asyncpg.
+    from scheduler.leadership import LeaderLock
+    from scheduler.roles import Roles
+    from scheduler.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    config = svc.config
+    lock = LeaderLock(config.store, scheduler_id(config.state_dir), advertised_url(config))
+    return Roles(svc, store, lock)
+
+
+SCHEDULER_ID_FILE = "scheduler.id"
+
+
+def scheduler_id(state_dir: Path) -> str:
+    """This scheduler's id among those sharing a store, kept in its state directory."""
+    path = state_dir / SCHEDULER_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    made = f"s{secrets.token_hex(6)}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(made + "\n")
+    return made
+
+
+def advertised_url(config: SchedulerConfig) -> str:
+    """The URL others are sent to: --advertise-url, else the listen address."""
+    if config.advertise_url:
+        return config.advertise_url
+    host, port = config.host_port
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    scheme = "https" if config.tls_cert is not None else "http"
+    return f"{scheme}://{host}:{port}"

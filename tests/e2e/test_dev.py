@@ -3,6 +3,7 @@ Ctrl-C stops both."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from tests.support import REPO, Api, free_port, wait_until
 
@@ -78,3 +80,102 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+async def test_berth_dev_with_standbys_keeps_running_jobs_after_the_leader_is_killed(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """`berth dev --store postgresql://... --standbys 2`: three schedulers and an agent
+    that knows them all; once the leader is killed, a standby leads and jobs still run."""
+    port = free_port()
+    while any(_listening(port + n) for n in (1, 2)):
+        port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.main import main; main()",
+            "dev",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--executor",
+            "process",
+            "--store",
+            pg_dsn,
+            "--standbys",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    urls = [f"http://127.0.0.1:{port + n}" for n in range(3)]
+    try:
+        token_file = tmp_path / "state" / "admin.token"
+        await wait_until(token_file.exists, timeout=30)
+        token = token_file.read_text().strip()
+        async with aiohttp.ClientSession() as http:
+
+            async def leader() -> dict[str, str] | None:
+                for url in urls:
+                    try:
+                        status, body = await Api(http, url, token).get("/api/v1/schedulers")
+                    except aiohttp.ClientConnectionError:
+                        continue
+                    if status == 200:
+                        led = [s for s in body["schedulers"] if s["role"] == "leader"]
+                        if led and len(body["schedulers"]) >= 3:
+                            return dict(led[0])
+                return None
+
+            first = await wait_until(leader, timeout=30, interval=0.2)
+            assert first["url"] == urls[0]
+            await _run_one(Api(http, urls[0], token))
+
+            pid = _pid_listening_on(port)
+            os.kill(pid, signal.SIGKILL)
+
+            async def new_leader() -> dict[str, str] | None:
+                found = await leader()
+                return found if found is not None and found["url"] != urls[0] else None
+
+            second = await wait_until(new_leader, timeout=30, interval=0.2)
+            await _run_one(Api(http, second["url"], token))
+        assert proc.poll() is None, "berth dev must keep running while a scheduler is left"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode()
+    assert all(url in text for url in urls)
+    await wait_until(lambda: not any(_listening(port + n) for n in range(3)), timeout=10)
+
+
+async def _run_one(api: Api) -> None:
+    """Submit `echo hello` and wait until it completed."""
+
+    async def node_up() -> bool:
+        status, body = await api.get("/api/v1/nodes")
+        return status == 200 and any(n["state"] in ("idle", "busy") for n in body["nodes"])
+
+    await wait_until(node_up, timeout=30, interval=0.2)
+    status, job = await api.post("/api/v1/jobs", {"image": "busybox", "command": ["echo", "hi"]})
+    assert status == 201, job
+
+    async def done() -> bool:
+        _, j = await api.get(f"/api/v1/jobs/{job['id']}")
+        return bool(j["state"] == "completed")
+
+    await wait_until(done, timeout=60, interval=0.2)
+
+
+def _pid_listening_on(port: int) -> int:
+    """The process that listens on a loopback port (the scheduler berth dev started)."""
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    raise AssertionError(f"nothing listens on port {port}")

@@ -6,7 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.pg import PgCluster, pg_cluster, pg_dsn  # noqa: F401 - fixtures
+from tests.pg import PgCluster
 from tests.support import Api, SchedulerProcess
 
 #: every integration test runs on each store, unless marked ``stores(...)``
@@ -14,13 +14,14 @@ STORES = ("sqlite", "postgresql")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store" in metafunc.fixturenames:
+    if "store_kind" in metafunc.fixturenames:
         only = metafunc.definition.get_closest_marker("stores")
-        metafunc.parametrize("store", only.args if only else STORES, indirect=True, scope="module")
+        kinds = only.args if only else STORES
+        metafunc.parametrize("store_kind", kinds, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def store(request: pytest.FixtureRequest) -> Iterator[str]:
+def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """The store every scheduler the module starts runs on: SQLite in its state
     directory, or a PostgreSQL database of its own per state directory."""
     if request.param != "postgresql":

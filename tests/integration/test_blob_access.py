@@ -217,6 +217,8 @@ async def test_holds_and_quotas_survive_a_restart_and_go_with_a_swept_blob(
         await _upload(alice, later)
 
 
+# It deletes the blob's file under the scheduler: blobs are files with SQLite only.
+@pytest.mark.stores("sqlite")
 async def test_holds_of_a_blob_deleted_before_its_sweep_committed_go_at_the_next_start(
     small_quota: SchedulerProcess,
 ) -> None:
