@@ -34,7 +34,7 @@ from scheduler.routes.table import (
     public_paths,
     stateless_paths,
 )
-from scheduler.sessions import Sessions
+from scheduler.sessions import open_sessions
 from scheduler.state import State
 from scheduler.statedir import make_private
 from scheduler.store.base import Store
@@ -77,7 +77,9 @@ def build_app(config: SchedulerConfig) -> web.Application:
     app[SERVICE] = svc
     app[PRINCIPAL] = state.authenticate
     app[PRINCIPAL_BY_DIGEST] = lambda digest: state.tokens.live(digest)
-    app[SESSIONS] = Sessions()
+    app[SESSIONS] = sessions = open_sessions(config)
+    # The PostgreSQL sessions' pool opens on first use; it closes with the app.
+    app.on_cleanup.append(lambda _: sessions.stop())
     app[MAX_BODY] = config.max_body_bytes
     app[PUBLIC_PATHS] = public_paths(ROUTES)
     app[STATELESS_PATHS] = stateless_paths(ROUTES)

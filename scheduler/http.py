@@ -19,7 +19,7 @@ from common.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from scheduler.sessions import COOKIE, CSRF_HEADER, Sessions
+from scheduler.sessions import COOKIE, CSRF_HEADER, SessionBackend
 from scheduler.tokens import TokenRow
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TokenLookup = Callable[[str], TokenRow | None]
 PRINCIPAL: web.AppKey[TokenLookup] = web.AppKey("principal_lookup")
 PRINCIPAL_BY_DIGEST: web.AppKey[TokenLookup] = web.AppKey("principal_by_digest")
-SESSIONS = web.AppKey("sessions", Sessions)
+SESSIONS = web.AppKey("sessions", SessionBackend)
 #: paths anyone may call, from the route table (:attr:`scheduler.routes.table.Route.public`)
 PUBLIC_PATHS: web.AppKey[frozenset[str]] = web.AppKey("public_paths")
 
@@ -94,7 +94,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         # not even be hashed.
         row = request.app[PRINCIPAL](token.strip()) if token.isascii() else None
     elif COOKIE in request.cookies:
-        row = _session_principal(request)
+        row = await _session_principal(request)
     else:
         raise Unauthorized("a Bearer token is required")
     if row is None:
@@ -103,8 +103,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _session_principal(request: web.Request) -> TokenRow | None:
-    session = request.app[SESSIONS].get(request.cookies[COOKIE])
+async def _session_principal(request: web.Request) -> TokenRow | None:
+    session = await request.app[SESSIONS].get(request.cookies[COOKIE])
     if session is None:
         raise Unauthorized("the session has ended; log in again")
     if request.method not in SAFE_METHODS:

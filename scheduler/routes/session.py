@@ -36,7 +36,7 @@ async def login(request: web.Request) -> web.Response:
     row = request.app[PRINCIPAL](req.token)
     if row is None or row.role in ("join", "node"):
         raise Unauthorized("invalid token")
-    session = request.app[SESSIONS].open(token_digest(req.token))
+    session = await request.app[SESSIONS].open(token_digest(req.token))
     resp = json_response(_describe(session, row.role, row.name))
     resp.set_cookie(
         COOKIE,
@@ -59,7 +59,7 @@ async def login(request: web.Request) -> web.Response:
 async def current(request: web.Request) -> web.Response:
     """Who is logged in, and the CSRF token to send with changes (after a page reload)."""
     session_id = request.cookies.get(COOKIE)
-    session = request.app[SESSIONS].get(session_id) if session_id else None
+    session = await request.app[SESSIONS].get(session_id) if session_id else None
     row = request.app[PRINCIPAL_BY_DIGEST](session.token_digest) if session else None
     if session is None or row is None:
         raise Unauthorized("not logged in")
@@ -70,7 +70,7 @@ async def current(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     session_id = request.cookies.get(COOKIE)
     if session_id:
-        request.app[SESSIONS].close(session_id)
+        await request.app[SESSIONS].close(session_id)
     resp = json_response({"ok": True})
     resp.del_cookie(COOKIE, path="/")
     return resp
