@@ -55,7 +55,7 @@ def open_store(config: SchedulerConfig) -> Store:
         # Only then: asyncpg is not loaded by a scheduler on SQLite.
         from scheduler.store.postgres import PostgresStore
 
-        return PostgresStore(config.store)
+        return PostgresStore(config.store, load_ended_docs=False)
     return SQLiteStore(config.state_dir / DB_FILE, load_ended_docs=False)
 
 
