@@ -301,11 +301,17 @@ class Service:
             path = state_dir / filename
             if path.exists():
                 token = path.read_text().strip()
-                # A token revoked through the API stays revoked; one the store has
-                # never seen (a fresh database beside old files) is taken in.
-                if token and not self.state.tokens.known(token):
+                if token and self.state.tokens.known(token):
+                    # Revoked through the API, it stays revoked.
+                    continue
+                if token and not self.config.postgres:
+                    # One the store has never seen (a fresh database beside old files)
+                    # is taken in.
                     self.state.add_token(token, role, role)
-                continue
+                    continue
+                # A shared database is the one authority on tokens: a file it never
+                # heard of (another database's, an earlier SQLite start's) grants
+                # nothing and is replaced.
             token = secrets.token_urlsafe(32)
             _write_secret(path, token)
             self.state.add_token(token, role, role)

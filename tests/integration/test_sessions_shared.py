@@ -7,10 +7,7 @@ over loopback, the cookie sent by hand to whichever the test means.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,22 +20,9 @@ from tests.support import Api, SchedulerProcess, wait_until
 
 pytestmark = pytest.mark.stores("postgresql")
 
-#: how long a scheduler may take to lead, or to stand by and follow (seconds)
-READY_S = 30.0
 #: how long a session ended elsewhere may take to end here: the cache time, and a margin
 #: for a loaded machine
 ENDS_WITHIN_S = CACHE_S + 10.0
-
-
-async def _ready(http: aiohttp.ClientSession, sched: SchedulerProcess, status: str) -> None:
-    async def answers() -> bool:
-        try:
-            async with http.get(sched.url + "/readyz") as r:
-                return r.status == 200 and (await r.json())["status"] == status
-        except aiohttp.ClientError:
-            return False
-
-    await wait_until(answers, timeout=READY_S, interval=0.1)
 
 
 @pytest.fixture
@@ -49,28 +33,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=30)
     ) as s:
         yield s
-
-
-@pytest.fixture
-async def pair(
-    pg_dsn: str, tmp_path: Path, http: aiohttp.ClientSession
-) -> AsyncIterator[tuple[SchedulerProcess, SchedulerProcess]]:
-    """A leader and a standby on one database."""
-    leader = SchedulerProcess(tmp_path / "one", "--store", pg_dsn)
-    standby = SchedulerProcess(tmp_path / "two", "--store", pg_dsn)
-    try:
-        await asyncio.to_thread(leader.start, READY_S)
-        await _ready(http, leader, "ready")
-        # Only a scheduler that has led writes admin.token, which start() waits for: the
-        # standby gets the leader's (the same token, from the same database).
-        standby.state_dir.mkdir(parents=True)
-        shutil.copy2(leader.state_dir / "admin.token", standby.state_dir / "admin.token")
-        await asyncio.to_thread(standby.start, READY_S)
-        await _ready(http, standby, "standby")
-        yield leader, standby
-    finally:
-        standby.kill()
-        leader.kill()
 
 
 async def _login(http: aiohttp.ClientSession, sched: SchedulerProcess, token: str) -> Any:
