@@ -7,17 +7,26 @@ submitter posts jobs with bounded concurrency. Prints one JSON object:
 - jobs_per_s: jobs submitted -> assigned -> reported completed, per second of wall time
 - submit_to_assignment_ms: p50/p99 from sending the submit to the agent holding the
   assignment, measured in a separate phase with free capacity and one job at a time
+
+With ``--store postgresql`` the scheduler runs on PostgreSQL: a cluster of the bench's
+own (``tests.pg``, fsync on as in production, stopped afterwards), or the empty
+database a ``postgresql://`` DSN names. The JSON then says which store, and whether the
+batched phase met its target on PostgreSQL (``targets_met``).
+
+Run: ``python bench/e2e.py [--jobs 5000] [--agents 500] [--store sqlite|postgresql|DSN]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,37 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli.loop import event_loop_factory
+from tests.pg import find_bin, start_cluster
 from tests.support import UNLIMITED, SchedulerProcess
+
+#: batched jobs/s the scheduler is to reach on PostgreSQL
+PG_BATCHED_TARGET = 1000
+
+
+def valid_store(store: str) -> bool:
+    """Whether ``--store`` names a store ``database`` knows."""
+    return store in ("sqlite", "postgresql") or store.startswith(("postgresql://", "postgres://"))
+
+
+@contextlib.contextmanager
+def database(store: str) -> Iterator[str | None]:
+    """The DSN for ``--store``: None for ``sqlite`` (the scheduler's state dir), the
+    value itself for a DSN, and for ``postgresql`` a fresh database in a cluster of its
+    own, with fsync on, as in production; the cluster is stopped afterwards."""
+    if store == "sqlite":
+        yield None
+        return
+    if store != "postgresql":
+        yield store
+        return
+    bindir = find_bin()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed (Debian package postgresql)")
+    cluster = start_cluster(bindir, fsync=True)
+    try:
+        yield cluster.dsn(cluster.new_database())
+    finally:
+        cluster.stop()
 
 
 class Agent:
@@ -110,13 +149,25 @@ class Agent:
                 await r.read()
 
 
-async def bench(n_agents: int, n_jobs: int, concurrency: int, n_latency: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        sched = SchedulerProcess(Path(tmp) / "state", *UNLIMITED).start()
+async def bench(
+    n_agents: int, n_jobs: int, concurrency: int, n_latency: int, store: str
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, database(store) as dsn:
+        flags = UNLIMITED if dsn is None else ("--store", dsn, *UNLIMITED)
+        sched = SchedulerProcess(Path(tmp) / "state", *flags).start()
         try:
-            return await _run(sched, n_agents, n_jobs, concurrency, n_latency)
+            result = await _run(sched, n_agents, n_jobs, concurrency, n_latency)
         finally:
             sched.stop()
+    if dsn is None:
+        return result
+    batched = result["batched_requests"]["jobs_per_s"]
+    return {
+        "store": "postgresql",
+        **result,
+        "targets": {"batched_jobs_per_s": PG_BATCHED_TARGET},
+        "targets_met": {"batched_jobs_per_s": batched >= PG_BATCHED_TARGET},
+    }
 
 
 async def _run(
@@ -230,9 +281,19 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--latency-samples", type=int, default=300)
+    p.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default), postgresql (a cluster of its own, fsync on) or the DSN "
+        "of an empty PostgreSQL database",
+    )
     args = p.parse_args()
+    if not valid_store(args.store):
+        p.error("--store: sqlite, postgresql or a postgresql:// DSN")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        result = runner.run(bench(args.agents, args.jobs, args.concurrency, args.latency_samples))
+        result = runner.run(
+            bench(args.agents, args.jobs, args.concurrency, args.latency_samples, args.store)
+        )
     print(json.dumps(result))
 
 

@@ -118,8 +118,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_cluster(bindir: Path) -> PgCluster:
-    """initdb and start a cluster in a new temporary directory."""
+def start_cluster(bindir: Path, fsync: bool = False) -> PgCluster:
+    """initdb and start a cluster in a new temporary directory; ``fsync`` as in
+    production (benchmarks), else off (tests)."""
     root = Path(tempfile.mkdtemp(prefix="berth-pg-"))
     data, sockdir = root / "data", root / "sock"
     sockdir.mkdir()
@@ -141,9 +142,10 @@ def start_cluster(bindir: Path) -> PgCluster:
     port = _free_port()
     logfile = (root / "server.log").open("wb")
     settings = ["-c", "listen_addresses=", "-c", "max_connections=200"]
-    # Throwaway data: skipping fsync makes every commit and CREATE DATABASE cheap;
-    # nothing here has to survive a power loss. Never outside tests.
-    settings += ["-c", "fsync=off"]
+    if not fsync:
+        # Throwaway data: skipping fsync makes every commit and CREATE DATABASE cheap;
+        # nothing here has to survive a power loss. Never outside tests.
+        settings += ["-c", "fsync=off"]
     proc = subprocess.Popen(
         [str(bindir / "postgres"), "-D", str(data), "-k", str(sockdir), "-p", str(port), *settings],
         stdout=logfile,
