@@ -42,6 +42,7 @@ import asyncpg
 from aiohttp import web
 
 from common.errors import NotFound, Unavailable
+from scheduler import pgconnect
 from scheduler.blobs import MAX_BLOB_BYTES, BlobFile, BlobStore, Swept, Upload, unreferenced
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,9 @@ class PostgresBlobs(BlobStore):
             return self._pool
         async with self._opening:
             if self._pool is None:
-                pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+                pool = await asyncpg.create_pool(
+                    self.dsn, connect=pgconnect.connect, min_size=1, max_size=self.pool_size
+                )
                 try:
                     async with pool.acquire() as conn:
                         await _prepare(conn)

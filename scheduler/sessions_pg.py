@@ -43,6 +43,7 @@ from typing import NamedTuple
 import asyncpg
 
 from common.errors import Unavailable
+from scheduler import pgconnect
 from scheduler.sessions import (
     MAX_SESSIONS,
     MAX_SESSIONS_PER_TOKEN,
@@ -259,6 +260,7 @@ class PostgresSessions(SessionBackend):
             if self._pool is None:
                 pool = await asyncpg.create_pool(
                     self.dsn,
+                    connect=pgconnect.connect,
                     min_size=1,
                     max_size=self.pool_size,
                     server_settings=dict(SERVER_SETTINGS),

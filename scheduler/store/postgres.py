@@ -41,6 +41,7 @@ import msgspec
 
 from common.models import Job, Node
 from common.states import JobState
+from scheduler import pgconnect
 from scheduler.events import Event
 from scheduler.store.base import (
     AuditRecord,
@@ -187,6 +188,7 @@ class PostgresStore(Store):
     async def _open(self) -> Loaded:
         self._pool = await asyncpg.create_pool(
             self.dsn,
+            connect=pgconnect.connect,
             min_size=1,
             max_size=POOL_SIZE,
             server_settings=dict(SERVER_SETTINGS),
@@ -218,7 +220,7 @@ class PostgresStore(Store):
             self._pool = None
 
     async def _connect(self) -> Any:
-        return await asyncpg.connect(
+        return await pgconnect.connect(
             self.dsn, server_settings=dict(SERVER_SETTINGS), command_timeout=COMMAND_TIMEOUT_S
         )
 
