@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from common.codec import rfc3339
+from scheduler import pgconnect
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ class LeaderLock:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
             self.held = False
-            self._conn = await asyncpg.connect(
-                self.dsn, server_settings=dict(_SETTINGS), timeout=ROUND_TRIP_TIMEOUT_S
-            )
+            self._conn = await pgconnect.connect(self.dsn, server_settings=dict(_SETTINGS))
             await self._conn.execute(_SCHEMA)
         return self._conn
 
