@@ -31,7 +31,6 @@ Parameters of :class:`PostgresBlobs` and their defaults:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -137,31 +136,14 @@ class PostgresBlobs(BlobStore):
     ) -> None:
         super().__init__(max_bytes=max_bytes)
         self.dsn = dsn
-        self.pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._pool = pgconnect.LazyPool(dsn, _prepare, min_size=1, max_size=pool_size)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        await self._pool.close()
 
     async def _connected(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._opening:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self.dsn, connect=pgconnect.connect, min_size=1, max_size=self.pool_size
-                )
-                try:
-                    async with pool.acquire() as conn:
-                        await _prepare(conn)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-        return self._pool
+        pool: asyncpg.Pool = await self._pool.get()
+        return pool
 
     async def _execute(self, sql: str, *args: Any) -> str:
         pool = await self._connected()

@@ -11,6 +11,8 @@ leader's lock, the standby's listener, the blob and session pools.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -72,3 +74,41 @@ async def connect(dsn: str, *args: Any, **kwargs: Any) -> Any:
     raise ConnectionError(
         f"no host of the store's DSN takes connections for writes: {last}"
     ) from last
+
+
+class LazyPool:
+    """A connection pool opened on first use, its tables made ready then (``prepare``
+    runs once, on one of its connections), and closed with ``close``.
+
+    For the parts that keep their own tables beside the store's (blobs, dashboard
+    sessions): a scheduler that never uses them opens no connection for them.
+    """
+
+    def __init__(
+        self, dsn: str, prepare: Callable[[Any], Awaitable[None]], **pool_args: Any
+    ) -> None:
+        self.dsn = dsn
+        self._prepare = prepare
+        self._pool_args = pool_args
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
+
+    async def get(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(self.dsn, connect=connect, **self._pool_args)
+                try:
+                    async with pool.acquire() as conn:
+                        await self._prepare(conn)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()

@@ -32,7 +32,6 @@ Parameters of :class:`PostgresSessions` and their defaults:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -132,9 +131,15 @@ class PostgresSessions(SessionBackend):
         self.per_token = per_token
         self.total = total
         self.cache_s = cache_s
-        self.pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._pool = pgconnect.LazyPool(
+            dsn,
+            _prepare,
+            min_size=1,
+            max_size=pool_size,
+            server_settings=dict(SERVER_SETTINGS),
+            command_timeout=COMMAND_TIMEOUT_S,
+            timeout=COMMAND_TIMEOUT_S,
+        )
         #: id digest -> what a lookup found, oldest first
         self._seen: dict[str, _Seen] = {}
         #: bumped whenever this process ends a session: a lookup under way when it
@@ -230,9 +235,7 @@ class PostgresSessions(SessionBackend):
             await conn.execute("DELETE FROM sessions WHERE id_digest = $1", digest)
 
     async def stop(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        await self._pool.close()
 
     # --- the cache -------------------------------------------------------------------
 
@@ -254,27 +257,8 @@ class PostgresSessions(SessionBackend):
     # --- the database ----------------------------------------------------------------
 
     async def _connected(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._opening:
-            if self._pool is None:
-                pool = await asyncpg.create_pool(
-                    self.dsn,
-                    connect=pgconnect.connect,
-                    min_size=1,
-                    max_size=self.pool_size,
-                    server_settings=dict(SERVER_SETTINGS),
-                    command_timeout=COMMAND_TIMEOUT_S,
-                    timeout=COMMAND_TIMEOUT_S,
-                )
-                try:
-                    async with pool.acquire() as conn:
-                        await _prepare(conn)
-                except BaseException:
-                    await pool.close()
-                    raise
-                self._pool = pool
-        return self._pool
+        pool: asyncpg.Pool = await self._pool.get()
+        return pool
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
