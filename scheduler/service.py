@@ -110,6 +110,8 @@ class Service:
 
     async def reload(self, loaded: Loaded) -> None:
         """Take the state read from the store, in place of what memory held."""
+        # What an earlier load froze may be garbage now: let collections see it again.
+        gc.unfreeze()
         self.state.reset()
         self.state.load(loaded)
         self._webhooks_pending = loaded.webhooks_pending
