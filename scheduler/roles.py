@@ -6,10 +6,12 @@ lost while a connection is down) and serves reads, while it tries for the lead
 (``scheduler.leadership``). Once it holds the lock it takes over: it bumps the epoch,
 which fences the old leader out of every later write, loads the state afresh from that
 point, as a restart does (so every node gets the restart grace before it is called
-offline), and starts the loops. It steps down when it loses the lock, when its last
-round trip is older than the lease, or when a write finds that another scheduler took
-the lead: it stops the loops, fails what was waiting for a commit (none of it was
-written), loads the state again and follows.
+offline), starts the loops, and only then takes requests. It steps down when it loses
+the lock, when its last round trip is older than the lease, or when a write finds that
+another scheduler took the lead: it stops the loops, fails what was waiting for a
+commit (none of it was written), loads the state again (until that succeeds it follows
+nothing) and follows. Each load ends the event streams open on this scheduler, which
+resume from the index they reached.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Roles:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None
+        #: memory may hold changes that were never written: load it again before following
+        self._reload_owed = False
 
     async def start(self) -> None:
         """Lead at once when nobody does (a scheduler alone on its database is ready
@@ -118,7 +122,7 @@ class Roles:
             if await self.lock.try_take():
                 return
             try:
-                await self._catch_up()
+                await (self._reload() if self._reload_owed else self._catch_up())
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("cannot follow the leader: %s", e)
             if time.monotonic() - noted >= NOTE_S:
@@ -132,14 +136,18 @@ class Roles:
     async def _take_over(self) -> None:
         await self._unlisten()
         self.epoch = await self.store.take_leadership(self.lock.scheduler_id, self.lock.url)
-        self.role = LEADER
         self.leader_url = self.lock.url
         log.info("leading, epoch %d", self.epoch)
         # From the point the epoch moved: everything the old leader committed is in it.
-        await self.svc.reload(await self.store.load_state())
-        self.seq = self.store.loaded_seq
+        await self._reload()
         self.store.resume()
         await self.svc.lead()
+        # Only now does the guard let requests through. One taken while the state
+        # loaded would be answered from the memory being replaced: a submit committed
+        # meanwhile is missing from the loaded snapshot (acknowledged and stored, yet
+        # never placed), and one answered from memory alone (a resent submit whose key
+        # is there after a failed reload) could acknowledge a job never written.
+        self.role = LEADER
 
     async def _hold(self) -> None:
         """Lead while the lock holds and no write found the lead taken."""
@@ -158,14 +166,33 @@ class Roles:
         await self.svc.stop_leading()
         self.store.discard()
         await self.lock.drop()
+        # What memory holds may never have been written: until a reload succeeds the
+        # standby loads the state again instead of applying changes on top of it.
+        self._reload_owed = True
         for _ in range(3):
             try:
-                await self.svc.reload(await self.store.load_state())
+                await self._reload()
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("cannot load the state to stand by: %s", e)
                 await asyncio.sleep(POLL_S)
+
+    async def _reload(self) -> None:
+        """Load the whole state afresh from the database, in place of memory.
+
+        Event streams open on this scheduler end here: the events committed between
+        the last one they were sent and the reloaded state were never published to
+        them, so they reconnect and replay from the index they reached. Agents' long
+        polls parked here answer now, from the loaded state, rather than when their
+        wait runs out: after a step-down their agents go on to the new leader at once.
+        """
+        loaded = await self.store.load_state()
+        await self.svc.reload(loaded)
+        self.svc.bus.close_all()
+        for node_id in list(self.svc.state.nodes):
+            self.svc.wake_node(node_id)
         self.seq = self.store.loaded_seq
+        self._reload_owed = False
         self.caught_up_at = time.monotonic()
 
     # --- following -----------------------------------------------------------------
