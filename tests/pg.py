@@ -87,6 +87,30 @@ class PgCluster:
         self.psql(f"CREATE DATABASE {name}")
         return name
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server with a fast shutdown and start it again on the same data
+        directory, socket and port, ``down_s`` seconds later; returns once it answers.
+
+        Every open session is ended, as when the database host restarts; what was
+        committed is kept. The server runs with the command line and as the user it was
+        first started with (the owner of the cluster's directory).
+        """
+        # The command line start_cluster gave (a list of str and Path).
+        argv: list[Any] = list(self.proc.args)  # type: ignore[arg-type]
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(STOP_TIMEOUT_S)
+        time.sleep(down_s)
+        user: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            st = self.root.stat()
+            user = {"user": st.st_uid, "group": st.st_gid, "extra_groups": []}
+        with (self.root / "server.log").open("ab") as logfile:
+            self.proc = subprocess.Popen(
+                argv, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, **user
+            )
+        _wait_ready(self)
+
     def stop(self) -> None:
         # SIGINT is PostgreSQL's fast shutdown: open sessions are ended, then it exits.
         if self.proc.poll() is None:
