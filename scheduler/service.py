@@ -161,7 +161,11 @@ class Service:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._last_commit = None
+        last, self._last_commit = self._last_commit, None
+        if last is not None:
+            # Its waiters were answered (a fenced commit fails them all); nobody reads
+            # it any more.
+            last.add_done_callback(_retrieved)
 
     def leading(self) -> bool:
         """Whether this scheduler takes writes and agents now."""
@@ -468,6 +472,11 @@ class Service:
                 self._announce_recovered()
             except Exception:
                 log.exception("liveness check failed")
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _write_secret(path: Path, secret: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from common.errors import BerthError, InvalidRequest
+from common.errors import BerthError, InvalidRequest, NotLeader
 from common.models import (
     AssignmentsReply,
     HeartbeatReply,
@@ -50,6 +50,13 @@ class AgentCommands(Reads):
         found, index = self.state.pending_assignments(node_id, after)
         if not found and wait > 0:
             await self.wait_for_node(node_id, wait)
+            if not self.leading():
+                # It stepped down while the poll waited: what memory holds now may
+                # never have been committed. The agent asks the leader instead.
+                raise NotLeader(
+                    "this scheduler stopped leading while the poll waited; nothing was done",
+                    {"leader_url": self.leader_url},
+                )
             found, index = self.state.pending_assignments(node_id, after)
         return AssignmentsReply(assignments=found, index=index)
 

@@ -83,7 +83,11 @@ CREATE TABLE IF NOT EXISTS tombstones (
 );
 CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
 CREATE TABLE IF NOT EXISTS kv (key text PRIMARY KEY, value bytea NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema_version', 1)
+    ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value);
 """
+#: the schema ``SCHEMA`` makes; a release that changes it raises this
+SCHEMA_VERSION = 1
 
 
 # --- the statements the store runs, next to the tables they write ---------------------
@@ -199,6 +203,20 @@ PRUNED_BELOW = "SELECT value FROM meta WHERE key = 'events_pruned_below'"
 async def prepare(conn: asyncpg.Connection) -> None:
     """Create what is missing, in one transaction, under ``SCHEMA_LOCK``: a second
     process opening the same new database waits, then finds everything there."""
+    if await _schema_version(conn) >= SCHEMA_VERSION:
+        # Made already: its CREATE INDEX statements would take share locks on the
+        # tables the leader writes, and its leader-row insert would wait for the
+        # leader's fence; a scheduler starting beside a busy leader deadlocked on that.
+        return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
         await conn.execute(SCHEMA)
+
+
+async def _schema_version(conn: asyncpg.Connection) -> int:
+    """The version the database's schema was made at, 0 when it was not (plain reads:
+    no lock that a writer holds is waited for)."""
+    if await conn.fetchval("SELECT to_regclass('meta')") is None:
+        return 0
+    version = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(version or 0)
