@@ -52,8 +52,9 @@ class Roles:
         self.seq = store.loaded_seq
         #: where the leader is, as the leader row says (None while nobody leads)
         self.leader_url: str | None = None
-        #: monotonic time the state last caught up with the database
-        self.caught_up_at = time.monotonic()
+        #: monotonic time the state last caught up with the database (0: not yet, so a
+        #: new standby is not ready before it knows what it follows and who leads)
+        self.caught_up_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None
@@ -193,7 +194,6 @@ class Roles:
             self.svc.wake_node(node_id)
         self.seq = self.store.loaded_seq
         self._reload_owed = False
-        self.caught_up_at = time.monotonic()
 
     # --- following -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_cluster(bindir: Path, fsync: bool = False) -> PgCluster:
-    """initdb and start a cluster in a new temporary directory; ``fsync`` as in
-    production (benchmarks), else off (tests)."""
-    root = Path(tempfile.mkdtemp(prefix="berth-pg-"))
-    data, sockdir = root / "data", root / "sock"
+@dataclass(frozen=True)
+class ClusterDir:
+    """A new temporary directory for one cluster, owned by the user the server runs as."""
+
+    root: Path
+    data: Path
+    sockdir: Path
+    #: the command prefix that runs a program as that user (empty when not root)
+    as_user: list[str]
+    #: subprocess.Popen arguments that start the server as that user
+    user: dict[str, Any]
+
+
+def cluster_dir(prefix: str = "berth-pg-") -> ClusterDir:
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    sockdir = root / "sock"
     sockdir.mkdir()
     as_user: list[str] = []
     user: dict[str, Any] = {}
@@ -158,34 +170,61 @@ def start_cluster(bindir: Path, fsync: bool = False) -> PgCluster:
         as_user = ["runuser", "-u", PG_USER, "--"]
         user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     root.chmod(0o755)
-    initdb = [str(bindir / "initdb"), "-A", "trust", "-N", "-U", SUPERUSER, "-D", str(data)]
-    # No locale: ids sort as bytes, as in SQLite, and no locale need be installed.
-    subprocess.run(
-        [*as_user, *initdb, "--no-locale", "-E", "UTF8"], check=True, capture_output=True
-    )
+    return ClusterDir(root, root / "data", sockdir, as_user, user)
+
+
+def launch(bindir: Path, where: ClusterDir, settings: list[str]) -> PgCluster:
+    """Start the server on ``where``'s data directory; returns once it answers."""
     port = _free_port()
-    logfile = (root / "server.log").open("wb")
-    settings = ["-c", "listen_addresses=", "-c", "max_connections=200"]
-    if not fsync:
-        # Throwaway data: skipping fsync makes every commit and CREATE DATABASE cheap;
-        # nothing here has to survive a power loss. Never outside tests.
-        settings += ["-c", "fsync=off"]
+    logfile = (where.root / "server.log").open("wb")
+    base = ["-c", "listen_addresses=", "-c", "max_connections=200"]
     proc = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data), "-k", str(sockdir), "-p", str(port), *settings],
+        [
+            str(bindir / "postgres"),
+            *("-D", str(where.data), "-k", str(where.sockdir), "-p", str(port)),
+            *base,
+            *settings,
+        ],
         stdout=logfile,
         stderr=subprocess.STDOUT,
         # Its own session: a ^C at the terminal reaches pytest, which stops it in order.
         start_new_session=True,
-        **user,
+        **where.user,
     )
     logfile.close()
-    cluster = PgCluster(bindir, root, port, proc)
+    cluster = PgCluster(bindir, where.root, port, proc)
     try:
         _wait_ready(cluster)
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def start_cluster(bindir: Path, fsync: bool = False) -> PgCluster:
+    """initdb and start a cluster in a new temporary directory; ``fsync`` as in
+    production (benchmarks), else off (tests)."""
+    where = cluster_dir()
+    initdb = [str(bindir / "initdb"), "-A", "trust", "-N", "-U", SUPERUSER, "-D", str(where.data)]
+    # No locale: ids sort as bytes, as in SQLite, and no locale need be installed.
+    subprocess.run(
+        [*where.as_user, *initdb, "--no-locale", "-E", "UTF8"], check=True, capture_output=True
+    )
+    # Throwaway data: skipping fsync makes every commit and CREATE DATABASE cheap;
+    # nothing here has to survive a power loss. Never outside tests.
+    return launch(bindir, where, [] if fsync else ["-c", "fsync=off"])
+
+
+def required_bin() -> Path:
+    """PostgreSQL's ``bin`` directory; without it a test fails under CI and is skipped
+    elsewhere."""
+    bindir = find_bin()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (Debian package postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return bindir
 
 
 def _wait_ready(cluster: PgCluster) -> None:
@@ -202,13 +241,7 @@ def _wait_ready(cluster: PgCluster) -> None:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """One throwaway PostgreSQL cluster for the whole test session."""
-    bindir = find_bin()
-    if bindir is None:
-        reason = "PostgreSQL is not installed (Debian package postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    cluster = start_cluster(bindir)
+    cluster = start_cluster(required_bin())
     yield cluster
     cluster.stop()
 

@@ -22,22 +22,18 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.pg import (
-    PG_USER,
     SUPERUSER,
     PgCluster,
-    _ensure_user,
-    _free_port,
-    _wait_ready,
-    find_bin,
+    cluster_dir,
+    launch,
+    required_bin,
     start_cluster,
 )
 
@@ -140,45 +136,16 @@ def start_pair(bindir: Path) -> PgStandbyPair:
 
 
 def _start_standby(bindir: Path, primary: PgCluster) -> tuple[PgCluster, Path]:
-    root = Path(tempfile.mkdtemp(prefix="berth-pg-standby-"))
-    data, sockdir = root / "data", root / "sock"
-    sockdir.mkdir()
-    as_user: list[str] = []
-    user: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        # As the primary: the server refuses to run as root.
-        pw = _ensure_user()
-        for path in (root, sockdir):
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", PG_USER, "--"]
-        user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    root.chmod(0o755)
+    where = cluster_dir("berth-pg-standby-")
     # -R writes standby.signal and primary_conninfo (the primary's socket and port);
     # -X stream brings the WAL written during the copy along with it.
-    backup = [str(bindir / "pg_basebackup"), "-R", "-X", "stream", "-c", "fast", "-D", str(data)]
-    backup += ["-h", str(primary.sockdir), "-p", str(primary.port), "-U", SUPERUSER]
-    subprocess.run([*as_user, *backup], check=True, capture_output=True)
-    port = _free_port()
-    logfile = (root / "server.log").open("wb")
-    # The primary's settings (max_connections must not be lower on a standby). fsync is
-    # off as on the primary: the test loses the primary's processes, not the standby
-    # host's power, so what the standby wrote is in its page cache to stay.
-    settings = ["-c", "listen_addresses=", "-c", "max_connections=200", "-c", "fsync=off"]
-    proc = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data), "-k", str(sockdir), "-p", str(port), *settings],
-        stdout=logfile,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        **user,
-    )
-    logfile.close()
-    standby = PgCluster(bindir, root, port, proc)
-    try:
-        _wait_ready(standby)
-    except BaseException:
-        standby.stop()
-        raise
-    return standby, data
+    backup = [str(bindir / "pg_basebackup"), "-R", "-X", "stream", "-c", "fast"]
+    backup += ["-D", str(where.data), "-h", str(primary.sockdir), "-p", str(primary.port)]
+    backup += ["-U", SUPERUSER]
+    subprocess.run([*where.as_user, *backup], check=True, capture_output=True)
+    # fsync is off as on the primary: the test loses the primary's processes, not the
+    # standby host's power, so what the standby wrote is in its page cache to stay.
+    return launch(bindir, where, ["-c", "fsync=off"]), where.data
 
 
 def _wait_sync(pair: PgStandbyPair) -> None:
@@ -223,12 +190,6 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def pg_pair() -> Iterator[PgStandbyPair]:
     """A primary with a synchronous standby, for one test (it may kill the primary)."""
-    bindir = find_bin()
-    if bindir is None:
-        reason = "PostgreSQL is not installed (Debian package postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    pair = start_pair(bindir)
+    pair = start_pair(required_bin())
     yield pair
     pair.stop()

@@ -59,7 +59,7 @@ from common.errors import Unavailable
 from common.models import Job, JobResources, JobSpec
 from tests.chaos.conftest import Figures
 from tests.e2e.conftest import AgentProcess, wait_for_nodes
-from tests.pg import PgCluster, find_bin, start_cluster
+from tests.pg import PgCluster, required_bin, start_cluster
 from tests.support import SchedulerProcess, free_port
 
 #: the schedulers' names, also their ids (kept in each state directory's scheduler.id)
@@ -581,13 +581,7 @@ def _gaps(seen: list[int]) -> list[tuple[int, int]]:
 @pytest.fixture(scope="module")
 def failover_pg() -> Iterator[PgCluster]:
     """A PostgreSQL cluster for this module alone: scenario c restarts it."""
-    bindir = find_bin()
-    if bindir is None:
-        reason = "PostgreSQL is not installed (Debian package postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    cluster = start_cluster(bindir)
+    cluster = start_cluster(required_bin())
     yield cluster
     cluster.stop()
 
