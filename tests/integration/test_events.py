@@ -233,7 +233,7 @@ FIXED_OPS: list[tuple[Any, ...]] = [
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
+def live(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[SchedulerProcess]:
     """One scheduler for the tests that only add jobs; heartbeats are not needed often."""
     proc = SchedulerProcess(
         tmp_path_factory.mktemp("events") / "state", "--heartbeat-interval", "30"

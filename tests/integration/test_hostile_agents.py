@@ -76,7 +76,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[World]:
     sched = SchedulerProcess(
         Path(tmp_path_factory.mktemp("hostile-agents")) / "state",
         *QUIET,

@@ -103,7 +103,7 @@ class Bench:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+def bench(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[Bench]:
     sched = SchedulerProcess(
         Path(tmp_path_factory.mktemp("hostile-input")) / "state",
         *QUIET,

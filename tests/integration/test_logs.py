@@ -77,7 +77,9 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def logsched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
+def logsched(
+    tmp_path_factory: pytest.TempPathFactory, store_kind: str
+) -> Iterator[SchedulerProcess]:
     proc = SchedulerProcess(tmp_path_factory.mktemp("logs") / "state").start()
     yield proc
     proc.kill()

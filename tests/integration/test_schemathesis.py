@@ -121,7 +121,7 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[Live]:
     proc = SchedulerProcess(
         Path(tmp_path_factory.mktemp("schemathesis")) / "state",
         *QUIET,

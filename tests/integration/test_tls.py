@@ -43,7 +43,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture(scope="module")
-def tls_sched(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[SchedulerProcess]:
+def tls_sched(
+    tmp_path_factory: pytest.TempPathFactory, store_kind: str, certs: Certs
+) -> Iterator[SchedulerProcess]:
     state = tmp_path_factory.mktemp("tls") / "state"
     proc = SchedulerProcess(
         state,
