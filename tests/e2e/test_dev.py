@@ -20,23 +20,7 @@ async def test_berth_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(
     tmp_path: Path, docker_image: str
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import main; main()",
-            "dev",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--executor",
-            "docker",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = berth_dev(tmp_path / "state", port, "--executor", "docker")
     try:
         token_file = tmp_path / "state" / "admin.token"
         await wait_until(token_file.exists, timeout=30)
@@ -74,6 +58,18 @@ async def test_berth_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(
     await wait_until(lambda: not _listening(port), timeout=10)
 
 
+def berth_dev(state_dir: Path, port: int, *flags: str) -> subprocess.Popen[bytes]:
+    """`berth dev` on a loopback port, its output kept for the test to read."""
+    berth = [sys.executable, "-c", "from cli.main import main; main()"]
+    where = ["--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
+    return subprocess.Popen(
+        [*berth, "dev", *where, *flags],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -90,26 +86,8 @@ async def test_berth_dev_with_standbys_keeps_running_jobs_after_the_leader_is_ki
     port = free_port()
     while any(_listening(port + n) for n in (1, 2)):
         port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from cli.main import main; main()",
-            "dev",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--executor",
-            "process",
-            "--store",
-            pg_dsn,
-            "--standbys",
-            "2",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc = berth_dev(
+        tmp_path / "state", port, "--executor", "process", "--store", pg_dsn, "--standbys", "2"
     )
     urls = [f"http://127.0.0.1:{port + n}" for n in range(3)]
     try:
