@@ -25,8 +25,10 @@ MAX_TIMEOUT_S = 30 * 24 * 3600.0
 MAX_RETRIES = 100
 MAX_PARALLEL = 1024
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-OptName = Annotated[str, Meta(max_length=200)]
+#: names are stored as text, and PostgreSQL's text holds no NUL character
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+OptName = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
 LabelKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-/]+$")]
 LabelValue = Annotated[str, Meta(max_length=256)]
 Labels = Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)]
@@ -136,7 +138,7 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     #: ids of jobs that must complete before this one may start
     depends_on: Annotated[list[JobId], Meta(max_length=1000)] = field(default_factory=list)
     #: a concurrency group: at most its max_concurrent jobs are assigned or running
-    group: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    group: Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)] | None = None
     #: the group's limit, when this job is the first to name the group
     group_max_concurrent: Annotated[int, Meta(ge=1, le=100_000)] | None = None
     #: first automatic retry waits this long, doubling (with jitter) up to retry_max_delay_s
@@ -426,7 +428,7 @@ class JobFilter(Struct, forbid_unknown_fields=True):
     state: JobState | None = None
     #: every label here must be on the job with this value
     labels: Labels = field(default_factory=dict)
-    group: Annotated[str, Meta(max_length=128)] | None = None
+    group: Annotated[str, Meta(max_length=128, pattern=NO_NUL)] | None = None
 
 
 class JobSelection(Struct, forbid_unknown_fields=True):
@@ -471,7 +473,7 @@ class TokenCreate(Struct, forbid_unknown_fields=True):
     """A new person's token. ``all_jobs`` lets a submit token see and act on every job."""
 
     role: Literal["admin", "submit", "read"]
-    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     all_jobs: bool = False
 
 

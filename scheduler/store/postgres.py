@@ -543,6 +543,9 @@ class PostgresStore(Store):
         action: str | None = None,
         target: str | None = None,
     ) -> list[tuple[int, AuditRecord]]:
+        if any(v is not None and "\x00" in v for v in (actor, action, target)):
+            # Text holds no NUL here: nothing stored can equal it.
+            return []
         where, args = ["id > $1"], [after]
         for column, value in (("actor", actor), ("action", action), ("target", target)):
             if value is not None:

@@ -161,3 +161,26 @@ async def test_malformed_agent_messages_are_refused(
         "/api/v1/nodes/register", {"name": "x", "capacity": {"cpu": -4}}
     )
     assert status == 400 and reply["error"]["details"]["field"] == "$.capacity.cpu"
+
+
+async def test_a_nul_in_a_stored_name_is_refused_naming_the_field(
+    admin: Api, sched: SchedulerProcess, http: aiohttp.ClientSession
+) -> None:
+    """Names are stored as text (PostgreSQL's holds no NUL): one with a NUL is a 400 that
+    changes nothing, on either store, and a filter with one matches nothing."""
+    _, before = await admin.get("/api/v1/stats")
+    joiner = Api(http, sched.url, sched.join_token)
+    refused = (
+        (joiner, "POST", "/api/v1/nodes/register", {"name": "a\x00b", "capacity": {"cpu": 1}}),
+        (admin, "POST", "/api/v1/tokens", {"role": "read", "name": "x\x00y"}),
+        (admin, "POST", "/api/v1/jobs", {"image": "busybox", "group": "g\x00"}),
+        (admin, "PUT", "/api/v1/groups/g%00h", {"max_concurrent": 1}),
+    )
+    for api, method, path, body in refused:
+        status, reply = await api.call(method, path, body)
+        assert status == 400, (path, reply)
+        assert reply["error"]["details"]["field"] in ("$.name", "$.group", "name"), reply
+    _, after = await admin.get("/api/v1/stats")
+    assert after["index"] == before["index"]
+    status, found = await admin.get("/api/v1/audit", params={"action": "x\x00"})
+    assert status == 200 and found["entries"] == []
