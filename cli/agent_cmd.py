@@ -184,6 +184,7 @@ def agent(
     second one cancels the running jobs, reports them cancelled and exits.
     """
     from agent.daemon import run_agent
+    from common.fdlimit import raise_nofile_limit
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -219,4 +220,6 @@ def agent(
     )
     if name:
         config.name = name
+    # Its connections to the scheduler, Docker's socket, log files and blobs in transfer.
+    raise_nofile_limit()
     sys.exit(asyncio.run(run_agent(config)))
