@@ -17,6 +17,8 @@ from scheduler.config import (
     DEFAULT_LISTEN,
     DEFAULT_STATE_DIR,
     ENDED_JOBS_CACHED,
+    HEADER_TIMEOUT_S,
+    KEEPALIVE_TIMEOUT_S,
     MAX_BLOB_BYTES_PER_TOKEN,
     MAX_CONCURRENT_REPLAYS,
     MAX_QUEUED_JOBS,
@@ -24,10 +26,12 @@ from scheduler.config import (
     MAX_SPEC_BYTES_PER_TOKEN,
     MAX_STREAMS_PER_TOKEN,
     MAX_SUBSCRIPTIONS_PER_TOKEN,
+    MAX_UNAUTHENTICATED_PER_ADDRESS,
     RETENTION_INTERVAL_S,
     STREAM_QUEUE_BYTES,
     SUBMIT_BURST,
     SUBMIT_RATE_PER_S,
+    UNAUTHENTICATED_EXEMPT,
     SchedulerConfig,
     is_postgres_dsn,
 )
@@ -35,6 +39,17 @@ from scheduler.config import (
 
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    from scheduler.connguard import parse_networks
+
+    items = tuple(n.strip() for n in raw.split(",") if n.strip())
+    try:
+        parse_networks(items)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--unauthenticated-exempt") from e
+    return items
 
 
 @click.command()
@@ -270,6 +285,55 @@ def _origins(raw: str) -> tuple[str, ...]:
     is_flag=True,
     help="Let job webhooks call loopback and private addresses (link-local never).",
 )
+@click.option(
+    "--header-timeout",
+    envvar="BERTH_HEADER_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEADER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a request's header may take from its first byte (from the connection's "
+    "opening, for its first request), and a request body may pause; past it the "
+    "connection is closed (a stalled body gets 408).",
+)
+@click.option(
+    "--keepalive-timeout",
+    envvar="BERTH_KEEPALIVE_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=KEEPALIVE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds an idle keep-alive connection is kept open.",
+)
+@click.option(
+    "--max-unauthenticated-per-address",
+    envvar="BERTH_MAX_UNAUTHENTICATED_PER_ADDRESS",
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    default=MAX_UNAUTHENTICATED_PER_ADDRESS,
+    show_default=True,
+    help="Connections one client address (an IPv6 one by its /64) may hold open before a "
+    "request on them carried a valid token; past it new ones are closed at once (0: no cap).",
+)
+@click.option(
+    "--unauthenticated-exempt",
+    envvar="BERTH_UNAUTHENTICATED_EXEMPT",
+    show_envvar=True,
+    default=",".join(UNAUTHENTICATED_EXEMPT),
+    show_default=True,
+    help="Comma-separated networks (CIDR) that --max-unauthenticated-per-address does not "
+    "count, e.g. a reverse proxy's address; empty: none.",
+)
+@click.option(
+    "--fd-reserve",
+    envvar="BERTH_FD_RESERVE",
+    show_envvar=True,
+    type=click.IntRange(min=1),
+    default=None,
+    help="File descriptors kept free for the store, blobs and agents: within this many of "
+    "the open-files limit, the oldest unauthenticated connections are closed and new "
+    "ones wait.  [default: 1/16 of the limit, at least 64]",
+)
 @server_tls_options
 @click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
@@ -301,6 +365,11 @@ def scheduler(
     allowed_origins: str,
     max_blob_bytes_per_token: int,
     webhook_allow_private: bool,
+    header_timeout: float,
+    keepalive_timeout: float,
+    max_unauthenticated_per_address: int,
+    unauthenticated_exempt: str,
+    fd_reserve: int | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
@@ -312,6 +381,7 @@ def scheduler(
     from scheduler.app import serve
 
     tls = tls_pair(tls_cert, tls_key)
+    exempt = _networks(unauthenticated_exempt)
     if store and not is_postgres_dsn(store):
         raise click.BadParameter(
             f"{store!r} is not a postgresql:// DSN (leave it empty for SQLite in the "
@@ -350,6 +420,11 @@ def scheduler(
         tls_key=tls[1] if tls else None,
         store=store,
         advertise_url=advertise_url.rstrip("/"),
+        header_timeout_s=header_timeout,
+        keepalive_timeout_s=keepalive_timeout,
+        max_unauthenticated_per_address=max_unauthenticated_per_address,
+        unauthenticated_exempt=exempt,
+        fd_reserve=fd_reserve,
     )
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

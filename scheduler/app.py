@@ -6,13 +6,21 @@ import asyncio
 import contextlib
 import logging
 import signal
+from ssl import SSLContext
 
 from aiohttp import web
 
 from common import codec
+from common.fdlimit import raise_nofile_limit
 from common.tls import TLSSetupError, server_context
 from scheduler.commands import Scheduler
 from scheduler.config import SchedulerConfig
+from scheduler.connguard import (
+    ConnectionGuard,
+    authenticated_middleware,
+    handler_factory,
+    parse_networks,
+)
 from scheduler.http import (
     MAX_BODY,
     PRINCIPAL,
@@ -23,6 +31,7 @@ from scheduler.http import (
     errors_middleware,
 )
 from scheduler.leaderguard import LEADER_ROUTES, leader_middleware
+from scheduler.listener import Listener, bind
 from scheduler.openapi import document
 from scheduler.routes import SERVICE
 from scheduler.routes.registry import ROUTES
@@ -46,6 +55,8 @@ log = logging.getLogger(__name__)
 DB_FILE = "berth.db"
 #: how long requests under way may take to finish when the scheduler stops
 SHUTDOWN_TIMEOUT_S = 10.0
+#: connections the kernel queues for accept
+BACKLOG = 1024
 
 
 def open_store(config: SchedulerConfig) -> Store:
@@ -69,6 +80,7 @@ def build_app(config: SchedulerConfig) -> web.Application:
             svc.metrics.middleware(),
             errors_middleware,
             auth_middleware,
+            authenticated_middleware,
             leader_middleware,
             svc.guard.middleware,
         ],
@@ -103,6 +115,47 @@ def build_app(config: SchedulerConfig) -> web.Application:
     return app
 
 
+async def _listen(
+    config: SchedulerConfig, runner: web.AppRunner, tls: SSLContext | None, fd_limit: int
+) -> Listener:
+    """Bind ``--listen`` and accept under a ConnectionGuard (scheduler/connguard.py)
+    instead of aiohttp's TCPSite (scheduler/listener.py says why)."""
+    assert runner.server is not None, "runner.setup() first"
+    metrics = runner.app[SERVICE].metrics
+    guard = ConnectionGuard(
+        fd_limit=fd_limit,
+        fd_reserve=config.fd_reserve_of(fd_limit),
+        per_address=config.max_unauthenticated_per_address,
+        exempt=parse_networks(config.unauthenticated_exempt),
+        on_shed=lambda reason: metrics.connections_shed.labels(reason.value).inc(),
+        on_pause=metrics.accept_pauses.inc,
+    )
+    metrics.watch_connections(guard.figures)
+    host, port = config.host_port
+    listener = Listener(
+        await bind(host, port, backlog=BACKLOG),
+        handler_factory(
+            runner.server,
+            guard,
+            header_timeout_s=config.header_timeout_s,
+            keepalive_timeout_s=config.keepalive_timeout_s,
+        ),
+        guard,
+        tls=tls,
+        handshake_timeout=config.header_timeout_s,
+    )
+    listener.start()
+    log.info(
+        "connections: header timeout %g s, at most %s unauthenticated per address, "
+        "%d of %d descriptors kept in reserve",
+        config.header_timeout_s,
+        config.max_unauthenticated_per_address or "any number of",
+        guard.fd_reserve,
+        fd_limit,
+    )
+    return listener
+
+
 async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set), then shut down cleanly.
 
@@ -117,22 +170,25 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     # Before anything is written (a refused start leaves nothing behind): tokens, the
     # database and blobs are for this user only.
     make_private(config.state_dir)
+    fd_limit = raise_nofile_limit()
     app = build_app(config)
     # handler_cancellation: a client that goes away (an SSE subscriber, a log follower)
     # ends its handler at once instead of at its next write.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    host, port = config.host_port
-    site = web.TCPSite(
-        runner,
-        host,
-        port,
-        backlog=1024,
-        reuse_address=True,
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        keepalive_timeout=config.keepalive_timeout_s,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        ssl_context=tls,
     )
-    await site.start()
+    await runner.setup()
+    try:
+        listener = await _listen(config, runner, tls, fd_limit)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = config.host_port
     scheme = "https" if tls is not None else "http"
     log.info(
         "listening on %s://%s:%d (state in %s)", scheme, host, port, config.state_dir.resolve()
@@ -144,4 +200,5 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    listener.close()
     await runner.cleanup()

@@ -75,6 +75,22 @@ MAX_CONCURRENT_REPLAYS = 4
 STREAM_QUEUE_BYTES = 4 * 1024 * 1024
 #: SSE keep-alive comment interval
 KEEPALIVE_S = 15.0
+#: a request's header must have arrived this long after its first byte (after the
+#: connection opened, for its first request), and its body may pause no longer
+HEADER_TIMEOUT_S = 10.0
+#: an idle keep-alive connection is closed after this long (aiohttp's own default is an hour)
+KEEPALIVE_TIMEOUT_S = 75.0
+#: connections one client address may hold open before a request on them carried a
+#: valid token (an IPv6 client counts by its /64); past it new ones are closed at once;
+#: 0: no cap
+MAX_UNAUTHENTICATED_PER_ADDRESS = 64
+#: addresses that cap does not count: loopback, that is the local agent and tools, and
+#: a reverse proxy on the same host (which then needs limits of its own)
+UNAUTHENTICATED_EXEMPT = ("127.0.0.0/8", "::1/128")
+#: descriptors kept free for the store, blobs and agents: by default this share of the
+#: open-files limit, at least FD_RESERVE_MIN and at most half the limit
+FD_RESERVE_SHARE = 1 / 16
+FD_RESERVE_MIN = 64
 
 
 @dataclass(slots=True)
@@ -123,6 +139,13 @@ class SchedulerConfig:
     store: str = ""
     #: the URL other schedulers, agents and clients are sent to for this scheduler
     advertise_url: str = ""
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+    max_unauthenticated_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS
+    #: networks (CIDR) whose connections the per-address cap does not count
+    unauthenticated_exempt: tuple[str, ...] = UNAUTHENTICATED_EXEMPT
+    #: None: FD_RESERVE_SHARE of the open-files limit (see fd_reserve_of)
+    fd_reserve: int | None = None
 
     @property
     def postgres(self) -> bool:
@@ -133,6 +156,13 @@ class SchedulerConfig:
         if self.max_queued_jobs_per_token is not None:
             return self.max_queued_jobs_per_token
         return max(1, int(self.max_queued_jobs * QUEUED_SHARE_PER_TOKEN))
+
+    def fd_reserve_of(self, fd_limit: int) -> int:
+        """The descriptors kept free under an open-files limit of ``fd_limit``."""
+        reserve = self.fd_reserve
+        if reserve is None:
+            reserve = max(FD_RESERVE_MIN, int(fd_limit * FD_RESERVE_SHARE))
+        return max(1, min(reserve, fd_limit // 2))
 
     @property
     def host_port(self) -> tuple[str, int]:

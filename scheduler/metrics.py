@@ -8,6 +8,7 @@ is counted as it happens.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -81,10 +82,49 @@ class _RoleCollector(Collector):
         )
 
 
+class ConnectionFigures(NamedTuple):
+    """What the connection guard sees (scheduler/connguard.py)."""
+
+    authenticated: int
+    unauthenticated: int
+    open_fds: int
+    fd_limit: int
+    fd_reserve: int
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, figures: Callable[[], ConnectionFigures]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        f = self.figures()
+        conns = GaugeMetricFamily(
+            "berth_connections",
+            "Open client connections: authenticated (a request on them carried a valid "
+            "token) or not yet.",
+            labels=["state"],
+        )
+        conns.add_metric(["authenticated"], f.authenticated)
+        conns.add_metric(["unauthenticated"], f.unauthenticated)
+        yield conns
+        yield GaugeMetricFamily("berth_open_fds", "File descriptors open.", f.open_fds)
+        yield GaugeMetricFamily("berth_fd_limit", "The open-files limit in force.", f.fd_limit)
+        yield GaugeMetricFamily(
+            "berth_fd_reserve",
+            "Descriptors kept free for the store, blobs and agents: past limit - reserve "
+            "unauthenticated connections are closed.",
+            f.fd_reserve,
+        )
+
+
 class Metrics:
     def watch_roles(self, figures: RoleFigures) -> None:
         """Report leading and following (schedulers sharing a store)."""
         self.registry.register(_RoleCollector(figures))
+
+    def watch_connections(self, figures: Callable[[], ConnectionFigures]) -> None:
+        """Report open connections and descriptors (the scheduler's listening port)."""
+        self.registry.register(_ConnectionCollector(figures))
 
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -116,6 +156,19 @@ class Metrics:
             "berth_stream_cutoffs",
             "Event subscribers cut off for falling too far behind, by kind (sse, ws).",
             ["kind"],
+            registry=self.registry,
+        )
+        self.connections_shed = Counter(
+            "berth_connections_shed",
+            "Connections closed or refused to keep the scheduler reachable, by reason: "
+            "header_timeout, body_timeout, address_cap, fd_reserve.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.accept_pauses = Counter(
+            "berth_accept_pauses",
+            "Times accepting connections paused: descriptors down to the reserve and no "
+            "unauthenticated connection left to close.",
             registry=self.registry,
         )
         self.requests = Counter(

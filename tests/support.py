@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -87,9 +88,16 @@ class SchedulerProcess:
     databases: ClassVar[Callable[[Path], str] | None] = None
 
     def __init__(
-        self, state_dir: Path, *extra: str, port: int | None = None, scheme: str = "http"
+        self,
+        state_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        scheme: str = "http",
+        nofile: int | None = None,
     ) -> None:
         self.state_dir = state_dir
+        #: the open-files limit (soft and hard) to start it under; None: this process's
+        self.nofile = nofile
         self.port = port or free_port()
         # "https" when ``extra`` gives it --tls-cert/--tls-key
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -114,7 +122,16 @@ class SchedulerProcess:
         if databases is not None and "--store" not in self.extra:
             cmd += ["--store", databases(self.state_dir)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        nofile = self.nofile
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None
+            if nofile is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
