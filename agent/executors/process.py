@@ -183,6 +183,9 @@ class ProcessExecutor(Executor):
         except (OSError, subprocess.SubprocessError) as e:
             await self._forget(cgroup, scratch)
             raise StartError(f"command could not start: {e}", infra=True) from e
+        except BaseException:
+            await self._forget(cgroup, scratch)
+            raise
         record = self.proc_dir / f"{info.job_id}.{info.attempt}.json"
         record.write_bytes(
             codec.dumps(
