@@ -175,7 +175,8 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
     crowded: SchedulerProcess,
 ) -> None:
     sched = crowded
-    outcomes: dict[str, list[float]] = {"heartbeat": [], "poll": [], "api": []}
+    #: kind -> (when it ended, how long it took) of every call that succeeded
+    outcomes: dict[str, list[tuple[float, float]]] = {"heartbeat": [], "poll": [], "api": []}
     failures: list[str] = []
     done = asyncio.Event()
 
@@ -186,7 +187,7 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
         except Exception as e:  # every failure is reported, none may happen
             failures.append(f"{kind}: {e!r}")
         else:
-            outcomes[kind].append(time.monotonic() - start)
+            outcomes[kind].append((time.monotonic(), time.monotonic() - start))
 
     async def heartbeats(agent: SimAgent) -> None:
         while not done.is_set():
@@ -223,6 +224,7 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
             asyncio.create_task(api_calls()),
         ]
         await asyncio.sleep(0.5)
+        flood_began = time.monotonic()
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -234,6 +236,7 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
             cwd=REPO,
         )
         out, _ = await asyncio.wait_for(flooder.communicate(), timeout=60)
+        flood_ended = time.monotonic()
         await asyncio.sleep(0.5)
         done.set()
         await asyncio.gather(*loops)
@@ -247,8 +250,12 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
         "sent": flood["sent"],
         "still_open": len(still_open),
         "longest_open_s": round(longest, 2),
-        "calls": {k: len(v) for k, v in outcomes.items()},
-        "slowest_call_s": {k: round(max(v, default=0.0), 2) for k, v in outcomes.items()},
+        "calls_during_flood": {
+            k: sum(flood_began < end < flood_ended for end, _ in v) for k, v in outcomes.items()
+        },
+        "slowest_call_s": {
+            k: round(max((took for _, took in v), default=0.0), 2) for k, v in outcomes.items()
+        },
         "shed": {
             r: _metric(metrics, f'berth_connections_shed_total{{reason="{r}"}}')
             for r in ("header_timeout", "fd_reserve", "address_cap", "body_timeout")
@@ -266,7 +273,7 @@ async def test_half_sent_headers_are_closed_while_agents_and_clients_carry_on(
     assert figures["shed"]["address_cap"] == 0, figures  # loopback is not capped by default
     # The agent and the clients never noticed.
     assert not failures, failures[:10]
-    assert all(len(v) >= 5 for v in outcomes.values()), figures
+    assert all(n >= 1 for n in figures["calls_during_flood"].values()), figures
     log = sched.log_path.read_text()
     assert "Too many open files" not in log
     assert "out of system resource" not in log
