@@ -15,12 +15,8 @@ from common.fdlimit import raise_nofile_limit
 from common.tls import TLSSetupError, server_context
 from scheduler.commands import Scheduler
 from scheduler.config import SchedulerConfig
-from scheduler.connguard import (
-    ConnectionGuard,
-    authenticated_middleware,
-    handler_factory,
-    parse_networks,
-)
+from scheduler.connguard import ConnectionGuard, parse_networks
+from scheduler.deadlines import authenticated_middleware, handler_factory
 from scheduler.http import (
     MAX_BODY,
     PRINCIPAL,
