@@ -29,9 +29,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import signal
 import socket
+import sys
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
@@ -45,8 +47,9 @@ from agent.config import (
     AgentConfig,
 )
 from agent.executors.base import AttemptInfo, Execution, Executor
-from agent.link import Delivery, Link
+from agent.link import Link
 from agent.policy import NodePolicy
+from agent.reports import Delivery
 from agent.runner import Key, Runner, Slots
 from agent.state import AgentState, NodeIdentity
 from agent.workspace import AttemptFiles, Workspaces
@@ -553,8 +556,25 @@ async def make_executor(config: AgentConfig) -> Executor:
     return ProcessExecutor(config.work_dir)
 
 
+def watch_children_by_pidfd() -> None:
+    """Learn of the exits of the jobs' processes through pidfds on the event loop.
+
+    Python 3.11's default watcher starts a thread per child to wait for it; a pidfd is
+    one more file the loop polls. 3.12 and later pick pidfds on their own."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # a kernel before 5.3
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.get_event_loop_policy().set_child_watcher(watcher)
+
+
 async def run_agent(config: AgentConfig) -> int:
     """Build the executor and run the agent until it stops; the process exit code."""
+    watch_children_by_pidfd()
     executor = await make_executor(config)
     return await Agent(config, executor).run()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from typing import TypeVar
 
 from agent.config import (
@@ -22,32 +21,22 @@ from agent.config import (
     RETRY_BASE_S,
     RETRY_MAX_S,
 )
+from agent.reports import Delivery, ReportSender
 from common.client import Backoff, BerthClient
 from common.errors import (
     BerthError,
     Conflict,
     Forbidden,
-    IllegalTransition,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
-    StaleAttempt,
     Unauthorized,
 )
-from common.models import Command, Report, ReportReply
+from common.models import Command, Report
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Delivery(StrEnum):
-    #: the scheduler took it
-    OK = "ok"
-    #: the attempt is no longer current: kill it, drop its reports
-    STALE = "stale"
-    #: refused for good (an illegal transition, a bad request); nothing to retry
-    DROPPED = "dropped"
 
 
 class Link:
@@ -66,6 +55,8 @@ class Link:
         self.reachable = True
         #: called with the commands a report reply carries
         self.on_commands: Callable[[list[Command]], None] = lambda _commands: None
+        #: the attempts' state reports, sent in batches
+        self.reports = ReportSender(self)
 
     def set_identity(self, node_id: str, token: str) -> None:
         self.node_id = node_id
@@ -107,26 +98,9 @@ class Link:
             return result
 
     async def deliver(self, job_id: str, report: Report) -> Delivery:
-        """Send a report until the scheduler takes or refuses it."""
-
-        async def send() -> ReportReply:
-            return await self.client.report(self.node_id, job_id, report, timeout=REPORT_TIMEOUT_S)
-
-        try:
-            reply = await self.retrying(send)
-        except StaleAttempt as e:
-            log.info("attempt %d of %s is stale: %s", report.attempt, job_id, e.message)
-            return Delivery.STALE
-        except IllegalTransition as e:
-            # Typically a resend of a final report the scheduler already took.
-            log.info("report for %s/%d refused: %s", job_id, report.attempt, e.message)
-            return Delivery.DROPPED
-        except BerthError as e:
-            log.error("report for %s/%d refused: %s %s", job_id, report.attempt, e.code, e.message)
-            return Delivery.DROPPED
-        if reply.commands:
-            self.on_commands(reply.commands)
-        return Delivery.OK
+        """Send a state report until the scheduler takes or refuses it (in a batch with
+        the other attempts' reports, see agent.reports)."""
+        return await self.reports.deliver(job_id, report)
 
     async def append_logs(self, job_id: str, attempt: int, offset: int, data: bytes) -> int:
         return await self.client.append_logs(

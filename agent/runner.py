@@ -47,10 +47,11 @@ from agent.executors.base import (
     Mounts,
     StartError,
 )
-from agent.link import Delivery, Link
+from agent.link import Link
 from agent.logship import LogShipper
 from agent.policy import NodePolicy
 from agent.progress import LineSplitter, last_progress
+from agent.reports import Delivery
 from agent.state import AgentState
 from agent.usage import UsageTracker
 from agent.workspace import AttemptFiles, WorkspaceError
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 OUTPUT_CLOSE_S = 5.0
 #: how many times an attempt is paused before its checkpoint is archived unfrozen
 FREEZE_TRIES = 3
+#: seconds after the start of the first sample of an attempt's resource use
+FIRST_USAGE_SAMPLE_S = 0.2
 #: buffered output past which reading pauses until some is shipped
 MAX_BUFFERED = 8 * 1024 * 1024
 
@@ -306,11 +309,38 @@ class Runner:
             await self._run()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("attempt %d of %s: runner failed", self.info.attempt, self.info.job_id)
+            await self._end_broken(e)
         finally:
             self.exited.set()
             await self._release_slot()
+
+    async def _end_broken(self, error: Exception) -> None:
+        """The runner itself broke: stop what it started and report the attempt failed
+        at once, instead of leaving it to the scheduler's missing-attempt rule."""
+        self.exited.set()
+        execution = self.execution
+        try:
+            if execution is not None:
+                await execution.stop(0)
+                await execution.remove()
+            if self.files is not None:
+                await self.files.remove()
+        except Exception as e:
+            log.warning(
+                "attempt %d of %s not cleaned up: %s", self.info.attempt, self.info.job_id, e
+            )
+        report = self.result or Report(
+            self.info.attempt,
+            "failed",
+            error=f"the agent failed running it: {type(error).__name__}: {error}"[:4000],
+            infra_failure=True,
+        )
+        try:
+            await self._conclude(report)
+        except Exception:
+            log.exception("attempt %d of %s: not reported", self.info.attempt, self.info.job_id)
 
     async def _release_slot(self) -> None:
         if self._holds_slot:
@@ -665,7 +695,11 @@ class Runner:
         )
 
     async def _usage_loop(self, execution: Execution) -> None:
-        """Sample the attempt's resource use; report it now and then (progress-less)."""
+        """Sample the attempt's resource use; report it now and then (progress-less).
+
+        The first sample comes after a short while: an attempt over by then costs no
+        walk of the host's processes."""
+        await asyncio.sleep(FIRST_USAGE_SAMPLE_S)
         while True:
             try:
                 sample = await execution.usage()
@@ -710,9 +744,10 @@ class Runner:
         job = self.info.job_id
         self.result = report
         if self._fenced:
-            await asyncio.to_thread(self._state.drop_report, job, report.attempt)
+            self._state.drop_report(job, report.attempt)
             return
-        await asyncio.to_thread(self._state.save_report, job, report)
+        # On the loop: a small write and its fsync cost less than a hop to a thread.
+        self._state.save_report(job, report)
         if ship_logs and self.shipper.pending:
             try:
                 await self._link.retrying(self.shipper.flush)
@@ -736,7 +771,7 @@ class Runner:
                     report.state,
                     f" ({report.error})" if report.error else "",
                 )
-        await asyncio.to_thread(self._state.drop_report, job, report.attempt)
+        self._state.drop_report(job, report.attempt)
 
     async def _remove(self, execution: Execution) -> None:
         try:

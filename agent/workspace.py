@@ -109,12 +109,28 @@ class Workspace:
     def create(self) -> None:
         """Make the directories (afresh). The job may write to them whatever user its
         image runs as; the agent's state dir (0700) keeps other host users out."""
-        if self.root.exists():
+        if os.path.lexists(self.root):
             shutil.rmtree(self.root)
-        for d in (self.inputs_dir, self.outputs_dir, self.checkpoint_dir):
-            d.mkdir(parents=True)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(self.root)
+        for d in (self.mounts.workspace, self.inputs_dir, self.outputs_dir, self.checkpoint_dir):
+            os.mkdir(d)
         for d in (self.mounts.workspace, self.outputs_dir, self.checkpoint_dir):
             os.chmod(d, 0o777)
+
+    def remove_if_untouched(self) -> bool:
+        """Remove the directories if the attempt left them empty (a few syscalls, no
+        walk); False if something is in them (then :meth:`remove` it is)."""
+        try:
+            for d in (self.inputs_dir, self.outputs_dir, self.mounts.workspace):
+                os.rmdir(d)
+            os.rmdir(self.checkpoint_dir)
+            os.rmdir(self.root)
+        except FileNotFoundError:
+            return not os.path.lexists(self.root)
+        except OSError:
+            return False
+        return True
 
     def extract(self, archive: Path, into: Path, what: str) -> None:
         """Extract an archive safely; a refusal is the job's fault."""
@@ -184,7 +200,10 @@ async def prepare(
 ) -> Mounts:
     """Create the attempt's directories, fetch and extract its inputs and checkpoint."""
     try:
-        await asyncio.to_thread(ws.create)
+        if inputs is None and checkpoint is None:
+            ws.create()  # a few mkdirs: cheaper on the loop than a hop to a thread
+        else:
+            await asyncio.to_thread(ws.create)
     except OSError as e:
         raise WorkspaceError(f"the workspace could not be created: {e}", infra=True) from e
     for digest, into, what in (
@@ -236,6 +255,9 @@ async def archive(ws: Workspace, which: Path) -> tuple[Path, str] | None:
 
     Raises ArchiveError when it is past the bounds or changed while it was read.
     """
+
+    if not has_content(which):
+        return None  # the common case, told without a hop to a thread
 
     def make() -> tuple[Path, str] | None:
         path = ws.archive(which)
@@ -330,7 +352,8 @@ class AttemptFiles:
         return digest, None
 
     async def remove(self) -> None:
-        await asyncio.to_thread(self.ws.remove)
+        if not self.ws.remove_if_untouched():
+            await asyncio.to_thread(self.ws.remove)
 
 
 __all__ = [

@@ -21,6 +21,8 @@ from common.models import (
     RegisterReply,
     RegisterRequest,
     Report,
+    ReportBatch,
+    ReportBatchReply,
     ReportReply,
 )
 
@@ -77,6 +79,20 @@ class AgentAPI(Transport):
             "POST",
             f"/api/v1/nodes/{node_id}/jobs/{job_id}/report",
             body=codec.encode(report),
+            idempotent=True,
+            timeout=timeout,
+            retries=0,
+        )
+
+    async def report_batch(
+        self, node_id: str, batch: ReportBatch, *, timeout: float | None = None
+    ) -> ReportBatchReply:
+        """Many reports in one request and one commit; each is taken or refused alone."""
+        return await self._typed(
+            ReportBatchReply,
+            "POST",
+            f"/api/v1/nodes/{node_id}/reports",
+            body=codec.encode(batch),
             idempotent=True,
             timeout=timeout,
             retries=0,

@@ -75,8 +75,20 @@ class AgentCommands(Reads):
         self._check_blobs(who, rep)
         await self.fetch_ended([job_id])
         job = self.state.report(node_id, job_id, rep)
+        self._place_into_freed_room()
         await self.commit()
         return job
+
+    def _place_into_freed_room(self) -> None:
+        """An attempt that ended freed room on its node: the pass that fills it runs
+        before the report's commit, so that one write holds both the end and the next
+        assignment, and the node's long poll is answered once that write is done."""
+        if not self.state.effects.placement_wanted:
+            return
+        self.state.effects.placement_wanted = False
+        with self.metrics.placement_seconds.time():
+            touched = self.state.place()
+        self.metrics.placements.inc(len(touched))
 
     async def report_batch(
         self, node_id: str, reports: list[JobReport], who: TokenRow
@@ -93,6 +105,7 @@ class AgentCommands(Reads):
                 results.append(ReportResult(job_id, False, error=e.to_body()["error"]))
             else:
                 results.append(ReportResult(job_id, True, state=job.state))
+        self._place_into_freed_room()
         await self.commit()
         return ReportBatchReply(results=results)
 
