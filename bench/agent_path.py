@@ -42,6 +42,7 @@ from tests.e2e.conftest import AgentProcess, wait_for_nodes
 from tests.support import SchedulerProcess
 
 PARALLEL = 2
+SUBMIT_S: list[float] = []
 WARMUP = 10
 
 
@@ -69,6 +70,7 @@ async def berth_runs(api: BerthClient, count: int) -> float:
     start = time.perf_counter()
     for _ in range(count):
         await api.submit_job(spec)
+    SUBMIT_S.append(time.perf_counter() - start)
     while True:
         stats = await api.stats()
         if stats.jobs.get("completed", 0) - before >= count:
@@ -127,6 +129,7 @@ async def main(count: int, rounds: int) -> dict[str, object]:
         "agent_cpu_ms_per_job": round(agent_cpu / count * 1000, 3),
         "median_round_ratio": round(statistics.median(ratios), 4),
         "target_ratio": 0.25,
+        "submit_s": [round(x, 3) for x in SUBMIT_S],
     }
 
 

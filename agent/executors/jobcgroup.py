@@ -251,6 +251,19 @@ class JobCgroup:
                 raise
         return True
 
+    def remove_if_empty(self) -> bool:
+        """Remove it at once if nothing is in it and it has no sub-cgroups (a few
+        system calls, fit for the event loop); True once it is gone."""
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # busy, or the job made cgroups below it
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # a job of the node may hold it
+        return True
+
     async def destroy(self, timeout: float = EMPTY_TIMEOUT_S) -> bool:
         """Kill everything in it, wait for it to empty and remove it, and its node's
         directory if that is empty now; True once it is gone."""

@@ -40,6 +40,13 @@ ESCAPING = (
 ROLES = {"main", "child", "escaped"}
 
 
+def _no_cgroups(why: str) -> None:
+    """CI runs as root on hosts with a writable cgroup v2: there, none is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no job cgroups on this host: {why}")
+    pytest.skip(f"no job cgroups on this host: {why}")
+
+
 @dataclass
 class Node:
     sched: SchedulerProcess
@@ -55,7 +62,7 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     if mode == "cgroup":
         cgroups, why = JobCgroups.probe()
         if cgroups is None:
-            pytest.skip(f"no job cgroups on this host: {why}")
+            _no_cgroups(why)
     sched = SchedulerProcess(
         tmp_path / "scheduler", "--heartbeat-interval", "0.5", "--restart-grace", "30"
     ).start()
@@ -138,8 +145,12 @@ async def test_sigkilled_agent_leaves_no_process_of_its_job_behind(
     node_id = (await node_named(node.api, "orphans")).id
 
     node.agent.kill()  # SIGKILL
-    # The main process dies with the agent (its parent-death signal), in both modes.
-    await poll(lambda: not _alive(pids["main"]), 5, what="the main process to die with the agent")
+    if node.mode == "pdeathsig":
+        # Without a cgroup, the main process dies with the agent (its parent-death
+        # signal); in one, the job's processes stay in reach until the agent's restart.
+        await poll(
+            lambda: not _alive(pids["main"]), 5, what="the main process to die with the agent"
+        )
 
     node.agent.start()
     await poll(
@@ -175,7 +186,7 @@ async def test_pause_and_usage_reach_the_processes_that_left_the_group(tmp_path:
     """With cgroups, an escaped process is paused with its job and counted in its usage."""
     executor = ProcessExecutor(tmp_path / "work")
     if executor.cgroups is None:
-        pytest.skip("no job cgroups on this host")
+        _no_cgroups("the executor found none")
     pids_file = tmp_path / "pids"
     # The escaped process holds 200 MiB it wrote to; the rest next to nothing.
     hog = f'{sys.executable} -c "b = bytes(range(256)) * (800 << 10); import time; time.sleep(60)"'
@@ -232,7 +243,7 @@ async def test_a_cgroup_is_emptied_without_cgroup_kill(tmp_path: Path) -> None:
     """Kernels before 5.14 have no cgroup.kill: each process is killed, frozen."""
     cgroups, why = JobCgroups.probe()
     if cgroups is None:
-        pytest.skip(f"no job cgroups on this host: {why}")
+        _no_cgroups(why)
     node_id = f"n{uuid.uuid4().hex[:8]}"
     cgroup = cgroups.create(node_id, "forks-1")
     procs = cgroup.open_procs()
