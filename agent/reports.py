@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: how long running reports wait for others (a short attempt's end) before they leave
-RUNNING_GATHER_S = 0.005
+RUNNING_GATHER_S = 0.05
 #: the most reports in one request (the scheduler's bound)
 MAX_BATCH = 1000
 
