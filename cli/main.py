@@ -83,3 +83,7 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 
 def main() -> None:
     cli(prog_name="berth")
+
+
+if __name__ == "__main__":
+    main()

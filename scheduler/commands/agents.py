@@ -23,6 +23,10 @@ from scheduler.commands.reads import Reads
 from scheduler.tokens import TokenRow
 
 
+#: the most nodes a cluster may have for a report to place into the room it freed
+INLINE_PLACEMENT_NODES = 64
+
+
 class AgentCommands(Reads):
     async def register(self, req: RegisterRequest, *, replace: bool) -> RegisterReply:
         """``replace``: an admin may take over a registered name without its token."""
@@ -82,8 +86,14 @@ class AgentCommands(Reads):
     def _place_into_freed_room(self) -> None:
         """An attempt that ended freed room on its node: the pass that fills it runs
         before the report's commit, so that one write holds both the end and the next
-        assignment, and the node's long poll is answered once that write is done."""
+        assignment, and the node's long poll is answered once that write is done.
+
+        Only in clusters of up to INLINE_PLACEMENT_NODES nodes: a pass looks at every
+        node, and in a larger cluster one pass per report would cost more than the
+        write it saves; there the placement loop places what many reports freed."""
         if not self.state.effects.placement_wanted:
+            return
+        if len(self.state.nodes) > INLINE_PLACEMENT_NODES:
             return
         self.state.effects.placement_wanted = False
         with self.metrics.placement_seconds.time():
