@@ -22,7 +22,9 @@ window the bench reads the scheduler process's CPU time (psutil, user + system, 
 thread) and counts heartbeats answered 200:
 
 - ``heartbeat_cpu_us``: scheduler CPU microseconds per heartbeat (all the window's
-  scheduler CPU, the liveness loop and any timers included, over the heartbeats handled)
+  scheduler CPU, the liveness loop and any timers included, over the heartbeats handled);
+  ``heartbeat_cpu_us_slices``: the same per slice of about 2 s (median, min, max), which
+  a full garbage collection or a burst of other work on a shared machine moves less
 - ``scheduler_cpu_fraction``: scheduler CPU seconds per wall second in the window
 - ``heartbeat_ms``: p50/p99 of a heartbeat's round trip, as the agents saw it
 - ``rss_per_node_kb``: (scheduler RSS with N nodes - RSS before the first node) / N;
@@ -44,7 +46,9 @@ the scheduler and the client processes inherit it.
 
 Prints one JSON object: ``sizes`` (one entry per size), ``heartbeat_cpu_ratio``
 (cost per heartbeat at the largest size / at the smallest, measured in this run: 1.0 is
-flat), the e2e figures and the targets. Progress goes to stderr.
+flat; ``heartbeat_cpu_ratio_slice_medians`` the same of the slice medians), the e2e
+figures and the targets. Progress goes to stderr, with the scheduler's pid for a
+profiler (``py-spy record -p PID``) and the time the heartbeat window starts.
 
 Run: ``python bench/scale_nodes.py [--nodes 500,1000,2000,5000] [--clients 2]
 [--window-s 12] [--jobs 5000] [--concurrency 64] [--e2e-all] [--e2e-timeout-s 120]``.
@@ -93,6 +97,8 @@ N_COUNTERS = 6
 
 #: seconds between progress lines on stderr in a long phase
 PROGRESS_S = 5.0
+#: the heartbeat window is read in slices of about this many seconds too
+SLICE_S = 2.0
 #: seconds the scheduler's CPU is read with no node registered
 IDLE_S = 3.0
 #: registrations in flight per client process
@@ -485,7 +491,17 @@ async def _window(
     print(json.dumps({"window_s": window_s, "starts": time.time()}), file=sys.stderr, flush=True)
     before = clients.snapshot()
     cpu0, ccpu0, w0 = cpu_s(proc), clients.cpu_s(), time.perf_counter()
-    await asyncio.sleep(window_s)
+    # The window in slices too: a slice's figure is not moved by what happened in the
+    # others (a full collection, a burst of other work on the machine).
+    slices: list[float] = []
+    n_slices = max(1, round(window_s / SLICE_S))
+    at_cpu, at_beats = cpu0, before["heartbeats"]
+    for k in range(n_slices):
+        await asyncio.sleep(max(0.0, w0 + window_s * (k + 1) / n_slices - time.perf_counter()))
+        now_cpu, now_beats = cpu_s(proc), clients.total(HB_OK)
+        if now_beats > at_beats:
+            slices.append((now_cpu - at_cpu) / (now_beats - at_beats) * 1e6)
+        at_cpu, at_beats = now_cpu, now_beats
     cpu1, ccpu1, w1 = cpu_s(proc), clients.cpu_s(), time.perf_counter()
     after = clients.snapshot()
     lat: list[float] = []
@@ -502,6 +518,12 @@ async def _window(
         "polls_returned_in_window": after["polls"] - before["polls"],
         "scheduler_cpu_s": round(cpu, 3),
         "heartbeat_cpu_us": round(cpu / beats * 1e6, 1) if beats else None,
+        "heartbeat_cpu_us_slices": {
+            "slice_s": round(window_s / n_slices, 2),
+            "median": round(statistics.median(slices), 1) if slices else None,
+            "min": round(min(slices), 1) if slices else None,
+            "max": round(max(slices), 1) if slices else None,
+        },
         # Less what the scheduler spends with no node at all.
         "heartbeat_cpu_net_us": round((cpu - idle * wall) / beats * 1e6, 1) if beats else None,
         "scheduler_cpu_fraction": round(cpu / wall, 3),
@@ -616,6 +638,9 @@ async def bench(sizes: list[int], opts: Options, e2e_all: bool) -> dict[str, Any
     }
     if first["heartbeat_cpu_us"] and last["heartbeat_cpu_us"]:
         out["heartbeat_cpu_ratio"] = round(last["heartbeat_cpu_us"] / first["heartbeat_cpu_us"], 3)
+    lo, hi = first["heartbeat_cpu_us_slices"]["median"], last["heartbeat_cpu_us_slices"]["median"]
+    if lo and hi:
+        out["heartbeat_cpu_ratio_slice_medians"] = round(hi / lo, 3)
     e2e = last.get("e2e")
     out["e2e_jobs_per_s"] = e2e["jobs_per_s"] if e2e else None
     out["targets"] = {
