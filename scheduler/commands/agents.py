@@ -22,7 +22,6 @@ from scheduler import blobholds
 from scheduler.commands.reads import Reads
 from scheduler.tokens import TokenRow
 
-
 #: the most nodes a cluster may have for a report to place into the room it freed
 INLINE_PLACEMENT_NODES = 64
 

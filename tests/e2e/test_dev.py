@@ -4,6 +4,7 @@ Ctrl-C stops both."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -70,6 +71,28 @@ def berth_dev(state_dir: Path, port: int, *flags: str) -> subprocess.Popen[bytes
     )
 
 
+def free_ports_below_ephemeral(count: int) -> int:
+    """A port P with P .. P+count-1 free, below the kernel's range for the local ports
+    of outgoing connections: the standbys of `berth dev` take the ports after the
+    leader's, and an agent's connection made meanwhile must not hold one of them."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 8000), low - count)
+        if all(_bindable(port + n) for n in range(count)):
+            return port
+    raise RuntimeError("no run of free ports below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -83,9 +106,7 @@ async def test_berth_dev_with_standbys_keeps_running_jobs_after_the_leader_is_ki
 ) -> None:
     """`berth dev --store postgresql://... --standbys 2`: three schedulers and an agent
     that knows them all; once the leader is killed, a standby leads and jobs still run."""
-    port = free_port()
-    while any(_listening(port + n) for n in (1, 2)):
-        port = free_port()
+    port = free_ports_below_ephemeral(3)
     proc = berth_dev(
         tmp_path / "state", port, "--executor", "process", "--store", pg_dsn, "--standbys", "2"
     )
