@@ -184,6 +184,7 @@ def agent(
     second one cancels the running jobs, reports them cancelled and exits.
     """
     from agent.daemon import run_agent
+    from common import gcpolicy
     from common.fdlimit import raise_nofile_limit
 
     logging.basicConfig(
@@ -222,4 +223,5 @@ def agent(
         config.name = name
     # Its connections to the scheduler, Docker's socket, log files and blobs in transfer.
     raise_nofile_limit()
+    gcpolicy.tune()
     sys.exit(asyncio.run(run_agent(config)))

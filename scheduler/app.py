@@ -10,7 +10,7 @@ from ssl import SSLContext
 
 from aiohttp import web
 
-from common import codec
+from common import codec, gcpolicy
 from common.fdlimit import raise_nofile_limit
 from common.tls import TLSSetupError, server_context
 from scheduler.commands import Scheduler
@@ -167,6 +167,7 @@ async def serve(config: SchedulerConfig, stop: asyncio.Event | None = None) -> N
     # database and blobs are for this user only.
     make_private(config.state_dir)
     fd_limit = raise_nofile_limit()
+    gcpolicy.tune()
     app = build_app(config)
     # handler_cancellation: a client that goes away (an SSE subscriber, a log follower)
     # ends its handler at once instead of at its next write.
