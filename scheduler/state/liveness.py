@@ -31,7 +31,7 @@ class Liveness(Scheduling):
             if now > deadline:
                 self._node_offline(node, f"no heartbeat for {cfg.node_ttl_s:g}s")
             else:
-                self._refresh_node(node)
+                self._refresh_node(node, unchanged=True)
         for node in self.nodes.values():
             for job_id in list(node.running_jobs):
                 job = self.jobs[job_id]

@@ -102,14 +102,23 @@ class Nodes(BlobRefs):
         return node, token
 
     def _refresh_node(
-        self, node: Node, *, offline_reason: str | bool | None = False, record: bool = True
+        self,
+        node: Node,
+        *,
+        offline_reason: str | bool | None = False,
+        record: bool = True,
+        unchanged: bool = False,
     ) -> None:
         """Recompute a node's state; record a node.state event when it changed.
 
         ``offline_reason``: False keeps the node's offline status as it is, None clears
-        it (the node was heard from), a string declares it offline.
+        it (the node was heard from), a string declares it offline. ``unchanged``: only
+        time passed since the node's last change (the liveness check), so its placement
+        view stays unless its state changes now: rebuilding every node's view once a
+        second made each placement pass after the check look at every node anew.
         """
-        self._views.pop(node.id, None)
+        if not unchanged:
+            self._views.pop(node.id, None)
         now = self.clock()
         if offline_reason is False:
             offline = node.reason if node.state is NodeState.OFFLINE else None
@@ -130,6 +139,7 @@ class Nodes(BlobRefs):
         )
         if (state, reason) == (node.state, node.reason):
             return
+        self._views.pop(node.id, None)
         old = node.state
         node.state, node.reason = state, reason
         if record:
