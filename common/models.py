@@ -310,9 +310,15 @@ class RegisterReply(Struct):
     assignment_wait_s: float
 
 
+#: the highest attempt number (stored as a 32-bit integer by PostgreSQL)
+MAX_ATTEMPT = 2**31 - 1
+#: the highest byte offset into a log (a 64-bit integer in the stores)
+MAX_OFFSET = 2**63 - 1
+
+
 class RunningAttempt(Struct, forbid_unknown_fields=True):
     job_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    attempt: Annotated[int, Meta(ge=1)]
+    attempt: Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
     #: the agent has it paused (docker pause, SIGSTOP)
     paused: bool = False
 
@@ -359,7 +365,7 @@ ReportState = Literal["running", "completed", "failed", "timed_out", "cancelled"
 
 
 class Report(Struct, forbid_unknown_fields=True):
-    attempt: Annotated[int, Meta(ge=1)]
+    attempt: Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
     state: ReportState | None = None
     exit_code: Annotated[int, Meta(ge=-255, le=255)] | None = None
     error: Annotated[str, Meta(max_length=4096)] | None = None

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from common.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from common.models import (
+    MAX_ATTEMPT,
+    MAX_OFFSET,
     AssignmentsReply,
     HeartbeatReply,
     HeartbeatRequest,
@@ -116,8 +118,8 @@ async def report_batch(request: web.Request) -> web.Response:
 async def append_log(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     require_node(request, node_id)
-    attempt = query_int(request, "attempt", None, lo=1)
-    offset = query_int(request, "offset", None, lo=0)
+    attempt = query_int(request, "attempt", None, lo=1, hi=MAX_ATTEMPT)
+    offset = query_int(request, "offset", None, lo=0, hi=MAX_OFFSET)
     if attempt is None:
         raise InvalidRequest("attempt is required", {"field": "attempt"})
     if offset is None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.errors import Forbidden, InvalidRequest, NotFound
+from common.models import MAX_ATTEMPT
 from scheduler.blobs import BlobStore, check_digest
 from scheduler.http import NOT_ALLOWED, json_response, principal, query_int, require_node
 from scheduler.routes import service
@@ -124,7 +125,7 @@ async def checkpoint(request: web.Request) -> web.Response:
     node_id = request.match_info["id"]
     job_id = request.match_info["job"]
     require_node(request, node_id)
-    attempt = query_int(request, "attempt", None, lo=1)
+    attempt = query_int(request, "attempt", None, lo=1, hi=MAX_ATTEMPT)
     if attempt is None:
         raise InvalidRequest("attempt is required", {"field": "attempt"})
     digest = await service(request).checkpoint(

@@ -184,3 +184,32 @@ async def test_a_nul_in_a_stored_name_is_refused_naming_the_field(
     assert after["index"] == before["index"]
     status, found = await admin.get("/api/v1/audit", params={"action": "x\x00"})
     assert status == 200 and found["entries"] == []
+
+
+async def test_an_attempt_past_what_the_stores_hold_is_refused_naming_it(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, admin: Api
+) -> None:
+    """Attempts are 32-bit in PostgreSQL: a larger one in a log append made the store's
+    lookup fail with a 500; now every agent route refuses it as a bad request."""
+    a = SimAgent(http, sched.url, sched.join_token, "big-attempt")
+    await a.register()
+    queued = {"image": "busybox", "constraints": {"labels": {"pool": "none"}}}
+    status, job = await admin.post("/api/v1/jobs", queued)
+    assert status == 201, job
+    huge = 2**31 + 5
+    base = f"/api/v1/nodes/{a.node_id}/jobs/{job['id']}"
+    for path, params in [
+        (f"{base}/logs", {"attempt": huge, "offset": 0}),
+        (f"{base}/logs", {"attempt": 1, "offset": 2**64}),
+        (f"{base}/checkpoint", {"attempt": huge}),
+    ]:
+        status, reply = await a.api.post(path, data=b"x", params=params)
+        assert status == 400, (path, params, reply)
+        assert reply["error"]["details"]["field"] in params, reply
+    status, reply = await a.api.post(f"{base}/report", {"attempt": huge, "state": "running"})
+    assert status == 400 and reply["error"]["details"]["field"] == "$.attempt", reply
+    hb = {"running": [{"job_id": job["id"], "attempt": huge}]}
+    status, reply = await a.api.post(f"/api/v1/nodes/{a.node_id}/heartbeat", hb)
+    assert status == 400 and reply["error"]["details"]["field"].startswith("$.running"), reply
+    status, same = await admin.get(f"/api/v1/jobs/{job['id']}")
+    assert status == 200 and same["state"] == job["state"]
