@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.models import MAX_MEMORY_MB, MAX_PARALLEL
+from common.models import MAX_ATTEMPT, MAX_MEMORY_MB, MAX_PARALLEL
 from tests.integration.hostile import Http, Reply, files_below, wait_for
 from tests.support import QUIET, SchedulerProcess
 
@@ -189,6 +189,8 @@ def _outside(lo: float, hi: float) -> st.SearchStrategy[Any]:
 
 
 POSITIVE_INT = NOT_INT | st.integers(max_value=0, min_value=-(2**70))
+#: not an attempt number: not positive, or past what the stores hold
+BAD_ATTEMPT = POSITIVE_INT | st.integers(min_value=MAX_ATTEMPT + 1, max_value=2**70)
 PERCENT = NOT_NUMBER | _outside(0, 100)
 MB = (
     NOT_INT
@@ -265,7 +267,7 @@ HEARTBEAT_CORRUPTIONS: list[tuple[tuple[str | int, ...], st.SearchStrategy[Any]]
     (("running",), st.just([{"job_id": "x", "attempt": 1}] * (MAX_PARALLEL + 1))),
     (("running", 0), NOT_OBJECT),
     (("running", 0, "job_id"), JOB_ID),
-    (("running", 0, "attempt"), POSITIVE_INT),
+    (("running", 0, "attempt"), BAD_ATTEMPT),
     (("running", 0, "paused"), NOT_BOOL),
     (("executor_error",), NOT_TEXT_OR_NULL | _longer_than(1024)),
     (("draining",), NOT_BOOL),
@@ -273,7 +275,7 @@ HEARTBEAT_CORRUPTIONS: list[tuple[tuple[str | int, ...], st.SearchStrategy[Any]]
 
 #: (path in the report, what is not valid there)
 REPORT_CORRUPTIONS: list[tuple[tuple[str | int, ...], st.SearchStrategy[Any]]] = [
-    (("attempt",), POSITIVE_INT),
+    (("attempt",), BAD_ATTEMPT),
     (("state",), STATE),
     (("exit_code",), NOT_INT_OR_NULL | _outside(-255, 255).filter(_is_int)),
     (("error",), NOT_TEXT_OR_NULL | _longer_than(4096)),
@@ -408,11 +410,11 @@ def _misdirected(draw: st.DrawFn, world: World) -> tuple[str, str, dict[str, Any
     if case == "unknown job":
         job = draw(st.from_regex(r"[0-9a-f]{14}", fullmatch=True).filter(lambda j: j != job))
     elif case == "later attempt":
-        body["attempt"] = draw(st.integers(min_value=2, max_value=2**70))
+        body["attempt"] = draw(st.integers(min_value=2, max_value=MAX_ATTEMPT))
     elif case == "not started":
         # The held job's attempt 1 is current; a report on a higher one is not.
         job = world.held
-        body["attempt"] = draw(st.integers(min_value=2, max_value=2**70))
+        body["attempt"] = draw(st.integers(min_value=2, max_value=MAX_ATTEMPT))
     else:
         token, node = world.b_token, world.b
     return token, f"/api/v1/nodes/{node}/jobs/{job}/report", body
