@@ -107,6 +107,32 @@ class Webhook(Struct, forbid_unknown_fields=True, gc=False):
     url: Annotated[str, Meta(max_length=2048, pattern=r"^https?://[^\s]+$")]
 
 
+#: the most tasks one array may have
+MAX_ARRAY_TASKS = 100_000
+#: the most times a job is requeued for losses it did not cause
+MAX_REQUEUES = 1000
+
+ExitCode = Annotated[int, Meta(ge=-255, le=255)]
+ExitCodes = Annotated[list[ExitCode], Meta(max_length=256)]
+
+
+class Dependency(Struct, forbid_unknown_fields=True, gc=False):
+    """A job this one waits for, and which end of it lets this one start (Slurm's
+    afterok, afterany and afternotok)."""
+
+    job: JobId
+    #: completed: it completed; ended: it ended any way; failed: it ended without completing
+    when: Literal["completed", "ended", "failed"] = "completed"
+
+
+class ArraySpec(Struct, forbid_unknown_fields=True, gc=False):
+    """Run the spec as ``count`` tasks, indexed 0..count-1, sharing one array id."""
+
+    count: Annotated[int, Meta(ge=1, le=MAX_ARRAY_TASKS)]
+    #: at most this many of the array's tasks are assigned or running at once
+    max_concurrent: Annotated[int, Meta(ge=1, le=MAX_ARRAY_TASKS)] | None = None
+
+
 class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     """What a client submits."""
 
@@ -119,6 +145,23 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     resources: JobResources = field(default_factory=JobResources)
     timeout_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
     max_retries: Annotated[int, Meta(ge=0, le=MAX_RETRIES)] = 0
+    #: requeues for losses the job did not cause (its node went offline or was drained
+    #: with requeue, its agent or dockerd was lost, it was preempted); they do not
+    #: spend max_retries
+    max_requeues: Annotated[int, Meta(ge=0, le=MAX_REQUEUES)] = 3
+    #: exit codes that are retried (others fail at once); unset: every failure is
+    retry_on_exit_codes: ExitCodes | None = None
+    #: exit codes that are never retried
+    no_retry_on_exit_codes: ExitCodes | None = None
+    #: a job not started within this many seconds of entering the queue fails
+    #: (error code queue_timeout); unset: the scheduler's --default-queue-timeout
+    queue_timeout_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
+    #: a job that has not ended by this time is cancelled (Slurm's --deadline)
+    deadline: datetime | None = None
+    #: may be stopped and requeued to make room for a job of higher priority
+    preemptible: bool = False
+    #: run as an array of tasks (each gets BERTH_ARRAY_INDEX and BERTH_ARRAY_ID)
+    array: ArraySpec | None = None
     priority: Priority = 50
     constraints: Constraints = field(default_factory=Constraints)
     #: "host" runs only on nodes that allow it (``--allow host-network``)
@@ -135,8 +178,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     #: sha256 of an input archive stored on the scheduler (POST /api/v1/blobs)
     inputs: Digest | None = None
     labels: Labels = field(default_factory=dict)
-    #: ids of jobs that must complete before this one may start
-    depends_on: Annotated[list[JobId], Meta(max_length=1000)] = field(default_factory=list)
+    #: jobs that must end before this one may start: an id (it must complete), or
+    #: {"job": id, "when": "completed" | "ended" | "failed"}
+    depends_on: Annotated[list[JobId | Dependency], Meta(max_length=1000)] = field(
+        default_factory=list
+    )
     #: a concurrency group: at most its max_concurrent jobs are assigned or running
     group: Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)] | None = None
     #: the group's limit, when this job is the first to name the group
@@ -148,6 +194,16 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     checkpoint_interval_s: Annotated[float, Meta(ge=1, le=86_400)] | None = None
     #: told (a signed POST) when the job reaches a terminal state
     webhook: Webhook | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry_on_exit_codes is not None and self.no_retry_on_exit_codes is not None:
+            raise ValueError("retry_on_exit_codes and no_retry_on_exit_codes exclude each other")
+        if self.deadline is not None and self.deadline.tzinfo is None:
+            raise ValueError("deadline must name its timezone (for example 2027-01-01T00:00:00Z)")
+
+    def dependencies(self) -> list[Dependency]:
+        """depends_on with every entry in its long form."""
+        return [Dependency(d) if isinstance(d, str) else d for d in self.depends_on]
 
 
 #: the longest message a progress report may carry
@@ -198,6 +254,8 @@ class Job(Struct, gc=False):
     spec: JobSpec
     created_at: datetime
     reason: str | None = None
+    #: a queued job's nodes counted by why each cannot take it ("parallel_limit": 2, ...)
+    pending: dict[str, int] | None = None
     attempt: int = 1
     node_id: str | None = None
     assigned_at: datetime | None = None
@@ -219,6 +277,13 @@ class Job(Struct, gc=False):
     queued_at: datetime | None = None
     #: automatic retries used so far (manual retries do not count)
     retries: int = 0
+    #: requeues after losses the job did not cause (see JobSpec.max_requeues)
+    requeues: int = 0
+    #: the array this job is a task of, and its index there
+    array_id: str | None = None
+    array_index: int | None = None
+    #: a short code for why the job failed or was cancelled ("queue_timeout", ...)
+    error_code: str | None = None
     submitted_by: str | None = None
     cancelled_by: str | None = None
     cancelled_at: datetime | None = None
