@@ -12,10 +12,12 @@ import math
 
 import msgspec
 
-from common.errors import BerthError, InvalidRequest, TooManyRequests
+from common.arrays import ArraySummary
+from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, TooManyRequests
 from common.models import ActionResult, Job, JobFilter, JobList, JobSpec
-from common.states import JobState
+from common.states import TERMINAL, JobState
 from scheduler import access, blobholds
+from scheduler.arrays import GROUP_PREFIX, ArrayEntry, is_job_id
 from scheduler.limits import check_spec_size
 from scheduler.service import Service
 from scheduler.tokens import TokenRow
@@ -42,6 +44,9 @@ class JobCommands(Service):
         token's stored spec bytes or its submit rate (429 with Retry-After)."""
         self.admit_queued(who, n)
         self._admit_spec_bytes(who, spec_bytes)
+        self._admit_rate(who, n)
+
+    def _admit_rate(self, who: TokenRow, n: int) -> None:
         wait = self.submit_rate.take(who.digest, n)
         if math.isinf(wait):
             raise TooManyRequests(
@@ -94,6 +99,7 @@ class JobCommands(Service):
     def _check_spec(self, who: TokenRow, spec: JobSpec, at: str) -> int:
         """Everything about one spec that needs the state; returns its encoded size."""
         size = check_spec_size(spec, self.config.max_spec_bytes, at)
+        _check_array(spec, at)
         if not access.sees_all_jobs(who):
             # Naming another's job must not tell whether it exists.
             for i, dep in enumerate(spec.depends_on):
@@ -131,6 +137,8 @@ class JobCommands(Service):
             earlier = self.state.idempotency.get(f"{who.name}:{idempotency_key}")
             if earlier is not None:
                 await self.fetch_ended([earlier])
+        if spec.array is not None:
+            return await self._submit_array(spec, who, idempotency_key, size)
         self.admit_jobs(who, 1, size)
         job, created = self.state.submit(
             spec, submitted_by=who.name, idempotency_key=idempotency_key
@@ -141,8 +149,41 @@ class JobCommands(Service):
         await self.commit()
         return shown, created
 
+    async def _submit_array(
+        self, spec: JobSpec, who: TokenRow, idempotency_key: str | None, size: int
+    ) -> tuple[Job, bool]:
+        """Queue an array's tasks in one commit; the first task (its id is the array's).
+
+        Each task is a queued job and a document in the store: the queue's caps and the
+        token's spec bytes count every task. The submit rate counts the array as one
+        request of up to a full burst, so an array may be larger than the burst.
+        """
+        assert spec.array is not None
+        count = spec.array.count
+        known = idempotency_key is not None and (
+            f"{who.name}:{idempotency_key}" in self.state.idempotency
+        )
+        if not known:
+            self.admit_queued(who, count)
+            self._admit_spec_bytes(who, size * count)
+            self._admit_rate(who, min(count, self.submit_rate.burst))
+        job, created = self.state.submit_array(
+            spec, submitted_by=who.name, size=size, idempotency_key=idempotency_key
+        )
+        if created:
+            self.state.audit(who, "array.submit", job.id, {"name": job.name, "count": count})
+        shown = _snapshot(job)
+        await self.commit()
+        return shown, created
+
     async def submit_batch(self, specs: list[JobSpec], who: TokenRow) -> list[Job]:
         """Up to 1,000 specs, all checked before any is queued, committed together."""
+        for i, spec in enumerate(specs):
+            if spec.array is not None:
+                raise InvalidRequest(
+                    "an array is submitted alone (POST /api/v1/jobs)",
+                    {"field": f"$.jobs[{i}].array"},
+                )
         size = sum(self._check_spec(who, spec, f"$.jobs[{i}]") for i, spec in enumerate(specs))
         self.admit_jobs(who, len(specs), size)
         jobs = [self.state.submit(spec, submitted_by=who.name)[0] for spec in specs]
@@ -259,12 +300,19 @@ class JobCommands(Service):
         limit: int,
         index: int | None = None,
         wait: float = 0.0,
+        array: str | None = None,
     ) -> JobList:
-        """A page of jobs, newest first; with ``index``, once anything changed past it."""
+        """A page of jobs, newest first; with ``index``, once anything changed past it;
+        with ``array``, only that array's tasks (highest index first)."""
+        entry = await self._visible_array(who, array) if array is not None else None
         if index is not None:
             await self.state.events.wait_past(index, wait)
         ids = []
-        for job_id in self.state.iter_ids(state, cursor, access.owner_filter(who)):
+        if array is not None and entry is not None:
+            found = self.state.iter_array_ids(array, entry, state, cursor)
+        else:
+            found = self.state.iter_ids(state, cursor, access.owner_filter(who))
+        for job_id in found:
             ids.append(job_id)
             if len(ids) > limit:
                 break
@@ -273,4 +321,108 @@ class JobCommands(Service):
         next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
         return JobList(
             jobs=jobs[:limit], next_cursor=next_cursor, index=self.state.events.committed_index
+        )
+
+    # --- arrays ----------------------------------------------------------------------
+
+    async def _visible_array(self, who: TokenRow, array_id: str) -> ArrayEntry:
+        """The array, if the caller may see it: as for a job, 404 for one that does not
+        exist (to those who see every job), 403 for one that is not the caller's."""
+        entry = None
+        if is_job_id(array_id):
+            if array_id not in self.state.arrays:
+                await self.fetch_ended([array_id])
+            entry = self.state.array(array_id)
+        if entry is None:
+            if access.sees_all_jobs(who):
+                raise NotFound(f"no array {array_id!r}", {"field": "id"})
+            raise Forbidden(access.NOT_YOURS)
+        if not access.sees_all_jobs(who) and entry.owner != who.name:
+            raise Forbidden(access.NOT_YOURS)
+        return entry
+
+    async def get_array(self, who: TokenRow, array_id: str) -> ArraySummary:
+        """The array's tasks counted by state, its spec, owner and creation time."""
+        entry = await self._visible_array(who, array_id)
+        counts = self.state.array_counts(array_id, entry)
+        spec = entry.spec
+        group = spec.group if spec.group and spec.group.startswith(GROUP_PREFIX) else None
+        return ArraySummary(
+            id=array_id,
+            name=spec.name,
+            count=entry.count,
+            counts=counts,
+            spec=spec,
+            created_at=entry.created_at,
+            owner=entry.owner,
+            group=spec.group,
+            max_concurrent=spec.array.max_concurrent if spec.array and group else None,
+            kept=sum(counts.values()),
+            index=self.state.events.committed_index,
+        )
+
+    async def act_array(
+        self, action: str, array_id: str, who: TokenRow, *, failed_only: bool = True
+    ) -> list[ActionResult]:
+        """Cancel, retry, pause or resume an array's tasks in one commit: cancel those
+        not ended, pause the running, resume the paused, retry the failed, timed out
+        and cancelled (every ended one without ``failed_only``). Each task is changed
+        or refused on its own; tasks the action does not apply to are not listed."""
+        entry = await self._visible_array(who, array_id)
+        state = self.state
+        wanted = _ARRAY_TARGETS[action]
+        if action == "retry" and not failed_only:
+            wanted = TERMINAL
+        selected = []
+        for job_id in state.array_task_ids(array_id, entry):
+            found = state.state_of(job_id)
+            if found is not None and found in wanted:
+                selected.append(job_id)
+        if action == "retry":
+            self.admit_queued(who, len(selected))
+        method = {
+            "cancel": state.cancel,
+            "retry": state.retry,
+            "pause": state.pause,
+            "resume": state.resume,
+        }[action]
+        results = []
+        for start in range(0, len(selected), _FILTER_CHUNK):
+            chunk = selected[start : start + _FILTER_CHUNK]
+            if action == "retry":
+                await self.fetch_ended(chunk)
+            for job_id in chunk:
+                try:
+                    job = method(job_id, by=who.name)
+                except BerthError as e:
+                    results.append(ActionResult(job_id, False, error=e.to_body()["error"]))
+                else:
+                    results.append(ActionResult(job_id, True, state=job.state))
+        done = sum(r.ok for r in results)
+        state.audit(who, f"array.{action}", array_id, {"tasks": done})
+        await self.commit()
+        return results
+
+
+#: the states of the tasks each array action applies to
+_ARRAY_TARGETS: dict[str, frozenset[JobState]] = {
+    "cancel": frozenset(JobState) - TERMINAL,
+    "pause": frozenset({JobState.RUNNING}),
+    "resume": frozenset({JobState.PAUSED}),
+    "retry": frozenset({JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED}),
+}
+
+
+def _check_array(spec: JobSpec, at: str) -> None:
+    """An array's limit makes a group of its own; no spec names such a group itself."""
+    if spec.group is not None and spec.group.startswith(GROUP_PREFIX):
+        raise InvalidRequest(
+            f"group names starting with {GROUP_PREFIX!r} belong to job arrays",
+            {"field": f"{at}.group"},
+        )
+    if spec.array is not None and spec.array.max_concurrent is not None and spec.group:
+        raise InvalidRequest(
+            "array.max_concurrent puts the tasks in a group of their own: give it or "
+            "group, not both",
+            {"field": f"{at}.array.max_concurrent"},
         )

@@ -20,6 +20,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 #: query parameters of a page of jobs, and of a blocking read
 _PAGE = (("state", "string"), ("limit", "integer"), ("cursor", "string"))
+#: a listing's filter by job array
+_ARRAY = (("array", "string"),)
 _BLOCK = (("index", "integer"), ("wait", "number"))
 
 
@@ -64,7 +66,12 @@ async def submit_batch(request: web.Request) -> web.Response:
     return json_response(JobList(jobs=jobs, next_cursor=None, index=jobs[-1].index), status=201)
 
 
-@routes.get("/api/v1/jobs", summary="List jobs, newest first", reply=JobList, query=_PAGE + _BLOCK)
+@routes.get(
+    "/api/v1/jobs",
+    summary="List jobs, newest first; ?array=ID: that array's tasks",
+    reply=JobList,
+    query=_PAGE + _ARRAY + _BLOCK,
+)
 async def list_jobs(request: web.Request) -> web.Response:
     who = require_role(request, "read", "submit")
     svc = service(request)
@@ -80,7 +87,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor") or None
     index = query_int(request, "index", None)
     wait = query_float(request, "wait", 30.0, lo=0, hi=MAX_WAIT_S) if index is not None else 0.0
-    body = await svc.list_jobs(who, state, cursor, limit, index, wait)
+    array = request.query.get("array") or None
+    body = await svc.list_jobs(who, state, cursor, limit, index, wait, array)
     return json_response(body, headers={"X-Berth-Index": str(body.index)})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from scheduler.routes import (
     agents,
+    arrays,
     blobs,
     dashboard,
     events,
@@ -24,6 +25,7 @@ ROUTES: tuple[Route, ...] = tuple(
     for module in (
         system,
         jobs,
+        arrays,
         nodes,
         agents,
         events,

@@ -16,6 +16,7 @@ from common.models import (
     Report,
 )
 from common.states import ON_NODE, JobState
+from scheduler.arrays import assigned_spec
 from scheduler.nodes import sub
 from scheduler.state.jobs import Jobs
 from scheduler.state.nodes import AGENT_SHUTTING_DOWN
@@ -135,7 +136,8 @@ class AgentProtocol(Jobs):
         for job_id in node.running_jobs:
             job = self.jobs[job_id]
             if job.state is JobState.ASSIGNED and after < job.index <= committed:
-                out.append(Assignment(job.id, job.attempt, job.spec, job.checkpoint))
+                spec = assigned_spec(job)  # a task's spec gets its array index
+                out.append(Assignment(job.id, job.attempt, spec, job.checkpoint))
                 top = max(top, job.index)
         return out, max(top, after)
 

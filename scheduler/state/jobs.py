@@ -4,12 +4,17 @@ retention's deletion of ended jobs."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
 
 from common import policy
 from common.errors import Conflict, IllegalTransition, InvalidRequest, NotFound
 from common.models import Job, JobSpec, WebhookDelivery
 from common.states import TERMINAL, JobState, check_transition
+from scheduler.arrays import ArrayEntry, group_of, task_ids
 from scheduler.limits import spec_bytes
 from scheduler.state.blobrefs import Gone, NamedBlobs
 from scheduler.state.lifecycle import Lifecycle, share_strings
@@ -28,6 +33,9 @@ class Jobs(Lifecycle):
         #: for (only submit tokens list by owner), then kept up to date
         self._owned: dict[str, list[str]] | None = None
         self._last_id = 0
+        #: array id -> its size and shared spec (its tasks' ids follow from both; see
+        #: scheduler.arrays); live arrays from load on, ended ones once asked for
+        self.arrays: dict[str, ArrayEntry] = {}
 
     def _new_job_id(self) -> str:
         # Strictly increasing and time-ordered, so ids sort by submission.
@@ -60,20 +68,144 @@ class Jobs(Lifecycle):
             submitted_by=submitted_by,
         )
         share_strings(job)
-        self._count_job(job)
-        self.jobs[job.id] = job
-        self.ids.append(job.id)
-        if self._owned is not None:
-            self._owned.setdefault(submitted_by, []).append(job.id)
-        self.counts[JobState.QUEUED] += 1
-        self._enqueue(job)
+        self._queue_new(job, {"name": job.name, "image": spec.image})
         if self._spec_bytes is not None:  # counted once someone asked (see spec_bytes_of)
             self._held_spec_bytes(submitted_by, spec_bytes(spec))
         if idempotency_key is not None:
             self.idempotency[scoped] = job.id
             self.changes.idempotency.append((scoped, job.id))
-        self._event("job.created", job=job, data={"name": job.name, "image": spec.image})
         return job, True
+
+    def _queue_new(self, job: Job, data: dict[str, Any]) -> None:
+        """A new job enters the state and the queue, with its job.created event."""
+        self._count_job(job)
+        self.jobs[job.id] = job
+        self.ids.append(job.id)
+        if self._owned is not None:
+            self._owned.setdefault(job.submitted_by or "", []).append(job.id)
+        self.counts[JobState.QUEUED] += 1
+        self._enqueue(job)
+        self._event("job.created", job=job, data=data)
+
+    # --- arrays ----------------------------------------------------------------------
+
+    def submit_array(
+        self,
+        spec: JobSpec,
+        *,
+        submitted_by: str,
+        size: int = 0,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue ``spec.array.count`` tasks sharing one spec object; returns the first
+        (whose id is the array's). With a known idempotency key, the earlier first task.
+
+        ``size`` is the spec's encoded size: each task is a document of its own in the
+        store, so each counts it toward its submitter's spec bytes.
+        """
+        assert spec.array is not None
+        if idempotency_key is not None:
+            scoped = f"{submitted_by}:{idempotency_key}"
+            earlier = self.idempotency.get(scoped)
+            if earlier is not None and (found := self.find(earlier)) is not None:
+                return found, False
+        self.check_spec(spec)
+        count, limit = spec.array.count, spec.array.max_concurrent
+        array_id = self._new_job_id()
+        self._last_id += count - 1  # the tasks take consecutive ids
+        if limit is not None:
+            # One copy, shared by every task: the group holding them to the limit.
+            spec = msgspec.structs.replace(spec, group=group_of(array_id))
+            self.set_group_limit(group_of(array_id), limit)
+        elif (
+            spec.group is not None
+            and spec.group_max_concurrent is not None
+            and spec.group not in self.group_limits
+        ):
+            self.set_group_limit(spec.group, spec.group_max_concurrent)
+        created_at = dt(self.clock())
+        owner = sys.intern(submitted_by)
+        data = {"name": spec.name, "image": spec.image, "array_id": array_id}
+        first = None
+        for index, job_id in enumerate(task_ids(array_id, count)):
+            job = Job(
+                id=job_id,
+                name=spec.name,
+                state=JobState.QUEUED,
+                spec=spec,
+                created_at=created_at,
+                submitted_by=owner,
+                array_id=array_id,
+                array_index=index,
+            )
+            if first is None:
+                share_strings(job)  # the spec is shared: once is enough
+                first = job
+            job.name = first.name
+            self._queue_new(job, data)
+        assert first is not None
+        self.arrays[array_id] = ArrayEntry(count, spec, owner, created_at)
+        if self._spec_bytes is not None:
+            self._held_spec_bytes(submitted_by, size * count)
+        if idempotency_key is not None:
+            self.idempotency[scoped] = array_id
+            self.changes.idempotency.append((scoped, array_id))
+        return first, True
+
+    def _note_array(self, job: Job) -> None:
+        """Index the array a loaded task belongs to, and let it share the array's spec."""
+        array_id = job.array_id
+        if array_id is None:
+            return
+        entry = self.arrays.get(array_id)
+        if entry is None:
+            count = job.spec.array.count if job.spec.array is not None else 1
+            owner = job.submitted_by
+            self.arrays[array_id] = ArrayEntry(count, job.spec, owner, job.created_at)
+        else:
+            job.spec = entry.spec
+
+    def array(self, array_id: str) -> ArrayEntry | None:
+        """The array, if known: live arrays are, an ended one once its first task's
+        document was read into memory (see the commands' fetch_ended)."""
+        entry = self.arrays.get(array_id)
+        if entry is None:
+            first = self.find(array_id)
+            if first is None or first.array_id != array_id or first.spec.array is None:
+                return None
+            entry = ArrayEntry(
+                first.spec.array.count, first.spec, first.submitted_by, first.created_at
+            )
+            self.arrays[array_id] = entry
+        return entry
+
+    def array_task_ids(self, array_id: str, entry: ArrayEntry) -> list[str]:
+        """The ids of the array's tasks that are kept (retention may delete some)."""
+        jobs, archive = self.jobs, self.archive
+        return [i for i in task_ids(array_id, entry.count) if i in jobs or i in archive]
+
+    def array_counts(self, array_id: str, entry: ArrayEntry) -> dict[str, int]:
+        """The array's kept tasks by state, read from memory only."""
+        counts = dict.fromkeys((s.value for s in JobState), 0)
+        jobs, archive = self.jobs, self.archive
+        for job_id in task_ids(array_id, entry.count):
+            job = jobs.get(job_id)
+            if job is not None:
+                counts[job.state.value] += 1
+            elif job_id in archive:
+                counts[archive.state(job_id).value] += 1
+        return counts
+
+    def iter_array_ids(
+        self, array_id: str, entry: ArrayEntry, state: JobState | None, before: str | None
+    ) -> Iterator[str]:
+        """Ids of the array's tasks newest (highest index) first, as iter_ids."""
+        for job_id in reversed(task_ids(array_id, entry.count)):
+            if before is not None and job_id >= before:
+                continue
+            found = self.state_of(job_id)
+            if found is not None and (state is None or found is state):
+                yield job_id
 
     def check_spec(self, spec: JobSpec) -> None:
         """What a spec's own validation cannot know: the jobs it depends on exist; and

@@ -34,6 +34,7 @@ class Loading(Queries):
         self._load_ended(loaded)
         for job in loaded.jobs:
             self._count_job(job)
+            self._note_array(job)  # an array's tasks share one spec again
             share_strings(job)
             self.jobs[job.id] = job
             self.counts[job.state] += 1
