@@ -128,7 +128,12 @@ def final_report(
         )
     if status.infra_error is not None:
         return Report(
-            attempt, "failed", exit_code=code, error=status.infra_error, infra_failure=True
+            attempt,
+            "failed",
+            exit_code=code,
+            error=status.infra_error,
+            infra_failure=True,
+            lost=True,
         )
     if status.oom_killed:
         limit = f" (limit {memory_mb} MiB)" if memory_mb else ""

@@ -167,7 +167,11 @@ def job_detail(job: Job) -> str:
             f"memory {u.memory_mb:.0f} MiB (peak {u.peak_memory_mb:.0f} MiB)"
         )
     if job.spec.depends_on:
-        lines.append(f"after     {', '.join(job.spec.depends_on)}")
+        after = [
+            d.job if d.when == "completed" else f"{d.job} ({d.when})"
+            for d in job.spec.dependencies()
+        ]
+        lines.append(f"after     {', '.join(after)}")
     if job.attempts:
         lines.append("")
         rows = [
@@ -389,8 +393,14 @@ cancel, retry, pause, resume = (_action(a) for a in ACTIONS)
 @click.argument("node", metavar="NODE")
 @click.option("--reason", default="", help="Shown with the node's status.")
 @click.option("--undo", is_flag=True, help="Take jobs again.")
-def drain(addr: str, token: str | None, node: str, reason: str, undo: bool) -> None:
-    """Stop giving a node new jobs (running ones finish); --undo reverses it.
+@click.option(
+    "--requeue",
+    is_flag=True,
+    help="Stop the node's jobs now and queue them again elsewhere (not a retry).",
+)
+def drain(addr: str, token: str | None, node: str, reason: str, undo: bool, requeue: bool) -> None:
+    """Stop giving a node new jobs (running ones finish, or are requeued with
+    --requeue); --undo reverses it.
 
     NODE is a node id or name."""
 
@@ -399,7 +409,9 @@ def drain(addr: str, token: str | None, node: str, reason: str, undo: bool) -> N
         listing = await client.list_nodes()
         by_name = {n.name: n.id for n in listing.nodes}
         node_id = by_name.get(node, node)
-        changed = await client.drain_node(node_id, drain=not undo, reason=reason)
+        changed = await client.drain_node(
+            node_id, drain=not undo, reason=reason, requeue=requeue and not undo
+        )
         state = "draining" if changed.draining else "taking jobs"
         click.echo(f"{changed.name}  {state}")
         return EXIT_OK

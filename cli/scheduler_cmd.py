@@ -123,6 +123,15 @@ def _networks(raw: str) -> tuple[str, ...]:
     help="Seconds every node gets after a scheduler restart before it can be declared offline.",
 )
 @click.option(
+    "--default-queue-timeout",
+    envvar="BERTH_DEFAULT_QUEUE_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a job without its own queue_timeout_s may wait to start before it "
+    "fails with queue_timeout.  [default: no limit]",
+)
+@click.option(
     "--event-window",
     envvar="BERTH_EVENT_WINDOW",
     show_envvar=True,
@@ -347,6 +356,7 @@ def scheduler(
     heartbeat_interval: float,
     node_ttl: float,
     restart_grace: float,
+    default_queue_timeout: float | None,
     event_window: int,
     job_retention_days: float,
     blob_grace: float,
@@ -398,6 +408,7 @@ def scheduler(
         heartbeat_interval_s=heartbeat_interval,
         node_ttl_s=node_ttl,
         restart_grace_s=restart_grace,
+        default_queue_timeout_s=default_queue_timeout,
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
         blob_grace_s=blob_grace,

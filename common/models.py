@@ -116,13 +116,17 @@ ExitCode = Annotated[int, Meta(ge=-255, le=255)]
 ExitCodes = Annotated[list[ExitCode], Meta(max_length=256)]
 
 
+#: which end of a dependency lets its dependent start
+DependencyEnd = Literal["completed", "ended", "failed"]
+
+
 class Dependency(Struct, forbid_unknown_fields=True, gc=False):
     """A job this one waits for, and which end of it lets this one start (Slurm's
     afterok, afterany and afternotok)."""
 
     job: JobId
     #: completed: it completed; ended: it ended any way; failed: it ended without completing
-    when: Literal["completed", "ended", "failed"] = "completed"
+    when: DependencyEnd = "completed"
 
 
 class ArraySpec(Struct, forbid_unknown_fields=True, gc=False):
@@ -439,6 +443,9 @@ class Report(Struct, forbid_unknown_fields=True):
     infra_failure: bool = False
     #: the container was killed for using more memory than its limit
     oom_killed: bool = False
+    #: the executor lost the attempt (dockerd lost, the container disappeared): the job
+    #: did not cause its end, so it is requeued without spending a retry
+    lost: bool = False
     progress: Progress | None = None
     usage: Usage | None = None
     #: sha256 of the uploaded archive of /workspace/out (with the final report)
@@ -481,6 +488,9 @@ class ReportReply(Struct):
 class DrainRequest(Struct, forbid_unknown_fields=True):
     drain: bool = True
     reason: Annotated[str, Meta(max_length=1024)] = ""
+    #: stop the node's jobs now and queue them again elsewhere (each spends one of its
+    #: requeues, not a retry); without it they run to their end
+    requeue: bool = False
 
 
 class GroupLimit(Struct, forbid_unknown_fields=True):

@@ -110,6 +110,8 @@ class SchedulerConfig:
     cooldown_max_s: float = COOLDOWN_MAX_S
     max_body_bytes: int = MAX_BODY_BYTES
     starvation_s: float = STARVATION_S
+    #: how long a job without its own queue_timeout_s may wait to start (None: no limit)
+    default_queue_timeout_s: float | None = None
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
     retention_interval_s: float = RETENTION_INTERVAL_S

@@ -3,6 +3,8 @@ has run out its time, how long a retry waits. The clock is always passed in."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def heartbeat_deadline(
     last_heartbeat: float | None, registered: float, booted: float, *, ttl_s: float, grace_s: float
@@ -40,3 +42,16 @@ def retry_delay(retry: int, *, base_s: float, max_s: float, jitter: float) -> fl
     """
     delay = min(max_s, base_s * 2 ** (retry - 1))
     return float(delay * (1.0 + jitter * 0.5))
+
+
+def retries_exit_code(
+    code: int | None, retry_on: Sequence[int] | None, no_retry_on: Sequence[int] | None
+) -> bool:
+    """Whether a failure that ended with ``code`` may be retried, by the job's exit-code
+    rules (Kubernetes' podFailurePolicy, GitLab's retry:when). A failure without an
+    exit code (a timeout, a start that failed) is not theirs to judge."""
+    if code is None:
+        return True
+    if no_retry_on is not None and code in no_retry_on:
+        return False
+    return retry_on is None or code in retry_on

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from common.models import Dependency, DependencyEnd
 from common.states import TERMINAL, JobState
 from scheduler import placement
 
@@ -35,16 +36,46 @@ class Dependencies:
         return self.failed is None and not self.waiting
 
 
+#: a depends_on entry: a plain id (it must complete) or its long form
+Wanted = str | Dependency
+COMPLETED: DependencyEnd = "completed"
+
+
+def wanted(entry: Wanted) -> tuple[str, DependencyEnd]:
+    """(job id, the end it waits for)."""
+    if isinstance(entry, str):
+        return entry, COMPLETED
+    return entry.job, entry.when
+
+
+def met(state: JobState | None, when: str) -> bool | None:
+    """Whether a dependency in ``state`` lets its dependent start: True, False (it
+    never will, unless a retry changes the state), None (not ended yet). A job that is
+    gone (deleted by retention) ended, but how is not known any more."""
+    if state is None:
+        return when == "ended"
+    if state not in TERMINAL:
+        return None
+    if when == COMPLETED:
+        return state is JobState.COMPLETED
+    if when == "failed":
+        return state is not JobState.COMPLETED
+    return True
+
+
 def dependencies(
-    depends_on: Iterable[str], state_of: Callable[[str], JobState | None]
+    depends_on: Iterable[Wanted], state_of: Callable[[str], JobState | None]
 ) -> Dependencies:
-    """A dependency that is gone (deleted by retention) counts as failed."""
+    """``failed`` names a dependency that ended in a way that can never let the job
+    start (see met); one that is gone (deleted by retention)
+    counts as ended, but not as completed nor as failed."""
     waiting = []
-    for dep in depends_on:
-        state = state_of(dep)
-        if state is None or (state in TERMINAL and state is not JobState.COMPLETED):
+    for entry in depends_on:
+        dep, when = wanted(entry)
+        verdict = met(state_of(dep), when)
+        if verdict is False:
             return Dependencies(failed=dep, waiting=())
-        if state is not JobState.COMPLETED:
+        if verdict is None:
             waiting.append(dep)
     return Dependencies(failed=None, waiting=tuple(waiting))
 

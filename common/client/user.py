@@ -118,12 +118,14 @@ class UserAPI(Transport):
     async def get_node(self, node_id: str) -> Node:
         return await self._typed(Node, "GET", f"/api/v1/nodes/{node_id}")
 
-    async def drain_node(self, node_id: str, drain: bool = True, reason: str = "") -> Node:
+    async def drain_node(
+        self, node_id: str, drain: bool = True, reason: str = "", *, requeue: bool = False
+    ) -> Node:
         return await self._typed(
             Node,
             "POST",
             f"/api/v1/nodes/{node_id}/drain",
-            body=codec.encode(DrainRequest(drain=drain, reason=reason)),
+            body=codec.encode(DrainRequest(drain=drain, reason=reason, requeue=requeue)),
             idempotent=True,
         )
 

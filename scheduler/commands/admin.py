@@ -21,10 +21,15 @@ class AdminCommands(Service):
     def node(self, node_id: str) -> Node:
         return self.state.node(node_id)
 
-    async def drain(self, node_id: str, drain: bool, reason: str, who: TokenRow) -> Node:
-        node = self.state.drain(node_id, drain, reason)
+    async def drain(
+        self, node_id: str, drain: bool, reason: str, who: TokenRow, *, requeue: bool = False
+    ) -> Node:
+        node = self.state.drain(node_id, drain, reason, requeue=requeue)
         action = "node.drain" if drain else "node.undrain"
-        self.state.audit(who, action, node.id, {"name": node.name, "reason": reason})
+        details: dict[str, Any] = {"name": node.name, "reason": reason}
+        if requeue:
+            details["requeue"] = True
+        self.state.audit(who, action, node.id, details)
         await self.commit()
         return node
 

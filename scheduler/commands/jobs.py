@@ -16,7 +16,7 @@ from common.arrays import ArraySummary
 from common.errors import BerthError, Forbidden, InvalidRequest, NotFound, TooManyRequests
 from common.models import ActionResult, Job, JobFilter, JobList, JobSpec
 from common.states import TERMINAL, JobState
-from scheduler import access, blobholds
+from scheduler import access, blobholds, queue
 from scheduler.arrays import GROUP_PREFIX, ArrayEntry, is_job_id
 from scheduler.limits import check_spec_size
 from scheduler.service import Service
@@ -102,7 +102,8 @@ class JobCommands(Service):
         _check_array(spec, at)
         if not access.sees_all_jobs(who):
             # Naming another's job must not tell whether it exists.
-            for i, dep in enumerate(spec.depends_on):
+            for i, entry in enumerate(spec.depends_on):
+                dep = queue.wanted(entry)[0]
                 if self.state.submitter_of(dep) != who.name:
                     raise InvalidRequest(
                         f"no job {dep!r} that this token can see",

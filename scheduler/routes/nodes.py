@@ -30,7 +30,9 @@ async def get_node(request: web.Request) -> web.Response:
 async def drain(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, DrainRequest, empty_ok=True)
-    node = await service(request).drain(request.match_info["id"], req.drain, req.reason, who)
+    node = await service(request).drain(
+        request.match_info["id"], req.drain, req.reason, who, requeue=req.requeue
+    )
     return json_response(node)
 
 

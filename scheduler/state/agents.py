@@ -216,7 +216,10 @@ class AgentProtocol(Jobs):
             )
             if rep.oom_killed:
                 why = rep.error or "out of memory"
-            self._retry_or_end(job, final, why)
+            if rep.lost:
+                self._requeue_or_end(job, f"lost: {why}")
+            else:
+                self._retry_or_end(job, final, why)
         return job
 
     def check_checkpoint(self, node_id: str, job_id: str, attempt: int) -> Job:
@@ -284,7 +287,7 @@ class AgentProtocol(Jobs):
         for job_id in lost:
             job = self.jobs[job_id]
             job.error = why
-            self._retry_or_end(job, JobState.FAILED, why)
+            self._requeue_or_end(job, why)
         for row in self.tokens.of_node(node.id):
             self.tokens.drop(row.digest)
             self.changes.revoked_tokens.append(row.digest)

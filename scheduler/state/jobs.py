@@ -14,6 +14,7 @@ from common import policy
 from common.errors import Conflict, IllegalTransition, InvalidRequest, NotFound
 from common.models import Job, JobSpec, WebhookDelivery
 from common.states import TERMINAL, JobState, check_transition
+from scheduler import queue
 from scheduler.arrays import ArrayEntry, group_of, task_ids
 from scheduler.limits import spec_bytes
 from scheduler.state.blobrefs import Gone, NamedBlobs
@@ -214,10 +215,17 @@ class Jobs(Lifecycle):
         A job may depend only on jobs that exist when it is submitted, so the
         dependency graph never has a cycle.
         """
-        for i, dep in enumerate(spec.depends_on):
+        asked: dict[str, str] = {}
+        for i, entry in enumerate(spec.depends_on):
+            dep, when = queue.wanted(entry)
             if self.state_of(dep) is None:
                 raise InvalidRequest(
                     f"depends_on names no job {dep!r}", {"field": f"$.depends_on[{i}]"}
+                )
+            if asked.setdefault(dep, when) != when:
+                raise InvalidRequest(
+                    f"depends_on names job {dep} twice, waiting for different ends",
+                    {"field": f"$.depends_on[{i}]"},
                 )
         targets: set[str] = set()
         for i, mount in enumerate(spec.mounts):

@@ -3,6 +3,7 @@ does to the queue, its node, its dependents and its history."""
 
 from __future__ import annotations
 
+import heapq
 import sys
 from typing import Any
 
@@ -37,7 +38,7 @@ def share_strings(job: Job) -> None:
         spec.command = [intern(a) if len(a) <= _INTERN_MAX else a for a in spec.command]
     if spec.depends_on:
         # Thousands of jobs may each name the same thousand ids.
-        spec.depends_on = [intern(d) for d in spec.depends_on]
+        spec.depends_on = [intern(d) if isinstance(d, str) else d for d in spec.depends_on]
     for mapping in (spec.env, spec.labels, spec.constraints.labels):
         for k, v in mapping.items():
             if len(v) <= _INTERN_MAX:
@@ -82,6 +83,9 @@ class Lifecycle(Nodes):
         #: (job id, attempt) -> bytes of log stored, for attempts of live jobs and
         #: those an append asked about since
         self.log_ends: dict[tuple[str, int], int] = {}
+        #: heap of (when, job id) at which a queued job's queue timeout or deadline may
+        #: end it; an entry whose job moved on is dropped when it comes up
+        self.queue_timers: list[tuple[float, str]] = []
 
     # --- looking jobs up -------------------------------------------------------------
 
@@ -191,6 +195,9 @@ class Lifecycle(Nodes):
             avoid=frozenset(job.failed_nodes),
             needs=policy.needs(job.spec),
         )
+        due = self._queue_due(job)
+        if due is not None:
+            heapq.heappush(self.queue_timers, (due, job.id))
         if job.spec.depends_on:
             self.deps.track(job.id, job.spec.depends_on, self.state_of)
         not_before = job.not_before.timestamp() if job.not_before is not None else None
@@ -200,6 +207,17 @@ class Lifecycle(Nodes):
         if self.queue.backing_off(job.id):
             self._fresh_backoff.append(job.id)
         self._placement_wanted()
+
+    def _queue_timeout_of(self, job: Job) -> float | None:
+        return job.spec.queue_timeout_s or self.config.default_queue_timeout_s
+
+    def _queue_due(self, job: Job) -> float | None:
+        """When a queued job's queue timeout or deadline ends it, if ever."""
+        due = [job.spec.deadline.timestamp()] if job.spec.deadline is not None else []
+        timeout = self._queue_timeout_of(job)
+        if timeout is not None and job.queued_at is not None:
+            due.append(job.queued_at.timestamp() + timeout)
+        return min(due) if due else None
 
     def _dequeued(self, job: Job) -> None:
         self.queue.remove(job.id)
@@ -264,6 +282,7 @@ class Lifecycle(Nodes):
         job.assigned_at = job.started_at = job.finished_at = None
         job.exit_code = None
         job.error = None
+        job.error_code = None
         job.progress = None
         job.usage = None
         self._set_outputs(job, None)
@@ -273,10 +292,19 @@ class Lifecycle(Nodes):
             req.avoid = frozenset(job.failed_nodes)
 
     def _retry_or_end(self, job: Job, final: JobState, why: str, *, hold: bool = False) -> None:
-        """Requeue a failed attempt when retries are left, else end the job in ``final``."""
+        """Requeue a failed attempt when retries are left and its exit code may be
+        retried, else end the job in ``final``."""
         if job.error is None:
             job.error = why
-        if job.retries < job.spec.max_retries:
+        spec = job.spec
+        retry = job.retries < spec.max_retries
+        if retry and not liveness.retries_exit_code(
+            job.exit_code, spec.retry_on_exit_codes, spec.no_retry_on_exit_codes
+        ):
+            retry = False
+            job.error_code = "exit_code_not_retried"
+            why = f"{why} (exit code {job.exit_code} is not retried by the job's rules)"
+        if retry:
             attempt_state = job.state
             job.state = final  # recorded in the attempt's history as how it ended
             self._archive_attempt(job)
@@ -296,10 +324,49 @@ class Lifecycle(Nodes):
         else:
             self._set_state(job, final, reason=why, hold=hold)
 
+    def _requeue_or_end(
+        self, job: Job, why: str, *, hold: bool = False, avoid_node: bool = True
+    ) -> None:
+        """An attempt ended by a loss the job did not cause (its node went offline or was
+        drained with requeue, its agent or executor lost it, it was preempted): the job
+        is queued again at once with attempt + 1, up to ``max_requeues`` times, without
+        spending its retries. Past them it fails, saying so. ``avoid_node``: placement
+        ranks the node that lost it lower from now on."""
+        if job.error is None:
+            job.error = why
+        if job.requeues >= job.spec.max_requeues:
+            job.error_code = "requeue_limit"
+            why = f"{why} (requeued {job.requeues} times already, the job's max_requeues)"
+            job.error = why
+            self._set_state(job, JobState.FAILED, reason=why, hold=hold)
+            return
+        attempt_state = job.state
+        job.state = JobState.FAILED  # how the attempt ended, in its history
+        self._archive_attempt(job)
+        job.state = attempt_state
+        if avoid_node and job.node_id and job.node_id not in job.failed_nodes:
+            job.failed_nodes = (*job.failed_nodes, job.node_id)
+        job.requeues += 1
+        job.not_before = None
+        reason = f"requeued {job.requeues}/{job.spec.max_requeues}: {why}"
+        self._set_state(job, JobState.QUEUED, reason=reason, hold=hold)
+        self._new_attempt(job)
+
+    def drain(self, node_id: str, drain: bool, reason: str, *, requeue: bool = False) -> Node:
+        """Drain a node (or undo it); with ``requeue`` its jobs are stopped and queued
+        again elsewhere, their resources held until its agent confirms each stopped."""
+        node = super().drain(node_id, drain, reason)
+        if drain and requeue and node.running_jobs:
+            why = f"node {node.name} was drained with requeue"
+            for job_id in list(node.running_jobs):
+                self._requeue_or_end(self.jobs[job_id], why, hold=True, avoid_node=False)
+            self._wake_node(node.id)
+        return node
+
     def _lose(self, job: Job, node: Node, why: str) -> None:
         job.error = why
         self._infra_failure(node)
-        self._retry_or_end(job, JobState.FAILED, why)
+        self._requeue_or_end(job, why)
 
     # --- what submitters hold --------------------------------------------------------
 

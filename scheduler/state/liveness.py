@@ -3,10 +3,12 @@ out, cooldowns end."""
 
 from __future__ import annotations
 
-from common.models import Node, Resources
+import heapq
+
+from common.models import Job, Node, Resources
 from common.states import JobState, NodeState
 from scheduler import liveness
-from scheduler.state.records import ts
+from scheduler.state.records import dt, ts
 from scheduler.state.scheduling import Scheduling
 
 
@@ -32,9 +34,14 @@ class Liveness(Scheduling):
                 self._node_offline(node, f"no heartbeat for {cfg.node_ttl_s:g}s")
             else:
                 self._refresh_node(node, unchanged=True)
+        self._expire_queued(now)
         for node in self.nodes.values():
             for job_id in list(node.running_jobs):
                 job = self.jobs[job_id]
+                if job.spec.deadline is not None and now >= job.spec.deadline.timestamp():
+                    self._past_deadline(job)
+                    self._wake_node(node.id)
+                    continue
                 started = ts(job.started_at) or ts(job.assigned_at) or now
                 deadline = liveness.job_deadline(started, job.spec.timeout_s, cfg.timeout_grace_s)
                 # After a restart the agent gets the same grace as its node to report.
@@ -47,6 +54,37 @@ class Liveness(Scheduling):
         due = self.queue.next_due()
         return due is not None and due <= now
 
+    def _expire_queued(self, now: float) -> None:
+        """Queued jobs whose queue timeout or deadline came fail or are cancelled."""
+        timers = self.queue_timers
+        while timers and timers[0][0] <= now:
+            due, job_id = heapq.heappop(timers)
+            job = self.jobs.get(job_id)
+            if job is None or job.state is not JobState.QUEUED:
+                continue
+            if job.spec.deadline is not None and now >= job.spec.deadline.timestamp():
+                self._past_deadline(job)
+                continue
+            timeout = self._queue_timeout_of(job)
+            if timeout is None or job.queued_at is None:
+                continue
+            if now < job.queued_at.timestamp() + timeout:
+                continue  # it entered the queue again since: a later entry holds it
+            why = f"not started within its queue timeout of {timeout:g}s"
+            job.error = why
+            job.error_code = "queue_timeout"
+            self._set_state(job, JobState.FAILED, reason=why)
+
+    def _past_deadline(self, job: Job) -> None:
+        """A job that has not ended by its deadline is cancelled (Slurm's --deadline)."""
+        assert job.spec.deadline is not None
+        why = f"cancelled at its deadline {job.spec.deadline.isoformat()}"
+        job.error = why
+        job.error_code = "deadline"
+        job.cancelled_by = "deadline"
+        job.cancelled_at = dt(self.clock())
+        self._set_state(job, JobState.CANCELLED, reason=why, hold=True)
+
     def _node_offline(self, node: Node, why: str) -> None:
         self._refresh_node(node, offline_reason=why)
         node.releasing = []
@@ -56,7 +94,7 @@ class Liveness(Scheduling):
             self._infra_failure(node)
         for job in lost:
             job.error = f"lost: node {node.name} went offline"
-            self._retry_or_end(job, JobState.FAILED, job.error)
+            self._requeue_or_end(job, job.error)
         node.allocated = Resources()
         self._views.pop(node.id, None)
         self.changes.nodes[node.id] = node

@@ -84,14 +84,16 @@ class Scheduling(AgentProtocol):
             if job.not_before is not None and job.not_before.timestamp() > now:
                 self.deps.doom_later(job_id)
                 continue
-            failed = queue.dependencies(job.spec.depends_on, self.state_of).failed
+            failed = self.deps.failed(job_id, job.spec.depends_on, self.state_of)
             if failed is not None:
                 doomed.append((job, failed))
         for job_id in self.deps.take_stale():
             job = self.jobs[job_id]
             self._pending(job, self.deps.reason(job_id, job.spec.depends_on, self.state_of))
         for job, dep in doomed:
-            why = f"{queue.DEPENDENCY_FAILED}: job {dep} did not complete"
+            asked = dict(queue.wanted(d) for d in job.spec.depends_on).get(dep)
+            ended = "completed" if asked == "failed" else "did not complete"
+            why = f"{queue.DEPENDENCY_FAILED}: job {dep} {ended}"
             job.error = why
             self._set_state(job, JobState.FAILED, reason=why)
 

@@ -310,7 +310,7 @@ def test_unknown_job_and_node_are_not_found(clock: FakeClock) -> None:
 def test_offline_node_requeues_its_running_jobs_with_the_next_attempt(clock: FakeClock) -> None:
     c = new_cluster(clock, node_ttl_s=10.0)
     node = register(c)
-    job = submit(c, max_retries=1)
+    job = submit(c)  # no retries: a loss the job did not cause does not spend them
     start(c, job)
 
     clock.advance(9)
@@ -325,8 +325,8 @@ def test_offline_node_requeues_its_running_jobs_with_the_next_attempt(clock: Fak
     assert job.state is JobState.QUEUED
     assert job.attempt == 2
     assert job.node_id is None
-    assert job.reason is not None and "went offline" in job.reason
-    assert job.retries == 1
+    assert job.reason == f"requeued 1/3: lost: node {node.name} went offline"
+    assert job.retries == 0 and job.requeues == 1
     assert node.id in job.failed_nodes
     assert [(a.attempt, a.state, a.node_id) for a in job.attempts] == [
         (1, JobState.FAILED, node.id)
@@ -339,29 +339,47 @@ def test_offline_node_requeues_its_running_jobs_with_the_next_attempt(clock: Fak
     assert node_events[-1].data["reason"] == "no heartbeat for 10s"
 
 
-def test_offline_node_fails_its_jobs_when_retries_are_spent(clock: FakeClock) -> None:
+def test_offline_node_fails_its_jobs_when_requeues_are_spent(clock: FakeClock) -> None:
     c = new_cluster(clock, node_ttl_s=10.0)
     node = register(c)
-    job = submit(c, max_retries=0)
+    job = submit(c, max_retries=5, max_requeues=0)
     start(c, job)
     clock.advance(11)
     c.check_liveness()
     assert node.state is NodeState.OFFLINE
     assert job.state is JobState.FAILED
-    assert job.attempt == 1
-    assert job.error == f"lost: node {node.name} went offline"
+    assert job.attempt == 1 and job.retries == 0
+    assert job.error == (
+        f"lost: node {node.name} went offline (requeued 0 times already, the job's max_requeues)"
+    )
+    assert job.error_code == "requeue_limit"
     assert job.finished_at is not None
+
+
+def test_a_job_lost_again_and_again_is_requeued_up_to_its_max_requeues(
+    clock: FakeClock,
+) -> None:
+    c = new_cluster(clock, node_ttl_s=10.0)
+    job = submit(c, max_requeues=2)
+    for lost in range(3):
+        node = register(c, name=f"n{lost}")
+        start(c, job)
+        clock.advance(11)
+        c.check_liveness()
+    assert job.state is JobState.FAILED and job.requeues == 2 and job.attempt == 3
+    assert [a.state for a in job.attempts] == [JobState.FAILED, JobState.FAILED]
+    assert node.name in (job.error or "")
 
 
 def test_offline_node_also_loses_jobs_not_yet_started(clock: FakeClock) -> None:
     c = new_cluster(clock, node_ttl_s=10.0)
     node = register(c)
-    job = submit(c, max_retries=0)
+    job = submit(c)
     c.place()
     assert job.state is JobState.ASSIGNED
     clock.advance(11)
     c.check_liveness()
-    assert job.state is JobState.FAILED
+    assert job.state is JobState.QUEUED and job.attempt == 2
     assert node.allocated == Resources()
 
 
