@@ -12,6 +12,11 @@ caller's objects are never mutated. One pass is a short pipeline, after Nomad's
       -> pick:   the highest score, ties broken with the caller's rng  (_select)
       -> consume the chosen node's capacity so later jobs see what is left  (_Cluster)
 
+A job that fits nowhere gets a one-word reason from ``Pass.offer``; ``Pass.pending`` then
+says, node by node, why each one cannot take it (``blocker``, counted per cause in
+PENDING_KEYS order), and ``waiting_sentence`` turns the counts into "0/5 nodes are
+available: 2 at their parallel limit, 2 lack memory (needs 512 MiB), 1 draining".
+
 ``fits`` is the one fit check; the scheduler's reserve step calls it again before it
 commits a decision. Inside ``place`` the same check runs over flat per-node arrays
 (``_select``), because calling it per node would cost more than the whole budget of a
@@ -22,11 +27,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.policy import permits_all, waiting_reason
+from common.policy import describe, permits_all, waiting_reason
 
 Strategy = Literal["binpack", "spread"]
 
@@ -52,6 +57,41 @@ MAX_FAILED_SHAPES = 32
 REASON_NO_FIT = "no node fits the request"
 REASON_NO_MATCH = "no node matches the constraints"
 REASON_NO_ELIGIBLE = "no node is taking jobs (all unhealthy, draining or in cooldown)"
+#: how a reason that counts the nodes by cause begins ("0/5 nodes are available: ...")
+REASON_NODES_PREFIX = "0/"
+
+#: why a node cannot take a job, in order of precedence: a node counts under the first
+#: that applies. These are the keys of a queued job's ``pending`` counts.
+OFFLINE = "offline"
+DRAINING = "draining"
+COOLDOWN = "cooldown"
+#: late heartbeat, or its executor reported broken
+UNHEALTHY = "unhealthy"
+#: the node's allow-list does not cover what the job needs (privileged, host network, mounts)
+ALLOW_LIST = "allow_list"
+#: the node does not carry the job's constraint labels
+LABELS = "labels"
+#: no free slot: the node runs max_parallel jobs already
+PARALLEL_LIMIT = "parallel_limit"
+CPU = "cpu"
+MEMORY = "memory"
+GPUS = "gpus"
+#: the node is held for a job that waited past the starvation bound (the caller counts it)
+HELD = "held"
+PENDING_KEYS = (
+    OFFLINE,
+    DRAINING,
+    COOLDOWN,
+    UNHEALTHY,
+    ALLOW_LIST,
+    LABELS,
+    PARALLEL_LIMIT,
+    CPU,
+    MEMORY,
+    GPUS,
+    HELD,
+)
+_PRECEDENCE = {key: i for i, key in enumerate(PENDING_KEYS)}
 
 # A node that can take no further job in this pass has its free CPU set to this, so the
 # first comparison of the fit check rejects it.
@@ -164,6 +204,89 @@ def fits(node: NodeView, job: JobRequest, now: float) -> bool:
     )
 
 
+def _static_blocker(node: NodeView, job: JobRequest, now: float, offline: bool) -> str | None:
+    """The first cause that no change of capacity within a pass can lift, if any."""
+    if offline:
+        return OFFLINE
+    if node.draining:
+        return DRAINING
+    if node.cooldown_until is not None and node.cooldown_until > now:
+        return COOLDOWN
+    if not node.healthy:
+        return UNHEALTHY
+    if not _allows(node.allows, job.needs):
+        return ALLOW_LIST
+    if not _matches(node.labels, job.constraints):
+        return LABELS
+    return None
+
+
+def _capacity_blocker(
+    slots: int, cpu: float, memory: int, gpus: int, job: JobRequest
+) -> str | None:
+    """The first resource the node has too little of for ``job``, if any."""
+    if slots < 1:
+        return PARALLEL_LIMIT
+    if cpu < job.cpu - CPU_EPSILON:
+        return CPU
+    if memory < job.memory_mb:
+        return MEMORY
+    if gpus < job.gpus:
+        return GPUS
+    return None
+
+
+def blocker(node: NodeView, job: JobRequest, now: float, *, offline: bool = False) -> str | None:
+    """Why ``node`` cannot take ``job`` at ``now``: the first cause in PENDING_KEYS order,
+    or None when it fits (then and only then ``fits`` is true). ``offline``: the node is
+    not heard from (the view says only that it is not healthy)."""
+    return _static_blocker(node, job, now, offline) or _capacity_blocker(
+        node.free_slots, node.free_cpu, _fit_memory(node), node.free_gpus, job
+    )
+
+
+def _cores(cpu: float) -> str:
+    return f"{cpu:g} core" + ("" if cpu == 1 else "s")
+
+
+def _cause(key: str, count: int, job: JobRequest) -> str:
+    """How ``count`` nodes blocked by ``key`` are told, e.g. "2 lack memory (needs 512 MiB)"."""
+    one = count == 1
+    if key == ALLOW_LIST:
+        what = ", ".join(describe(n) for n in job.needs)
+        flags = " ".join(f"--allow {n}" for n in job.needs)
+        return f"{'does' if one else 'do'} not allow {what} ({flags})"
+    if key == LABELS:
+        return f"{'does' if one else 'do'} not match the constraints"
+    if key == PARALLEL_LIMIT:
+        return f"at {'its' if one else 'their'} parallel limit"
+    lack = "lacks" if one else "lack"
+    if key == CPU:
+        return f"{lack} CPU (needs {_cores(job.cpu)})"
+    if key == MEMORY:
+        return f"{lack} memory (needs {job.memory_mb} MiB)"
+    if key == GPUS:
+        return f"{lack} GPUs (needs {job.gpus})"
+    return {
+        OFFLINE: "offline",
+        DRAINING: "draining",
+        COOLDOWN: "in cooldown",
+        UNHEALTHY: "unhealthy",
+        HELD: "held for a starving job",
+    }[key]
+
+
+def waiting_sentence(total: int, pending: Mapping[str, int], job: JobRequest) -> str:
+    """Kubernetes' "0/5 nodes are available: 2 at their parallel limit, 2 lack memory
+    (needs 512 MiB), 1 draining": the causes by count, most first, ties in PENDING_KEYS
+    order."""
+    causes = sorted(
+        ((n, key) for key, n in pending.items() if n), key=lambda c: (-c[0], _PRECEDENCE[c[1]])
+    )
+    told = ", ".join(f"{n} {_cause(key, n, job)}" for n, key in causes)
+    return f"{REASON_NODES_PREFIX}{total} nodes are available: {told}"
+
+
 # --- score -------------------------------------------------------------------------------
 
 
@@ -243,6 +366,7 @@ class _Cluster:
         "free_memory",
         "free_slots",
         "gone",
+        "gone_cpu",
         "ids",
         "index",
         "load_penalty",
@@ -266,6 +390,8 @@ class _Cluster:
         self.min_cpu = min_cpu - CPU_EPSILON
         self.min_memory = min_memory
         self.gone = 0
+        #: the free CPU a gone node really has (for telling why a job waits)
+        self.gone_cpu: dict[int, float] = {}
 
     def consume(self, i: int, job: JobRequest) -> None:
         """Take ``job``'s request from node ``i``."""
@@ -279,6 +405,7 @@ class _Cluster:
             or self.free_cpu[i] < self.min_cpu
             or self.fit_memory[i] < self.min_memory
         ):
+            self.gone_cpu[i] = self.free_cpu[i]
             self.free_cpu[i] = _GONE
             self.gone += 1
 
@@ -576,7 +703,17 @@ class Pass:
     with less can take none of them and is dropped from candidate lists.
     """
 
-    __slots__ = ("_candidates", "_cluster", "_failed", "_limit", "_rng", "_spread")
+    __slots__ = (
+        "_candidates",
+        "_cluster",
+        "_failed",
+        "_limit",
+        "_nodes",
+        "_now",
+        "_rng",
+        "_spread",
+        "_static",
+    )
 
     def __init__(
         self,
@@ -599,6 +736,10 @@ class Pass:
         self._cluster = _Cluster(nodes, min_cpu, min_memory)
         self._candidates = _Candidates(nodes, now, self._cluster, rng)
         self._failed = _FailedShapes()
+        self._nodes = nodes
+        self._now = now
+        #: per filter key: counts of the nodes blocked by a static cause, and the others
+        self._static: dict[FilterKey, tuple[dict[str, int], list[int]]] = {}
 
     def offer(self, job: JobRequest) -> Decision | str:
         """Place ``job`` on the best node that fits it, or say why it fits nowhere."""
@@ -619,6 +760,45 @@ class Pass:
         i, score = picked
         self._cluster.consume(i, job)
         return Decision(job.id, self._cluster.ids[i], score)
+
+    def pending(self, job: JobRequest, offline: Collection[str] = ()) -> dict[str, int]:
+        """Why each node of the pass cannot take ``job`` now, counted by cause (only the
+        causes that apply; the counts sum to the number of nodes when ``offer`` found
+        none). ``offline``: ids of the nodes not heard from.
+
+        What does not change within a pass (health, drain, cooldown, allow-list, labels)
+        is worked out once per filter key; the rest reads what the pass has left free,
+        so the cost is O(nodes) for a job, meant for the first job of a shape that fits
+        nowhere, not for every queued job.
+        """
+        key = filter_key(job)
+        static = self._static.get(key)
+        if static is None:
+            counts: dict[str, int] = {}
+            passing: list[int] = []
+            now = self._now
+            for i, node in enumerate(self._nodes):
+                why = _static_blocker(node, job, now, node.id in offline)
+                if why is None:
+                    passing.append(i)
+                else:
+                    counts[why] = counts.get(why, 0) + 1
+            static = self._static[key] = (counts, passing)
+        counts = dict(static[0])
+        cluster = self._cluster
+        free_cpu, gone_cpu = cluster.free_cpu, cluster.gone_cpu
+        for i in static[1]:
+            cpu = free_cpu[i]
+            why = _capacity_blocker(
+                cluster.free_slots[i],
+                gone_cpu[i] if cpu == _GONE else cpu,
+                cluster.fit_memory[i],
+                cluster.free_gpus[i],
+                job,
+            )
+            if why is not None:
+                counts[why] = counts.get(why, 0) + 1
+        return counts
 
 
 def place(

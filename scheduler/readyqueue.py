@@ -35,7 +35,7 @@ def entry(req: JobRequest) -> Entry:
 class Shape:
     """Queued jobs that ask for the same thing, in queue order."""
 
-    __slots__ = ("asleep", "entries", "group", "key", "reason", "request")
+    __slots__ = ("asleep", "entries", "group", "key", "pending", "reason", "request")
 
     def __init__(self, key: ShapeKey, request: JobRequest, group: str | None) -> None:
         self.key = key
@@ -47,13 +47,16 @@ class Shape:
         self.asleep = False
         #: why the shape's jobs wait, while it sleeps
         self.reason: str | None = None
+        #: with a reason about the nodes: how many nodes each cause blocks
+        self.pending: dict[str, int] | None = None
 
     def head(self) -> str | None:
         return self.entries[0][2] if self.entries else None
 
-    def sleep(self, reason: str) -> None:
+    def sleep(self, reason: str, pending: dict[str, int] | None = None) -> None:
         self.asleep = True
         self.reason = reason
+        self.pending = pending
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -183,3 +186,8 @@ class ReadyQueue:
         """Why the job waits, when its shape sleeps (it shares the reason of the first)."""
         shape = self._shape_of.get(job_id)
         return shape.reason if shape is not None and shape.asleep else None
+
+    def pending_of(self, job_id: str) -> dict[str, int] | None:
+        """The counts of nodes by cause that go with ``reason_of``, if any."""
+        shape = self._shape_of.get(job_id)
+        return shape.pending if shape is not None and shape.asleep else None

@@ -124,7 +124,7 @@ class Following(Loading):
         for job_id, why in followed.pending:
             shape = self.queue.shape_of(job_id)
             if shape is not None and shape.head() == job_id:
-                shape.sleep(why)
+                shape.sleep(why, self.jobs[job_id].pending)
         for node_id, at, metrics in followed.heard:
             heard = self.nodes.get(node_id)
             if heard is not None and (

@@ -20,6 +20,7 @@ class Queries(Liveness):
             why = self.queue.reason_of(job.id)
             if why is not None:
                 job.reason = why
+                job.pending = self.queue.pending_of(job.id)
         return job
 
     def iter_ids(

@@ -4,6 +4,10 @@ A pass walks the queue's shapes in queue order (a heap of their first jobs), off
 one job at a time to a placement pass over the nodes. A shape stops at its first job
 that cannot be placed and sleeps with that reason until something could make it fit,
 so a pass looks only at the jobs it places and one more per shape.
+
+A shape that sleeps because of the nodes says why node by node ("0/5 nodes are
+available: 2 at their parallel limit, 1 draining") and keeps the counts by cause in the
+job's ``pending``; they are counted once per shape per pass (O(nodes)), never per job.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import heapq
 
 from common.models import Job, Node
-from common.states import JobState
+from common.states import JobState, NodeState
 from scheduler import placement, queue
 from scheduler.nodes import add
 from scheduler.readyqueue import Entry, Shape, entry
@@ -20,7 +24,7 @@ from scheduler.state.lifecycle import request_of
 from scheduler.state.records import dt
 
 #: reasons of a job that did not fit in the last pass (it may be starving)
-_BLOCKED = ("no node", queue.HELD)
+_BLOCKED = ("no node", placement.REASON_NODES_PREFIX, queue.HELD)
 
 
 class Scheduling(AgentProtocol):
@@ -59,9 +63,9 @@ class Scheduling(AgentProtocol):
             held = queue.hold_candidate(views, starving, now)
             if held is not None:
                 name = self.nodes[held].name
+                job = self.jobs[starving.id]
                 self._pending(
-                    self.jobs[starving.id],
-                    f"{queue.HELD}: node {name}, until it has room for this job",
+                    job, f"{queue.HELD}: node {name}, until it has room for this job", job.pending
                 )
         awake = [s for s in awake if not s.asleep and len(s)]
         return touched + self._run(awake, now, active, room, until=None, held=held)
@@ -148,6 +152,7 @@ class Scheduling(AgentProtocol):
         heads = [(s.entries[0], i) for i, s in enumerate(shapes) if s.entries]
         heapq.heapify(heads)
         touched: list[str] = []
+        offline: set[str] | None = None
         while heads:
             first, i = heads[0]
             if until is not None and first > until:
@@ -157,20 +162,33 @@ class Scheduling(AgentProtocol):
             req = self.queue.requests[first[2]]
             job = self.jobs[req.id]
             why = self._group_full(shape, active, room)
-            if why is None:
-                outcome = one_pass.offer(req)
-                if isinstance(outcome, placement.Decision):
-                    node = self.nodes[outcome.node_id]
-                    # Reserve with a re-check against the node as it is now.
-                    if placement.fits(self.node_view(node), req, now):
-                        self._assign(job, node)
-                        touched.append(node.id)
-                        if shape.entries:
-                            heapq.heappush(heads, (shape.entries[0], i))
-                        continue
-                    outcome = placement.REASON_NO_FIT
-                why = outcome
-            self._stop(shape, why)
+            if why is not None:
+                self._stop(shape, why)
+                continue
+            outcome = one_pass.offer(req)
+            if isinstance(outcome, placement.Decision):
+                node = self.nodes[outcome.node_id]
+                # Reserve with a re-check against the node as it is now.
+                if placement.fits(self.node_view(node), req, now):
+                    self._assign(job, node)
+                    touched.append(node.id)
+                    if shape.entries:
+                        heapq.heappush(heads, (shape.entries[0], i))
+                    continue
+                # The pass's view of the node was stale: no count would be right.
+                self._stop(shape, placement.REASON_NO_FIT)
+                continue
+            if offline is None:
+                offline = {n.id for n in self.nodes.values() if n.state is NodeState.OFFLINE}
+            pending = one_pass.pending(req, offline)
+            if held is not None:
+                pending[placement.HELD] = 1
+            if sum(pending.values()) == len(self.nodes):
+                self._stop(
+                    shape, placement.waiting_sentence(len(self.nodes), pending, req), pending
+                )
+            else:
+                self._stop(shape, outcome)
         return touched
 
     def _group_full(
@@ -192,28 +210,35 @@ class Scheduling(AgentProtocol):
         room[group] = left - 1
         return None
 
-    def _stop(self, shape: Shape, why: str) -> None:
-        """The shape's first job cannot be placed: it sleeps with that reason.
+    def _stop(self, shape: Shape, why: str, pending: dict[str, int] | None = None) -> None:
+        """The shape's first job cannot be placed: it sleeps with that reason (and, when
+        the reason is the nodes, how many of them are blocked by each cause).
 
         A job that becomes first of a shape already showed the shape's reason, so only a
         change of the shape's reason is stored and told (coalesced: a busy queue whose
         first jobs come and go does not write or send an event per pass)."""
-        told = shape.reason
-        shape.sleep(why)
+        told = (shape.reason, shape.pending)
+        shape.sleep(why, pending)
         head = shape.head()
         if head is None:
             return
         job = self.jobs[head]
-        if why == told:
-            job.reason = why
+        if (why, pending) == told:
+            job.reason, job.pending = why, pending
         else:
-            self._pending(job, why)
+            self._pending(job, why, pending)
 
-    def _pending(self, job: Job, why: str) -> None:
-        """Say why a queued job waits; a change is stored and told as an event."""
-        if job.reason != why:
-            job.reason = why
-            self._event("job.pending", job=job, data={"reason": why})
+    def _pending(self, job: Job, why: str, pending: dict[str, int] | None = None) -> None:
+        """Say why a queued job waits, with the counts of nodes by cause when the reason
+        is the nodes; a change is stored and told as an event."""
+        if job.reason != why or job.pending != pending:
+            job.reason, job.pending = why, pending
+            self._event("job.pending", job=job, data={"reason": why, "pending": pending})
+
+    def _dequeued(self, job: Job) -> None:
+        """A job that leaves the queue no longer waits for anything."""
+        super()._dequeued(job)
+        job.pending = None
 
     def _assign(self, job: Job, node: Node) -> None:
         job.node_id = node.id

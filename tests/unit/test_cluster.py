@@ -28,7 +28,7 @@ from common.models import (
 )
 from common.states import ON_NODE, JobState, NodeState, can_transition
 from scheduler.config import SchedulerConfig
-from scheduler.placement import REASON_NO_ELIGIBLE, REASON_NO_FIT
+from scheduler.placement import REASON_NO_ELIGIBLE
 from scheduler.state import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER, State
 from scheduler.store.base import Loaded
 
@@ -212,7 +212,8 @@ def test_a_job_that_fits_nowhere_waits_with_a_reason(clock: FakeClock) -> None:
     job = submit(c, cpu=3.0)
     assert c.place() == []
     assert job.state is JobState.QUEUED
-    assert c.shown(job).reason == REASON_NO_FIT
+    assert c.shown(job).reason == "0/1 nodes are available: 1 lacks CPU (needs 3 cores)"
+    assert job.pending == {"cpu": 1}
 
 
 def test_a_job_waits_when_no_node_is_registered(clock: FakeClock) -> None:
@@ -405,7 +406,7 @@ def test_a_late_node_is_unhealthy_and_gets_no_new_jobs(clock: FakeClock) -> None
     assert node.reason == "heartbeat late"
     job = submit(c)
     assert c.place() == []
-    assert c.shown(job).reason == REASON_NO_ELIGIBLE
+    assert c.shown(job).reason == "0/1 nodes are available: 1 unhealthy"
     beat(c, node)
     assert node.state is NodeState.IDLE
     assert c.place() == [node.id]
@@ -604,7 +605,7 @@ def test_consecutive_infra_failures_put_a_node_in_growing_cooldown(clock: FakeCl
     # Placement avoids the node until the cooldown ends.
     third = submit(c)
     assert c.place() == []
-    assert c.shown(third).reason == REASON_NO_ELIGIBLE
+    assert c.shown(third).reason == "0/1 nodes are available: 1 in cooldown"
     clock.advance(9.5)
     beat(c, node)
     c.check_liveness()
@@ -907,7 +908,7 @@ def test_a_draining_node_takes_no_new_jobs_but_finishes_its_running_ones(
     waiting = submit(c)
     assert c.place() == []
     assert waiting.state is JobState.QUEUED
-    assert c.shown(waiting).reason == REASON_NO_ELIGIBLE
+    assert c.shown(waiting).reason == "0/1 nodes are available: 1 draining"
 
     report(c, running, "completed", exit_code=0)
     assert running.state is JobState.COMPLETED

@@ -146,7 +146,8 @@ def test_small_jobs_backfill_past_a_big_one_until_it_starves(clock: FakeClock) -
     small = submit(c, cpu=1)
     c.place()
     assert big.state is JobState.QUEUED and small.state is JobState.ASSIGNED
-    assert big.reason == "no node fits the request"
+    assert big.reason == "0/1 nodes are available: 1 lacks CPU (needs 4 cores)"
+    assert big.pending == {"cpu": 1}
     finish(c, small)
     # Past the bound the big job holds the node: the next small job must wait.
     clock.advance(61)

@@ -7,7 +7,7 @@ from typing import Any
 
 from common.models import Constraints
 from common.states import JobState
-from scheduler.placement import REASON_NO_MATCH, JobRequest
+from scheduler.placement import JobRequest
 from scheduler.readyqueue import ReadyQueue
 from tests.unit.test_cluster import FakeClock, new_cluster, register, submit
 
@@ -105,7 +105,8 @@ def test_a_deep_queue_of_jobs_that_fit_nowhere_costs_a_pass_one_look(clock: Fake
     changes = c.take_changes()
     assert urgent.state is JobState.ASSIGNED
     assert all(e.job_id not in {j.id for j in deep} for e in changes.events)
-    assert c.shown(deep[-1]).reason == REASON_NO_MATCH
+    assert c.shown(deep[-1]).reason == "0/1 nodes are available: 1 does not match the constraints"
+    assert c.shown(deep[-1]).pending == {"labels": 1}
 
 
 def test_a_pending_reason_is_told_once_per_change(clock: FakeClock) -> None:
@@ -116,5 +117,5 @@ def test_a_pending_reason_is_told_once_per_change(clock: FakeClock) -> None:
     c.place()
     pending = [e for e in c.take_changes().events if e.type == "job.pending"]
     assert [(e.job_id, (e.data or {})["reason"]) for e in pending] == [
-        (job.id, "no node fits the request")
+        (job.id, "0/1 nodes are available: 1 lacks CPU (needs 3 cores)")
     ]
