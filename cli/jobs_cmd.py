@@ -149,9 +149,18 @@ def job_detail(job: Job) -> str:
         f"command   {job.spec.command!r}",
         f"resources cpu {job.spec.resources.cpu:g}, memory {job.spec.resources.memory_mb} MiB"
         + (f", gpus {job.spec.resources.gpus}" if job.spec.resources.gpus else ""),
-        f"attempt   {job.attempt} on {job.node_id or '-'}",
+        f"attempt   {job.attempt} on {job.node_id or '-'}"
+        f"  (retries {job.retries}/{job.spec.max_retries},"
+        f" requeues {job.requeues}/{job.spec.max_requeues})",
         f"submitted {_ago(job.created_at, now)} by {job.submitted_by or '-'}",
     ]
+    if job.spec.deadline is not None or job.spec.queue_timeout_s is not None:
+        limits = (
+            [f"queue timeout {job.spec.queue_timeout_s:g}s"] if job.spec.queue_timeout_s else []
+        )
+        if job.spec.deadline is not None:
+            limits.append(f"deadline {job.spec.deadline.isoformat()}")
+        lines.append(f"limits    {', '.join(limits)}")
     if job.state is JobState.QUEUED and job.queued_at is not None:
         lines.append(
             f"queued    {_ago(job.queued_at, now)}, waiting: {job.reason or 'to be placed'}"
@@ -159,7 +168,8 @@ def job_detail(job: Job) -> str:
     if job.progress is not None:
         lines.append(f"progress  {job.progress.percent:.0f}% {job.progress.message}")
     if job.exit_code is not None or job.error:
-        lines.append(f"result    exit code {job.exit_code}  {job.error or ''}".rstrip())
+        code = f" [{job.error_code}]" if job.error_code else ""
+        lines.append(f"result    exit code {job.exit_code}  {job.error or ''}{code}".rstrip())
     if job.usage is not None:
         u = job.usage
         lines.append(
