@@ -140,6 +140,13 @@ def _parse_time(value: object) -> datetime | None:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
+def _pending_counts(pending: dict[str, int]) -> str:
+    """A queued job's nodes by why they cannot take it, most first: ``parallel_limit 2,
+    memory 2, draining 1`` (the keys are those of the job's ``pending``)."""
+    causes = sorted(pending.items(), key=lambda item: -item[1])
+    return ", ".join(f"{key} {count}" for key, count in causes if count)
+
+
 def job_detail(job: Job) -> str:
     now = datetime.now(UTC)
     lines = [
@@ -165,6 +172,8 @@ def job_detail(job: Job) -> str:
         lines.append(
             f"queued    {_ago(job.queued_at, now)}, waiting: {job.reason or 'to be placed'}"
         )
+        if job.pending:
+            lines.append(f"pending   {_pending_counts(job.pending)}")
     if job.progress is not None:
         lines.append(f"progress  {job.progress.percent:.0f}% {job.progress.message}")
     if job.exit_code is not None or job.error:

@@ -194,5 +194,39 @@ async def test_why_a_queued_job_waits_changes_live(
     await expect(reason).to_contain_text("no node is taking jobs")
     # A node comes that does not carry the label: the job.pending event says so.
     await add_agent(agents, sched, http, "worker-1")
-    await expect(reason).to_have_text("no node matches the constraints")
+    await expect(reason).to_have_text("0/1 nodes are available: 1 does not match the constraints")
     await expect(p.locator(".job-title-row .pill")).to_have_text("Queued")
+
+
+async def test_a_queued_job_that_fits_nowhere_shows_its_nodes_counted_by_cause(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    full = await add_agent(agents, sched, http, "full", max_parallel=1)
+    await running_job(admin, full)
+    await add_agent(agents, sched, http, "small-1", memory_mb=1024)
+    await add_agent(agents, sched, http, "small-2", memory_mb=1024)
+    status, job = await admin.post(
+        "/api/v1/jobs", {**SPEC, "resources": {"cpu": 1, "memory_mb": 2048}}
+    )
+    assert status == 201, job
+    await open_job(p, sched, job["id"])
+    await expect(p.get_by_test_id("job-reason")).to_have_text(
+        "0/3 nodes are available: 2 lack memory (needs 2048 MiB), 1 at its parallel limit"
+    )
+    counts = p.get_by_test_id("job-pending")
+    await expect(counts).to_be_visible()
+    await expect(counts.locator("tbody tr")).to_have_count(2)
+    await expect(counts.locator('tr[data-cause="memory"]')).to_have_text("2lack memory")
+    await expect(counts.locator('tr[data-cause="parallel_limit"]')).to_have_text(
+        "1at their parallel limit"
+    )
+    # Once it leaves the queue the counts go.
+    status, body = await admin.post(f"/api/v1/jobs/{job['id']}/cancel", {})
+    assert status == 200, body
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Cancelled")
+    await expect(counts).to_be_hidden()

@@ -309,6 +309,7 @@ function applyToJob(job, event) {
   if (event.type === "job.state") {
     job.state = data.state;
     job.reason = data.reason ?? null;
+    job.pending = null;
     if (data.attempt) job.attempt = data.attempt;
     if (data.node_id) job.node_id = data.node_id;
     if (data.state === "queued") job.node_id = null;
@@ -325,8 +326,9 @@ function applyToJob(job, event) {
   } else if (event.type === "job.progress") {
     job.progress = { percent: data.percent, message: data.message || "" };
   } else if (event.type === "job.pending") {
-    // Why a queued job waits, told when it changes.
+    // Why a queued job waits, told when it changes, with its nodes counted by cause.
     job.reason = data.reason ?? null;
+    job.pending = data.pending ?? null;
   }
 }
 

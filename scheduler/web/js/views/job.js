@@ -30,6 +30,21 @@ import { toast } from "../toast.js";
 
 const CAN_CANCEL = new Set(["queued", "assigned", "running", "paused"]);
 const CAN_RETRY = new Set(["failed", "cancelled", "timed_out"]);
+// The keys of a queued job's ``pending`` counts, in the scheduler's order of precedence:
+// a node counts under the first that applies.
+const PENDING_CAUSES = [
+  ["offline", "offline"],
+  ["draining", "draining"],
+  ["cooldown", "in cooldown"],
+  ["unhealthy", "unhealthy"],
+  ["allow_list", "do not allow what the job needs"],
+  ["labels", "do not match its constraints"],
+  ["parallel_limit", "at their parallel limit"],
+  ["cpu", "lack CPU"],
+  ["memory", "lack memory"],
+  ["gpus", "lack GPUs"],
+  ["held", "held for a starving job"],
+];
 
 export function jobView(container, jobId) {
   const title = h("h1.job-title");
@@ -49,6 +64,23 @@ export function jobView(container, jobId) {
     "Cancel",
   );
   const callout = h("div.callout", { hidden: true, "data-testid": "job-reason" });
+  // A queued job's nodes counted by why they cannot take it.
+  const pendingBody = h("tbody");
+  const pendingPanel = h(
+    "section.panel.pending-panel",
+    { hidden: true, "data-testid": "job-pending" },
+    h("div.panel-head", null, h("h2", { text: "Nodes by why they cannot take it" })),
+    h(
+      "div.table-wrap",
+      null,
+      h(
+        "table.pending-counts",
+        null,
+        h("thead", null, h("tr", null, h("th", { text: "Nodes" }), h("th", { text: "Why" }))),
+        pendingBody,
+      ),
+    ),
+  );
 
   const progressFill = h("span.bar-fill");
   const progressPct = h("span.progress-big-pct", { "data-testid": "progress-percent" });
@@ -99,6 +131,7 @@ export function jobView(container, jobId) {
       h("div.job-actions", null, watchBtn, retryBtn, cancelBtn),
     ),
     callout,
+    pendingPanel,
     progressPanel,
     h(
       "div.job-grid",
@@ -235,6 +268,7 @@ export function jobView(container, jobId) {
     setText(callout, why);
     setVariant(callout, "callout-", ["failed", "timed_out"].includes(job.state) ? "error" : job.state === "cancelled" ? "muted" : "info");
 
+    renderPending(job);
     renderProgress(job);
     renderDetails(job, node);
     renderAttempts(job);
@@ -252,6 +286,29 @@ export function jobView(container, jobId) {
     );
     if (shownAttempt === null || (followCurrent && shownAttempt !== job.attempt)) startLog(job.attempt);
     if (attemptSelect.value !== String(shownAttempt)) attemptSelect.value = String(shownAttempt);
+  }
+
+  function renderPending(job) {
+    const counts = job.state === "queued" && job.pending ? job.pending : {};
+    const rows = PENDING_CAUSES.filter(([key]) => counts[key] > 0)
+      .map(([key, label]) => [key, label, counts[key]])
+      .sort((a, b) => b[2] - a[2]);
+    setHidden(pendingPanel, rows.length === 0);
+    keyed(
+      pendingBody,
+      rows,
+      (r) => r[0],
+      (r) => {
+        const tr = h("tr", { "data-cause": r[0] });
+        tr._cells = [h("td.num"), h("td")];
+        tr.append(...tr._cells);
+        return tr;
+      },
+      (tr, r) => {
+        setText(tr._cells[0], r[2]);
+        setText(tr._cells[1], r[1]);
+      },
+    );
   }
 
   function renderProgress(job) {
