@@ -11,9 +11,10 @@ from scheduler.commands.admin import AdminCommands
 from scheduler.commands.agents import AgentCommands
 from scheduler.commands.jobs import ACTIONS, MAX_SELECTED, JobCommands
 from scheduler.commands.reads import NOT_READABLE, Reads
+from scheduler.commands.schedules import ScheduleCommands
 
 
-class Scheduler(JobCommands, AgentCommands, AdminCommands, Reads):
+class Scheduler(ScheduleCommands, JobCommands, AgentCommands, AdminCommands, Reads):
     """The scheduler service with every command clients, agents and operators give."""
 
 

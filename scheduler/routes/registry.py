@@ -13,6 +13,7 @@ from scheduler.routes import (
     jobs,
     logs,
     nodes,
+    schedules,
     session,
     socket,
     system,
@@ -35,6 +36,7 @@ ROUTES: tuple[Route, ...] = tuple(
         blobs,
         session,
         tokens,
+        schedules,
         dashboard,
     )
     for route in module.routes

@@ -8,20 +8,21 @@ waiting.
 
 The modules are layers, each built on the one before, named after what they hold:
 records -> tokens -> blobrefs -> nodes -> lifecycle -> jobs -> agents -> scheduling
--> liveness -> queries -> loading -> following.
+-> liveness -> queries -> loading -> following -> schedules.
 """
 
 from __future__ import annotations
 
 from scheduler.state.agents import LOG_CAP_BYTES, LOG_TRUNCATED_MARKER
 from scheduler.state.blobrefs import Gone
-from scheduler.state.following import Followed, Following
+from scheduler.state.following import Followed
 from scheduler.state.jobs import RETRYABLE
 from scheduler.state.nodes import AGENT_SHUTTING_DOWN
 from scheduler.state.records import Effects
+from scheduler.state.schedules import Schedules
 
 
-class State(Following):
+class State(Schedules):
     """Jobs, nodes, tokens and the queue, with every change made to them."""
 
 

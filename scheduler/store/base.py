@@ -26,6 +26,8 @@ audit                     audit         append
 blob_holds                blob_holds    per digest: delete its rows, insert the holds
                                         given (the last write of a digest wins)
 forgotten_nodes           nodes         delete by id, after ``nodes``
+schedules                 schedules     upsert by name
+deleted_schedules         schedules     delete by name, after ``schedules``
 ========================  ============  =============================================
 
 The jobs table keeps, beside each job's document, columns the store fills from the

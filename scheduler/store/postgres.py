@@ -40,6 +40,7 @@ import asyncpg
 import msgspec
 
 from common.models import Job, Node
+from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler import pgconnect
 from scheduler.events import Event
@@ -143,6 +144,8 @@ class _Rows:
     blobs: list[_Row]
     blob_holds: list[_Row]
     forgotten_nodes: list[_Row]
+    schedules: list[_Row]
+    deleted_schedules: list[_Row]
     #: (table, key) of every row the batch deletes
     tombstones: list[tuple[str, str]]
     #: the batch's greatest event index, None when it has no events
@@ -253,6 +256,10 @@ class PostgresStore(Store):
         holds = [
             BlobHold(*r) for r in await conn.fetch("SELECT digest, name, charged FROM blob_holds")
         ]
+        schedule_dec = msgspec.json.Decoder(Schedule)
+        schedules = [
+            schedule_dec.decode(r[0]) for r in await conn.fetch("SELECT doc FROM schedules")
+        ]
         self.loaded_seq = int(leader["seq"])
         return Loaded(
             jobs,
@@ -269,6 +276,7 @@ class PostgresStore(Store):
             [ended.ids[i] for i in sorted(ended.webhooks)],
             holds,
             ended,
+            schedules,
         )
 
     # --- writes ----------------------------------------------------------------------
@@ -302,6 +310,7 @@ class PostgresStore(Store):
         tombstones = [("tokens", d) for d in c.revoked_tokens]
         tombstones += [("blob_holds", d) for d in c.blob_holds]
         tombstones += [("nodes", n) for n in c.forgotten_nodes]
+        tombstones += [("schedules", n) for n in c.deleted_schedules]
         return _Rows(
             jobs=jobs,
             nodes=[(n.id, n.name, enc(n)) for n in c.nodes.values()],
@@ -315,6 +324,8 @@ class PostgresStore(Store):
             blobs=[(d,) for d in c.blob_holds],
             blob_holds=[(h.digest, h.name, h.charged) for hs in c.blob_holds.values() for h in hs],
             forgotten_nodes=[(n,) for n in c.forgotten_nodes],
+            schedules=[(s.name, enc(s)) for s in c.schedules.values()],
+            deleted_schedules=[(n,) for n in c.deleted_schedules],
             tombstones=tombstones,
             last_index=max((e.index for e in c.events), default=None),
         )

@@ -83,11 +83,14 @@ CREATE TABLE IF NOT EXISTS tombstones (
 );
 CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones (seq);
 CREATE TABLE IF NOT EXISTS kv (key text PRIMARY KEY, value bytea NOT NULL);
-INSERT INTO meta (key, value) VALUES ('schema_version', 1)
+CREATE TABLE IF NOT EXISTS schedules (
+    name text PRIMARY KEY, doc bytea NOT NULL, seq bigint NOT NULL DEFAULT 0
+);
+INSERT INTO meta (key, value) VALUES ('schema_version', 2)
     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value);
 """
-#: the schema ``SCHEMA`` makes; a release that changes it raises this
-SCHEMA_VERSION = 1
+#: the schema ``SCHEMA`` makes; a release that changes it raises this (2: schedules)
+SCHEMA_VERSION = 2
 
 
 # --- the statements the store runs, next to the tables they write ---------------------
@@ -175,6 +178,13 @@ WRITES: tuple[tuple[str, str, bool], ...] = (
         True,
     ),
     ("forgotten_nodes", "DELETE FROM nodes WHERE id = $1", False),
+    (
+        "schedules",
+        "INSERT INTO schedules (name, doc, seq) VALUES ($1, $2, $3) ON CONFLICT (name) "
+        "DO UPDATE SET doc = excluded.doc, seq = excluded.seq",
+        True,
+    ),
+    ("deleted_schedules", "DELETE FROM schedules WHERE name = $1", False),
 )
 
 LOAD_ENDED = (

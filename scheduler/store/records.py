@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.models import Job, Node
+from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler.events import Event
 from scheduler.tokens import TokenRow
@@ -164,6 +165,10 @@ class Changes:
     blob_holds: dict[str, tuple[BlobHold, ...]] = field(default_factory=dict)
     #: nodes table, delete by id (after this batch's nodes): nodes an admin forgot
     forgotten_nodes: list[str] = field(default_factory=list)
+    #: schedules table (periodic jobs), upsert by name
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    #: schedules table, delete by name (after this batch's schedules)
+    deleted_schedules: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -178,6 +183,8 @@ class Changes:
             or self.tokens
             or self.revoked_tokens
             or self.logs
+            or self.schedules
+            or self.deleted_schedules
         )
 
     def merge(self, other: Changes) -> None:
@@ -192,6 +199,13 @@ class Changes:
         self.audit.extend(other.audit)
         self.blob_holds.update(other.blob_holds)
         self.forgotten_nodes.extend(other.forgotten_nodes)
+        for name in other.deleted_schedules:
+            self.schedules.pop(name, None)
+        if other.schedules:
+            # Made again after an earlier delete: the delete no longer stands.
+            self.deleted_schedules = [n for n in self.deleted_schedules if n not in other.schedules]
+        self.schedules.update(other.schedules)
+        self.deleted_schedules.extend(other.deleted_schedules)
 
 
 @dataclass(slots=True)
@@ -220,3 +234,5 @@ class Loaded:
     blob_holds: list[BlobHold] = field(default_factory=list)
     #: every ended job, in id order, read from the jobs table's columns (see EndedRow)
     ended: EndedRows = field(default_factory=EndedRows)
+    #: periodic jobs
+    schedules: list[Schedule] = field(default_factory=list)

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from common.models import Job, Node
+from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler.archive import CODES
 from scheduler.events import Event
@@ -150,6 +151,8 @@ class SQLiteStore(Store):
         holds = [
             BlobHold(*row) for row in conn.execute("SELECT digest, name, charged FROM blob_holds")
         ]
+        schedule_dec = msgspec.json.Decoder(Schedule)
+        schedules = [schedule_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM schedules")]
         return Loaded(
             jobs,
             nodes,
@@ -163,6 +166,7 @@ class SQLiteStore(Store):
             [ended.ids[i] for i in sorted(ended.webhooks)],
             holds,
             ended,
+            schedules,
         )
 
     def _close_reader_sync(self) -> None:
@@ -213,6 +217,8 @@ class SQLiteStore(Store):
                 (h.digest, h.name, h.charged) for hs in c.blob_holds.values() for h in hs
             ],
             "forgotten_nodes": [(n,) for n in c.forgotten_nodes],
+            "schedules": [(s.name, enc(s)) for s in c.schedules.values()],
+            "deleted_schedules": [(n,) for n in c.deleted_schedules],
         }
 
     async def _write(self, rows: _Rows) -> None:
@@ -242,6 +248,8 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM blob_holds WHERE digest = ?", rows["blobs"])
             conn.executemany("INSERT INTO blob_holds VALUES (?, ?, ?)", rows["blob_holds"])
             conn.executemany("DELETE FROM nodes WHERE id = ?", rows["forgotten_nodes"])
+            conn.executemany("INSERT OR REPLACE INTO schedules VALUES (?, ?)", rows["schedules"])
+            conn.executemany("DELETE FROM schedules WHERE name = ?", rows["deleted_schedules"])
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does that): keep the

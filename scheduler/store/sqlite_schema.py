@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS blob_holds (
     digest TEXT NOT NULL, name TEXT NOT NULL, charged INTEGER NOT NULL,
     PRIMARY KEY (digest, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
 """
 
 #: made once the jobs table has its columns. jobs_ended: retention's order, and the jobs
