@@ -32,6 +32,7 @@ COMMANDS = {
     "node": "cli.node_cmd:node",
     "schedulers": "cli.jobs_cmd:schedulers",
     "token": "cli.token_cmd:token",
+    "schedule": "cli.schedule_cmd:schedule",
     "audit": "cli.token_cmd:audit",
     "logs": "cli.live_cmd:logs",
     "events": "cli.live_cmd:events",

@@ -42,6 +42,7 @@ from common.models import (
     TokenInfo,
     TokenList,
 )
+from common.schedule_models import Schedule, ScheduleFired, ScheduleList, ScheduleSpec
 from common.states import TERMINAL
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,32 @@ class UserAPI(Transport):
         NotFound when the job has no outputs (yet).
         """
         return await self.download(f"/api/v1/jobs/{job_id}/outputs", dest)
+
+    # --- schedules (periodic jobs) ------------------------------------------------------
+
+    async def create_schedule(self, spec: ScheduleSpec) -> Schedule:
+        body = codec.encode(spec)
+        return await self._typed(Schedule, "POST", "/api/v1/schedules", body=body)
+
+    async def list_schedules(self) -> ScheduleList:
+        return await self._typed(ScheduleList, "GET", "/api/v1/schedules")
+
+    async def get_schedule(self, name: str) -> Schedule:
+        return await self._typed(Schedule, "GET", f"/api/v1/schedules/{name}")
+
+    async def replace_schedule(self, spec: ScheduleSpec) -> Schedule:
+        """PUT a schedule whole (its owner and history stay); sending it again is
+        harmless."""
+        path = f"/api/v1/schedules/{spec.name}"
+        return await self._typed(Schedule, "PUT", path, body=codec.encode(spec), idempotent=True)
+
+    async def delete_schedule(self, name: str) -> Schedule:
+        return await self._typed(Schedule, "DELETE", f"/api/v1/schedules/{name}")
+
+    async def run_schedule(self, name: str) -> ScheduleFired:
+        """Start a schedule's run now; Conflict while overlap forbids one."""
+        path = f"/api/v1/schedules/{name}/run"
+        return await self._typed(ScheduleFired, "POST", path, body=b"{}")
 
     # --- tokens and the audit log (admin) ---------------------------------------------
 

@@ -10,8 +10,10 @@ end where a test needs a run to end.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -302,3 +304,77 @@ async def test_schedules_survive_a_kill_and_catch_up_one_fires_once(
     await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - started)))
     assert len(await runs_of(admin, "once")) == 1
     assert await runs_of(admin, "never") == []
+
+
+async def test_the_schedule_commands(admin: Api, sched: SchedulerProcess, tmp_path: Path) -> None:
+    from tests.integration.test_cli import berth
+
+    done = berth(
+        sched,
+        "schedule",
+        "create",
+        "--name",
+        "backup",
+        "--cron",
+        "0 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--overlap",
+        "forbid",
+        "--catch-up",
+        "one",
+        "--cpu",
+        "0.5",
+        "--memory-mb",
+        "64",
+        "--label",
+        "team=ops",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo backing up",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "backup"
+    made = await show(admin, "backup")
+    assert made["overlap"] == "forbid" and made["catch_up"] == "one"
+    assert made["job"]["command"] == ["sh", "-c", "echo backing up"]
+    assert made["job"]["resources"]["cpu"] == 0.5 and made["job"]["labels"] == {"team": "ops"}
+
+    spec_file = tmp_path / "job.json"
+    spec_file.write_text('{"image": "busybox", "command": "date"}')
+    done = berth(sched, "schedule", "create", "--name", "f", "--cron", NEVER, "-f", str(spec_file))
+    assert done.returncode == 0, done.stderr
+    bad = berth(sched, "schedule", "create", "--name", "g", "--cron", "nope", "busybox")
+    assert bad.returncode != 0 and "invalid cron expression" in bad.stderr
+
+    listing = berth(sched, "schedule", "list").stdout.splitlines()
+    assert listing[0].split()[:2] == ["NAME", "CRON"]
+    assert [line.split()[0] for line in listing[1:]] == ["backup", "f"]
+    as_json = berth(sched, "schedule", "list", "--json")
+    assert [s["name"] for s in json.loads(as_json.stdout)["schedules"]] == [
+        "backup",
+        "f",
+    ]
+
+    assert berth(sched, "schedule", "pause", "backup").returncode == 0
+    assert (await show(admin, "backup"))["paused"] is True
+    assert "paused" in berth(sched, "schedule", "show", "backup").stdout
+    assert berth(sched, "schedule", "resume", "backup").returncode == 0
+    resumed = await show(admin, "backup")
+    assert resumed["paused"] is False and resumed["next_run_at"] is not None
+
+    ran = berth(sched, "schedule", "run", "backup")
+    assert ran.returncode == 0, ran.stderr
+    job_id = ran.stdout.strip()
+    assert (await admin.get(f"/api/v1/jobs/{job_id}"))[1]["spec"]["labels"] == {
+        "team": "ops",
+        "berth.schedule": "backup",
+    }
+    assert job_id in berth(sched, "schedule", "show", "backup").stdout
+    # forbid: a second run by hand is refused while the first waits.
+    assert berth(sched, "schedule", "run", "backup").returncode != 0
+
+    assert berth(sched, "schedule", "delete", "f").returncode == 0
+    assert berth(sched, "schedule", "show", "f").returncode != 0
