@@ -168,6 +168,8 @@ def job_detail(job: Job) -> str:
         if job.spec.deadline is not None:
             limits.append(f"deadline {job.spec.deadline.isoformat()}")
         lines.append(f"limits    {', '.join(limits)}")
+    if job.array_id is not None:
+        lines.append(f"array     {job.array_id}  index {job.array_index}")
     if job.state is JobState.QUEUED and job.queued_at is not None:
         lines.append(
             f"queued    {_ago(job.queued_at, now)}, waiting: {job.reason or 'to be placed'}"
@@ -215,6 +217,40 @@ def print_json(obj: Any) -> None:
 # --- commands ----------------------------------------------------------------------------
 
 
+def _specs_of(
+    spec_file: str | None,
+    array_range: str | None,
+    name: str,
+    env: tuple[str, ...],
+    image: str | None,
+    command: tuple[str, ...],
+) -> list[JobSpec]:
+    """What `berth submit` was given: a spec file or an image, perhaps as an array."""
+    from cli.array_cmd import parse_array
+    from cli.run_cmd import parse_pairs
+
+    if (spec_file is None) == (image is None):
+        raise click.UsageError("give -f SPEC.json or IMAGE [-- CMD...], not both")
+    if image is not None:
+        if command[:1] == ("--",):
+            command = command[1:]
+        spec = JobSpec(
+            image=image, name=name, command=list(command) or None, env=parse_pairs(env, "--env")
+        )
+        specs = [spec]
+    else:
+        assert spec_file is not None
+        specs = _read_specs(spec_file)
+    if array_range is not None:
+        if len(specs) != 1:
+            raise click.UsageError("--array takes one spec, not a list")
+        try:
+            specs[0].array = parse_array(array_range)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--array") from None
+    return specs
+
+
 def _read_specs(path: str) -> list[JobSpec]:
     """One spec, a list of specs, or {"jobs": [...]}; errors name the field."""
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -233,28 +269,55 @@ def _read_specs(path: str) -> list[JobSpec]:
     return specs
 
 
-@click.command()
+@click.command(context_settings={"allow_interspersed_args": False})
 @client_options
 @click.option(
     "-f",
     "--file",
     "spec_file",
-    required=True,
-    help="A JSON job spec, a list of specs, or {'jobs': [...]}; - reads stdin.",
+    default=None,
+    help="A JSON job spec, a list of specs, or {'jobs': [...]}; - reads stdin. "
+    "Without it: IMAGE -- CMD...",
 )
+@click.option(
+    "--array",
+    "array_range",
+    default=None,
+    metavar="0-LAST[%MAX]|N",
+    help="Run as a job array: 0-99%10 is 100 tasks, at most 10 at once; a plain count "
+    "N is 0-(N-1). Each task gets $BERTH_ARRAY_INDEX and $BERTH_ARRAY_ID; prints the "
+    "array id.",
+)
+@click.option("--name", default="", help="A name for the job (with IMAGE).")
+@click.option("--env", "env", multiple=True, help="K=V for the job's environment (with IMAGE).")
 @click.option(
     "--idempotency-key",
     default=None,
     help="Submitting again with this key returns the same job (default: a new key).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.argument("image", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def submit(
-    addr: str, token: str | None, spec_file: str, idempotency_key: str | None, as_json: bool
+    addr: str,
+    token: str | None,
+    spec_file: str | None,
+    array_range: str | None,
+    name: str,
+    env: tuple[str, ...],
+    idempotency_key: str | None,
+    as_json: bool,
+    image: str | None,
+    command: tuple[str, ...],
 ) -> None:
-    """Submit jobs from a JSON spec file; prints their ids."""
+    """Submit jobs from a JSON spec file, or IMAGE (with CMD after --); prints their ids."""
+    try:
+        specs = _specs_of(spec_file, array_range, name, env, image, command)
+    except CommandError as e:
+        click.echo(f"berth: {e.message}", err=True)
+        sys.exit(e.code)
 
     async def body(client: BerthClient) -> int:
-        specs = _read_specs(spec_file)
         if len(specs) == 1:
             jobs = [await client.submit_job(specs[0], idempotency_key=idempotency_key)]
         else:
@@ -263,7 +326,10 @@ def submit(
             print_json(jobs)
         else:
             for job in jobs:
+                # An array's first task: its id is the array's.
                 click.echo(job.id)
+                if job.array_id is not None and job.spec.array is not None:
+                    click.echo(f"array {job.array_id}: {job.spec.array.count} tasks", err=True)
         return EXIT_OK
 
     run_client(addr, token, body)
