@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -204,8 +204,8 @@ def fits(node: NodeView, job: JobRequest, now: float) -> bool:
     )
 
 
-def _static_blocker(node: NodeView, job: JobRequest, now: float, offline: bool) -> str | None:
-    """The first cause that no change of capacity within a pass can lift, if any."""
+def _availability_blocker(node: NodeView, now: float, offline: bool) -> str | None:
+    """Why the node takes no job at all (``_is_available`` is false), if it does not."""
     if offline:
         return OFFLINE
     if node.draining:
@@ -214,6 +214,14 @@ def _static_blocker(node: NodeView, job: JobRequest, now: float, offline: bool) 
         return COOLDOWN
     if not node.healthy:
         return UNHEALTHY
+    return None
+
+
+def _static_blocker(node: NodeView, job: JobRequest, now: float, offline: bool) -> str | None:
+    """The first cause that no change of capacity within a pass can lift, if any."""
+    why = _availability_blocker(node, now, offline)
+    if why is not None:
+        return why
     if not _allows(node.allows, job.needs):
         return ALLOW_LIST
     if not _matches(node.labels, job.constraints):
@@ -494,6 +502,7 @@ class _Candidates:
         "_matching",
         "_reasons",
         "_rng",
+        "_unavailable",
     )
 
     def __init__(
@@ -508,10 +517,41 @@ class _Candidates:
         self._matching: dict[FilterKey, list[int]] = {_NO_FILTER: self._available}
         self._lists: dict[tuple[FilterKey, bool], _CandidateList] = {}
         self._reasons: dict[FilterKey, str] = {}
+        self._unavailable: list[int] | None = None
 
     @property
     def any_available(self) -> bool:
         return bool(self._available)
+
+    def blocked(
+        self,
+        key: FilterKey,
+        nodes: Sequence[NodeView],
+        now: float,
+        is_offline: Callable[[str], bool],
+    ) -> tuple[dict[str, int], list[int]]:
+        """For a job with this filter key: the nodes that no capacity would let take it,
+        counted by cause (offline, draining, cooldown, unhealthy, allow_list, labels),
+        and the indexes of the others. Only the unavailable nodes are looked at one by
+        one; the allow-list and label counts are the differences of the filter's lists."""
+        counts: dict[str, int] = {}
+        available = self._available
+        if len(available) < len(nodes):
+            if self._unavailable is None:
+                taking = set(available)
+                self._unavailable = [i for i in range(len(nodes)) if i not in taking]
+            for i in self._unavailable:
+                node = nodes[i]
+                why = _availability_blocker(node, now, is_offline(node.id)) or UNHEALTHY
+                counts[why] = counts.get(why, 0) + 1
+        passing = self._matching_nodes(key)
+        needs = key[1]
+        allowing = self._matching_nodes(((), needs)) if needs else available
+        if len(available) > len(allowing):
+            counts[ALLOW_LIST] = len(available) - len(allowing)
+        if len(allowing) > len(passing):
+            counts[LABELS] = len(allowing) - len(passing)
+        return counts, passing
 
     def get(self, key: FilterKey, needs_gpus: bool) -> _CandidateList:
         cands = self._lists.get((key, needs_gpus))
@@ -592,6 +632,10 @@ class _FailedShapes:
             return
         shapes[:] = [s for s in shapes if not (s[0] >= cpu and s[1] >= memory and s[2] >= gpus)]
         shapes.append((cpu, memory, gpus))
+
+
+def _never(_: str) -> bool:
+    return False
 
 
 # --- limit, score and pick ---------------------------------------------------------------
@@ -761,29 +805,26 @@ class Pass:
         self._cluster.consume(i, job)
         return Decision(job.id, self._cluster.ids[i], score)
 
-    def pending(self, job: JobRequest, offline: Collection[str] = ()) -> dict[str, int]:
+    def pending(
+        self, job: JobRequest, is_offline: Callable[[str], bool] = _never
+    ) -> dict[str, int]:
         """Why each node of the pass cannot take ``job`` now, counted by cause (only the
         causes that apply; the counts sum to the number of nodes when ``offer`` found
-        none). ``offline``: ids of the nodes not heard from.
+        none, each node under what ``blocker`` says of it as the pass left it).
+        ``is_offline``: whether a node (by id) is not heard from; asked only of nodes
+        that take no jobs.
 
         What does not change within a pass (health, drain, cooldown, allow-list, labels)
-        is worked out once per filter key; the rest reads what the pass has left free,
-        so the cost is O(nodes) for a job, meant for the first job of a shape that fits
-        nowhere, not for every queued job.
+        is counted once per filter key, from the filter's lists; the rest reads what the
+        pass has left free on the nodes that pass the filter. At most O(nodes), meant for
+        the first job of a shape that fits nowhere, not for every queued job.
         """
         key = filter_key(job)
         static = self._static.get(key)
         if static is None:
-            counts: dict[str, int] = {}
-            passing: list[int] = []
-            now = self._now
-            for i, node in enumerate(self._nodes):
-                why = _static_blocker(node, job, now, node.id in offline)
-                if why is None:
-                    passing.append(i)
-                else:
-                    counts[why] = counts.get(why, 0) + 1
-            static = self._static[key] = (counts, passing)
+            static = self._static[key] = self._candidates.blocked(
+                key, self._nodes, self._now, is_offline
+            )
         counts = dict(static[0])
         cluster = self._cluster
         free_cpu, gone_cpu = cluster.free_cpu, cluster.gone_cpu

@@ -152,7 +152,6 @@ class Scheduling(AgentProtocol):
         heads = [(s.entries[0], i) for i, s in enumerate(shapes) if s.entries]
         heapq.heapify(heads)
         touched: list[str] = []
-        offline: set[str] | None = None
         while heads:
             first, i = heads[0]
             if until is not None and first > until:
@@ -178,9 +177,7 @@ class Scheduling(AgentProtocol):
                 # The pass's view of the node was stale: no count would be right.
                 self._stop(shape, placement.REASON_NO_FIT)
                 continue
-            if offline is None:
-                offline = {n.id for n in self.nodes.values() if n.state is NodeState.OFFLINE}
-            pending = one_pass.pending(req, offline)
+            pending = one_pass.pending(req, self._is_offline)
             if held is not None:
                 pending[placement.HELD] = 1
             if sum(pending.values()) == len(self.nodes):
@@ -190,6 +187,9 @@ class Scheduling(AgentProtocol):
             else:
                 self._stop(shape, outcome)
         return touched
+
+    def _is_offline(self, node_id: str) -> bool:
+        return self.nodes[node_id].state is NodeState.OFFLINE
 
     def _group_full(
         self, shape: Shape, active: dict[str, int], room: dict[str, int | None]

@@ -28,7 +28,7 @@ NOW = 1_700_000_000.0
 
 
 def counts(nodes: list[NodeView], req: JobRequest, offline: set[str] | None = None) -> dict:
-    return Pass(nodes, now=NOW, rng=random.Random(1)).pending(req, offline or set())
+    return Pass(nodes, now=NOW, rng=random.Random(1)).pending(req, (offline or set()).__contains__)
 
 
 # --- one node: the first cause that applies ------------------------------------------------
@@ -174,7 +174,8 @@ def test_a_pass_counts_what_blocker_says_node_by_node(
 ) -> None:
     """Before and after the pass places jobs: every job that fits nowhere has each node
     counted once, under what ``blocker`` says of the node as the pass left it."""
-    offline = {n.id for i, n in enumerate(nodes) if i in offline_at}
+    # An offline node is never healthy: its view says only that.
+    offline = {n.id for i, n in enumerate(nodes) if i in offline_at and not n.healthy}
     one_pass = Pass(
         nodes,
         now=NOW,
@@ -195,7 +196,7 @@ def test_a_pass_counts_what_blocker_says_node_by_node(
             n.free_gpus -= req.gpus
             n.free_slots -= 1
             continue
-        pending = one_pass.pending(req, offline)
+        pending = one_pass.pending(req, offline.__contains__)
         expected: dict[str, int] = {}
         for n in left.values():
             why = blocker(n, req, NOW, offline=n.id in offline)
