@@ -35,6 +35,10 @@ export const state = {
   jobId: null,
   /** the job page's job does not exist (or no longer) */
   jobMissing: false,
+  /** job arrays the table shows: id -> summary (counts by state, count, spec) */
+  arrays: new Map(),
+  /** the tasks of the arrays opened in the table: id -> [task, ...] */
+  arrayTasks: new Map(),
 };
 
 const listeners = new Set();
@@ -97,6 +101,10 @@ const loaders = {
     state.jobsCursor = page.next_cursor;
     state.jobsLoaded = true;
     touch("jobs");
+    // The arrays among them are shown as one row each, counted by their summaries.
+    const arrays = new Set();
+    for (const j of page.jobs) if (j.array_id) arrays.add(j.array_id);
+    for (const id of [...arrays].slice(0, MAX_ARRAYS)) loadArray(id, { tasks: state.arrayTasks.has(id) });
     return page.index;
   },
   job: async () => {
@@ -216,8 +224,37 @@ export function closeJob() {
   state.job = null;
 }
 
+//: arrays whose summaries one load of the table refreshes at most
+const MAX_ARRAYS = 20;
+//: tasks of an opened array loaded at most
+const MAX_TASKS = 1000;
+
+/** Refresh an array's summary (and, with ``tasks``, its tasks, up to MAX_TASKS). */
+export async function loadArray(id, { tasks = false } = {}) {
+  const path = `/api/v1/arrays/${encodeURIComponent(id)}`;
+  try {
+    const [summary, page] = await Promise.all([
+      api.get(path),
+      tasks ? api.get(`/api/v1/jobs?${new URLSearchParams({ array: id, limit: String(MAX_TASKS) })}`) : null,
+    ]);
+    state.arrays.set(id, summary);
+    if (page) state.arrayTasks.set(id, page.jobs);
+  } catch (e) {
+    reportError("arrays", e);
+  }
+  touch("jobs");
+}
+
+/** Close an opened array: its tasks are no longer kept. */
+export function closeArray(id) {
+  state.arrayTasks.delete(id);
+  touch("jobs");
+}
+
 export function reset() {
   state.stats = null;
+  state.arrays = new Map();
+  state.arrayTasks = new Map();
   state.nodes = new Map();
   state.jobs = new Map();
   state.jobsLoaded = false;
@@ -252,6 +289,8 @@ export function apply(event) {
     case "job.state": {
       countStats(event, data.from, data.state);
       if (!state.jobs.has(jobId) && (!state.tab || state.tab === data.state)) want("jobs");
+      // An array's row counts its tasks by state: the next load refreshes them.
+      if (state.jobs.get(jobId)?.array_id) want("jobs");
       if (data.node_id || data.from === "assigned" || data.from === "running") want("nodes", "stats");
       if (state.job && state.job.id === jobId) want("job");
       touch("jobs");

@@ -1,5 +1,6 @@
 // The job table: status tabs, a text filter, newest first, selection with Cancel and
-// Retry for the selected jobs.
+// Retry for the selected jobs. The tasks of a job array share one row (its id, name and
+// tasks counted by state), which opens to list them.
 
 import * as api from "../api.js";
 import {
@@ -21,16 +22,28 @@ import {
   setText,
   setWidth,
 } from "../dom.js";
-import { MAX_JOBS, loadMoreJobs, setTab, state, want } from "../store.js";
+import { MAX_JOBS, closeArray, loadArray, loadMoreJobs, setTab, state, want } from "../store.js";
 import { toast } from "../toast.js";
 
 const TABS = ["", "queued", "assigned", "running", "paused", "completed", "failed", "cancelled", "timed_out"];
 const CAN_CANCEL = new Set(["queued", "assigned", "running", "paused"]);
 //: rows shown at first, and added by "Show more"
 const ROWS = 50;
+//: an array's name opens it: a button that looks like the jobs' name links
+const LINKLIKE = {
+  background: "none",
+  border: "0",
+  padding: "0",
+  fontFamily: "inherit",
+  fontSize: "inherit",
+  color: "inherit",
+  cursor: "pointer",
+};
 
 export function jobTable() {
   const selected = new Set();
+  //: the arrays opened to show their tasks
+  const opened = new Set();
   let filter = "";
   let shownRows = ROWS;
 
@@ -163,8 +176,25 @@ export function jobTable() {
     const jobs = visibleJobs();
     // Forget selected jobs that are gone from the list altogether.
     for (const id of selected) if (!state.jobs.has(id)) selected.delete(id);
-    const rows = jobs.slice(0, shownRows);
-    keyed(body, rows, (j) => j.id, createRow, (row, job) => updateRow(row, job, selected));
+    const allRows = tableRows(jobs);
+    const rows = allRows.slice(0, shownRows);
+    // Jobs the rows show: an array's row stands for its loaded tasks.
+    const shown = rows.reduce((n, r) => n + (r.array ? r.tasks.length : r.task ? 0 : 1), 0);
+    keyed(
+      body,
+      rows,
+      (r) => r.key,
+      (r) => (r.array ? createArrayRow(r) : createRow(r.job)),
+      (row, r) => {
+        if (r.array) {
+          updateArrayRow(row, r, opened.has(r.array));
+          return;
+        }
+        updateRow(row, r.job, selected);
+        row.classList.toggle("array-task", Boolean(r.task));
+        row.querySelector(".col-job").style.paddingLeft = r.task ? "2em" : "";
+      },
+    );
     const shownSelected = jobs.filter((j) => selected.has(j.id)).length;
     all.checked = jobs.length > 0 && shownSelected === jobs.length;
     all.indeterminate = shownSelected > 0 && shownSelected < jobs.length;
@@ -194,19 +224,100 @@ export function jobTable() {
       }
     }
     const loadedAll = state.jobsCursor === null || state.jobs.size >= MAX_JOBS;
-    setHidden(more, !state.jobsLoaded || (rows.length >= jobs.length && (loadedAll || filter)));
-    setText(more, rows.length < jobs.length ? "Show more" : "Load older jobs");
+    setHidden(more, !state.jobsLoaded || (rows.length >= allRows.length && (loadedAll || filter)));
+    setText(more, rows.length < allRows.length ? "Show more" : "Load older jobs");
     const kind = state.tab ? `${STATE_LABEL[state.tab].toLowerCase()} ` : "";
     setText(
       shownNote,
       state.jobsLoaded && jobs.length
-        ? `Showing ${fmtCount(rows.length)} of ${fmtCount(jobs.length)} ${filter ? "matching " : ""}${kind}jobs${loadedAll ? "" : " loaded"}`
+        ? `Showing ${fmtCount(shown)} of ${fmtCount(jobs.length)} ${filter ? "matching " : ""}${kind}jobs${loadedAll ? "" : " loaded"}`
         : "",
     );
   }
 
+  /** One row per job, but one per array for its tasks (with them below it, opened). */
+  function tableRows(jobs) {
+    const rows = [];
+    const arrays = new Map();
+    for (const job of jobs) {
+      if (!job.array_id) {
+        rows.push({ key: job.id, job });
+        continue;
+      }
+      let row = arrays.get(job.array_id);
+      if (!row) {
+        row = { key: `array:${job.array_id}`, array: job.array_id, job, tasks: [] };
+        arrays.set(job.array_id, row);
+        rows.push(row);
+      }
+      row.tasks.push(job);
+    }
+    const out = [];
+    for (const row of rows) {
+      out.push(row);
+      if (!row.array || !opened.has(row.array)) continue;
+      const tasks = [...(state.arrayTasks.get(row.array) || row.tasks)];
+      tasks.sort((a, b) => a.array_index - b.array_index);
+      for (const task of tasks) out.push({ key: task.id, job: state.jobs.get(task.id) || task, task: true });
+    }
+    return out;
+  }
+
+  function toggleArray(id) {
+    if (opened.has(id)) {
+      opened.delete(id);
+      closeArray(id);
+    } else {
+      opened.add(id);
+      loadArray(id, { tasks: true });
+    }
+    render();
+  }
+
+  function createArrayRow(r) {
+    const id = r.array;
+    const refs = {
+      caret: h("span.array-caret", { "aria-hidden": "true" }),
+      title: h("span.array-title"),
+      name: null,
+      id: h("div.job-id.mono"),
+      counts: h("div.array-counts", { "data-testid": "array-counts" }),
+      image: h("span.mono"),
+      bar: h("span.bar-fill"),
+      pct: h("span.progress-pct"),
+      res: h("span"),
+      created: h("span"),
+    };
+    refs.name = h(
+      "button.job-name.array-name",
+      { type: "button", "data-testid": "array-toggle", style: LINKLIKE },
+      refs.caret,
+      refs.title,
+    );
+    refs.name.addEventListener("click", (e) => {
+      e.stopPropagation();
+      toggleArray(id);
+    });
+    const row = h(
+      "tr.array-row",
+      { "data-array": id, onclick: () => toggleArray(id), style: { cursor: "pointer" } },
+      h("td.col-check"),
+      h("td.col-job", null, refs.name, refs.id),
+      h("td.col-state", { colspan: "1" }, refs.counts),
+      h("td.col-image", null, refs.image),
+      h("td.col-progress", null, h("div.mini-progress", null, h("div.bar.bar-thin", null, refs.bar), refs.pct)),
+      h("td.col-node", { text: "–" }),
+      h("td.col-num", { text: "–" }),
+      h("td.col-res", null, refs.res),
+      h("td.col-time", null, refs.created),
+      h("td.col-time", { text: "–" }),
+    );
+    row._refs = refs;
+    return row;
+  }
+
   function showMore() {
-    if (shownRows < visibleJobs().length) shownRows += ROWS;
+    if (shownRows < tableRows(visibleJobs()).length) shownRows += ROWS;
     else loadMoreJobs();
     render();
   }
@@ -303,7 +414,7 @@ function updateRow(row, job, selected) {
   row.classList.toggle("selected", isSelected);
   setText(r.name, job.name || "(unnamed)");
   r.name.classList.toggle("unnamed", !job.name);
-  setText(r.id, job.id);
+  setText(r.id, job.array_id ? `${job.id} · task ${job.array_index}` : job.id);
   setPill(r.pill, job.state);
   const reason = job.error && TERMINAL.has(job.state) ? job.error : job.reason || "";
   setText(r.reason, reason);
@@ -331,4 +442,33 @@ function updateRow(row, job, selected) {
   r.created.title = fmtTime(job.created_at);
   const d = jobDuration(job);
   setText(r.duration, d === null ? "–" : fmtDuration(d));
+}
+
+/** An array's row: its tasks counted by state (from its summary, else those loaded). */
+function updateArrayRow(row, r, open) {
+  const refs = row._refs;
+  const summary = state.arrays.get(r.array);
+  const job = r.job;
+  let counts = summary?.counts;
+  if (!counts) {
+    counts = {};
+    for (const t of r.tasks) counts[t.state] = (counts[t.state] || 0) + 1;
+  }
+  const total = summary ? summary.count : r.tasks.length;
+  row.classList.toggle("open", open);
+  row.setAttribute("aria-expanded", String(open));
+  setText(refs.caret, open ? "▾ " : "▸ ");
+  setText(refs.title, job.name || "(unnamed array)");
+  setText(refs.id, `array ${r.array} · ${fmtCount(total)} tasks`);
+  const parts = TABS.filter((t) => t && counts[t]).map((t) => `${fmtCount(counts[t])} ${STATE_LABEL[t].toLowerCase()}`);
+  setText(refs.counts, parts.join(" · ") || "–");
+  refs.counts.title = parts.join(", ");
+  setText(refs.image, job.spec.image);
+  const ended = (counts.completed || 0) + (counts.failed || 0) + (counts.cancelled || 0) + (counts.timed_out || 0);
+  setWidth(refs.bar, total ? ended / total : 0);
+  setText(refs.pct, total ? `${Math.round((100 * ended) / total)}%` : "");
+  const res = job.spec.resources;
+  setText(refs.res, `${fmtCores(res.cpu)} CPU · ${fmtMb(res.memory_mb)}`);
+  setText(refs.created, fmtAgo(job.created_at));
+  refs.created.title = fmtTime(job.created_at);
 }
