@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -68,8 +68,9 @@ def zone(name: str, field: str = "$.timezone") -> ZoneInfo:
         ) from None
 
 
-def check(spec: ScheduleSpec) -> None:
-    """Refuse a cron expression or timezone that cannot be used (400 naming the field)."""
+def check(spec: ScheduleSpec, now: float) -> None:
+    """Refuse a cron expression or timezone that cannot be used (400 naming the field):
+    one croniter refuses, or one that names no time after ``now``."""
     tz = zone(spec.timezone)
     fields = spec.cron.split()
     if len(fields) not in (5, 6) or not croniter.is_valid(spec.cron):
@@ -78,7 +79,7 @@ def check(spec: ScheduleSpec) -> None:
             "weekday), or six with seconds last",
             {"field": "$.cron"},
         )
-    if next_after(spec.cron, tz, datetime.now(UTC).timestamp()) is None:
+    if next_after(spec.cron, tz, now) is None:
         raise InvalidRequest(
             f"the cron expression {spec.cron!r} names no time that comes", {"field": "$.cron"}
         )

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import msgspec
 
-from common.errors import BerthError, Conflict, InvalidRequest, NotFound, TooManyRequests
+from common.errors import (
+    BerthError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TooManyRequests,
+)
 from common.models import Job
 from common.schedule_models import (
     RECENT_RUNS,
@@ -27,6 +34,7 @@ from scheduler.schedules import Action, ScheduleBook
 from scheduler.state.following import Following
 from scheduler.state.records import dt
 from scheduler.store.base import AuditRecord, Loaded
+from scheduler.tokens import TokenRow
 
 #: the most labels a job may carry (``common.models.Labels``)
 _MAX_LABELS = 64
@@ -76,7 +84,7 @@ class Schedules(Following):
     def check_schedule(self, spec: ScheduleSpec) -> None:
         """What a schedule's own validation cannot know: its cron expression and
         timezone can be used, and its runs' labels fit."""
-        schedules.check(spec)
+        schedules.check(spec, self.clock())
         labels = {**spec.job.labels, SCHEDULE_LABEL: spec.name}
         if len(labels) > _MAX_LABELS:
             raise InvalidRequest(
@@ -191,8 +199,13 @@ class Schedules(Following):
             self.cancel(job.id, by=by)
 
     def _admit_run(self, schedule: Schedule) -> None:
-        """Refuse a run, before anything changes, that the queue or the state would
-        refuse (a full queue, a dependency that retention deleted)."""
+        """Refuse a run, before anything changes, that a submit by its owner would be
+        refused: the owner has no live token that may submit (revoked: its schedules
+        stop starting runs), the queue is full, the owner's share of the queue is
+        taken, or the spec no longer goes (a dependency that retention deleted)."""
+        owner = self._owner_of(schedule)
+        if owner is None or owner.role not in ("admin", "submit"):
+            raise Forbidden(f"the owner {schedule.owner!r} has no live token that may submit")
         queued = self.counts[JobState.QUEUED]
         if queued >= self.config.max_queued_jobs:
             raise TooManyRequests(
@@ -200,7 +213,22 @@ class Schedules(Following):
                 {"queued": queued, "limit": self.config.max_queued_jobs},
                 retry_after_s=10,
             )
+        quota = self.config.queued_jobs_per_token
+        mine = self.queued_by.get(owner.name, 0)
+        if owner.role != "admin" and mine >= quota:
+            raise TooManyRequests(
+                f"the owner has {mine} jobs waiting in the queue, its quota of {quota}",
+                {"queued": mine, "limit": quota},
+                retry_after_s=10,
+            )
         self.check_spec(schedule.job)
+
+    def _owner_of(self, schedule: Schedule) -> TokenRow | None:
+        """The owner's live token (names of live tokens are unique)."""
+        for row in self.tokens:
+            if row.name == schedule.owner and row.revoked_at is None:
+                return row
+        return None
 
     def _start_run(self, schedule: Schedule, due: float | None) -> Job:
         """Submit one run as the schedule's owner, and note it on the schedule."""

@@ -163,6 +163,12 @@ async def test_roles_and_owners(admin: Api) -> None:
     assert fired["job"]["submitted_by"] == "alice"
     assert (await alice.get(f"/api/v1/jobs/{fired['job']['id']}"))[0] == 200
 
+    # Once alice's token is revoked, her schedule starts no more runs.
+    assert (await admin.call("DELETE", "/api/v1/tokens/alice"))[0] == 200
+    status, refused = await admin.post("/api/v1/schedules/alices/run")
+    assert status == 403 and "no live token" in refused["error"]["message"], refused
+    assert len(await runs_of(admin, "alices")) == 1
+
 
 async def test_run_now_submits_a_labelled_job_and_records_it(admin: Api) -> None:
     await admin.post("/api/v1/schedules", spec("report", overlap="allow"))

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from common.errors import Conflict, InvalidRequest, NotFound
+from common.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from common.models import JobSpec
 from common.schedule_models import RECENT_RUNS, Schedule, ScheduleSpec
 from common.states import JobState
@@ -88,13 +88,13 @@ def _spec(**kw: object) -> ScheduleSpec:
 )
 def test_check_names_the_field_it_refuses(kw: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidRequest) as e:
-        check(_spec(**kw))
+        check(_spec(**kw), JAN1)
     assert e.value.details["field"] == field
 
 
 def test_check_takes_good_expressions_and_zones() -> None:
-    check(_spec(cron="0 3 * * 1-5", timezone="Europe/Berlin"))
-    check(_spec(cron="*/5 * * * * 10"))
+    check(_spec(cron="0 3 * * 1-5", timezone="Europe/Berlin"), JAN1)
+    check(_spec(cron="*/5 * * * * 10"), JAN1)
 
 
 # --- what a firing does ----------------------------------------------------------------
@@ -184,7 +184,9 @@ def test_a_changed_or_removed_schedule_leaves_no_stale_time() -> None:
 @pytest.fixture
 def state(clock: FakeClock) -> State:
     clock.now = JAN1 + 0.5
-    return State(SchedulerConfig(), clock=clock, rng=random.Random(1))
+    made = State(SchedulerConfig(), clock=clock, rng=random.Random(1))
+    made.add_token("alice-secret", "submit", "alice")
+    return made
 
 
 def _make(state: State, **kw: object) -> Schedule:
@@ -308,7 +310,30 @@ def test_loading_brings_the_schedules_and_their_times_back(state: State, clock: 
     kept = list(state.take_changes().schedules.values())
     again = State(SchedulerConfig(), clock=clock, rng=random.Random(1))
     again.load(Loaded([], [], {}, [], 0, {}, schedules=kept))
+    again.add_token("alice-secret", "submit", "alice")
     assert again.schedules.next_time() == JAN1 + 10
     clock.now = JAN1 + 10
     again.led_since = JAN1
     assert again.tick_schedules() == 1
+
+
+def test_a_revoked_owner_s_schedule_starts_no_runs(state: State, clock: FakeClock) -> None:
+    _make(state, cron="* * * * * *")
+    row = state.tokens.find("alice")
+    state.tokens.revoke(row, "2026-01-01T00:00:00Z")
+    clock.now = JAN1 + 1
+    assert state.tick_schedules() == 0
+    assert "no live token" in str(state.schedule("s").last_skip_reason)
+    with pytest.raises(Forbidden):
+        state.run_schedule("s", by="admin")
+    assert _runs(state) == []
+
+
+def test_runs_count_against_the_owner_s_share_of_the_queue(state: State, clock: FakeClock) -> None:
+    state.config.max_queued_jobs_per_token = 2
+    _make(state, cron="* * * * * *")
+    for second in (1, 2, 3):
+        clock.now = JAN1 + second
+        state.tick_schedules()
+    assert len(_runs(state)) == 2
+    assert "quota" in str(state.schedule("s").last_skip_reason)
