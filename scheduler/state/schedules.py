@@ -85,6 +85,9 @@ class Schedules(Following):
         """What a schedule's own validation cannot know: its cron expression and
         timezone can be used, and its runs' labels fit."""
         schedules.check(spec, self.clock())
+        if spec.job.array is not None:
+            # A run is one job, whose end the overlap policy follows.
+            raise InvalidRequest("a schedule runs one job, not an array", {"field": "$.job.array"})
         labels = {**spec.job.labels, SCHEDULE_LABEL: spec.name}
         if len(labels) > _MAX_LABELS:
             raise InvalidRequest(

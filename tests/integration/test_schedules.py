@@ -117,6 +117,7 @@ async def test_bad_input_is_refused_naming_the_field(admin: Api) -> None:
         ({**spec("a"), "job": {**JOB, "priority": 500}}, "$.job.priority"),
         ({**spec("a"), "surprise": 1}, "$"),
         ({**spec("a"), "job": {**JOB, "depends_on": ["nosuchjob"]}}, "$.job.depends_on[0]"),
+        ({**spec("a"), "job": {**JOB, "array": {"count": 3}}}, "$.job.array"),
     ]
     for body, field in cases:
         status, reply = await admin.post("/api/v1/schedules", body)
