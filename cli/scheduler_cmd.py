@@ -132,6 +132,34 @@ def _networks(raw: str) -> tuple[str, ...]:
     "fails with queue_timeout.  [default: no limit]",
 )
 @click.option(
+    "--queue-order",
+    envvar="BERTH_QUEUE_ORDER",
+    show_envvar=True,
+    type=click.Choice(["fair", "fifo"]),
+    default="fair",
+    show_default=True,
+    help="Within a priority: fair interleaves owners by their recent usage (FIFO within "
+    "an owner); fifo goes by submission alone.",
+)
+@click.option(
+    "--fair-share-half-life",
+    envvar="BERTH_FAIR_SHARE_HALF_LIFE",
+    show_envvar=True,
+    type=click.FloatRange(min=1),
+    default=3600.0,
+    show_default=True,
+    help="Seconds after which an owner's usage counts half in the fair order.",
+)
+@click.option(
+    "--preemption",
+    envvar="BERTH_PREEMPTION",
+    show_envvar=True,
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="on: a job that fits nowhere may stop preemptible jobs of lower priority.",
+)
+@click.option(
     "--event-window",
     envvar="BERTH_EVENT_WINDOW",
     show_envvar=True,
@@ -357,6 +385,9 @@ def scheduler(
     node_ttl: float,
     restart_grace: float,
     default_queue_timeout: float | None,
+    queue_order: str,
+    fair_share_half_life: float,
+    preemption: str,
     event_window: int,
     job_retention_days: float,
     blob_grace: float,
@@ -409,6 +440,9 @@ def scheduler(
         node_ttl_s=node_ttl,
         restart_grace_s=restart_grace,
         default_queue_timeout_s=default_queue_timeout,
+        queue_order=cast(Literal["fair", "fifo"], queue_order),
+        fair_share_half_life_s=fair_share_half_life,
+        preemption=preemption == "on",
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
         blob_grace_s=blob_grace,

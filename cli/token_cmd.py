@@ -6,12 +6,14 @@ hash. Tokens are named by their id (a prefix of that hash) or by their name.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from cli.jobs_cmd import print_json, table
 from cli.live_cmd import EXIT_OK, client_options, run_client
 from common.client import BerthClient
-from common.models import AuditEntry, TokenInfo
+from common.models import AuditEntry, OwnerStatus, Quota, TokenInfo
 
 
 def _token_rows(tokens: list[TokenInfo]) -> str:
@@ -44,9 +46,56 @@ def _audit_rows(entries: list[AuditEntry]) -> str:
     return table(["ID", "AT", "WHO", "ACTION", "TARGET", "DETAILS"], rows, flexible=5)
 
 
+def _owner_rows(owners: list[OwnerStatus]) -> str:
+    def limit(value: float | int | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    rows = [
+        [
+            o.name or "-",
+            f"{o.running_cpu:g}/{limit(o.quota.max_running_cpu)}",
+            f"{o.running_memory_mb}/{limit(o.quota.max_running_memory_mb)}",
+            f"{o.running_jobs}/{limit(o.quota.max_running_jobs)}",
+            str(o.queued_jobs),
+            f"{o.usage_cpu_s:.0f}",
+        ]
+        for o in owners
+    ]
+    headers = ["OWNER", "CPU RUN/MAX", "MIB RUN/MAX", "JOBS RUN/MAX", "QUEUED", "USAGE CPU-S"]
+    return table(headers, rows, flexible=0)
+
+
+def quota_options(func: Any) -> Any:
+    """--max-running-cpu, --max-running-memory-mb and --max-running-jobs."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-running-cpu",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="Quota: CPUs its jobs may take at once.",
+            ),
+            click.option(
+                "--max-running-memory-mb",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Quota: MiB of memory its jobs may take at once.",
+            ),
+            click.option(
+                "--max-running-jobs",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Quota: jobs it may have assigned or running at once.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @click.group()
 def token() -> None:
-    """Create, list and revoke API tokens; rotate the agents' join token."""
+    """Create, list and revoke API tokens; set their quotas; rotate the join token."""
 
 
 @token.command()
@@ -59,19 +108,80 @@ def token() -> None:
 )
 @click.option("--name", required=True, help="Who the token is for; shown in the audit log.")
 @click.option("--all-jobs", is_flag=True, help="A submit token that may see and act on every job.")
+@quota_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def create(
-    addr: str, token: str | None, role: str, name: str, all_jobs: bool, as_json: bool
+    addr: str,
+    token: str | None,
+    role: str,
+    name: str,
+    all_jobs: bool,
+    max_running_cpu: float | None,
+    max_running_memory_mb: int | None,
+    max_running_jobs: int | None,
+    as_json: bool,
 ) -> None:
     """Create a token and print its secret (shown this once only)."""
+    quota = Quota(max_running_cpu, max_running_memory_mb, max_running_jobs)
 
     async def body(client: BerthClient) -> int:
-        made = await client.create_token(role, name, all_jobs=all_jobs)
+        made = await client.create_token(role, name, all_jobs=all_jobs, quota=quota)
         if as_json:
             print_json(made)
         else:
             click.echo(made.token)
             click.echo(f"created {made.role} token {made.id} named {made.name!r}", err=True)
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@token.command(name="quota")
+@client_options
+@click.argument("name")
+@quota_options
+@click.option("--clear", is_flag=True, help="Lift every limit of the quota.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def quota_(
+    addr: str,
+    token: str | None,
+    name: str,
+    max_running_cpu: float | None,
+    max_running_memory_mb: int | None,
+    max_running_jobs: int | None,
+    clear: bool,
+    as_json: bool,
+) -> None:
+    """Set what the jobs of the tokens named NAME may take at once (admin); the limits
+    not given are lifted. Without limits or --clear, show it."""
+    quota = Quota(max_running_cpu, max_running_memory_mb, max_running_jobs)
+
+    async def body(client: BerthClient) -> int:
+        if quota or clear:
+            shown = [await client.set_quota(name, quota)]
+        else:
+            shown = [o for o in (await client.list_owners()).owners if o.name == name]
+        if as_json:
+            print_json(shown)
+        else:
+            click.echo(_owner_rows(shown))
+        return EXIT_OK
+
+    run_client(addr, token, body)
+
+
+@token.command()
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def owners(addr: str, token: str | None, as_json: bool) -> None:
+    """Every owner of jobs: quota, what runs, what waits, fair-share usage."""
+
+    async def body(client: BerthClient) -> int:
+        listing = await client.list_owners()
+        if as_json:
+            print_json(listing.owners)
+        else:
+            click.echo(_owner_rows(listing.owners))
         return EXIT_OK
 
     run_client(addr, token, body)

@@ -550,12 +550,58 @@ class Stats(Struct):
     index: int
 
 
+class Quota(Struct, forbid_unknown_fields=True, gc=False):
+    """What one owner's (token name's) jobs may take at once, assigned or running; a
+    job past it waits with reason ``quota``. Unset: no limit."""
+
+    max_running_cpu: Annotated[float, Meta(gt=0, le=MAX_CPU * 100_000)] | None = None
+    max_running_memory_mb: Annotated[int, Meta(ge=1, le=MAX_MEMORY_MB * 100_000)] | None = None
+    max_running_jobs: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+    def __bool__(self) -> bool:
+        return (
+            self.max_running_cpu is not None
+            or self.max_running_memory_mb is not None
+            or self.max_running_jobs is not None
+        )
+
+
+class Owner(Struct, gc=False):
+    """An owner of jobs (a token name): its quota and its recent use of the cluster."""
+
+    name: str
+    quota: Quota = field(default_factory=Quota)
+    #: CPU-seconds used recently, decayed with the fair-share half-life, as of usage_at
+    usage_cpu_s: float = 0.0
+    usage_at: float = 0.0
+
+
+class OwnerStatus(Struct):
+    """An owner as shown: quota, what its jobs take now, and its fair-share usage."""
+
+    name: str
+    quota: Quota
+    running_cpu: float
+    running_memory_mb: int
+    running_jobs: int
+    queued_jobs: int
+    usage_cpu_s: float
+
+
+class OwnerList(Struct):
+    owners: list[OwnerStatus]
+
+
 class TokenCreate(Struct, forbid_unknown_fields=True):
-    """A new person's token. ``all_jobs`` lets a submit token see and act on every job."""
+    """A new person's token. ``all_jobs`` lets a submit token see and act on every job;
+    the ``max_running_*`` fields set its name's quota."""
 
     role: Literal["admin", "submit", "read"]
     name: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     all_jobs: bool = False
+    max_running_cpu: Annotated[float, Meta(gt=0, le=MAX_CPU * 100_000)] | None = None
+    max_running_memory_mb: Annotated[int, Meta(ge=1, le=MAX_MEMORY_MB * 100_000)] | None = None
+    max_running_jobs: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
 
 
 class TokenInfo(Struct):

@@ -93,6 +93,10 @@ FD_RESERVE_SHARE = 1 / 16
 FD_RESERVE_MIN = 64
 
 
+#: the default half-life of owners' usage in the fair-share order (one hour)
+FAIR_SHARE_HALF_LIFE_S = 3600.0
+
+
 @dataclass(slots=True)
 class SchedulerConfig:
     state_dir: Path = DEFAULT_STATE_DIR
@@ -112,6 +116,12 @@ class SchedulerConfig:
     starvation_s: float = STARVATION_S
     #: how long a job without its own queue_timeout_s may wait to start (None: no limit)
     default_queue_timeout_s: float | None = None
+    #: within a priority: "fair" interleaves owners by recent usage, "fifo" by submission
+    queue_order: Literal["fair", "fifo"] = "fair"
+    #: the half-life of an owner's usage in the fair-share order
+    fair_share_half_life_s: float = FAIR_SHARE_HALF_LIFE_S
+    #: whether a job that fits nowhere may stop preemptible jobs of lower priority
+    preemption: bool = True
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
     retention_interval_s: float = RETENTION_INTERVAL_S

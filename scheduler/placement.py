@@ -144,6 +144,8 @@ class JobRequest:
     avoid: frozenset[str] = frozenset()
     #: permissions the job needs from its node (common.policy.needs); empty for most
     needs: tuple[str, ...] = ()
+    #: who submitted it (its token's name): the fair-share order and quotas go by it
+    owner: str = ""
 
 
 @dataclass(slots=True, frozen=True)

@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.models import Quota
+
 #: the pending reason's code, Slurm-style
 QUOTA = "quota"
-
-
-@dataclass(slots=True)
-class Quota:
-    """Limits of one token name; None: no limit."""
-
-    max_running_cpu: float | None = None
-    max_running_memory_mb: int | None = None
-    max_running_jobs: int | None = None
-
-    def __bool__(self) -> bool:
-        return (
-            self.max_running_cpu is not None
-            or self.max_running_memory_mb is not None
-            or self.max_running_jobs is not None
-        )
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """The queue of jobs waiting for a node, kept in order as jobs arrive and leave.
 
 Queued jobs are grouped into shapes: what they ask for (CPU, memory, GPUs), their
-static filter (constraint labels, permissions they need) and their concurrency group.
+static filter (constraint labels, permissions they need), their concurrency group and
+their owner (so that owners can be interleaved, and one at its quota waits alone).
 Every job of a shape fits exactly where every other one does, so once the first job of
 a shape fits nowhere the shape goes to sleep with that reason, and no pass looks at it
 again until something happens that could make it fit (``wake``). A placement pass
@@ -21,8 +22,8 @@ from collections.abc import Callable, Iterator
 
 from scheduler.placement import FilterKey, JobRequest, filter_key, queue_order
 
-#: (cpu, memory_mb, gpus, static filter, concurrency group)
-ShapeKey = tuple[float, int, int, FilterKey, str | None]
+#: (cpu, memory_mb, gpus, static filter, concurrency group, owner)
+ShapeKey = tuple[float, int, int, FilterKey, str | None, str]
 #: a job's place in the queue: (-priority, submit order, id)
 Entry = tuple[int, int, str]
 
@@ -157,7 +158,7 @@ class ReadyQueue:
         return self._delayed[0][0] if self._delayed else None
 
     def _into_shape(self, req: JobRequest, group: str | None) -> None:
-        key: ShapeKey = (req.cpu, req.memory_mb, req.gpus, filter_key(req), group)
+        key: ShapeKey = (req.cpu, req.memory_mb, req.gpus, filter_key(req), group, req.owner)
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shapes[key] = Shape(key, req, group)

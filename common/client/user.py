@@ -20,6 +20,7 @@ import aiohttp
 import msgspec
 
 from common import codec
+from common.arrays import ArrayRetry, ArraySummary
 from common.client.backoff import Backoff
 from common.client.errors import SchedulerUnreachable, SchedulerUntrusted, describe
 from common.client.sse import sse_frames
@@ -37,6 +38,9 @@ from common.models import (
     JoinToken,
     Node,
     NodeList,
+    OwnerList,
+    OwnerStatus,
+    Quota,
     Stats,
     TokenCreated,
     TokenInfo,
@@ -86,9 +90,14 @@ class UserAPI(Transport):
         )
 
     async def list_jobs(
-        self, state: str | None = None, limit: int | None = None, cursor: str | None = None
+        self,
+        state: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        array: str | None = None,
     ) -> JobList:
-        params = _given(state=state, limit=limit, cursor=cursor)
+        """A page of jobs, newest first; with ``array``, only that array's tasks."""
+        params = _given(state=state, limit=limit, cursor=cursor, array=array)
         return await self._typed(JobList, "GET", "/api/v1/jobs", params=params)
 
     async def submit_batch(self, specs: list[JobSpec]) -> list[Job]:
@@ -109,6 +118,21 @@ class UserAPI(Transport):
         """cancel, retry, pause or resume the jobs named by ids or matching a filter."""
         body = codec.encode(selection)
         return await self._typed(ActionResults, "POST", f"/api/v1/jobs/{action}", body=body)
+
+    async def get_array(self, array_id: str) -> ArraySummary:
+        """A job array: its tasks counted by state, its spec, owner and creation time.
+        An array is submitted with submit_job (a spec with ``array``): the job it
+        returns is the first task, whose id is the array's."""
+        return await self._typed(ArraySummary, "GET", f"/api/v1/arrays/{array_id}")
+
+    async def act_array(
+        self, action: str, array_id: str, *, failed_only: bool = True
+    ) -> ActionResults:
+        """cancel, retry, pause or resume an array's tasks (retry: the failed, timed out
+        and cancelled ones; every ended one without ``failed_only``)."""
+        body = codec.encode(ArrayRetry(failed_only=failed_only))
+        path = f"/api/v1/arrays/{array_id}/{action}"
+        return await self._typed(ActionResults, "POST", path, body=body)
 
     async def cancel_job(self, job_id: str) -> Job:
         return await self._typed(Job, "POST", f"/api/v1/jobs/{job_id}/cancel", body=b"{}")
@@ -201,9 +225,21 @@ class UserAPI(Transport):
 
     # --- tokens and the audit log (admin) ---------------------------------------------
 
-    async def create_token(self, role: str, name: str, *, all_jobs: bool = False) -> TokenCreated:
-        body = {"role": role, "name": name, "all_jobs": all_jobs}
+    async def create_token(
+        self, role: str, name: str, *, all_jobs: bool = False, quota: Quota | None = None
+    ) -> TokenCreated:
+        body: dict[str, Any] = {"role": role, "name": name, "all_jobs": all_jobs}
+        if quota:
+            body.update({k: v for k, v in msgspec.structs.asdict(quota).items() if v is not None})
         return await self._typed(TokenCreated, "POST", "/api/v1/tokens", body=codec.dumps(body))
+
+    async def list_owners(self) -> OwnerList:
+        return await self._typed(OwnerList, "GET", "/api/v1/owners")
+
+    async def set_quota(self, name: str, quota: Quota) -> OwnerStatus:
+        return await self._typed(
+            OwnerStatus, "PUT", f"/api/v1/owners/{name}/quota", body=codec.encode(quota)
+        )
 
     async def list_tokens(self, *, revoked: bool = False) -> TokenList:
         params = {"revoked": "1"} if revoked else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.models import Node, NodeList
+from common.models import Node, NodeList, OwnerList, OwnerStatus, Quota
 from scheduler import access
 from scheduler.service import Service
 from scheduler.store.base import AuditRecord
@@ -45,11 +45,25 @@ class AdminCommands(Service):
     # --- tokens ----------------------------------------------------------------------
 
     async def create_token(
-        self, role: str, name: str, *, all_jobs: bool, who: TokenRow
+        self, role: str, name: str, *, all_jobs: bool, who: TokenRow, quota: Quota | None = None
     ) -> tuple[TokenRow, str]:
-        row, secret = self.state.create_token(role, name, all_jobs=all_jobs, by=who)
+        row, secret = self.state.create_token(role, name, all_jobs=all_jobs, by=who, quota=quota)
         await self.commit()
         return row, secret
+
+    # --- owners: quotas and fair share -------------------------------------------------
+
+    def owners(self, who: TokenRow) -> OwnerList:
+        """Every owner for an admin or a token that sees every job; one's own otherwise."""
+        names = self.state.owner_names()
+        if not access.sees_all_jobs(who):
+            names = [who.name]
+        return OwnerList([self.state.owner_status(n) for n in names])
+
+    async def set_quota(self, name: str, quota: Quota, who: TokenRow) -> OwnerStatus:
+        self.state.set_quota(name, quota, by=who)
+        await self.commit()
+        return self.state.owner_status(name)
 
     def tokens(self, *, revoked: bool) -> list[TokenRow]:
         return self.state.tokens.listing(revoked=revoked)

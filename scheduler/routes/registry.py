@@ -13,6 +13,7 @@ from scheduler.routes import (
     jobs,
     logs,
     nodes,
+    owners,
     schedules,
     session,
     socket,
@@ -36,6 +37,7 @@ ROUTES: tuple[Route, ...] = tuple(
         blobs,
         session,
         tokens,
+        owners,
         schedules,
         dashboard,
     )

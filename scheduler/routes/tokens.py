@@ -11,6 +11,7 @@ from common.models import (
     AuditEntry,
     AuditPage,
     JoinToken,
+    Quota,
     TokenCreate,
     TokenCreated,
     TokenInfo,
@@ -50,7 +51,10 @@ async def create_token(request: web.Request) -> web.Response:
     who = require_role(request)
     req = await read_body(request, TokenCreate)
     svc = service(request)
-    row, secret = await svc.create_token(req.role, req.name, all_jobs=req.all_jobs, who=who)
+    quota = Quota(req.max_running_cpu, req.max_running_memory_mb, req.max_running_jobs)
+    row, secret = await svc.create_token(
+        req.role, req.name, all_jobs=req.all_jobs, who=who, quota=quota
+    )
     body = TokenCreated(**msgspec.structs.asdict(_info(row)), token=secret)
     return json_response(body, status=201, headers={"Cache-Control": "no-store"})
 

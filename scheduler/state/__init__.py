@@ -7,8 +7,8 @@ about them. The clock is injected, so liveness and timeouts are testable without
 waiting.
 
 The modules are layers, each built on the one before, named after what they hold:
-records -> tokens -> blobrefs -> nodes -> lifecycle -> jobs -> agents -> scheduling
--> liveness -> queries -> loading -> following -> schedules.
+records -> tokens -> blobrefs -> nodes -> lifecycle -> jobs -> agents -> sharing ->
+scheduling -> liveness -> queries -> loading -> following -> schedules.
 """
 
 from __future__ import annotations

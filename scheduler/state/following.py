@@ -23,9 +23,9 @@ from common.models import Job, Node, NodeMetrics, Resources
 from common.states import ON_NODE, TERMINAL, JobState
 from scheduler.events import Event
 from scheduler.nodes import add
+from scheduler.readyqueue import ReadyQueue
 from scheduler.state.blobrefs import NamedBlobs
 from scheduler.state.lifecycle import request_of, share_strings
-from scheduler.readyqueue import ReadyQueue
 from scheduler.state.loading import Loading
 from scheduler.state.records import Effects
 from scheduler.store.records import Changes

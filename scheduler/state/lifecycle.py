@@ -9,13 +9,15 @@ from typing import Any
 
 from common import policy
 from common.errors import NotFound
-from common.models import Attempt, HeldAttempt, Job, Node, Resources
+from common.models import Attempt, HeldAttempt, Job, Node, OwnerStatus, Quota, Resources
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
-from scheduler import liveness, placement
+from scheduler import fairshare, liveness, placement
 from scheduler.archive import JobArchive
 from scheduler.dependencies import DependencyIndex
+from scheduler.fairshare import FairShare
 from scheduler.limits import spec_bytes
 from scheduler.nodes import add, sub
+from scheduler.quotas import Running
 from scheduler.state.blobrefs import NamedBlobs
 from scheduler.state.nodes import Nodes
 from scheduler.state.records import dt
@@ -86,6 +88,10 @@ class Lifecycle(Nodes):
         #: heap of (when, job id) at which a queued job's queue timeout or deadline may
         #: end it; an entry whose job moved on is dropped when it comes up
         self.queue_timers: list[tuple[float, str]] = []
+        #: owners' recent use, which orders the queue within a priority (fair share)
+        self.fair = FairShare(self.config.fair_share_half_life_s, now=self.clock())
+        #: owner -> what its jobs on nodes take (the quotas' measure)
+        self.running_by: dict[str, Running] = {}
 
     # --- looking jobs up -------------------------------------------------------------
 
@@ -149,6 +155,8 @@ class Lifecycle(Nodes):
         now = self.clock()
         if old is JobState.QUEUED:
             self._dequeued(job)
+        if (old in ON_NODE) != (new in ON_NODE):
+            self._owner_runs(job, 1 if new in ON_NODE else -1)
         if old in ON_NODE and new not in ON_NODE:
             self._release(job, hold=hold)
         self.counts[old] -= 1
@@ -175,6 +183,20 @@ class Lifecycle(Nodes):
             data["exit_code"] = job.exit_code
         self._event("job.state", job=job, data=data)
 
+    def _owner_runs(self, job: Job, sign: int) -> None:
+        """Count a job that went onto a node (1) or left it (-1) for its owner; a start
+        is charged to its owner's fair-share usage at once."""
+        owner = job.submitted_by or ""
+        r = job.spec.resources
+        running = self.running_by.get(owner)
+        if running is None:
+            running = self.running_by[owner] = Running()
+        running.add(r.cpu, r.memory_mb, sign)
+        if running.jobs <= 0:
+            del self.running_by[owner]
+        if sign > 0:
+            self.fair.charge(owner, r.cpu * fairshare.START_CHARGE_S)
+
     def _enqueue(self, job: Job, *, loading: bool = False) -> None:
         """The job enters the queue (submitted, requeued, or loaded at start: then it
         keeps the time it entered, which the starvation bound counts from)."""
@@ -194,6 +216,7 @@ class Lifecycle(Nodes):
             constraints=job.spec.constraints.labels,
             avoid=frozenset(job.failed_nodes),
             needs=policy.needs(job.spec),
+            owner=owner,
         )
         due = self._queue_due(job)
         if due is not None:
@@ -369,6 +392,25 @@ class Lifecycle(Nodes):
         self._requeue_or_end(job, why)
 
     # --- what submitters hold --------------------------------------------------------
+
+    def owner_status(self, name: str) -> OwnerStatus:
+        """An owner's quota, what its jobs on nodes take, its queued jobs and its
+        fair-share usage."""
+        found = self.owners.get(name)
+        running = self.running_by.get(name) or Running()
+        return OwnerStatus(
+            name=name,
+            quota=found.quota if found is not None else Quota(),
+            running_cpu=round(running.cpu, 6),
+            running_memory_mb=running.memory_mb,
+            running_jobs=running.jobs,
+            queued_jobs=self.queued_by.get(name, 0),
+            usage_cpu_s=round(self.fair.of(name), 3),
+        )
+
+    def owner_names(self) -> list[str]:
+        """Every owner with a quota, usage, or jobs queued or on nodes."""
+        return sorted({*self.owners, *self.fair.usage, *self.running_by, *self.queued_by})
 
     def spec_bytes_of(self, owner: str) -> int:
         """Encoded spec bytes of the jobs ``owner`` submitted that are still kept."""

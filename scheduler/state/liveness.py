@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import heapq
 
-from common.models import Job, Node, Resources
+from common.models import Job, Node, Owner, Resources
 from common.states import JobState, NodeState
 from scheduler import liveness
 from scheduler.state.records import dt, ts
 from scheduler.state.scheduling import Scheduling
 
+#: how often the owners' fair-share usage is stored (seconds)
+USAGE_SAVE_INTERVAL_S = 30.0
+
 
 class Liveness(Scheduling):
+    def _setup(self) -> None:
+        super()._setup()
+        self._usage_saved_at = self.clock()
+
     def check_liveness(self) -> bool:
         """Expire silent nodes, time out jobs of silent agents, end cooldowns.
 
@@ -35,6 +42,7 @@ class Liveness(Scheduling):
             else:
                 self._refresh_node(node, unchanged=True)
         self._expire_queued(now)
+        self._charge_usage(now)
         for node in self.nodes.values():
             for job_id in list(node.running_jobs):
                 job = self.jobs[job_id]
@@ -54,11 +62,36 @@ class Liveness(Scheduling):
         due = self.queue.next_due()
         return due is not None and due <= now
 
+    def _charge_usage(self, now: float) -> None:
+        """Age the owners' fair-share usage and charge what runs; store it now and then
+        (a crash loses at most that much of it)."""
+        self.fair.tick(
+            now,
+            (
+                (job.submitted_by or "", job.spec.resources.cpu)
+                for node in self.nodes.values()
+                for job in (self.jobs[j] for j in node.running_jobs)
+                if job.state is JobState.RUNNING
+            ),
+        )
+        if now - self._usage_saved_at < USAGE_SAVE_INTERVAL_S:
+            return
+        self._usage_saved_at = now
+        for name in {*self.fair.usage, *(o for o in self.owners if self.owners[o].usage_cpu_s)}:
+            owner = self.owners.get(name) or Owner(name)
+            owner.usage_cpu_s = self.fair.of(name)
+            owner.usage_at = now
+            if not owner.usage_cpu_s and not owner.quota:
+                self.owners.pop(name, None)
+            else:
+                self.owners[name] = owner
+            self.changes.owners[name] = owner
+
     def _expire_queued(self, now: float) -> None:
         """Queued jobs whose queue timeout or deadline came fail or are cancelled."""
         timers = self.queue_timers
         while timers and timers[0][0] <= now:
-            due, job_id = heapq.heappop(timers)
+            _, job_id = heapq.heappop(timers)
             job = self.jobs.get(job_id)
             if job is None or job.state is not JobState.QUEUED:
                 continue

@@ -42,16 +42,21 @@ class Loading(Queries):
             # Only now: a job's dependencies may come after it in what was loaded.
             if job.state is JobState.QUEUED:
                 self._enqueue(job, loading=True)
-            elif job.state in ON_NODE and job.node_id in self.nodes:
-                node = self.nodes[job.node_id]
-                node.allocated = add(node.allocated, request_of(job))
-                node.running_jobs.append(job.id)
+            elif job.state in ON_NODE:
+                self._owner_runs(job, 1)
+                if job.node_id in self.nodes:
+                    node = self.nodes[job.node_id]
+                    node.allocated = add(node.allocated, request_of(job))
+                    node.running_jobs.append(job.id)
         self.ids = sorted([*self.jobs, *self.archive])
         if self.ids:
             self._last_id = int(self.ids[-1], 16)
         self.idempotency = dict(loaded.idempotency)
         self.group_limits = dict(loaded.groups)
         self.tokens = TokenBook(loaded.tokens)
+        self.owners = {o.name: o for o in loaded.owners}
+        at = max((o.usage_at for o in loaded.owners), default=self.booted)
+        self.fair.load({o.name: o.usage_cpu_s for o in loaded.owners}, at=at, now=self.booted)
         self.log_ends = dict(loaded.log_ends)
         self.blob_holds = BlobHolds(loaded.blob_holds)
         for node in self.nodes.values():

@@ -19,7 +19,7 @@ from common.states import JobState, NodeState
 from scheduler import placement, queue
 from scheduler.nodes import add
 from scheduler.readyqueue import Entry, Shape, entry
-from scheduler.state.agents import AgentProtocol
+from scheduler.state.sharing import Sharing
 from scheduler.state.lifecycle import request_of
 from scheduler.state.records import dt
 
@@ -27,7 +27,7 @@ from scheduler.state.records import dt
 _BLOCKED = ("no node", placement.REASON_NODES_PREFIX, queue.HELD)
 
 
-class Scheduling(AgentProtocol):
+class Scheduling(Sharing):
     def place(self) -> list[str]:
         """One placement pass. Returns the ids of nodes given new jobs.
 
@@ -56,7 +56,7 @@ class Scheduling(AgentProtocol):
         awake = [s for s in shapes if not s.asleep]
         if starving is None:
             return self._run(awake, now, active, room, until=None, held=None)
-        touched = self._run(awake, now, active, room, until=entry(starving), held=None)
+        touched = self._run(awake, now, active, room, until=starving, held=None)
         held = None
         if starving.id in self.queue:
             views = [self._cached_view(n) for n in self.nodes.values()]
@@ -133,7 +133,7 @@ class Scheduling(AgentProtocol):
         active: dict[str, int],
         room: dict[str, int | None],
         *,
-        until: Entry | None,
+        until: placement.JobRequest | None,
         held: str | None,
     ) -> list[str]:
         """Offer the shapes' jobs in queue order (up to ``until``, included) to a pass
@@ -149,18 +149,20 @@ class Scheduling(AgentProtocol):
             min_cpu=min(s.request.cpu for s in shapes),
             min_memory=min(s.request.memory_mb for s in shapes),
         )
-        heads = [(s.entries[0], i) for i, s in enumerate(shapes) if s.entries]
+        order = self._order
+        heads = [(order(s.entries[0], s.request.owner), i) for i, s in enumerate(shapes) if s.entries]
         heapq.heapify(heads)
+        last = None if until is None else order(entry(until), until.owner)
         touched: list[str] = []
         while heads:
             first, i = heads[0]
-            if until is not None and first > until:
+            if last is not None and first > last:
                 break
             heapq.heappop(heads)
             shape = shapes[i]
-            req = self.queue.requests[first[2]]
+            req = self.queue.requests[first[3]]
             job = self.jobs[req.id]
-            why = self._group_full(shape, active, room)
+            why = self._over_quota(req) or self._group_full(shape, active, room)
             if why is not None:
                 self._stop(shape, why)
                 continue
@@ -172,10 +174,14 @@ class Scheduling(AgentProtocol):
                     self._assign(job, node)
                     touched.append(node.id)
                     if shape.entries:
-                        heapq.heappush(heads, (shape.entries[0], i))
+                        heapq.heappush(heads, (order(shape.entries[0], req.owner), i))
                     continue
                 # The pass's view of the node was stale: no count would be right.
                 self._stop(shape, placement.REASON_NO_FIT)
+                continue
+            preempting = self._preempt_for(job, req, now)
+            if preempting is not None:
+                self._stop(shape, preempting)
                 continue
             pending = one_pass.pending(req, self._is_offline)
             if held is not None:

@@ -28,6 +28,7 @@ blob_holds                blob_holds    per digest: delete its rows, insert the 
 forgotten_nodes           nodes         delete by id, after ``nodes``
 schedules                 schedules     upsert by name
 deleted_schedules         schedules     delete by name, after ``schedules``
+owners                    owners        upsert by name
 ========================  ============  =============================================
 
 The jobs table keeps, beside each job's document, columns the store fills from the

@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from common.models import Job, Node
+from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler import pgconnect
@@ -146,6 +146,7 @@ class _Rows:
     forgotten_nodes: list[_Row]
     schedules: list[_Row]
     deleted_schedules: list[_Row]
+    owners: list[_Row]
     #: (table, key) of every row the batch deletes
     tombstones: list[tuple[str, str]]
     #: the batch's greatest event index, None when it has no events
@@ -260,6 +261,8 @@ class PostgresStore(Store):
         schedules = [
             schedule_dec.decode(r[0]) for r in await conn.fetch("SELECT doc FROM schedules")
         ]
+        owner_dec = msgspec.json.Decoder(Owner)
+        owners = [owner_dec.decode(r[0]) for r in await conn.fetch("SELECT doc FROM owners")]
         self.loaded_seq = int(leader["seq"])
         return Loaded(
             jobs,
@@ -277,6 +280,7 @@ class PostgresStore(Store):
             holds,
             ended,
             schedules,
+            owners,
         )
 
     # --- writes ----------------------------------------------------------------------
@@ -326,6 +330,7 @@ class PostgresStore(Store):
             forgotten_nodes=[(n,) for n in c.forgotten_nodes],
             schedules=[(s.name, enc(s)) for s in c.schedules.values()],
             deleted_schedules=[(n,) for n in c.deleted_schedules],
+            owners=[(o.name, enc(o)) for o in c.owners.values()],
             tombstones=tombstones,
             last_index=max((e.index for e in c.events), default=None),
         )

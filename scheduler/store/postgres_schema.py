@@ -86,11 +86,15 @@ CREATE TABLE IF NOT EXISTS kv (key text PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (
     name text PRIMARY KEY, doc bytea NOT NULL, seq bigint NOT NULL DEFAULT 0
 );
-INSERT INTO meta (key, value) VALUES ('schema_version', 2)
+CREATE TABLE IF NOT EXISTS owners (
+    name text PRIMARY KEY, doc bytea NOT NULL, seq bigint NOT NULL DEFAULT 0
+);
+INSERT INTO meta (key, value) VALUES ('schema_version', 3)
     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value);
 """
-#: the schema ``SCHEMA`` makes; a release that changes it raises this (2: schedules)
-SCHEMA_VERSION = 2
+#: the schema ``SCHEMA`` makes; a release that changes it raises this (2: schedules,
+#: 3: owners)
+SCHEMA_VERSION = 3
 
 
 # --- the statements the store runs, next to the tables they write ---------------------
@@ -185,6 +189,12 @@ WRITES: tuple[tuple[str, str, bool], ...] = (
         True,
     ),
     ("deleted_schedules", "DELETE FROM schedules WHERE name = $1", False),
+    (
+        "owners",
+        "INSERT INTO owners (name, doc, seq) VALUES ($1, $2, $3) ON CONFLICT (name) "
+        "DO UPDATE SET doc = excluded.doc, seq = excluded.seq",
+        True,
+    ),
 )
 
 LOAD_ENDED = (

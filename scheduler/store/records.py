@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.models import Job, Node
+from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler.events import Event
@@ -169,6 +169,8 @@ class Changes:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     #: schedules table, delete by name (after this batch's schedules)
     deleted_schedules: list[str] = field(default_factory=list)
+    #: owners table (quotas and fair-share usage), upsert by name
+    owners: dict[str, Owner] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -185,6 +187,7 @@ class Changes:
             or self.logs
             or self.schedules
             or self.deleted_schedules
+            or self.owners
         )
 
     def merge(self, other: Changes) -> None:
@@ -206,6 +209,7 @@ class Changes:
             self.deleted_schedules = [n for n in self.deleted_schedules if n not in other.schedules]
         self.schedules.update(other.schedules)
         self.deleted_schedules.extend(other.deleted_schedules)
+        self.owners.update(other.owners)
 
 
 @dataclass(slots=True)
@@ -236,3 +240,5 @@ class Loaded:
     ended: EndedRows = field(default_factory=EndedRows)
     #: periodic jobs
     schedules: list[Schedule] = field(default_factory=list)
+    #: owners' quotas and fair-share usage
+    owners: list[Owner] = field(default_factory=list)

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from common.models import Job, Node
+from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.states import JobState
 from scheduler.archive import CODES
@@ -153,6 +153,8 @@ class SQLiteStore(Store):
         ]
         schedule_dec = msgspec.json.Decoder(Schedule)
         schedules = [schedule_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM schedules")]
+        owner_dec = msgspec.json.Decoder(Owner)
+        owners = [owner_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM owners")]
         return Loaded(
             jobs,
             nodes,
@@ -167,6 +169,7 @@ class SQLiteStore(Store):
             holds,
             ended,
             schedules,
+            owners,
         )
 
     def _close_reader_sync(self) -> None:
@@ -219,6 +222,7 @@ class SQLiteStore(Store):
             "forgotten_nodes": [(n,) for n in c.forgotten_nodes],
             "schedules": [(s.name, enc(s)) for s in c.schedules.values()],
             "deleted_schedules": [(n,) for n in c.deleted_schedules],
+            "owners": [(o.name, enc(o)) for o in c.owners.values()],
         }
 
     async def _write(self, rows: _Rows) -> None:
@@ -250,6 +254,7 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM nodes WHERE id = ?", rows["forgotten_nodes"])
             conn.executemany("INSERT OR REPLACE INTO schedules VALUES (?, ?)", rows["schedules"])
             conn.executemany("DELETE FROM schedules WHERE name = ?", rows["deleted_schedules"])
+            conn.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", rows["owners"])
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does that): keep the

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS blob_holds (
     PRIMARY KEY (digest, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
 """
 
 #: made once the jobs table has its columns. jobs_ended: retention's order, and the jobs

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from common.models import Quota
 from scheduler.fairshare import FairShare
 from scheduler.placement import JobRequest, NodeView
 from scheduler.preemption import Candidate, Choice, choose, victims_on
-from scheduler.quotas import Quota, Running, beyond
+from scheduler.quotas import Running, beyond
 
 
 def _node(node_id: str, *, free_cpu: float = 0.0, free_slots: int = 0, **kw: object) -> NodeView:
