@@ -9,7 +9,16 @@ from typing import Any
 
 from common import policy
 from common.errors import NotFound
-from common.models import Attempt, HeldAttempt, Job, Node, OwnerStatus, Quota, Resources
+from common.models import (
+    Attempt,
+    HeldAttempt,
+    Job,
+    Node,
+    Owner,
+    OwnerStatus,
+    Quota,
+    Resources,
+)
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
 from scheduler import fairshare, liveness, placement
 from scheduler.archive import JobArchive
@@ -196,6 +205,22 @@ class Lifecycle(Nodes):
             del self.running_by[owner]
         if sign > 0:
             self.fair.charge(owner, r.cpu * fairshare.START_CHARGE_S)
+        else:
+            # Stored with the job's end, so a restart keeps what its run cost.
+            self._save_usage(owner, self.clock())
+
+    def _save_usage(self, name: str, now: float) -> None:
+        """Put an owner's fair-share usage (as of ``now``) in the change set."""
+        self.fair.decay_to(now)
+        owner = self.owners.get(name)
+        used = self.fair.of(name)
+        if owner is None:
+            if not used:
+                return
+            owner = self.owners[name] = Owner(name)
+        owner.usage_cpu_s = used
+        owner.usage_at = now
+        self.changes.owners[name] = owner
 
     def _enqueue(self, job: Job, *, loading: bool = False) -> None:
         """The job enters the queue (submitted, requeued, or loaded at start: then it

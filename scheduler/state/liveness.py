@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 
-from common.models import Job, Node, Owner, Resources
+from common.models import Job, Node, Resources
 from common.states import JobState, NodeState
 from scheduler import liveness
 from scheduler.state.records import dt, ts
@@ -78,14 +78,7 @@ class Liveness(Scheduling):
             return
         self._usage_saved_at = now
         for name in {*self.fair.usage, *(o for o in self.owners if self.owners[o].usage_cpu_s)}:
-            owner = self.owners.get(name) or Owner(name)
-            owner.usage_cpu_s = self.fair.of(name)
-            owner.usage_at = now
-            if not owner.usage_cpu_s and not owner.quota:
-                self.owners.pop(name, None)
-            else:
-                self.owners[name] = owner
-            self.changes.owners[name] = owner
+            self._save_usage(name, now)
 
     def _expire_queued(self, now: float) -> None:
         """Queued jobs whose queue timeout or deadline came fail or are cancelled."""

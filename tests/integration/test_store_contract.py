@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from common.models import Job, JobSpec, Node, Resources
+from common.models import Job, JobSpec, Node, Owner, Quota, Resources
 from common.states import JobState, NodeState
 from scheduler.events import Event
 from scheduler.limits import spec_bytes
@@ -396,3 +396,20 @@ async def test_read_audit_filters_by_actor_action_and_target(subject: Store) -> 
     assert [i for i, _ in await subject.read_audit(0, 10, target="bob")] == [1, 3]
     assert [i for i, _ in await subject.read_audit(0, 10, actor="alice", target="bob")] == [1]
     assert await subject.read_audit(0, 10, action="node.drain") == [(2, records[1])]
+
+
+async def test_owners_upsert_by_name_and_read_back(backend: Backend, subject: Store) -> None:
+    quota = Quota(max_running_cpu=16.0, max_running_jobs=100)
+    await subject.commit(
+        Changes(owners={"ci": Owner("ci", quota, 12.5, 1000.0), "dev": Owner("dev")})
+    )
+    await subject.commit(Changes(owners={"ci": Owner("ci", quota, 40.0, 1030.0)}))
+    subject, loaded = await reopen(backend, subject)
+    try:
+        assert sorted(loaded.owners, key=lambda o: o.name) == [
+            Owner("ci", quota, 40.0, 1030.0),
+            Owner("dev"),
+        ]
+    finally:
+        await subject.close()
+
