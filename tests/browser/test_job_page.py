@@ -225,6 +225,7 @@ async def test_a_queued_job_that_fits_nowhere_shows_its_nodes_counted_by_cause(
     await expect(counts.locator('tr[data-cause="parallel_limit"]')).to_have_text(
         "1at their parallel limit"
     )
+    await screenshot(p, "job-page-queued-counts")
     # Once it leaves the queue the counts go.
     status, body = await admin.post(f"/api/v1/jobs/{job['id']}/cancel", {})
     assert status == 200, body

@@ -22,6 +22,7 @@ from scheduler.placement import (
 )
 from scheduler.state import State
 from tests.unit.test_cluster import FakeClock, beat, new_cluster, register, report, submit
+from tests.unit.test_following import Pair
 from tests.unit.test_placement import job, node
 
 NOW = 1_700_000_000.0
@@ -282,3 +283,15 @@ def test_a_node_held_for_a_starving_job_is_counted_as_held(clock: FakeClock) -> 
     assert big.reason is not None and big.reason.startswith("holding: node n1")
     assert later.reason == "0/1 nodes are available: 1 held for a starving job"
     assert later.pending == {"held": 1}
+
+
+def test_a_standby_shows_the_counts_of_the_jobs_behind_the_first_too(clock: FakeClock) -> None:
+    pair = Pair(clock)
+    c = pair.leader
+    register(c, "small", cpu=1.0, memory_mb=512)
+    big = [submit(c, cpu=8.0) for _ in range(3)]
+    c.place()
+    pair.commit()
+    last = pair.standby.shown(pair.standby.jobs[big[-1].id])
+    assert last.reason == "0/1 nodes are available: 1 lacks CPU (needs 8 cores)"
+    assert last.pending == {"cpu": 1} == c.shown(big[-1]).pending
