@@ -19,6 +19,13 @@ last completed report. Cases: an empty queue, then 20,000 and 100,000 deep jobs;
 cases run in turn, ``--rounds`` times (default 3), and each figure is the median of
 its rounds (the rounds' throughputs and p99s are printed beside it).
 
+The fair case (``--fair-array``, default 100,000; 0 leaves it out) starts another
+fresh scheduler: one owner submits an array of that many placeable tasks, the agents
+start draining it, and then each of ``--fair-owners`` (10) other owners submits one
+job, 0.2 s apart. It reports how long each of those waited from its submit until an
+agent got its assignment (median and max over the owners, and whether every one was
+within 2 s in every round), and how many array tasks completed meanwhile.
+
 Jobs are submitted with a submit token made for the bench (not the admin token), so
 the per-token admission checks are part of every submit; the scheduler is started with
 the queue cap, the per-token queue quota and the submit rate set high enough that
@@ -31,7 +38,7 @@ as booleans. A case that runs past ``--timeout-s`` (the deep fill and the measur
 each get that long) prints what it got with ``"timed_out": true``.
 
 Run: ``python bench/queue_depth.py [--depths 20000,100000] [--agents 500]
-[--jobs 2000] [--rounds 3] [--timeout-s 600]``.
+[--jobs 2000] [--rounds 3] [--timeout-s 600] [--fair-array 100000] [--fair-owners 10]``.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ FLAGS = (
     "10000",
 )
 TARGET_RATIO_100K = 0.8
+#: in the fair case, every other owner's job is assigned within this long of its submit
+TARGET_FAIR_START_S = 2.0
 TARGET_SUBMIT_P99_RATIO_100K = 1.5
 
 
@@ -142,7 +151,9 @@ class Agent:
             except (aiohttp.ClientError, ValueError):
                 continue
 
-    async def run(self, completed: dict[str, float]) -> None:
+    async def run(
+        self, completed: dict[str, float], assigned: dict[str, float] | None = None
+    ) -> None:
         base = f"{self.url}/api/v1/nodes/{self.node_id}"
         while True:
             try:
@@ -159,8 +170,11 @@ class Agent:
                 await asyncio.sleep(0.1)
                 continue
             self.after = reply["index"]
+            now = time.perf_counter()
             for a in reply["assignments"]:
                 self.running[a["job_id"]] = a["attempt"]
+                if assigned is not None:
+                    assigned.setdefault(a["job_id"], now)
             for a in reply["assignments"]:
                 job_id = a["job_id"]
                 ok = True
@@ -308,6 +322,102 @@ async def _measure(
     }
 
 
+async def run_fair_case(
+    n_agents: int, array_tasks: int, owners: int, timeout_s: float
+) -> dict[str, Any]:
+    """One owner's array of ``array_tasks`` tasks, then one job from each of ``owners``
+    other owners, submitted while the array drains: how long each of those waits to be
+    assigned (the fair-share order should place it at the next free slot)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sched = SchedulerProcess(Path(tmp) / "state", *FLAGS).start(timeout=60)
+        try:
+            return await _fair_case(sched, n_agents, array_tasks, owners, timeout_s)
+        finally:
+            sched.stop()
+
+
+async def _submit_token(http: aiohttp.ClientSession, url: str, admin: str, name: str) -> str:
+    async with http.post(
+        f"{url}/api/v1/tokens",
+        json={"role": "submit", "name": name},
+        headers={"Authorization": f"Bearer {admin}"},
+    ) as r:
+        created = orjson.loads(await r.read())
+        if r.status != 201:
+            raise RuntimeError(f"token create answered {r.status}: {created}")
+    return str(created["token"])
+
+
+async def _fair_case(
+    sched: SchedulerProcess, n_agents: int, array_tasks: int, owners: int, timeout_s: float
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"array_tasks": array_tasks, "owners": owners, "timed_out": False}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=None)
+    ) as http:
+        flood = await _submit_token(http, sched.url, sched.admin_token, "flood")
+        others = [
+            await _submit_token(http, sched.url, sched.admin_token, f"owner-{i}")
+            for i in range(owners)
+        ]
+        spec = {
+            "image": "busybox",
+            "command": ["true"],
+            "resources": {"cpu": 0.1, "memory_mb": 16},
+        }
+        t0 = time.perf_counter()
+        async with http.post(
+            f"{sched.url}/api/v1/jobs",
+            json={**spec, "array": {"count": array_tasks}},
+            headers={"Authorization": f"Bearer {flood}"},
+        ) as r:
+            body = await r.read()
+            if r.status != 201:
+                raise RuntimeError(f"array submit answered {r.status}: {body[:500]!r}")
+        result["array_submit_s"] = round(time.perf_counter() - t0, 3)
+
+        agents = [Agent(http, sched.url, f"sim-{i:04d}") for i in range(n_agents)]
+        for i in range(0, n_agents, 50):
+            await asyncio.gather(*(a.register(sched.join_token) for a in agents[i : i + 50]))
+        completed: dict[str, float] = {}
+        assigned: dict[str, float] = {}
+        tasks = [asyncio.create_task(a.run(completed, assigned)) for a in agents]
+        tasks += [asyncio.create_task(a.heartbeat_loop()) for a in agents]
+        waits: list[float] = []
+        try:
+            await asyncio.sleep(2.0)  # the array is draining
+            submitted: dict[str, float] = {}
+            for token in others:
+                s = time.perf_counter()
+                async with http.post(
+                    f"{sched.url}/api/v1/jobs",
+                    json=spec,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as r:
+                    job = orjson.loads(await r.read())
+                submitted[job["id"]] = s
+                await asyncio.sleep(0.2)
+            deadline = time.perf_counter() + timeout_s
+            while not all(i in assigned for i in submitted):
+                if time.perf_counter() > deadline:
+                    result["timed_out"] = True
+                    break
+                await asyncio.sleep(0.005)
+            waits = [assigned[i] - s for i, s in submitted.items() if i in assigned]
+            array_done = sum(1 for job_id in completed if job_id not in submitted)
+            result["array_tasks_completed_meanwhile"] = array_done
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    result["other_owners_started"] = len(waits)
+    result["start_wait_s_median"] = round(statistics.median(waits), 3) if waits else None
+    result["start_wait_s_max"] = round(max(waits), 3) if waits else None
+    result["all_within_2s"] = len(waits) == owners and max(waits) <= TARGET_FAIR_START_S
+    return result
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or not b:
         return None
@@ -315,7 +425,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 async def bench(
-    depths: list[int], n_agents: int, n_jobs: int, timeout_s: float, rounds: int
+    depths: list[int],
+    n_agents: int,
+    n_jobs: int,
+    timeout_s: float,
+    rounds: int,
+    fair_array: int,
+    fair_owners: int,
 ) -> dict[str, Any]:
     # Cases run in turn within each round, so that a slow stretch of a shared machine
     # falls on every case alike; each case's figure is its median over the rounds.
@@ -328,6 +444,11 @@ async def bench(
             runs[name].append(case)
             # One line per case on stderr, so a long run shows progress.
             print(json.dumps({name: case}), file=sys.stderr, flush=True)
+    fair_runs: list[dict[str, Any]] = []
+    for _ in range(rounds if fair_array else 0):
+        fair = await run_fair_case(n_agents, fair_array, fair_owners, timeout_s)
+        fair_runs.append(fair)
+        print(json.dumps({"fair": fair}), file=sys.stderr, flush=True)
     cases = {name: _median_case(runs[name]) for name in names}
     empty = cases["empty"]
     out: dict[str, Any] = {"agents": n_agents, "jobs": n_jobs, "rounds": rounds, "cases": cases}
@@ -345,6 +466,15 @@ async def bench(
     out["submit_p99_ratio_100k"] = _ratio(
         deepest.get("submit_ms_p99") if deepest else None, empty.get("submit_ms_p99")
     )
+    if fair_runs:
+        out["fair"] = {
+            **fair_runs[-1],
+            "start_wait_s_median": statistics.median(
+                r["start_wait_s_median"] for r in fair_runs if r["start_wait_s_median"] is not None
+            ),
+            "start_wait_s_max_rounds": [r["start_wait_s_max"] for r in fair_runs],
+            "all_within_2s": all(r["all_within_2s"] for r in fair_runs),
+        }
     r100, p100 = out["ratio_100k"], out["submit_p99_ratio_100k"]
     out["targets"] = {
         "ratio_100k": TARGET_RATIO_100K,
@@ -387,10 +517,27 @@ def main() -> None:
         default=600.0,
         help="per case: the deep fill, and then the measured run, each get this long",
     )
+    p.add_argument(
+        "--fair-array",
+        type=int,
+        default=100_000,
+        help="the fair case: one owner's array of this many tasks (0: no fair case)",
+    )
+    p.add_argument("--fair-owners", type=int, default=10, help="the fair case's other owners")
     args = p.parse_args()
     depths = [int(d) for d in args.depths.split(",") if d.strip() and int(d) > 0]
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        result = runner.run(bench(depths, args.agents, args.jobs, args.timeout_s, args.rounds))
+        result = runner.run(
+            bench(
+                depths,
+                args.agents,
+                args.jobs,
+                args.timeout_s,
+                args.rounds,
+                args.fair_array,
+                args.fair_owners,
+            )
+        )
     print(json.dumps(result))
 
 
