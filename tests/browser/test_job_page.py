@@ -231,3 +231,33 @@ async def test_a_queued_job_that_fits_nowhere_shows_its_nodes_counted_by_cause(
     assert status == 200, body
     await expect(p.locator(".job-title-row .pill")).to_have_text("Cancelled")
     await expect(counts).to_be_hidden()
+
+
+async def test_the_queue_rules_of_a_job_are_shown(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    p, errors = page
+    _, first = await admin.post("/api/v1/jobs", SPEC)
+    _, job = await admin.post(
+        "/api/v1/jobs",
+        {
+            **SPEC,
+            "name": "after-first",
+            "max_requeues": 5,
+            "queue_timeout_s": 600,
+            "deadline": "2031-01-02T03:04:05Z",
+            "preemptible": True,
+            "no_retry_on_exit_codes": [2, 3],
+            "depends_on": [{"job": first["id"], "when": "ended"}],
+        },
+    )
+    await open_job(p, sched, job["id"])
+    details = p.locator(".detail")
+    await expect(details.filter(has_text="Requeues")).to_contain_text("0 of up to 5")
+    await expect(details.filter(has_text="Queue timeout")).to_be_visible()
+    await expect(details.filter(has_text="Deadline")).to_contain_text("2031")
+    await expect(details.filter(has_text="Preemptible")).to_contain_text("yes")
+    await expect(details.filter(has_text="Never retried on")).to_contain_text("2, 3")
+    await expect(details.filter(has_text="After")).to_contain_text(f"{first['id']} (ended)")
+    await screenshot(p, "job-queue-rules")
+    assert errors == []

@@ -345,6 +345,18 @@ export function jobView(container, jobId) {
     }
     if (job.spec.group) rows.push(["Group", job.spec.group]);
     if (job.cancelled_by) rows.push(["Cancelled by", job.cancelled_by]);
+    // The queue's rules, where the job has them.
+    rows.push(["Requeues", `${job.requeues || 0} of up to ${job.spec.max_requeues} (losses it did not cause)`]);
+    if (job.error_code) rows.push(["Ended by", job.error_code.replaceAll("_", " ")]);
+    if (job.spec.queue_timeout_s) rows.push(["Queue timeout", fmtDuration(job.spec.queue_timeout_s * 1000)]);
+    if (job.spec.deadline) rows.push(["Deadline", fmtTime(job.spec.deadline)]);
+    if (job.spec.preemptible) rows.push(["Preemptible", "yes: a job of higher priority may stop and requeue it"]);
+    if (job.spec.retry_on_exit_codes) rows.push(["Retried on exit codes", job.spec.retry_on_exit_codes.join(", ")]);
+    if (job.spec.no_retry_on_exit_codes) rows.push(["Never retried on", job.spec.no_retry_on_exit_codes.join(", ")]);
+    if ((job.spec.depends_on || []).length) {
+      const deps = job.spec.depends_on.map((d) => (typeof d === "string" ? d : d.when === "completed" ? d.job : `${d.job} (${d.when})`));
+      rows.push(["After", deps.join(", ")]);
+    }
     keyed(
       details,
       rows,
