@@ -3,6 +3,8 @@ opening on a click to list the tasks, and counting live as tasks end."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from playwright.async_api import Page, expect
 
@@ -33,7 +35,7 @@ async def test_an_array_is_one_row_that_opens_to_its_tasks(
     array_id = first["id"]
     agent = await add_agent(agents, sched, http, "worker-1")
     # The plain job and two tasks (max_concurrent): one task runs, one completes.
-    got: list[dict[str, object]] = []
+    got: list[dict[str, Any]] = []
     while len(got) < 3:
         got += await agent.poll(wait=5)
     assigned = [a for a in got if a["job_id"] != plain["id"]]

@@ -247,7 +247,7 @@ async def test_tasks_see_their_index_and_max_concurrent_holds(
         nonlocal seen_active
         c = (await _array(admin, array_id))["counts"]
         seen_active = max(seen_active, c["assigned"] + c["running"] + c["paused"])
-        return c["completed"] == 6
+        return bool(c["completed"] == 6)
 
     await wait_until(done, timeout=90, interval=0.1)
     assert 1 <= seen_active <= 2
