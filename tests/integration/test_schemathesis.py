@@ -13,7 +13,7 @@ registers through the fuzzer get no capacity either, and the schedules it makes 
 paused, for the same reason.
 
 Generated path parameters are often swapped for ids that exist (a job, the node, a
-blob), so that refusals are tried on real objects too, not only on unknown ids.
+blob, a schedule), so that refusals are tried on real objects too, not only on unknown ids.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ KINDS = ("admin", "submit", "read", "node", "wrong", "none")
 #: audit entries read at a time
 AUDIT_PAGE = 5000
 SPEC = {"name": "fixture", "image": "busybox", "command": ["true"]}
+#: a schedule that exists (paused: it never fires by itself)
+SCHEDULE = {"name": "fz-schedule", "cron": "0 0 1 1 *", "paused": True}
 
 
 @dataclass
@@ -156,6 +158,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, store_kind: str) -> Iterator[
         live.admin("POST", f"/api/v1/jobs/{ended}/cancel")
         live.job_ids.append(ended)
         live.digest = live.admin("POST", "/api/v1/blobs", b"fixture blob\n")["digest"]
+        live.admin("POST", "/api/v1/schedules", {**SCHEDULE, "job": SPEC})
         yield live
     finally:
         live.close()
@@ -181,6 +184,9 @@ def _real_ids(case: schemathesis.Case, live: Live) -> None:
             params[name] = live.node_id
         elif name == "digest":
             params[name] = live.digest
+        elif name == "name" and case.path.startswith("/api/v1/schedules/"):
+            # DELETE too: deleting it is accepted, and the next requests find none.
+            params[name] = SCHEDULE["name"]
 
 
 def _prepare(case: schemathesis.Case, live: Live) -> None:
