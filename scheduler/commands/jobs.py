@@ -161,10 +161,11 @@ class JobCommands(Service):
         """
         assert spec.array is not None
         count = spec.array.count
-        known = idempotency_key is not None and (
-            f"{who.name}:{idempotency_key}" in self.state.idempotency
-        )
-        if not known:
+        earlier = None
+        if idempotency_key is not None:
+            earlier = self.state.idempotency.get(f"{who.name}:{idempotency_key}")
+        if earlier is None or self.state.find(earlier) is None:
+            # A new array (a key seen before answers its array without taking more).
             self.admit_queued(who, count)
             self._admit_spec_bytes(who, size * count)
             self._admit_rate(who, min(count, self.submit_rate.burst))
