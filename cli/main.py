@@ -21,6 +21,7 @@ COMMANDS = {
     "agent": "cli.agent_cmd:agent",
     "run": "cli.run_cmd:run",
     "submit": "cli.jobs_cmd:submit",
+    "array": "cli.array_cmd:array",
     "jobs": "cli.jobs_cmd:jobs",
     "job": "cli.jobs_cmd:job",
     "nodes": "cli.jobs_cmd:nodes",
