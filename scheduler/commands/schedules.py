@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 import msgspec
 
@@ -77,10 +78,12 @@ class ScheduleCommands(JobCommands):
         self._check_spec(who, spec.job, "$.job")
         self.state.check_schedule(spec)
 
-    def _visible(self, who: TokenRow, name: str) -> Schedule:
+    def _visible(
+        self, who: TokenRow, name: str, known: Mapping[str, Schedule] | None = None
+    ) -> Schedule:
         """The schedule, if the caller may see it; 404 alike when it does not exist and
         when it is another owner's (a submit token cannot probe others' schedules)."""
-        found = self.state.schedules.get(name)
+        found = (self.state.schedules.by_name if known is None else known).get(name)
         if found is None or not (access.sees_all_jobs(who) or found.owner == who.name):
             raise NotFound(f"no schedule {name!r}", {"field": "name"})
         return found
@@ -132,8 +135,20 @@ class ScheduleCommands(JobCommands):
         await self.commit()
         return shown
 
-    def get_schedule(self, name: str, who: TokenRow) -> Schedule:
-        return self._visible(who, name)
+    async def _readable(self) -> Mapping[str, Schedule]:
+        """The schedules reads are answered from: memory on the leader; on a standby,
+        which does not follow them, what the store holds committed."""
+        if not self.leading():
+            stored = await self.store.read_schedules()
+            if stored is not None:
+                return {s.name: s for s in stored}
+        return self.state.schedules.by_name
 
-    def list_schedules(self, who: TokenRow) -> ScheduleList:
-        return ScheduleList(schedules=self.state.list_schedules(access.owner_filter(who)))
+    async def get_schedule(self, name: str, who: TokenRow) -> Schedule:
+        return self._visible(who, name, await self._readable())
+
+    async def list_schedules(self, who: TokenRow) -> ScheduleList:
+        owner = access.owner_filter(who)
+        known = await self._readable()
+        shown = [known[n] for n in sorted(known) if owner is None or known[n].owner == owner]
+        return ScheduleList(schedules=shown)

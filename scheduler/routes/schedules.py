@@ -1,7 +1,6 @@
 """Periodic jobs: create, list, show, replace, delete a schedule, and run one now.
 
-Reads are served by the leader only: a standby does not follow schedules (it loads
-them when it takes the lead), so it answers 503 not_leader with the leader's URL.
+Changes and runs are the leader's; a standby answers reads from what the store holds.
 """
 
 from __future__ import annotations
@@ -31,16 +30,16 @@ async def create_schedule(request: web.Request) -> web.Response:
     return json_response(schedule, status=201, headers=headers)
 
 
-@routes.get("/api/v1/schedules", summary="List schedules", reply=ScheduleList, leader=True)
+@routes.get("/api/v1/schedules", summary="List schedules", reply=ScheduleList)
 async def list_schedules(request: web.Request) -> web.Response:
     who = require_role(request, "read", "submit")
-    return json_response(service(request).list_schedules(who))
+    return json_response(await service(request).list_schedules(who))
 
 
-@routes.get("/api/v1/schedules/{name}", summary="One schedule", reply=Schedule, leader=True)
+@routes.get("/api/v1/schedules/{name}", summary="One schedule", reply=Schedule)
 async def get_schedule(request: web.Request) -> web.Response:
     who = require_role(request, "read", "submit")
-    return json_response(service(request).get_schedule(request.match_info["name"], who))
+    return json_response(await service(request).get_schedule(request.match_info["name"], who))
 
 
 @routes.put(

@@ -63,13 +63,6 @@ class Schedules(Following):
             raise NotFound(f"no schedule {name!r}", {"field": "name"})
         return found
 
-    def list_schedules(self, owner: str | None = None) -> list[Schedule]:
-        """Every schedule (of ``owner`` only, when given), by name."""
-        return sorted(
-            (s for s in self.schedules.by_name.values() if owner is None or s.owner == owner),
-            key=lambda s: s.name,
-        )
-
     def live_runs(self, schedule: Schedule) -> list[Job]:
         """The schedule's recent runs that have not ended."""
         out = []

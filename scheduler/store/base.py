@@ -52,6 +52,7 @@ from typing import Any
 from common import codec
 from common.errors import BerthError, NotLeader
 from common.models import Job
+from common.schedule_models import Schedule
 from common.states import TERMINAL
 from scheduler.events import Event
 from scheduler.limits import spec_bytes
@@ -269,6 +270,11 @@ class Store(ABC):
         target: str | None = None,
     ) -> list[tuple[int, AuditRecord]]:
         """Audit records with id > ``after``, oldest first, optionally filtered."""
+
+    async def read_schedules(self) -> list[Schedule] | None:
+        """The committed schedules, for the reads of a standby (which does not follow
+        them); None from a store that no standby shares."""
+        return None
 
     @abstractmethod
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:

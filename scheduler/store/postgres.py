@@ -577,6 +577,11 @@ class PostgresStore(Store):
             out.append((int(row_id), AuditRecord(at, who, role, what, on, doc)))
         return out
 
+    async def read_schedules(self) -> list[Schedule]:
+        dec = msgspec.json.Decoder(Schedule)
+        rows = await self._reads.fetch("SELECT doc FROM schedules ORDER BY name")
+        return [dec.decode(r[0]) for r in rows]
+
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
         rows = await self._reads.fetch(
             "SELECT id FROM jobs WHERE ended_at < $1 ORDER BY ended_at, id LIMIT $2",

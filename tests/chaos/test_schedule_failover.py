@@ -3,8 +3,9 @@ neither doubles nor skips a run.
 
 Two real `berth scheduler` processes share one PostgreSQL database (``pair`` of
 tests/ha.py). A schedule fires every two seconds (a six-field cron expression) with
-``catch_up: one``. While the leader fires, the standby refuses schedule reads (it does
-not fire, and a run of its own would be a second job for one firing time). The leader
+``catch_up: one``. While the leader fires, the standby shows the schedule as the store
+holds it and refuses changes and runs (it never fires: a run of its own would be a
+second job for one firing time). The leader
 is SIGKILLed; the standby takes the lead, loads the schedule with the last
 ``next_run_at`` the old leader committed with its last run, and goes on.
 
@@ -70,8 +71,10 @@ async def test_only_the_leader_fires_and_a_failover_neither_skips_nor_doubles(
     status, made = await on_leader.post("/api/v1/schedules", SPEC)
     assert status == 201, made
     await wait_until(lambda: _at_least(on_leader, 3), timeout=20)
-    # The standby does not serve schedules: it sends callers to the leader.
-    status, refused = await on_standby.get("/api/v1/schedules/beat")
+    # The standby shows what the leader committed, and sends changes to the leader.
+    seen = await _schedule(on_standby)
+    assert seen["recent_runs"][0] == (await _schedule(on_leader))["recent_runs"][0]
+    status, refused = await on_standby.post("/api/v1/schedules/beat/run")
     assert status == 503 and refused["error"]["code"] == "not_leader"
     assert refused["error"]["details"]["leader_url"] == leader.url
 
