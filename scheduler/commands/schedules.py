@@ -52,8 +52,11 @@ class ScheduleCommands(JobCommands):
                 book, now = self.state.schedules, self.state.clock()
                 top = book.next_time()
                 if top is not None and top <= now and self.leading():
-                    self.state.tick_schedules()
-                    await self.commit()
+                    try:
+                        self.state.tick_schedules()
+                    finally:
+                        # What fired before a failure is committed all the same.
+                        await self.commit()
                 top = book.next_time()
                 delay = MAX_TICK_S if top is None else top - self.state.clock()
             except Exception:

@@ -155,40 +155,53 @@ class Schedules(Following):
 
         Each firing starts at most one run, however many of its times have passed
         (a late tick, or times missed while no scheduler led), and sets the next
-        firing time to the first one after now."""
+        firing time to the first one after now: first, so that a firing that fails
+        is not tried again at once, and each schedule goes back on the heap
+        whatever happens."""
         now = self.clock()
         started = 0
         for schedule in self.schedules.due(now):
-            assert schedule.next_run_at is not None
-            due = schedule.next_run_at.timestamp()
-            live = self.live_runs(schedule)
-            decision = schedules.decide(
-                overlap=schedule.overlap,
-                catch_up=schedule.catch_up,
-                due=due,
-                led_since=self.led_since,
-                live_runs=len(live),
-            )
-            reason = decision.reason
-            if decision.action is not Action.SKIP:
-                try:
-                    self._admit_run(schedule)
-                    if decision.action is Action.REPLACE:
-                        self._cancel_runs(live, f"schedule {schedule.name}")
-                    self._start_run(schedule, due)
-                    started += 1
-                except BerthError as e:
-                    # A spec that no longer goes (a dependency retention deleted, a
-                    # full queue): this firing is skipped, the next ones are tried.
-                    reason = f"the run could not be submitted: {e.message}"
-            if reason is not None:
-                schedule.skipped += 1
-                schedule.last_skipped_at = dt(now)
-                schedule.last_skip_reason = reason
-            following = schedules.next_of(schedule, now)
-            schedule.next_run_at = dt(following) if following is not None else None
-            self._keep(schedule)
+            try:
+                started += self._fire(schedule, now)
+            finally:
+                self._keep(schedule)
         return started
+
+    def _fire(self, schedule: Schedule, now: float) -> int:
+        assert schedule.next_run_at is not None
+        due = schedule.next_run_at.timestamp()
+        try:
+            following = schedules.next_of(schedule, now)
+        except BerthError:
+            # Its zone left the system's tz database: it stops until it is replaced.
+            following = None
+        schedule.next_run_at = dt(following) if following is not None else None
+        live = self.live_runs(schedule)
+        decision = schedules.decide(
+            overlap=schedule.overlap,
+            catch_up=schedule.catch_up,
+            due=due,
+            led_since=self.led_since,
+            live_runs=len(live),
+        )
+        reason = decision.reason
+        if decision.action is not Action.SKIP:
+            try:
+                self._admit_run(schedule)
+                if decision.action is Action.REPLACE:
+                    self._cancel_runs(live, f"schedule {schedule.name}")
+                self._start_run(schedule, due)
+            except BerthError as e:
+                # A run its owner could not submit now (a revoked token, a full queue,
+                # a dependency retention deleted): this firing is skipped, the next
+                # ones are tried.
+                reason = f"the run could not be submitted: {e.message}"
+        if reason is None:
+            return 1
+        schedule.skipped += 1
+        schedule.last_skipped_at = dt(now)
+        schedule.last_skip_reason = reason
+        return 0
 
     def _cancel_runs(self, runs: list[Job], by: str) -> None:
         for job in runs:

@@ -337,3 +337,22 @@ def test_runs_count_against_the_owner_s_share_of_the_queue(state: State, clock: 
         state.tick_schedules()
     assert len(_runs(state)) == 2
     assert "quota" in str(state.schedule("s").last_skip_reason)
+
+
+def test_a_firing_that_fails_keeps_its_schedule_on_the_heap_at_its_next_time(
+    state: State, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _make(state, cron="* * * * * *")
+
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("broken submit")
+
+    monkeypatch.setattr(state, "submit", broken)
+    clock.now = JAN1 + 1
+    with pytest.raises(RuntimeError):
+        state.tick_schedules()
+    # Not tried again at once, nor lost: the next second fires.
+    assert state.schedules.next_time() == JAN1 + 2
+    monkeypatch.undo()
+    clock.now = JAN1 + 2
+    assert state.tick_schedules() == 1
