@@ -220,6 +220,34 @@ async def test_overlap_replace_cancels_the_run_still_going(admin: Api) -> None:
     assert [j["state"] for j in await runs_of(admin, "fresh")] == ["cancelled", "queued"]
 
 
+async def test_overlap_replace_stops_a_running_run_on_its_node(
+    admin: Api, sched: SchedulerProcess, http: aiohttp.ClientSession
+) -> None:
+    agent = SimAgent(http, sched.url, sched.join_token, "replace-node")
+    await agent.register()
+    await agent.heartbeat()
+    await admin.post("/api/v1/schedules", spec("hourly", overlap="replace"))
+    _, first = await admin.post("/api/v1/schedules/hourly/run")
+    running = first["job"]["id"]
+    await wait_until(lambda: _assigned(agent, running), timeout=10)
+    assert (await agent.report(running, "running"))[0] == 200
+
+    status, second = await admin.post("/api/v1/schedules/hourly/run")
+    assert status == 201, second
+    assert (await admin.get(f"/api/v1/jobs/{running}"))[1]["state"] == "cancelled"
+    # The node is told to stop it; the new run takes its place there.
+    commands = await agent.heartbeat()
+    assert {"action": "cancel", "job_id": running} in [
+        {k: c[k] for k in ("action", "job_id")} for c in commands
+    ]
+    await wait_until(lambda: _assigned(agent, second["job"]["id"]), timeout=10)
+
+
+async def _assigned(agent: SimAgent, job_id: str) -> bool:
+    await agent.poll(wait=0.5)
+    return job_id in agent.running
+
+
 async def test_overlap_forbid_skips_while_the_previous_run_goes_on(
     admin: Api, sched: SchedulerProcess, http: aiohttp.ClientSession
 ) -> None:
