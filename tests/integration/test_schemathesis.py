@@ -9,8 +9,8 @@ and after it.
 Nothing else may move the state meanwhile, so the scheduler runs with no agent: its one
 node was registered with no capacity (so no job is ever placed, and nothing times out),
 and heartbeat intervals and TTLs far longer than the run. Nodes that the admin token
-registers through the fuzzer get no capacity either, and the schedules it makes are
-paused, for the same reason.
+registers through the fuzzer get no capacity either, the schedules it makes are
+paused, and the jobs it submits have no queue timeout or deadline, for the same reason.
 
 Generated path parameters are often swapped for ids that exist (a job, the node, a
 blob, a schedule), so that refusals are tried on real objects too, not only on unknown ids.
@@ -204,6 +204,13 @@ def _prepare(case: schemathesis.Case, live: Live) -> None:
     if case.path.startswith("/api/v1/schedules") and isinstance(case.body, dict):
         # Schedules the fuzzer makes never fire: a run would move the state by itself.
         case.body["paused"] = True
+    if case.path.startswith(("/api/v1/jobs", "/api/v1/schedules")) and isinstance(case.body, dict):
+        # Nor do its jobs end by themselves at a queue timeout or deadline.
+        specs = case.body.get("jobs") if case.path == "/api/v1/jobs/batch" else None
+        for spec in [case.body, case.body.get("job"), *(specs if isinstance(specs, list) else [])]:
+            if isinstance(spec, dict):
+                spec.pop("queue_timeout_s", None)
+                spec.pop("deadline", None)
 
 
 def _framing_refused(response: Any) -> bool:
