@@ -412,4 +412,3 @@ async def test_owners_upsert_by_name_and_read_back(backend: Backend, subject: St
         ]
     finally:
         await subject.close()
-

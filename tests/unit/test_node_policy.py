@@ -316,7 +316,10 @@ def test_the_scheduler_places_a_job_only_on_a_node_that_allows_it() -> None:
         assert job.state is JobState.ASSIGNED
         assert job.node_id == open_
     assert host_net.state is JobState.QUEUED
-    assert host_net.reason == policy.waiting_reason(("host-network",))
+    assert host_net.reason == (
+        "0/2 nodes are available: 2 do not allow host networking (--allow host-network)"
+    )
+    assert host_net.pending == {"allow_list": 2}
 
 
 def test_two_mounts_on_one_target_are_refused_naming_the_second() -> None:
