@@ -269,6 +269,101 @@ def _read_specs(path: str) -> list[JobSpec]:
     return specs
 
 
+def _with_rules(specs: list[JobSpec], rules: dict[str, Any]) -> list[JobSpec]:
+    """The specs with the queue rules given as flags, each checked as the API checks it."""
+    if not rules:
+        return specs
+    out = []
+    for spec in specs:
+        try:
+            out.append(codec.convert({**codec.to_builtins(spec), **rules}, JobSpec))
+        except CodecError as e:
+            raise CommandError(e.message, EXIT_USAGE) from None
+    return out
+
+
+def _dependency(text: str) -> str | dict[str, str]:
+    """JOB (it must complete) or JOB:completed|ended|failed."""
+    job, _, when = text.partition(":")
+    if not when:
+        return job
+    if when not in ("completed", "ended", "failed"):
+        raise click.BadParameter(f"{text!r}: after the colon comes completed, ended or failed")
+    return {"job": job, "when": when}
+
+
+def queue_rule_options(func: Any) -> Any:
+    """Flags for a job's place in the queue and how it ends or goes on."""
+    options = [
+        click.option("--priority", type=click.IntRange(0, 100), default=None, help="0-100."),
+        click.option("--max-retries", type=click.IntRange(min=0), default=None),
+        click.option(
+            "--max-requeues",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Requeues after losses the job did not cause (default 3).",
+        ),
+        click.option(
+            "--queue-timeout",
+            type=float,
+            default=None,
+            help="Seconds it may wait to start before it fails (queue_timeout).",
+        ),
+        click.option("--deadline", default=None, help="RFC 3339 time after which it is cancelled."),
+        click.option(
+            "--after",
+            "after",
+            multiple=True,
+            metavar="JOB[:completed|ended|failed]",
+            callback=lambda _c, _p, v: [_dependency(x) for x in v],
+            help="Start after JOB ends so (default: completed). Repeatable.",
+        ),
+        click.option(
+            "--retry-on-exit-code",
+            "retry_on",
+            type=int,
+            multiple=True,
+            help="Retry only failures with this exit code. Repeatable.",
+        ),
+        click.option(
+            "--no-retry-on-exit-code",
+            "no_retry_on",
+            type=int,
+            multiple=True,
+            help="Never retry failures with this exit code. Repeatable.",
+        ),
+        click.option(
+            "--preemptible",
+            is_flag=True,
+            default=None,
+            help="A job of higher priority may stop and requeue it.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _rules_of(**given: Any) -> dict[str, Any]:
+    """The JobSpec fields the queue-rule flags set (those not given are left alone)."""
+    names = {
+        "priority": "priority",
+        "max_retries": "max_retries",
+        "max_requeues": "max_requeues",
+        "queue_timeout": "queue_timeout_s",
+        "deadline": "deadline",
+        "after": "depends_on",
+        "retry_on": "retry_on_exit_codes",
+        "no_retry_on": "no_retry_on_exit_codes",
+        "preemptible": "preemptible",
+    }
+    return {
+        names[flag]: list(value) if isinstance(value, tuple) else value
+        for flag, value in given.items()
+        if value is not None and value != [] and value != ()
+    }
+
+
 @click.command(context_settings={"allow_interspersed_args": False})
 @client_options
 @click.option(
@@ -295,6 +390,7 @@ def _read_specs(path: str) -> list[JobSpec]:
     default=None,
     help="Submitting again with this key returns the same job (default: a new key).",
 )
+@queue_rule_options
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @click.argument("image", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -309,10 +405,13 @@ def submit(
     as_json: bool,
     image: str | None,
     command: tuple[str, ...],
+    **rules: Any,
 ) -> None:
-    """Submit jobs from a JSON spec file, or IMAGE (with CMD after --); prints their ids."""
+    """Submit jobs from a JSON spec file, or IMAGE (with CMD after --); prints their ids.
+    The queue-rule flags apply to every spec submitted."""
     try:
         specs = _specs_of(spec_file, array_range, name, env, image, command)
+        specs = _with_rules(specs, _rules_of(**rules))
     except CommandError as e:
         click.echo(f"berth: {e.message}", err=True)
         sys.exit(e.code)

@@ -4,6 +4,8 @@ exit-code rules, dependency kinds, queue timeouts and deadlines."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -223,3 +225,39 @@ async def test_the_scheduler_default_queue_timeout_fails_jobs_without_their_own(
         assert waiting["state"] == "queued"
     finally:
         proc.kill()
+
+
+def test_berth_submit_sets_the_queue_rules_from_flags(sched: SchedulerProcess) -> None:
+    env = {**os.environ, "BERTH_ADDR": sched.url, "BERTH_TOKEN": sched.admin_token}
+
+    def berth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from cli.main import main; main()", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = berth("submit", "busybox", "--", "true")
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.strip()
+    made = berth(
+        "submit", "--priority", "70", "--max-retries", "2", "--max-requeues", "1",
+        "--queue-timeout", "600", "--deadline", "2031-01-02T03:04:05Z",
+        "--after", f"{first_id}:ended", "--no-retry-on-exit-code", "2",
+        "--no-retry-on-exit-code", "3", "--preemptible", "--json", "busybox", "--", "true",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [job] = json.loads(made.stdout)
+    spec = job["spec"]
+    assert (spec["priority"], spec["max_retries"], spec["max_requeues"]) == (70, 2, 1)
+    assert spec["queue_timeout_s"] == 600 and spec["deadline"].startswith("2031-01-02T03:04:05")
+    assert spec["depends_on"] == [{"job": first_id, "when": "ended"}]
+    assert spec["no_retry_on_exit_codes"] == [2, 3] and spec["preemptible"] is True
+    plain = berth("submit", "--json", "busybox", "--", "true")
+    [job] = json.loads(plain.stdout)
+    assert job["spec"]["preemptible"] is False and job["spec"]["depends_on"] == []
+    both = berth("submit", "--retry-on-exit-code", "1", "--no-retry-on-exit-code", "2", "busybox")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
