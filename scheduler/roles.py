@@ -67,6 +67,7 @@ class Roles:
         # Nothing this scheduler holds may be written unless it takes the lead: an
         # epoch no leader ever has fences every write until then.
         self.store.epoch = -1
+        await self.lock.start()
         leading = await self.lock.try_take()
         if leading:
             try:
@@ -83,7 +84,7 @@ class Roles:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._unlisten()
-        await self.lock.drop()
+        await self.lock.close()
 
     def figures(self) -> tuple[str, int, float]:
         """(role, epoch, apply lag in seconds) for the metrics."""
@@ -151,9 +152,10 @@ class Roles:
         self.role = LEADER
 
     async def _hold(self) -> None:
-        """Lead while the lock holds and no write found the lead taken."""
+        """Lead while the lock holds and no write found the lead taken (the lock's own
+        thread keeps it, and lets it go when it is lost or this loop stalls)."""
         noted = 0.0
-        while await self.lock.ping() and not self.store.deposed:
+        while self.lock.held and not self.store.deposed:
             if time.monotonic() - noted >= NOTE_S:
                 noted = time.monotonic()
                 await self.lock.note(LEADER, self.epoch, self.svc.state.events.committed_index)
