@@ -103,7 +103,9 @@ async def test_long_array_submit_and_long_load_leave_the_lead_where_it_is(
     assert holder == scheduler_id(leader)
 
     # One submit builds 100,000 tasks in one go on the leader's event loop.
+    started = time.monotonic()
     array = await submit(on_leader, {**SPEC, "array": {"count": TASKS}})
+    print(f"a {TASKS}-task array acknowledged after {time.monotonic() - started:.2f} s")
     assert await leader_row(pg_dsn) == (epoch, holder)
     await keeps_leading(on_leader, pg_dsn, leader, epoch)
     status, summary = await on_leader.get(f"/api/v1/arrays/{array['array_id']}")
@@ -115,8 +117,10 @@ async def test_long_array_submit_and_long_load_leave_the_lead_where_it_is(
 
     # The standby takes over with 100,000 queued jobs to load, and keeps the lead it
     # took: its epoch stays once taken.
+    started = time.monotonic()
     leader.kill()
     await ready(http, standby, "ready")
+    print(f"the standby led with {TASKS} jobs loaded {time.monotonic() - started:.2f} s after")
     new_epoch, new_holder = await leader_row(pg_dsn)
     assert new_holder == scheduler_id(standby)
     assert new_epoch == epoch + 1
@@ -128,3 +132,10 @@ async def test_long_array_submit_and_long_load_leave_the_lead_where_it_is(
     await asyncio.to_thread(leader.start, READY_S)
     await ready(http, leader, "standby")
     await keeps_leading(on_standby, pg_dsn, standby, new_epoch)
+
+    # And it leads again, once the other is gone, after one more load: it keeps that
+    # lead too.
+    standby.kill()
+    await ready(http, leader, "ready")
+    assert await leader_row(pg_dsn) == (new_epoch + 1, holder)
+    await keeps_leading(on_leader, pg_dsn, leader, new_epoch + 1)
