@@ -273,7 +273,13 @@ class LeaderLock:
                     )
                 self._drop_now()
                 continue
-            await self._ping()
+            try:
+                await self._ping()
+            except Exception:
+                # Whatever it was, the lock is not known to be held any more: let it go
+                # rather than hold it unpinged (the roles would wait on it for good).
+                log.exception("pinging the lock's connection failed")
+                self._drop_now()
 
     async def _ping(self) -> None:
         try:
