@@ -243,6 +243,7 @@ async def test_the_queue_rules_of_a_job_are_shown(
         {
             **SPEC,
             "name": "after-first",
+            "labels": {"berth.schedule": "nightly"},
             "max_requeues": 5,
             "queue_timeout_s": 600,
             "deadline": "2031-01-02T03:04:05Z",
@@ -259,5 +260,6 @@ async def test_the_queue_rules_of_a_job_are_shown(
     await expect(details.filter(has_text="Preemptible")).to_contain_text("yes")
     await expect(details.filter(has_text="Never retried on")).to_contain_text("2, 3")
     await expect(details.filter(has_text="After")).to_contain_text(f"{first['id']} (ended)")
+    await expect(details.filter(has_text="Schedule")).to_contain_text("a run of nightly")
     await screenshot(p, "job-queue-rules")
     assert errors == []

@@ -345,6 +345,9 @@ export function jobView(container, jobId) {
     }
     if (job.spec.group) rows.push(["Group", job.spec.group]);
     if (job.cancelled_by) rows.push(["Cancelled by", job.cancelled_by]);
+    if (job.array_id) rows.push(["Array", `${job.array_id}, task ${job.array_index}`]);
+    const schedule = (job.spec.labels || {})["berth.schedule"];
+    if (schedule) rows.push(["Schedule", `a run of ${schedule}`]);
     // The queue's rules, where the job has them.
     rows.push(["Requeues", `${job.requeues || 0} of up to ${job.spec.max_requeues} (losses it did not cause)`]);
     if (job.error_code) rows.push(["Ended by", job.error_code.replaceAll("_", " ")]);
