@@ -122,8 +122,11 @@ def _alive(pid: int) -> bool:
 
 
 async def _running_job(node: Node, pids_file: Path) -> tuple[str, dict[str, int]]:
-    """Submit the escaping job; its id and pids once both processes are up."""
-    job = await node.api.submit_job(_job(pids_file))
+    """Submit the escaping job; its id and pids once both processes are up. A loss ends
+    it (no requeue), so that what the lost attempt left is all there is to look at."""
+    spec = _job(pids_file)
+    spec.max_requeues = 0
+    job = await node.api.submit_job(spec)
     await wait_state(node.api, job.id, {"running"}, timeout=30)
     pids: dict[str, int] = await poll(
         lambda: (p := _pids(pids_file)).keys() >= ROLES and p,
@@ -159,7 +162,7 @@ async def test_sigkilled_agent_leaves_no_process_of_its_job_behind(
         what="every process of the job to be gone after the agent's restart",
     )
     done = await wait_done(node.api, job_id, timeout=30)
-    assert done.state == "failed"
+    assert done.state == "failed" and done.error_code == "requeue_limit"
     assert done.error is not None and "lost" in done.error, done.error
     if node.mode == "cgroup":
         cgroups, _ = JobCgroups.probe()
