@@ -288,6 +288,8 @@ class Job(Struct, gc=False):
     array_index: int | None = None
     #: a short code for why the job failed or was cancelled ("queue_timeout", ...)
     error_code: str | None = None
+    #: a queued job held back from placement (its array is paused) until released
+    held: bool = False
     submitted_by: str | None = None
     cancelled_by: str | None = None
     cancelled_at: datetime | None = None

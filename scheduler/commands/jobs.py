@@ -380,14 +380,25 @@ class JobCommands(Service):
             found = state.state_of(job_id)
             if found is not None and found in wanted:
                 selected.append(job_id)
+            elif action in ("pause", "resume") and found is JobState.QUEUED:
+                # A paused array's queued tasks are held back, and released on resume.
+                held = state.jobs[job_id].held
+                if (action == "pause") != held:
+                    selected.append(job_id)
         if action == "retry":
             self.admit_queued(who, len(selected))
-        method = {
+        act = {
             "cancel": state.cancel,
             "retry": state.retry,
             "pause": state.pause,
             "resume": state.resume,
         }[action]
+
+        def method(job_id: str, *, by: str) -> Job:
+            if action in ("pause", "resume") and state.state_of(job_id) is JobState.QUEUED:
+                return (state.hold if action == "pause" else state.release)(job_id, by=by)
+            return act(job_id, by=by)
+
         results = []
         for start in range(0, len(selected), _FILTER_CHUNK):
             chunk = selected[start : start + _FILTER_CHUNK]

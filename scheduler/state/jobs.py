@@ -282,6 +282,41 @@ class Jobs(Lifecycle):
             self._wake_node(job.node_id)
         return job
 
+    def hold(self, job_id: str, *, by: str) -> Job:
+        """Keep a queued job from being placed until it is released (a paused array's
+        queued tasks); it keeps its place in the queue."""
+        job = self.job(job_id)
+        if job.state is not JobState.QUEUED:
+            raise Conflict(f"job {job_id} is {job.state.value}, not queued", {"state": job.state})
+        if not job.held:
+            job.held = True
+            req = self.queue.get(job.id)
+            if req is not None:
+                self.queue.remove(job.id)
+                self.queue.add(req, job.spec.group, not_before=None, now=0.0, waiting=True)
+            self._told_pending(job, f"held by {by}")
+        return job
+
+    def release(self, job_id: str, *, by: str) -> Job:
+        """Let a held job be placed again (a resumed array's queued tasks)."""
+        job = self.job(job_id)
+        if not job.held:
+            raise Conflict(f"job {job_id} is not held", {"state": job.state})
+        job.held = False
+        if job.state is JobState.QUEUED and not self.deps.waits(job.id):
+            nb = job.not_before.timestamp() if job.not_before is not None else None
+            self.queue.ready(job.id, job.spec.group, not_before=nb, now=self.clock())
+            if self.queue.backing_off(job.id):
+                self._fresh_backoff.append(job.id)
+            self._placement_wanted()
+        self._told_pending(job, f"released by {by}")
+        return job
+
+    def _told_pending(self, job: Job, why: str) -> None:
+        job.reason = why
+        job.pending = None
+        self._event("job.pending", job=job, data={"reason": why, "pending": None})
+
     def resume(self, job_id: str, *, by: str) -> Job:
         job = self.job(job_id)
         if job.state is not JobState.PAUSED:

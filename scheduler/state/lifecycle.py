@@ -249,9 +249,8 @@ class Lifecycle(Nodes):
         if job.spec.depends_on:
             self.deps.track(job.id, job.spec.depends_on, self.state_of)
         not_before = job.not_before.timestamp() if job.not_before is not None else None
-        self.queue.add(
-            req, job.spec.group, not_before=not_before, now=now, waiting=self.deps.waits(job.id)
-        )
+        waiting = self.deps.waits(job.id) or job.held
+        self.queue.add(req, job.spec.group, not_before=not_before, now=now, waiting=waiting)
         if self.queue.backing_off(job.id):
             self._fresh_backoff.append(job.id)
         self._placement_wanted()
@@ -284,6 +283,8 @@ class Lifecycle(Nodes):
         now = self.clock()
         for job_id in ready:
             waiting = self.jobs[job_id]
+            if waiting.held:
+                continue  # placed once it is released
             nb = waiting.not_before.timestamp() if waiting.not_before is not None else None
             self.queue.ready(job_id, waiting.spec.group, not_before=nb, now=now)
             if self.queue.backing_off(job_id):

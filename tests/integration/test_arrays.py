@@ -5,6 +5,7 @@ array survives a SIGKILL of the scheduler. Tasks run on real agents (process exe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -304,12 +305,23 @@ async def test_array_actions_cancel_retry_pause_and_resume_its_tasks(
 
     await wait_until(lambda: counts(running=2, queued=4), timeout=60, interval=0.2)
     status, body = await admin.post(f"/api/v1/arrays/{long}/pause")
-    assert status == 200 and [r["state"] for r in body["results"]] == ["paused", "paused"]
+    assert status == 200
+    assert sorted(r["state"] for r in body["results"]) == ["paused"] * 2 + ["queued"] * 4
     assert await counts(paused=2, queued=4)
+    tasks = await _tasks(admin, long)
+    held = [t for t in tasks if t["state"] == "queued"]
+    assert all(t["held"] and t["reason"].startswith("held by") for t in held), held
+    # A paused task cancelled gives its place back; the held ones do not take it.
+    [first_paused, _] = [t["id"] for t in tasks if t["state"] == "paused"]
+    assert (await admin.post(f"/api/v1/jobs/{first_paused}/cancel"))[0] == 200
+    await asyncio.sleep(2.0)
+    assert await counts(paused=1, queued=4, cancelled=1)
     status, body = await admin.post(f"/api/v1/arrays/{long}/resume")
-    assert status == 200 and [r["state"] for r in body["results"]] == ["running", "running"]
+    assert status == 200
+    assert sorted(r["state"] for r in body["results"]) == ["queued"] * 4 + ["running"]
+    await wait_until(lambda: counts(running=2, queued=3), timeout=60, interval=0.2)
     status, body = await admin.post(f"/api/v1/arrays/{long}/cancel")
-    assert status == 200 and len(body["results"]) == 6
+    assert status == 200 and len(body["results"]) == 5
     assert all(r["ok"] and r["state"] == "cancelled" for r in body["results"])
     assert await counts(cancelled=6)
     # Nothing is left to cancel: an empty answer, not an error.

@@ -229,3 +229,46 @@ def test_a_job_past_its_deadline_is_cancelled_queued_or_running(clock: FakeClock
         assert job.state is JobState.CANCELLED and job.error_code == "deadline"
     # The running attempt is told to stop; its resources are held until it has.
     assert node.releasing
+
+
+# --- holding queued jobs (a paused array) ----------------------------------------------
+
+
+def test_a_held_job_keeps_out_of_placement_until_released_even_across_a_restart(
+    clock: FakeClock,
+) -> None:
+    from common.codec import decode, encode
+    from common.models import Job
+    from tests.unit.test_cluster import loaded_from
+
+    c = new_cluster(clock, node_ttl_s=1e6)
+    register(c)
+    held = submit(c)
+    c.hold(held.id, by="admin")
+    c.place()
+    assert held.state is JobState.QUEUED and held.held and held.reason == "held by admin"
+    restarted = new_cluster(clock, node_ttl_s=1e6)
+    loaded = loaded_from(c)
+    loaded.jobs = [decode(encode(j), Job) for j in c.jobs.values()]
+    restarted.load(loaded)
+    restarted.place()
+    again = restarted.jobs[held.id]
+    assert again.state is JobState.QUEUED and again.held
+    restarted.release(held.id, by="admin")
+    restarted.place()
+    assert again.state is JobState.ASSIGNED and not again.held
+
+
+def test_a_held_job_whose_dependency_completes_still_waits(clock: FakeClock) -> None:
+    c = new_cluster(clock, node_ttl_s=1e6)
+    register(c, max_parallel=2)
+    first = submit(c)
+    after = submit(c, depends_on=[first.id])
+    c.hold(after.id, by="admin")
+    start(c, first)
+    finish(c, first, "completed")
+    c.place()
+    assert after.state is JobState.QUEUED
+    c.release(after.id, by="admin")
+    c.place()
+    assert after.state is JobState.ASSIGNED
