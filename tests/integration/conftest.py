@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.pg import PgCluster
-from tests.support import Api, SchedulerProcess
+from tests.support import REPO, Api, SchedulerProcess
 
 #: every integration test runs on each store, unless marked ``stores(...)``
 STORES = ("sqlite", "postgresql")
@@ -67,3 +69,34 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def admin(sched: SchedulerProcess, http: aiohttp.ClientSession) -> Api:
     return Api(http, sched.url, sched.admin_token)
+
+
+#: starts a real agent of the ``sched`` fixture's scheduler: a name, then extra flags
+StartAgent = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def agents(sched: SchedulerProcess, tmp_path: Path) -> Iterator[StartAgent]:
+    """Real `berth agent` processes (process executor, two slots, labelled
+    ``host=<name>``) for ``sched``; later flags override these. Killed at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *extra: str) -> subprocess.Popen[bytes]:
+        token_file = tmp_path / f"{name}.join"
+        token_file.write_text(sched.join_token)
+        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        cmd = [
+            *(sys.executable, "-c", "from cli.main import main; main()", "agent"),
+            *("--scheduler", sched.url, "--join-token-file", str(token_file)),
+            *("--state-dir", str(tmp_path / name), "--name", name, "--executor", "process"),
+            *("--label", f"host={name}", "--max-parallel", "2", *extra),
+        ]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)

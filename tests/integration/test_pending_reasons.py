@@ -6,41 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support import REPO, Api, SchedulerProcess, wait_until
-
-
-def _agent(sched: SchedulerProcess, name: str, root: Path) -> subprocess.Popen[bytes]:
-    token_file = root / f"{name}.join"
-    token_file.write_text(sched.join_token)
-    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-    cmd = [
-        *(sys.executable, "-c", "from cli.main import main; main()", "agent"),
-        *("--scheduler", sched.url, "--join-token-file", str(token_file)),
-        *("--state-dir", str(root / name), "--name", name, "--executor", "process"),
-        *("--max-parallel", "1"),
-    ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-
-
-@pytest.fixture
-def agents(sched: SchedulerProcess, tmp_path: Path) -> Any:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        proc = _agent(sched, name, tmp_path)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 async def _nodes_up(admin: Api, *names: str) -> dict[str, dict[str, Any]]:
@@ -91,7 +59,7 @@ async def test_a_queued_job_says_which_nodes_cannot_take_it_and_why(
     sched: SchedulerProcess, admin: Api, agents: Any
 ) -> None:
     for name in ("a", "b", "c"):
-        agents(name)
+        agents(name, "--max-parallel", "1")
     nodes = await _nodes_up(admin, "a", "b", "c")
     status, body = await admin.post(
         f"/api/v1/nodes/{nodes['c']['id']}/drain", {"drain": True, "reason": "maintenance"}

@@ -18,36 +18,6 @@ import pytest
 from tests.support import REPO, Api, SchedulerProcess, wait_until
 
 
-def _agent(sched: SchedulerProcess, name: str, root: Path, *extra: str) -> subprocess.Popen[bytes]:
-    state_dir = root / name
-    token_file = root / f"{name}.join"
-    token_file.write_text(sched.join_token)
-    log = open(root / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-    cmd = [
-        *(sys.executable, "-c", "from cli.main import main; main()", "agent"),
-        *("--scheduler", sched.url, "--join-token-file", str(token_file)),
-        *("--state-dir", str(state_dir), "--name", name, "--executor", "process"),
-        *("--label", f"host={name}", "--max-parallel", "2", *extra),
-    ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-
-
-@pytest.fixture
-def agents(sched: SchedulerProcess, tmp_path: Path) -> Any:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        proc = _agent(sched, name, tmp_path)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-
-
 async def _nodes_up(admin: Api, *names: str) -> dict[str, str]:
     async def up() -> dict[str, str] | None:
         _, body = await admin.get("/api/v1/nodes")

@@ -14,7 +14,6 @@ import aiohttp
 import pytest
 
 from tests.integration.test_queue_rules import _job_where, _nodes_up, _spec
-from tests.integration.test_queue_rules import agents as agents
 from tests.support import REPO, Api, SchedulerProcess, wait_until
 
 
