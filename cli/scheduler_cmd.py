@@ -160,6 +160,27 @@ def _networks(raw: str) -> tuple[str, ...]:
     help="on: a job that fits nowhere may stop preemptible jobs of lower priority.",
 )
 @click.option(
+    "--reservations",
+    envvar="BERTH_RESERVATIONS",
+    show_envvar=True,
+    type=click.IntRange(0, 1000),
+    default=16,
+    show_default=True,
+    help="How many of the first jobs in queue order that fit nowhere get a node "
+    "reserved at the earliest time the running jobs' estimates free it; later jobs "
+    "backfill around them. 0: no reservations (large jobs may starve).",
+)
+@click.option(
+    "--node-choice",
+    envvar="BERTH_NODE_CHOICE",
+    show_envvar=True,
+    type=click.Choice(["size", "fraction"]),
+    default="size",
+    show_default=True,
+    help="size: binpack by the room left in cores and MiB, so small jobs fill small "
+    "nodes and leave big ones to big jobs; fraction: by the share of the node left.",
+)
+@click.option(
     "--event-window",
     envvar="BERTH_EVENT_WINDOW",
     show_envvar=True,
@@ -388,6 +409,8 @@ def scheduler(
     queue_order: str,
     fair_share_half_life: float,
     preemption: str,
+    reservations: int,
+    node_choice: str,
     event_window: int,
     job_retention_days: float,
     blob_grace: float,
@@ -443,6 +466,8 @@ def scheduler(
         queue_order=cast(Literal["fair", "fifo"], queue_order),
         fair_share_half_life_s=fair_share_half_life,
         preemption=preemption == "on",
+        reservations=reservations,
+        size_aware=node_choice == "size",
         event_window=event_window,
         job_retention_s=job_retention_days * 86400,
         blob_grace_s=blob_grace,

@@ -148,6 +148,9 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     workdir: Annotated[str, Meta(max_length=4096)] | None = None
     resources: JobResources = field(default_factory=JobResources)
     timeout_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
+    #: how long the job is expected to run; placement plans reservations with it
+    #: (backfill). Unset: timeout_s. At most timeout_s.
+    expected_runtime_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
     max_retries: Annotated[int, Meta(ge=0, le=MAX_RETRIES)] = 0
     #: requeues for losses the job did not cause (its node went offline or was drained
     #: with requeue, its agent or dockerd was lost, it was preempted); they do not
@@ -251,6 +254,17 @@ class Attempt(Struct, gc=False):
     error: str | None = None
 
 
+class Reservation(Struct, forbid_unknown_fields=True, gc=False):
+    """Room kept on a node for a queued job that fits nowhere now."""
+
+    node_id: str
+    #: the node's name
+    node: str
+    #: when the running jobs' estimates (expected_runtime_s, else timeout_s) free the
+    #: room: the job's estimated start. None: a job there has no end in sight.
+    start: datetime | None = None
+
+
 class Job(Struct, gc=False):
     id: str
     name: str
@@ -290,6 +304,9 @@ class Job(Struct, gc=False):
     error_code: str | None = None
     #: a queued job held back from placement (its array is paused) until released
     held: bool = False
+    #: a queued job that fits nowhere now: the node kept for it and when it is
+    #: expected to start there (backfill may use the node only around it)
+    reservation: Reservation | None = None
     submitted_by: str | None = None
     cancelled_by: str | None = None
     cancelled_at: datetime | None = None

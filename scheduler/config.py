@@ -30,6 +30,9 @@ COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 3600.0
 #: a queued job that fits nowhere for this long holds a node (no more backfill past it)
 STARVATION_S = 300.0
+#: reservations made per pass for jobs that fit nowhere (Slurm's backfill reserves for
+#: the jobs it tests in priority order)
+RESERVATIONS = 16
 #: largest accepted request body
 MAX_BODY_BYTES = 1024 * 1024
 #: most changes grouped into one SQLite transaction
@@ -122,6 +125,12 @@ class SchedulerConfig:
     fair_share_half_life_s: float = FAIR_SHARE_HALF_LIFE_S
     #: whether a job that fits nowhere may stop preemptible jobs of lower priority
     preemption: bool = True
+    #: how many of the first jobs in queue order that fit nowhere get a reservation
+    #: (0: none; then large jobs may wait behind a stream of smaller ones for ever)
+    reservations: int = RESERVATIONS
+    #: binpack by the absolute room a job leaves (small jobs prefer small nodes) rather
+    #: than by the fraction of its node left free
+    size_aware: bool = True
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
     retention_interval_s: float = RETENTION_INTERVAL_S

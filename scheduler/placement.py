@@ -146,6 +146,9 @@ class JobRequest:
     needs: tuple[str, ...] = ()
     #: who submitted it (its token's name): the fair-share order and quotas go by it
     owner: str = ""
+    #: how long it is expected to run, in seconds (expected_runtime_s, else timeout_s):
+    #: it may backfill onto a reserved node only if it ends before the reservation
+    estimate: float = math.inf
 
 
 @dataclass(slots=True, frozen=True)

@@ -215,6 +215,12 @@ class Jobs(Lifecycle):
         A job may depend only on jobs that exist when it is submitted, so the
         dependency graph never has a cycle.
         """
+        if spec.expected_runtime_s is not None and spec.expected_runtime_s > spec.timeout_s:
+            raise InvalidRequest(
+                f"expected_runtime_s ({spec.expected_runtime_s:g}) exceeds timeout_s "
+                f"({spec.timeout_s:g}): a job is stopped at its timeout",
+                {"field": "$.expected_runtime_s"},
+            )
         asked: dict[str, str] = {}
         for i, entry in enumerate(spec.depends_on):
             dep, when = queue.wanted(entry)

@@ -13,6 +13,7 @@ from common.models import (
     Attempt,
     HeldAttempt,
     Job,
+    JobSpec,
     Node,
     Owner,
     OwnerStatus,
@@ -63,6 +64,11 @@ def share_strings(job: Job) -> None:
 def request_of(job: Job) -> Resources:
     r = job.spec.resources
     return Resources(cpu=r.cpu, memory_mb=r.memory_mb, gpus=r.gpus)
+
+
+def estimate_of(spec: JobSpec) -> float:
+    """How long a job is expected to run, in seconds: what reservations plan with."""
+    return spec.expected_runtime_s or spec.timeout_s
 
 
 class Lifecycle(Nodes):
@@ -242,6 +248,7 @@ class Lifecycle(Nodes):
             avoid=frozenset(job.failed_nodes),
             needs=policy.needs(job.spec),
             owner=owner,
+            estimate=estimate_of(job.spec),
         )
         due = self._queue_due(job)
         if due is not None:
