@@ -29,7 +29,6 @@ COOLDOWN_THRESHOLD = 3
 COOLDOWN_BASE_S = 30.0
 COOLDOWN_MAX_S = 3600.0
 #: a queued job that fits nowhere for this long holds a node (no more backfill past it)
-STARVATION_S = 300.0
 #: reservations made per pass for jobs that fit nowhere (Slurm's backfill reserves for
 #: the jobs it tests in priority order)
 RESERVATIONS = 16
@@ -116,7 +115,6 @@ class SchedulerConfig:
     cooldown_base_s: float = COOLDOWN_BASE_S
     cooldown_max_s: float = COOLDOWN_MAX_S
     max_body_bytes: int = MAX_BODY_BYTES
-    starvation_s: float = STARVATION_S
     #: how long a job without its own queue_timeout_s may wait to start (None: no limit)
     default_queue_timeout_s: float | None = None
     #: within a priority: "fair" interleaves owners by recent usage, "fifo" by submission

@@ -29,9 +29,12 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from common.policy import describe, permits_all, waiting_reason
+
+if TYPE_CHECKING:
+    from scheduler.reservations import Held
 
 Strategy = Literal["binpack", "spread"]
 
@@ -76,8 +79,9 @@ PARALLEL_LIMIT = "parallel_limit"
 CPU = "cpu"
 MEMORY = "memory"
 GPUS = "gpus"
-#: the node is held for a job that waited past the starvation bound (the caller counts it)
-HELD = "held"
+#: the node has the room now, but it is reserved for a job earlier in the queue
+#: (scheduler.reservations) and this one would delay it
+RESERVED = "reserved"
 PENDING_KEYS = (
     OFFLINE,
     DRAINING,
@@ -89,7 +93,7 @@ PENDING_KEYS = (
     CPU,
     MEMORY,
     GPUS,
-    HELD,
+    RESERVED,
 )
 _PRECEDENCE = {key: i for i, key in enumerate(PENDING_KEYS)}
 
@@ -285,7 +289,7 @@ def _cause(key: str, count: int, job: JobRequest) -> str:
         DRAINING: "draining",
         COOLDOWN: "in cooldown",
         UNHEALTHY: "unhealthy",
-        HELD: "held for a starving job",
+        RESERVED: "reserved for an earlier job" if one else "reserved for earlier jobs",
     }[key]
 
 
@@ -339,10 +343,13 @@ def _load_penalty(cpu_percent: float) -> float:
     return LOAD_PENALTY_MAX * over / (100.0 - LOAD_PENALTY_START)
 
 
-def _score(node: NodeView, job: JobRequest, spread: bool) -> float:
+def _score(
+    node: NodeView, job: JobRequest, spread: bool, scale: tuple[float, float] | None
+) -> float:
+    total_cpu, total_memory = scale or (node.total_cpu, node.total_memory_mb)
     fit = _fit_score(
-        _free_after(node.free_cpu, job.cpu, node.total_cpu),
-        _free_after(node.free_memory_mb, job.memory_mb, node.total_memory_mb),
+        _free_after(node.free_cpu, job.cpu, total_cpu),
+        _free_after(node.free_memory_mb, job.memory_mb, total_memory),
         spread,
     )
     score = fit - _load_penalty(node.cpu_percent)
@@ -351,14 +358,29 @@ def _score(node: NodeView, job: JobRequest, spread: bool) -> float:
     return score
 
 
-def score_binpack(node: NodeView, job: JobRequest) -> float:
-    """Best fit: higher for the node the job leaves fullest; minus load and avoid penalties."""
-    return _score(node, job, spread=False)
+def score_binpack(
+    node: NodeView, job: JobRequest, scale: tuple[float, float] | None = None
+) -> float:
+    """Best fit: higher for the node the job leaves fullest; minus load and avoid penalties.
+
+    With ``scale`` (the largest node's CPU and memory: size-aware), the room left is
+    measured in cores and MiB rather than as a share of this node, so a small job fills
+    a small node before it breaks into a big one that a big job may need.
+    """
+    return _score(node, job, False, scale)
 
 
 def score_spread(node: NodeView, job: JobRequest) -> float:
     """Worst fit: higher for the node the job leaves emptiest; minus the same penalties."""
-    return _score(node, job, spread=True)
+    return _score(node, job, True, None)
+
+
+def size_scale(nodes: Sequence[NodeView]) -> tuple[float, float]:
+    """The largest CPU and memory of any node: what size-aware scores measure room by."""
+    return (
+        max((n.total_cpu for n in nodes), default=0.0),
+        max((float(n.total_memory_mb) for n in nodes), default=0.0),
+    )
 
 
 # --- the working state of one pass -------------------------------------------------------
@@ -380,6 +402,7 @@ class _Cluster:
         "free_slots",
         "gone",
         "gone_cpu",
+        "held",
         "ids",
         "index",
         "load_penalty",
@@ -389,7 +412,13 @@ class _Cluster:
         "total_memory",
     )
 
-    def __init__(self, nodes: Sequence[NodeView], min_cpu: float, min_memory: int) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[NodeView],
+        min_cpu: float,
+        min_memory: int,
+        scale: tuple[float, float] | None,
+    ) -> None:
         self.ids = [node.id for node in nodes]
         self.index = {node_id: i for i, node_id in enumerate(self.ids)}
         self.free_cpu = [node.free_cpu for node in nodes]
@@ -397,8 +426,14 @@ class _Cluster:
         self.fit_memory = [_fit_memory(node) for node in nodes]
         self.free_gpus = [node.free_gpus for node in nodes]
         self.free_slots = [node.free_slots for node in nodes]
-        self.total_cpu = [_positive_or_inf(node.total_cpu) for node in nodes]
-        self.total_memory = [_positive_or_inf(node.total_memory_mb) for node in nodes]
+        if scale is None:
+            self.total_cpu = [_positive_or_inf(node.total_cpu) for node in nodes]
+            self.total_memory = [_positive_or_inf(node.total_memory_mb) for node in nodes]
+        else:
+            self.total_cpu = [_positive_or_inf(scale[0])] * len(nodes)
+            self.total_memory = [_positive_or_inf(scale[1])] * len(nodes)
+        #: per node: the reservation kept there in this pass, if any
+        self.held: list[Held | None] = [None] * len(nodes)
         self.load_penalty = [_load_penalty(node.cpu_percent) for node in nodes]
         self.min_cpu = min_cpu - CPU_EPSILON
         self.min_memory = min_memory
@@ -406,8 +441,12 @@ class _Cluster:
         #: the free CPU a gone node really has (for telling why a job waits)
         self.gone_cpu: dict[int, float] = {}
 
-    def consume(self, i: int, job: JobRequest) -> None:
-        """Take ``job``'s request from node ``i``."""
+    def consume(self, i: int, job: JobRequest, now: float) -> None:
+        """Take ``job``'s request from node ``i`` (and from the room beside a
+        reservation there, for as long as it is expected to run into it)."""
+        held = self.held[i]
+        if held is not None:
+            held.take(job, now)
         self.free_cpu[i] -= job.cpu
         self.free_memory[i] -= job.memory_mb
         self.fit_memory[i] -= job.memory_mb
@@ -613,30 +652,32 @@ class _Candidates:
 class _FailedShapes:
     """Request shapes that fitted nowhere in this pass, per set of constraints.
 
-    Capacity only shrinks within a pass, so a later job with the same constraints that
-    asks for at least as much on every dimension cannot fit either. Only the minimal
-    shapes are kept.
+    Capacity only shrinks within a pass (reservations only add limits), so a later job
+    with the same constraints that asks for at least as much on every dimension and is
+    expected to run at least as long cannot fit either. Only the minimal shapes are kept.
     """
 
     __slots__ = ("_shapes",)
 
     def __init__(self) -> None:
-        self._shapes: dict[FilterKey, list[tuple[float, int, int]]] = {}
+        self._shapes: dict[FilterKey, list[tuple[float, int, int, float]]] = {}
 
-    def covers(self, key: FilterKey, cpu: float, memory: int, gpus: int) -> bool:
+    def covers(self, key: FilterKey, job: JobRequest) -> bool:
         shapes = self._shapes.get(key)
         if shapes:
-            for f_cpu, f_memory, f_gpus in shapes:
-                if cpu >= f_cpu and memory >= f_memory and gpus >= f_gpus:
+            cpu, memory, gpus, est = job.cpu, job.memory_mb, job.gpus, job.estimate
+            for f_cpu, f_memory, f_gpus, f_est in shapes:
+                if cpu >= f_cpu and memory >= f_memory and gpus >= f_gpus and est >= f_est:
                     return True
         return False
 
-    def add(self, key: FilterKey, cpu: float, memory: int, gpus: int) -> None:
+    def add(self, key: FilterKey, job: JobRequest) -> None:
         shapes = self._shapes.setdefault(key, [])
         if len(shapes) >= MAX_FAILED_SHAPES:
             return
-        shapes[:] = [s for s in shapes if not (s[0] >= cpu and s[1] >= memory and s[2] >= gpus)]
-        shapes.append((cpu, memory, gpus))
+        new = (job.cpu, job.memory_mb, job.gpus, job.estimate)
+        shapes[:] = [s for s in shapes if not all(a >= b for a, b in zip(s, new, strict=True))]
+        shapes.append(new)
 
 
 def _never(_: str) -> bool:
@@ -660,12 +701,14 @@ def _select(
     limit: int,
     spread: bool,
     rng: random.Random,
+    now: float,
 ) -> tuple[int, float] | None:
     """Scan the candidates from a random offset; return the best of the first ``limit``.
 
     Nodes the job should avoid are scored (with AVOID_PENALTY) but do not count towards
     the limit, so another fitting node is looked for before one of them is used. The fit
-    test is ``fits`` on the pass's arrays; the score is ``_score`` on the same arrays.
+    test is ``fits`` on the pass's arrays; the score is ``_score`` on the same arrays. A
+    node reserved for an earlier job is skipped unless the job would not delay it.
     """
     free_cpu = cluster.free_cpu
     free_memory = cluster.free_memory
@@ -674,6 +717,7 @@ def _select(
     total_cpu = cluster.total_cpu
     total_memory = cluster.total_memory
     load_penalty = cluster.load_penalty
+    held = cluster.held
     cpu = job.cpu
     memory = job.memory_mb
     gpus = job.gpus
@@ -688,6 +732,9 @@ def _select(
     found = 0
     for i in cands.ring[start : start + n]:
         if free_cpu[i] >= need_cpu and fit_memory[i] >= memory and free_gpus[i] >= gpus:
+            kept = held[i]
+            if kept is not None and not kept.admits(job, now):
+                continue
             score = (
                 _fit_score(
                     (free_cpu[i] - cpu) / total_cpu[i],
@@ -774,6 +821,7 @@ class Pass:
         min_cpu: float = 0.0,
         min_memory: int = 0,
         candidate_limit: int | None = None,
+        size_aware: bool = False,
     ) -> None:
         if strategy not in ("binpack", "spread"):
             raise ValueError(f"unknown placement strategy {strategy!r}")
@@ -782,7 +830,8 @@ class Pass:
         self._limit = _default_limit(len(nodes)) if candidate_limit is None else candidate_limit
         self._spread = strategy == "spread"
         self._rng = rng
-        self._cluster = _Cluster(nodes, min_cpu, min_memory)
+        scale = size_scale(nodes) if size_aware and strategy == "binpack" else None
+        self._cluster = _Cluster(nodes, min_cpu, min_memory, scale)
         self._candidates = _Candidates(nodes, now, self._cluster, rng)
         self._failed = _FailedShapes()
         self._nodes = nodes
@@ -795,20 +844,28 @@ class Pass:
         key = filter_key(job)
         cpu, memory, gpus = job.cpu, job.memory_mb, job.gpus
         candidates = self._candidates
-        if self._failed.covers(key, cpu, memory, gpus):
+        if self._failed.covers(key, job):
             return candidates.reason(key)
         cands = candidates.get(key, gpus > 0)
         picked = None
         if cands.admits(cpu, memory, gpus):
-            picked = _select(self._cluster, cands, job, self._limit, self._spread, self._rng)
+            picked = _select(
+                self._cluster, cands, job, self._limit, self._spread, self._rng, self._now
+            )
             if picked is None:
                 cands.tighten(self._cluster)
         if picked is None:
-            self._failed.add(key, cpu, memory, gpus)
+            self._failed.add(key, job)
             return candidates.reason(key)
         i, score = picked
-        self._cluster.consume(i, job)
+        self._cluster.consume(i, job, self._now)
         return Decision(job.id, self._cluster.ids[i], score)
+
+    def hold(self, node_id: str, held: Held) -> None:
+        """Keep a reservation on the node for the rest of the pass: later jobs may use
+        it only as ``held.admits`` allows. Only a job that fitted nowhere in this pass
+        is reserved, so it is not offered again and the limit never lifts within it."""
+        self._cluster.held[self._cluster.index[node_id]] = held
 
     def pending(
         self, job: JobRequest, is_offline: Callable[[str], bool] = _never
@@ -832,7 +889,7 @@ class Pass:
             )
         counts = dict(static[0])
         cluster = self._cluster
-        free_cpu, gone_cpu = cluster.free_cpu, cluster.gone_cpu
+        free_cpu, gone_cpu, held = cluster.free_cpu, cluster.gone_cpu, cluster.held
         for i in static[1]:
             cpu = free_cpu[i]
             why = _capacity_blocker(
@@ -842,6 +899,9 @@ class Pass:
                 cluster.free_gpus[i],
                 job,
             )
+            kept = held[i]
+            if why is None and kept is not None and not kept.admits(job, self._now):
+                why = RESERVED
             if why is not None:
                 counts[why] = counts.get(why, 0) + 1
         return counts
@@ -855,6 +915,7 @@ def place(
     strategy: Strategy = "binpack",
     rng: random.Random,
     candidate_limit: int | None = None,
+    size_aware: bool = False,
 ) -> PlacementResult:
     """Place ``jobs`` on ``nodes`` in one pass, highest priority first, FIFO within one.
 
@@ -872,6 +933,7 @@ def place(
         min_cpu=min((job.cpu for job in queue), default=0.0),
         min_memory=min((job.memory_mb for job in queue), default=0),
         candidate_limit=candidate_limit,
+        size_aware=size_aware,
     )
     decisions: list[Decision] = []
     unplaced: dict[str, str] = {}

@@ -1,5 +1,6 @@
 """What keeps a queued job from being placed, decided apart from placement itself:
-dependencies, concurrency groups, retry backoff, and the starvation hold.
+dependencies, concurrency groups and retry backoff (reservations for jobs that fit
+nowhere are scheduler.reservations).
 
 Pure functions over plain values; the state (scheduler.state.scheduling) feeds them
 and applies the answers.
@@ -7,18 +8,16 @@ and applies the answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from common.models import Dependency, DependencyEnd
 from common.states import TERMINAL, JobState
-from scheduler import placement
 
 #: pending reasons, Slurm-style: a code, then the detail
 WAITING_TO_RETRY = "waiting to retry"
 WAITING_ON = "waiting_on"
 GROUP_LIMIT = "group_limit"
-HELD = "holding"
 DEPENDENCY_FAILED = "dependency_failed"
 
 
@@ -85,23 +84,3 @@ def group_room(active: int, limit: int | None) -> int | None:
     if limit is None:
         return None
     return max(0, limit - active)
-
-
-def hold_candidate(
-    nodes: Sequence[placement.NodeView], job: placement.JobRequest, now: float
-) -> str | None:
-    """The node a starving job holds: one that could take it once its jobs end.
-
-    Among the nodes that pass the job's availability filter and are big enough in
-    total, the one with the most free room now, so the hold is likely short.
-    """
-    best: tuple[float, str] | None = None
-    for n in nodes:
-        if not placement.admissible(n, job, now):
-            continue
-        if n.total_cpu + 1e-9 < job.cpu or n.total_memory_mb < job.memory_mb:
-            continue
-        room = n.free_cpu / max(n.total_cpu, 1e-9) + n.free_memory_mb / max(n.total_memory_mb, 1)
-        if best is None or room > best[0]:
-            best = (room, n.id)
-    return best[1] if best else None

@@ -1,8 +1,11 @@
 """The queue of jobs waiting for a node, kept in order as jobs arrive and leave.
 
 Queued jobs are grouped into shapes: what they ask for (CPU, memory, GPUs), their
-static filter (constraint labels, permissions they need), their concurrency group and
-their owner (so that owners can be interleaved, and one at its quota waits alone).
+static filter (constraint labels, permissions they need), their concurrency group,
+their owner (so that owners can be interleaved, and one at its quota waits alone) and
+how long they are expected to run, within a factor of sqrt(2) (a short job may
+backfill where a long one of the same size may not; coarse, so that jobs whose
+estimates differ a little still share a shape).
 Every job of a shape fits exactly where every other one does, so once the first job of
 a shape fits nowhere the shape goes to sleep with that reason, and no pass looks at it
 again until something happens that could make it fit (``wake``). A placement pass
@@ -18,14 +21,22 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from collections.abc import Callable, Iterator
 
 from scheduler.placement import FilterKey, JobRequest, filter_key, queue_order
 
-#: (cpu, memory_mb, gpus, static filter, concurrency group, owner)
-ShapeKey = tuple[float, int, int, FilterKey, str | None, str]
+#: (cpu, memory_mb, gpus, static filter, concurrency group, owner, estimate class)
+ShapeKey = tuple[float, int, int, FilterKey, str | None, str, int]
 #: a job's place in the queue: (-priority, submit order, id)
 Entry = tuple[int, int, str]
+
+
+def estimate_class(estimate: float) -> int:
+    """Estimates within a factor of sqrt(2) share a class."""
+    if not math.isfinite(estimate) or estimate <= 1.0:
+        return -1 if estimate <= 1.0 else 1 << 30
+    return math.ceil(2 * math.log2(estimate))
 
 
 def entry(req: JobRequest) -> Entry:
@@ -158,7 +169,15 @@ class ReadyQueue:
         return self._delayed[0][0] if self._delayed else None
 
     def _into_shape(self, req: JobRequest, group: str | None) -> None:
-        key: ShapeKey = (req.cpu, req.memory_mb, req.gpus, filter_key(req), group, req.owner)
+        key: ShapeKey = (
+            req.cpu,
+            req.memory_mb,
+            req.gpus,
+            filter_key(req),
+            group,
+            req.owner,
+            estimate_class(req.estimate),
+        )
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shapes[key] = Shape(key, req, group)

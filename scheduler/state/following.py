@@ -68,9 +68,10 @@ class Followed:
 
 
 def pending_of(events: Iterable[Event]) -> list[tuple[str, str]]:
-    """The (job id, reason) of each job.pending event, oldest first."""
+    """The (job id, reason) of each job.pending event, oldest first: the reason the
+    jobs of its shape share (a reserved job's own reason names its reservation)."""
     return [
-        (e.job_id, str(e.data["reason"]))
+        (e.job_id, str(e.data.get("shared_reason") or e.data["reason"]))
         for e in events
         if e.type == "job.pending" and e.job_id is not None and e.data
     ]

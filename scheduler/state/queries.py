@@ -15,8 +15,8 @@ from scheduler.state.liveness import Liveness
 class Queries(Liveness):
     def shown(self, job: Job) -> Job:
         """The job as a client sees it: a queued job behind the first of a sleeping shape
-        waits for the same reason as that one."""
-        if job.state is JobState.QUEUED:
+        waits for the same reason as that one (a reserved one says its own)."""
+        if job.state is JobState.QUEUED and job.reservation is None:
             why = self.queue.reason_of(job.id)
             if why is not None:
                 job.reason = why

@@ -8,67 +8,71 @@ so a pass looks only at the jobs it places and one more per shape.
 A shape that sleeps because of the nodes says why node by node ("0/5 nodes are
 available: 2 at their parallel limit, 1 draining") and keeps the counts by cause in the
 job's ``pending``; they are counted once per shape per pass (O(nodes)), never per job.
+
+The first ``--reservations`` jobs in queue order that fit nowhere each get a
+reservation (scheduler.reservations): room on the node where the running jobs'
+estimates free it earliest. Later jobs of the pass may use that node only where they
+do not delay it. Reservations are made anew every pass, in queue order: the jobs that
+held one are looked at again even if their shapes sleep.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
-from common.models import Job, Node
-from common.states import JobState, NodeState
-from scheduler import placement, queue
+from common.models import Job, Node, Reservation
+from common.states import ON_NODE, JobState, NodeState
+from scheduler import placement, queue, reservations
 from scheduler.nodes import add
-from scheduler.readyqueue import Entry, Shape, entry
+from scheduler.readyqueue import Shape
+from scheduler.reservations import Held, Release
+from scheduler.state.lifecycle import estimate_of, request_of
+from scheduler.state.records import dt, ts
 from scheduler.state.sharing import Sharing
-from scheduler.state.lifecycle import request_of
-from scheduler.state.records import dt
 
-#: reasons of a job that did not fit in the last pass (it may be starving)
-_BLOCKED = ("no node", placement.REASON_NODES_PREFIX, queue.HELD)
+
+def reserved_reason(reservation: Reservation) -> str:
+    """"reserved: node n3 from 2026-12-03 14:05:00 UTC" (or "..., start unknown")."""
+    start = reservation.start
+    when = "start unknown" if start is None else f"from {start:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{reservations.RESERVED}: node {reservation.node} {when}"
 
 
 class Scheduling(Sharing):
-    def place(self) -> list[str]:
-        """One placement pass. Returns the ids of nodes given new jobs.
+    def _setup(self) -> None:
+        super()._setup()
+        #: queued job -> its reservation, as the last pass made it
+        self.reserved: dict[str, Reservation] = {}
 
-        A job that has waited past the starvation bound without fitting holds a node:
-        jobs behind it may not use that node until it has been placed.
-        """
+    def place(self) -> list[str]:
+        """One placement pass. Returns the ids of nodes given new jobs."""
         now = self.clock()
         self._gate(now)
         shapes = self.queue.shapes()
-        if not shapes:
-            return []
+        previous, self.reserved = self.reserved, {}
+        touched: list[str] = []
         if not self.nodes:
             for shape in shapes:
                 if not shape.asleep:
                     self._stop(shape, placement.REASON_NO_ELIGIBLE)
-            return []
-        # Only groups with a limit need counting, and most clusters have none.
-        active = self._active_by_group() if self.group_limits else {}
-        room: dict[str, int | None] = {}
-        starving = self._starving(shapes, now)
-        if starving is not None:
-            # It is looked at even if its shape sleeps: it may take a node's hold.
-            of_starving = self.queue.shape_of(starving.id)
-            if of_starving is not None:
-                of_starving.asleep = False
-        awake = [s for s in shapes if not s.asleep]
-        if starving is None:
-            return self._run(awake, now, active, room, until=None, held=None)
-        touched = self._run(awake, now, active, room, until=starving, held=None)
-        held = None
-        if starving.id in self.queue:
-            views = [self._cached_view(n) for n in self.nodes.values()]
-            held = queue.hold_candidate(views, starving, now)
-            if held is not None:
-                name = self.nodes[held].name
-                job = self.jobs[starving.id]
-                self._pending(
-                    job, f"{queue.HELD}: node {name}, until it has room for this job", job.pending
-                )
-        awake = [s for s in awake if not s.asleep and len(s)]
-        return touched + self._run(awake, now, active, room, until=None, held=held)
+        elif shapes:
+            for job_id in previous:
+                of_reserved = self.queue.shape_of(job_id)
+                if of_reserved is not None:
+                    of_reserved.asleep = False
+            # Only groups with a limit need counting, and most clusters have none.
+            active = self._active_by_group() if self.group_limits else {}
+            awake = [s for s in shapes if not s.asleep]
+            touched = self._run(awake, now, active, {})
+        for job_id in previous.keys() - self.reserved.keys():
+            job = self.jobs.get(job_id)
+            if job is not None and job.reservation is not None:
+                # Not reserved again and not looked at: it waits as its shape does.
+                why = self.queue.reason_of(job_id) or placement.REASON_NO_FIT
+                self._pending(job, why, self.queue.pending_of(job_id))
+        return touched
 
     def _gate(self, now: float) -> None:
         """What decides itself before the nodes are looked at: retries whose backoff
@@ -107,40 +111,18 @@ class Scheduling(Sharing):
         if nb is not None and nb <= now:
             self.queue.release_due(now, lambda job_id: self.jobs[job_id].spec.group)
 
-    def _starving(self, shapes: list[Shape], now: float) -> placement.JobRequest | None:
-        """The first job in queue order that waited past the bound and did not fit in
-        the last pass (or already holds a node, and keeps it). Only the first job of
-        each shape can be it: the others have waited no longer and fit no better."""
-        bound = self.config.starvation_s
-        found: tuple[Entry, placement.JobRequest] | None = None
-        for shape in shapes:
-            head = shape.head()
-            if head is None:
-                continue
-            job = self.jobs[head]
-            since = job.queued_at.timestamp() if job.queued_at is not None else now
-            last = job.reason or ""
-            if now - since > bound and last.startswith(_BLOCKED):
-                req = self.queue.requests[head]
-                if found is None or entry(req) < found[0]:
-                    found = (entry(req), req)
-        return found[1] if found else None
-
     def _run(
         self,
         shapes: list[Shape],
         now: float,
         active: dict[str, int],
         room: dict[str, int | None],
-        *,
-        until: placement.JobRequest | None,
-        held: str | None,
     ) -> list[str]:
-        """Offer the shapes' jobs in queue order (up to ``until``, included) to a pass
-        over the nodes but ``held``; a shape stops at its first job left unplaced."""
+        """Offer the shapes' jobs in queue order to a pass over the nodes; a shape stops
+        at its first job left unplaced."""
         if not shapes:
             return []
-        views = [self._cached_view(n) for n in self.nodes.values() if n.id != held]
+        views = [self._cached_view(n) for n in self.nodes.values()]
         one_pass = placement.Pass(
             views,
             now=now,
@@ -148,18 +130,23 @@ class Scheduling(Sharing):
             rng=self.rng,
             min_cpu=min(s.request.cpu for s in shapes),
             min_memory=min(s.request.memory_mb for s in shapes),
+            size_aware=self.config.size_aware,
         )
+        held: dict[str, Held] = {}
+        releases = self._releases(now)
         order = self._order
         heads = [(order(s.entries[0], s.request.owner), i) for i, s in enumerate(shapes) if s.entries]
         heapq.heapify(heads)
-        last = None if until is None else order(entry(until), until.owner)
         touched: list[str] = []
         while heads:
-            first, i = heads[0]
-            if last is not None and first > last:
-                break
-            heapq.heappop(heads)
+            first, i = heapq.heappop(heads)
             shape = shapes[i]
+            fresh = order(shape.entries[0], shape.request.owner)
+            if fresh != first:
+                # Its owner's usage grew with a job placed since the key was made (keys
+                # only grow in a pass): it goes back in at its place now.
+                heapq.heappush(heads, (fresh, i))
+                continue
             req = self.queue.requests[first[3]]
             job = self.jobs[req.id]
             why = self._over_quota(req) or self._group_full(shape, active, room)
@@ -184,15 +171,63 @@ class Scheduling(Sharing):
                 self._stop(shape, preempting)
                 continue
             pending = one_pass.pending(req, self._is_offline)
-            if held is not None:
-                pending[placement.HELD] = 1
-            if sum(pending.values()) == len(self.nodes):
-                self._stop(
-                    shape, placement.waiting_sentence(len(self.nodes), pending, req), pending
+            counted = sum(pending.values()) == len(self.nodes)
+            why = placement.waiting_sentence(len(self.nodes), pending, req) if counted else outcome
+            plan = None
+            if outcome == placement.REASON_NO_FIT and len(self.reserved) < self.config.reservations:
+                plan = reservations.plan(
+                    views, releases, req, now, held, size_aware=self.config.size_aware
                 )
-            else:
-                self._stop(shape, outcome)
+            if plan is None:
+                self._stop(shape, why, pending if counted else None)
+                continue
+            held[plan.node_id] = plan.held
+            one_pass.hold(plan.node_id, plan.held)
+            self._stop_reserved(shape, job, plan, why, pending if counted else None)
         return touched
+
+    def _releases(self, now: float) -> Callable[[str], Sequence[Release]]:
+        """A node's running jobs as they are expected to end (start + estimate), worked
+        out once per node per pass, when a reservation first looks at the node."""
+        known: dict[str, list[Release]] = {}
+
+        def of(node_id: str) -> Sequence[Release]:
+            found = known.get(node_id)
+            if found is None:
+                node = self.nodes[node_id]
+                running = []
+                for job_id in node.running_jobs:
+                    other = self.jobs.get(job_id)
+                    if other is None or other.state not in ON_NODE:
+                        continue
+                    began = ts(other.started_at) or ts(other.assigned_at) or now
+                    r = other.spec.resources
+                    running.append((began, estimate_of(other.spec), r.cpu, r.memory_mb, r.gpus))
+                found = known[node_id] = reservations.releases_of(running, now)
+            return found
+
+        return of
+
+    def _stop_reserved(
+        self,
+        shape: Shape,
+        job: Job,
+        plan: reservations.Plan,
+        why: str,
+        pending: dict[str, int] | None,
+    ) -> None:
+        """The shape's first job fits nowhere but has a reservation: the shape sleeps
+        with the nodes' reason, and its first job says where and when it is expected to
+        start."""
+        shape.sleep(why, pending)
+        start = plan.held.start
+        reservation = Reservation(
+            node_id=plan.node_id,
+            node=self.nodes[plan.node_id].name,
+            start=datetime.fromtimestamp(start, UTC) if start != float("inf") else None,
+        )
+        self.reserved[job.id] = reservation
+        self._pending(job, reserved_reason(reservation), pending, reservation, why)
 
     def _is_offline(self, node_id: str) -> bool:
         return self.nodes[node_id].state is NodeState.OFFLINE
@@ -229,22 +264,37 @@ class Scheduling(Sharing):
         if head is None:
             return
         job = self.jobs[head]
-        if (why, pending) == told:
+        if (why, pending) == told and job.reservation is None:
             job.reason, job.pending = why, pending
         else:
             self._pending(job, why, pending)
 
-    def _pending(self, job: Job, why: str, pending: dict[str, int] | None = None) -> None:
+    def _pending(
+        self,
+        job: Job,
+        why: str,
+        pending: dict[str, int] | None = None,
+        reservation: Reservation | None = None,
+        shared: str | None = None,
+    ) -> None:
         """Say why a queued job waits, with the counts of nodes by cause when the reason
-        is the nodes; a change is stored and told as an event."""
-        if job.reason != why or job.pending != pending:
-            job.reason, job.pending = why, pending
-            self._event("job.pending", job=job, data={"reason": why, "pending": pending})
+        is the nodes, and its reservation if it has one (then ``shared`` is the reason
+        the jobs of its shape behind it show); a change is stored and told as an
+        event."""
+        if job.reason != why or job.pending != pending or job.reservation != reservation:
+            job.reason, job.pending, job.reservation = why, pending, reservation
+            data: dict[str, object] = {"reason": why, "pending": pending}
+            if reservation is not None:
+                data["reservation"] = reservation
+                data["shared_reason"] = shared
+            self._event("job.pending", job=job, data=data)
 
     def _dequeued(self, job: Job) -> None:
         """A job that leaves the queue no longer waits for anything."""
         super()._dequeued(job)
         job.pending = None
+        job.reservation = None
+        self.reserved.pop(job.id, None)
 
     def _assign(self, job: Job, node: Node) -> None:
         job.node_id = node.id

@@ -110,14 +110,16 @@ def test_offline_nodes_are_told_apart_from_unhealthy_ones() -> None:
 
 def test_the_sentence_names_what_is_needed() -> None:
     req = job(cpu=1, gpus=2, needs=("privileged", "mount:/srv/data"))
-    told = waiting_sentence(4, {"cpu": 1, "gpus": 2, "allow_list": 1, "held": 0, "labels": 0}, req)
+    told = waiting_sentence(
+        4, {"cpu": 1, "gpus": 2, "allow_list": 1, "reserved": 0, "labels": 0}, req
+    )
     assert told == (
         "0/4 nodes are available: 2 lack GPUs (needs 2), 1 does not allow privileged mode, "
         "mounting /srv/data from the host (--allow privileged --allow mount:/srv/data), "
         "1 lacks CPU (needs 1 core)"
     )
-    assert waiting_sentence(1, {"held": 1}, req) == (
-        "0/1 nodes are available: 1 held for a starving job"
+    assert waiting_sentence(1, {"reserved": 1}, req) == (
+        "0/1 nodes are available: 1 reserved for an earlier job"
     )
     assert waiting_sentence(2, {"labels": 2}, req).endswith("2 do not match the constraints")
 
@@ -220,7 +222,8 @@ def pending_events(c: State, j: Job) -> list[dict]:
 
 
 def test_a_job_behind_full_slots_says_parallel_limit_not_no_fit(clock: FakeClock) -> None:
-    c = new_cluster(clock)
+    # Without reservations, so that the first job's own reason is the sentence too.
+    c = new_cluster(clock, reservations=0)
     register(c, "a", max_parallel=1)
     register(c, "b", max_parallel=1)
     running = [submit(c), submit(c)]
@@ -267,22 +270,19 @@ def test_reasons_that_are_not_about_nodes_carry_no_counts(clock: FakeClock) -> N
     assert grouped[1].pending is None
 
 
-def test_a_node_held_for_a_starving_job_is_counted_as_held(clock: FakeClock) -> None:
-    c = new_cluster(clock, starvation_s=60.0)
-    node = register(c, cpu=4, max_parallel=8)
-    running = submit(c, cpu=3)
+def test_a_node_reserved_for_an_earlier_job_is_counted_as_reserved(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    register(c, cpu=4, max_parallel=8)
+    submit(c, cpu=3, expected_runtime_s=60)
     c.place()
     big = submit(c, cpu=4)
-    c.place()
-    assert big.pending == {"cpu": 1}
-    clock.advance(61)
-    beat(c, node, running)
     later = submit(c, cpu=1)
     c.place()
+    assert big.pending == {"cpu": 1}
+    assert big.reason is not None and big.reason.startswith("reserved: node n1 from ")
     assert later.state is JobState.QUEUED
-    assert big.reason is not None and big.reason.startswith("holding: node n1")
-    assert later.reason == "0/1 nodes are available: 1 held for a starving job"
-    assert later.pending == {"held": 1}
+    assert later.reason == "0/1 nodes are available: 1 reserved for an earlier job"
+    assert later.pending == {"reserved": 1}
 
 
 def test_a_standby_shows_the_counts_of_the_jobs_behind_the_first_too(clock: FakeClock) -> None:

@@ -25,7 +25,6 @@ from scheduler.placement import (
     score_binpack,
     score_spread,
 )
-from scheduler.queue import hold_candidate
 
 NOW = 1_700_000_000.0
 
@@ -286,13 +285,6 @@ def test_a_permission_on_a_node_of_other_labels_does_not_count() -> None:
 def test_an_allowed_job_that_is_too_big_is_told_it_does_not_fit() -> None:
     nodes = [node("a", cpu=2, allows=("privileged",))]
     assert run(nodes, [job("p", cpu=4, needs=("privileged",))]).unplaced == {"p": REASON_NO_FIT}
-
-
-def test_a_starving_job_holds_only_a_node_that_allows_it() -> None:
-    nodes = [node("big"), node("open", cpu=2, memory_mb=2048, allows=("privileged",))]
-    assert hold_candidate(nodes, job(needs=("privileged",)), NOW) == "open"
-    assert hold_candidate(nodes, job(needs=("host-network",)), NOW) is None
-    assert hold_candidate(nodes, job(), NOW) == "big"
 
 
 def test_node_in_cooldown_is_used_once_now_passes_it() -> None:

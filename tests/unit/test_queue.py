@@ -1,4 +1,4 @@
-"""The queue: dependencies, concurrency groups, the starvation hold and pending reasons."""
+"""The queue: dependencies, concurrency groups, reservations and pending reasons."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.unit.test_cluster import (
     new_cluster,
     register,
     report,
+    start,
     submit,
 )
 
@@ -134,32 +135,96 @@ def test_only_the_first_job_of_a_group_sets_its_limit(clock: FakeClock) -> None:
     assert c.group_limits == {"g": 1}
 
 
-# --- backfill and the starvation hold ------------------------------------------------------
+# --- backfill around reservations -------------------------------------------------------
 
 
-def test_small_jobs_backfill_past_a_big_one_until_it_starves(clock: FakeClock) -> None:
-    c = new_cluster(clock, starvation_s=60.0)
+def test_a_big_job_reserves_the_node_and_only_jobs_that_end_before_it_backfill(
+    clock: FakeClock,
+) -> None:
+    c = new_cluster(clock)
     node = register(c, cpu=4, max_parallel=8)
+    running = submit(c, cpu=2, expected_runtime_s=600)
+    c.place()
+    start(c, running)
+    big = submit(c, cpu=4)
+    short = submit(c, cpu=1, expected_runtime_s=300)
+    long = submit(c, cpu=1, expected_runtime_s=900)
+    c.place()
+    assert big.state is JobState.QUEUED
+    assert big.reservation is not None and big.reservation.node_id == node.id
+    assert big.reservation.start is not None
+    assert big.reservation.start.timestamp() == pytest.approx(clock.now + 600)
+    assert big.reason is not None and big.reason.startswith(f"reserved: node {node.name} from ")
+    # Ends before the reservation starts: it may use the free core now.
+    assert short.state is JobState.ASSIGNED
+    # Would still run when the big job is due: it waits, and says so.
+    assert long.state is JobState.QUEUED
+    assert long.reason == "0/1 nodes are available: 1 reserved for an earlier job"
+    finish(c, running)
+    finish(c, short)
+    c.place()
+    assert big.state is JobState.ASSIGNED and big.reservation is None
+    assert long.state is JobState.QUEUED
+
+
+def test_a_job_that_fits_beside_the_reserved_one_backfills_whatever_its_length(
+    clock: FakeClock,
+) -> None:
+    c = new_cluster(clock)
+    register(c, cpu=8, max_parallel=8)
+    running = submit(c, cpu=6, expected_runtime_s=600)
+    c.place()
+    big = submit(c, cpu=4)
+    beside = submit(c, cpu=2, expected_runtime_s=3000)
+    c.place()
+    assert big.reservation is not None
+    # At the reservation's start 8 cores are free: 4 for the big job, 4 beside it.
+    assert beside.state is JobState.ASSIGNED
+    finish(c, running)
+    c.place()
+    assert big.state is JobState.ASSIGNED
+
+
+def test_only_the_first_jobs_that_fit_nowhere_get_reservations(clock: FakeClock) -> None:
+    c = new_cluster(clock, reservations=1)
+    register(c, "a", cpu=4, max_parallel=8)
+    register(c, "b", cpu=4, max_parallel=8)
+    for _ in range(2):
+        submit(c, cpu=3)
+    c.place()
+    first = submit(c, cpu=4, priority=60)
+    second = submit(c, cpu=4, memory_mb=512)
+    c.place()
+    assert first.reservation is not None
+    assert second.reservation is None
+    assert second.reason == "0/2 nodes are available: 2 lack CPU (needs 4 cores)"
+
+
+def test_without_reservations_small_jobs_keep_a_big_one_waiting(clock: FakeClock) -> None:
+    c = new_cluster(clock, reservations=0)
+    register(c, cpu=4, max_parallel=8)
     running = submit(c, cpu=3)
     c.place()
     big = submit(c, cpu=4)
     small = submit(c, cpu=1)
     c.place()
-    assert big.state is JobState.QUEUED and small.state is JobState.ASSIGNED
+    assert big.reservation is None and small.state is JobState.ASSIGNED
     assert big.reason == "0/1 nodes are available: 1 lacks CPU (needs 4 cores)"
-    assert big.pending == {"cpu": 1}
-    finish(c, small)
-    # Past the bound the big job holds the node: the next small job must wait.
-    clock.advance(61)
-    beat(c, node, running)
-    later = submit(c, cpu=1)
+    assert running.state is JobState.ASSIGNED
+
+
+def test_a_reservation_moves_to_the_job_first_in_queue_order(clock: FakeClock) -> None:
+    c = new_cluster(clock, reservations=1)
+    register(c, cpu=4, max_parallel=8)
+    submit(c, cpu=3)
     c.place()
-    assert later.state is JobState.QUEUED
-    assert big.reason == f"holding: node {node.name}, until it has room for this job"
-    finish(c, running)
+    low = submit(c, cpu=4, priority=10)
     c.place()
-    assert big.state is JobState.ASSIGNED
-    assert later.state is JobState.QUEUED  # the big job took the whole node
+    assert low.reservation is not None
+    high = submit(c, cpu=4, priority=90)
+    c.place()
+    assert high.reservation is not None and low.reservation is None
+    assert low.reason == "0/1 nodes are available: 1 lacks CPU (needs 4 cores)"
 
 
 def test_higher_priority_goes_first_and_fifo_within_a_priority(clock: FakeClock) -> None:
@@ -192,7 +257,7 @@ def test_random_workloads_keep_group_limits_and_priority_order(
 ) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
-    c = State(SchedulerConfig(restart_grace_s=0.0, starvation_s=30.0), clock=clock, rng=rng)
+    c = State(SchedulerConfig(restart_grace_s=0.0), clock=clock, rng=rng)
     for i in range(3):
         register(c, f"n{i}", cpu=4, memory_mb=8192, max_parallel=4)
     for _ in range(steps):
@@ -231,13 +296,14 @@ def test_random_workloads_keep_group_limits_and_priority_order(
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000))
-def test_a_big_job_is_placed_within_the_bound_under_a_stream_of_small_ones(seed: int) -> None:
-    """Without the hold, small jobs arriving all the time would keep a whole-node job
-    waiting for ever; with it, the job runs soon after the starvation bound."""
+def test_a_big_job_is_placed_soon_under_a_stream_of_small_ones(seed: int) -> None:
+    """Without a reservation, small jobs arriving all the time would keep a whole-node
+    job waiting for ever; with one, the reserved node takes no job that would still run
+    when the big one is due, so it drains and the big job runs."""
     rng = random.Random(seed)
     clock = FakeClock()
     bound = 30.0
-    c = State(SchedulerConfig(restart_grace_s=0.0, starvation_s=bound), clock=clock, rng=rng)
+    c = State(SchedulerConfig(restart_grace_s=0.0), clock=clock, rng=rng)
     nodes = [register(c, f"n{i}", cpu=4, memory_mb=8192, max_parallel=8) for i in range(2)]
     ages: dict[str, int] = {}
     big: Job | None = None
