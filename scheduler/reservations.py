@@ -157,13 +157,11 @@ def plan(
     return chosen
 
 
-def releases_of(
-    running: Sequence[tuple[float, float, float, int, int]], now: float
-) -> list[Release]:
+def releases_of(running: Sequence[tuple[float, float, float, int, int]]) -> list[Release]:
     """The running jobs of a node as releases sorted by end: each is (started, estimate,
-    cpu, memory_mb, gpus); one past its estimate is expected back now."""
+    cpu, memory_mb, gpus). An end already past counts as now (``earliest_start``)."""
     out = [
-        Release(max(now, started + estimate), cpu, memory, gpus)
+        Release(started + estimate, cpu, memory, gpus)
         for started, estimate, cpu, memory, gpus in running
     ]
     out.sort(key=lambda r: r.end)

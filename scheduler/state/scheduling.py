@@ -45,6 +45,8 @@ class Scheduling(Sharing):
         super()._setup()
         #: queued job -> its reservation, as the last pass made it
         self.reserved: dict[str, Reservation] = {}
+        #: node -> (the placement view they were worked out with, its releases)
+        self._release_cache: dict[str, tuple[placement.NodeView, list[Release]]] = {}
 
     def place(self) -> list[str]:
         """One placement pass. Returns the ids of nodes given new jobs."""
@@ -187,24 +189,30 @@ class Scheduling(Sharing):
         return touched
 
     def _releases(self, now: float) -> Callable[[str], Sequence[Release]]:
-        """A node's running jobs as they are expected to end (start + estimate), worked
-        out once per node per pass, when a reservation first looks at the node."""
-        known: dict[str, list[Release]] = {}
+        """A node's running jobs as they are expected to end (start + estimate). Kept
+        with the node's placement view, which is made anew whenever the node changes
+        (a job placed there or gone from it), and worked out only when a reservation
+        first looks at the node."""
+        known = self._release_cache
 
         def of(node_id: str) -> Sequence[Release]:
+            view = self._views.get(node_id)
             found = known.get(node_id)
-            if found is None:
-                node = self.nodes[node_id]
-                running = []
-                for job_id in node.running_jobs:
-                    other = self.jobs.get(job_id)
-                    if other is None or other.state not in ON_NODE:
-                        continue
-                    began = ts(other.started_at) or ts(other.assigned_at) or now
-                    r = other.spec.resources
-                    running.append((began, estimate_of(other.spec), r.cpu, r.memory_mb, r.gpus))
-                found = known[node_id] = reservations.releases_of(running, now)
-            return found
+            if found is not None and found[0] is view and view is not None:
+                return found[1]
+            node = self.nodes[node_id]
+            running = []
+            for job_id in node.running_jobs:
+                other = self.jobs.get(job_id)
+                if other is None or other.state not in ON_NODE:
+                    continue
+                began = ts(other.started_at) or ts(other.assigned_at) or now
+                r = other.spec.resources
+                running.append((began, estimate_of(other.spec), r.cpu, r.memory_mb, r.gpus))
+            releases = reservations.releases_of(running)
+            if view is not None:
+                known[node_id] = (view, releases)
+            return releases
 
         return of
 

@@ -31,8 +31,10 @@ def test_the_start_is_the_end_that_frees_enough() -> None:
 
 
 def test_a_job_past_its_estimate_is_expected_back_now() -> None:
-    (release,) = releases_of([(NOW - 1000, 600.0, 2.0, 512, 0)], NOW)
-    assert release.end == NOW
+    releases = releases_of([(NOW - 1000, 600.0, 2.0, 512, 0), (NOW, 60.0, 1.0, 512, 0)])
+    assert [r.end for r in releases] == [NOW - 400, NOW + 60]
+    found = earliest_start(node(cpu=0, total_cpu=2), releases, job(cpu=2), NOW)
+    assert found is not None and found[0] == NOW
 
 
 def test_a_node_too_small_whatever_ends_never_has_room() -> None:
