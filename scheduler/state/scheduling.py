@@ -177,8 +177,10 @@ class Scheduling(Sharing):
             why = placement.waiting_sentence(len(self.nodes), pending, req) if counted else outcome
             plan = None
             if outcome == placement.REASON_NO_FIT and len(self.reserved) < self.config.reservations:
+                # The nodes as they are now, with the jobs this pass placed on them.
+                now_views = [self._cached_view(n) for n in self.nodes.values()]
                 plan = reservations.plan(
-                    views, releases, req, now, held, size_aware=self.config.size_aware
+                    now_views, releases, req, now, held, size_aware=self.config.size_aware
                 )
             if plan is None:
                 self._stop(shape, why, pending if counted else None)

@@ -327,3 +327,16 @@ def test_a_big_job_is_placed_soon_under_a_stream_of_small_ones(seed: int) -> Non
         for node in nodes:
             beat(c, node, *(c.jobs[j] for j in node.running_jobs))
     assert big is not None and big.state is not JobState.QUEUED
+
+
+def test_a_reservation_counts_the_jobs_placed_earlier_in_the_same_pass(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    node = register(c, cpu=4, max_parallel=8)
+    first = submit(c, cpu=2, priority=90, expected_runtime_s=100)
+    big = submit(c, cpu=4, priority=50)
+    c.place()
+    assert first.state is JobState.ASSIGNED and first.node_id == node.id
+    # The node was empty when the pass began; the big job can start only once the job
+    # placed just before it ends.
+    assert big.reservation is not None and big.reservation.start is not None
+    assert big.reservation.start.timestamp() == pytest.approx(clock.now + 100)
