@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.jobs_cmd import _ago, print_json
+from cli.jobs_cmd import print_json
 from cli.live_cmd import EXIT_FAILED, EXIT_OK, client_options, run_client
+from cli.text import ago
 from common.arrays import ArraySummary
 from common.client import BerthClient
 from common.models import MAX_ARRAY_TASKS, ArraySpec
@@ -60,7 +61,7 @@ def array_detail(summary: ArraySummary, now: datetime | None = None) -> str:
         f"states    {counts}",
         f"image     {spec.image}",
         f"command   {spec.command!r}",
-        f"submitted {_ago(summary.created_at, now)} by {summary.owner or '-'}",
+        f"submitted {ago(summary.created_at, now)} by {summary.owner or '-'}",
     ]
     if summary.kept != summary.count:
         lines.append(f"kept      {summary.kept} (the rest were deleted by retention)")

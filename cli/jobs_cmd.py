@@ -7,7 +7,6 @@ token and exit codes are those of every client command (see ``berth logs --help`
 
 from __future__ import annotations
 
-import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +14,9 @@ from typing import Any
 
 import click
 
+from cli.job_detail import job_detail
 from cli.live_cmd import EXIT_FAILED, EXIT_OK, CommandError, client_options, run_client
+from cli.text import ago, table
 from common import codec
 from common.client import BerthClient
 from common.errors import CodecError
@@ -28,33 +29,6 @@ ACTIONS = ("cancel", "retry", "pause", "resume")
 
 
 # --- formatting ------------------------------------------------------------------------
-
-
-def _ago(ts: datetime | None, now: datetime) -> str:
-    if ts is None:
-        return "-"
-    s = max(0, int((now - ts).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
-
-
-def table(headers: list[str], rows: list[list[str]], *, flexible: int) -> str:
-    """Columns padded to their widths; column ``flexible`` shrinks to fit the terminal."""
-    width = shutil.get_terminal_size((120, 24)).columns
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    over = sum(widths) + 2 * (len(widths) - 1) - width
-    if over > 0:
-        widths[flexible] = max(len(headers[flexible]), widths[flexible] - over)
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for cell, w in zip(cells, widths, strict=True):
-            out.append(cell if len(cell) <= w else cell[: max(0, w - 1)] + "…")
-        return "  ".join(c.ljust(w) for c, w in zip(out, widths, strict=True)).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
 def _progress(job: Job) -> str:
@@ -73,7 +47,7 @@ def job_rows(jobs: list[Job]) -> str:
             j.node_id or "-",
             str(j.attempt),
             _progress(j),
-            _ago(j.created_at, now),
+            ago(j.created_at, now),
             j.reason or j.error or "",
         ]
         for j in jobs
@@ -99,7 +73,7 @@ def node_rows(nodes: list[Node]) -> str:
                 f"{n.allocated.cpu:g}/{total_cpu:g}",
                 f"{n.allocated.memory_mb}/{total_mem} MiB",
                 f"{len(n.running_jobs)}/{n.max_parallel}",
-                _ago(n.last_heartbeat_at, now),
+                ago(n.last_heartbeat_at, now),
                 reason,
             ]
         )
@@ -117,7 +91,7 @@ def scheduler_rows(schedulers: list[dict[str, Any]], now: datetime | None = None
             _cell(s.get("role")),
             _cell(s.get("epoch")),
             _cell(s.get("applied_index")),
-            _ago(_parse_time(s.get("seen")), now),
+            ago(_parse_time(s.get("seen")), now),
         ]
         for s in schedulers
     ]
@@ -138,76 +112,6 @@ def _parse_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
-def _pending_counts(pending: dict[str, int]) -> str:
-    """A queued job's nodes by why they cannot take it, most first: ``parallel_limit 2,
-    memory 2, draining 1`` (the keys are those of the job's ``pending``)."""
-    causes = sorted(pending.items(), key=lambda item: -item[1])
-    return ", ".join(f"{key} {count}" for key, count in causes if count)
-
-
-def job_detail(job: Job) -> str:
-    now = datetime.now(UTC)
-    lines = [
-        f"job       {job.id}  {job.name}",
-        f"state     {job.state.value}" + (f"  ({job.reason})" if job.reason else ""),
-        f"image     {job.spec.image}",
-        f"command   {job.spec.command!r}",
-        f"resources cpu {job.spec.resources.cpu:g}, memory {job.spec.resources.memory_mb} MiB"
-        + (f", gpus {job.spec.resources.gpus}" if job.spec.resources.gpus else ""),
-        f"attempt   {job.attempt} on {job.node_id or '-'}"
-        f"  (retries {job.retries}/{job.spec.max_retries},"
-        f" requeues {job.requeues}/{job.spec.max_requeues})",
-        f"submitted {_ago(job.created_at, now)} by {job.submitted_by or '-'}",
-    ]
-    if job.spec.deadline is not None or job.spec.queue_timeout_s is not None:
-        limits = (
-            [f"queue timeout {job.spec.queue_timeout_s:g}s"] if job.spec.queue_timeout_s else []
-        )
-        if job.spec.deadline is not None:
-            limits.append(f"deadline {job.spec.deadline.isoformat()}")
-        lines.append(f"limits    {', '.join(limits)}")
-    if job.array_id is not None:
-        lines.append(f"array     {job.array_id}  index {job.array_index}")
-    if job.state is JobState.QUEUED and job.queued_at is not None:
-        lines.append(
-            f"queued    {_ago(job.queued_at, now)}, waiting: {job.reason or 'to be placed'}"
-        )
-        if job.pending:
-            lines.append(f"pending   {_pending_counts(job.pending)}")
-    if job.progress is not None:
-        lines.append(f"progress  {job.progress.percent:.0f}% {job.progress.message}")
-    if job.exit_code is not None or job.error:
-        code = f" [{job.error_code}]" if job.error_code else ""
-        lines.append(f"result    exit code {job.exit_code}  {job.error or ''}{code}".rstrip())
-    if job.usage is not None:
-        u = job.usage
-        lines.append(
-            f"usage     cpu {u.cpu_percent:.0f}% (peak {u.peak_cpu_percent:.0f}%), "
-            f"memory {u.memory_mb:.0f} MiB (peak {u.peak_memory_mb:.0f} MiB)"
-        )
-    if job.spec.depends_on:
-        after = [
-            d.job if d.when == "completed" else f"{d.job} ({d.when})"
-            for d in job.spec.dependencies()
-        ]
-        lines.append(f"after     {', '.join(after)}")
-    if job.attempts:
-        lines.append("")
-        rows = [
-            [
-                str(a.attempt),
-                a.node_id or "-",
-                a.state.value,
-                "-" if a.exit_code is None else str(a.exit_code),
-                _ago(a.finished_at, now),
-                a.error or "",
-            ]
-            for a in job.attempts
-        ]
-        lines.append(table(["TRY", "NODE", "ENDED", "EXIT", "WHEN", "ERROR"], rows, flexible=5))
-    return "\n".join(lines)
 
 
 def print_json(obj: Any) -> None:
@@ -311,6 +215,15 @@ def queue_rule_options(func: Any) -> Any:
         ),
         click.option("--deadline", default=None, help="RFC 3339 time after which it is cancelled."),
         click.option(
+            "--expected-runtime",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="How long it is expected to run, at most its timeout (expected_runtime_s): "
+            "reservations are planned with it, and a shorter estimate lets it backfill "
+            "sooner. Default: its timeout.",
+        ),
+        click.option(
             "--after",
             "after",
             multiple=True,
@@ -352,6 +265,7 @@ def _rules_of(**given: Any) -> dict[str, Any]:
         "max_requeues": "max_requeues",
         "queue_timeout": "queue_timeout_s",
         "deadline": "deadline",
+        "expected_runtime": "expected_runtime_s",
         "after": "depends_on",
         "retry_on": "retry_on_exit_codes",
         "no_retry_on": "no_retry_on_exit_codes",

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.jobs_cmd import _read_specs, print_json, table
+from cli.jobs_cmd import _read_specs, print_json
 from cli.live_cmd import EXIT_OK, CommandError, client_options, run_client
 from cli.run_cmd import parse_pairs
+from cli.text import table
 from common.client import BerthClient
 from common.models import Constraints, JobResources, JobSpec
 from common.schedule_models import Schedule, ScheduleSpec

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from cli.jobs_cmd import print_json, table
+from cli.jobs_cmd import print_json
 from cli.live_cmd import EXIT_OK, client_options, run_client
+from cli.text import table
 from common.client import BerthClient
 from common.models import AuditEntry, OwnerStatus, Quota, TokenInfo
 

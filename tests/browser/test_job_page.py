@@ -206,7 +206,8 @@ async def test_a_queued_job_that_fits_nowhere_shows_its_nodes_counted_by_cause(
     agents: list[Heartbeats],
 ) -> None:
     p, _ = page
-    full = await add_agent(agents, sched, http, "full", max_parallel=1)
+    # No node could ever take it (so it gets no reservation): the counts say why.
+    full = await add_agent(agents, sched, http, "full", max_parallel=1, memory_mb=1024)
     await running_job(admin, full)
     await add_agent(agents, sched, http, "small-1", memory_mb=1024)
     await add_agent(agents, sched, http, "small-2", memory_mb=1024)
@@ -263,3 +264,51 @@ async def test_the_queue_rules_of_a_job_are_shown(
     await expect(details.filter(has_text="Schedule")).to_contain_text("a run of nightly")
     await screenshot(p, "job-queue-rules")
     assert errors == []
+
+
+async def test_a_queued_job_shows_the_node_reserved_for_it_and_when_it_should_start(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    whole = {"cpu": 2, "memory_mb": 256}
+    worker = await add_agent(agents, sched, http, "worker-1", cpu=2)
+    await running_job(admin, worker, resources=whole, expected_runtime_s=600)
+    # The big job waits on another first, so that its reservation comes live.
+    _, first = await admin.post("/api/v1/jobs", {**SPEC, "constraints": {"labels": {"x": "y"}}})
+    status, job = await admin.post(
+        "/api/v1/jobs",
+        {
+            **SPEC,
+            "name": "big",
+            "resources": whole,
+            "expected_runtime_s": 900,
+            "depends_on": [{"job": first["id"], "when": "ended"}],
+        },
+    )
+    assert status == 201, job
+    await open_job(p, sched, job["id"])
+    reason = p.get_by_test_id("job-reason")
+    await expect(reason).to_contain_text("waiting_on")
+    reserved = p.get_by_test_id("job-reservation")
+    await expect(reserved).to_be_hidden()
+    status, body = await admin.post(f"/api/v1/jobs/{first['id']}/cancel", {})
+    assert status == 200, body
+
+    await expect(reason).to_contain_text("reserved: node worker-1")
+    await expect(reserved.locator(".detail").filter(has_text="Node")).to_have_text("Nodeworker-1")
+    # Its estimated start: when the running job's 600 s estimate ends.
+    await expect(reserved.locator(".detail").filter(has_text="Estimated start")).to_contain_text(
+        re.compile(r"\d{4}, .*\(in (9|10) min\)")
+    )
+    details = p.locator(".job-side .detail")
+    await expect(details.filter(has_text="Expected runtime")).to_contain_text("15 min 00 s")
+    await screenshot(p, "job-page-reservation")
+    # Once it leaves the queue the reservation goes.
+    status, body = await admin.post(f"/api/v1/jobs/{job['id']}/cancel", {})
+    assert status == 200, body
+    await expect(p.locator(".job-title-row .pill")).to_have_text("Cancelled")
+    await expect(reserved).to_be_hidden()

@@ -179,6 +179,16 @@ export function fmtAgo(ts, now = Date.now()) {
   return `${Math.floor(s / 86400)} d ago`;
 }
 
+/** How long until ts: "in 40 s", "in 12 min", "in 2 h", "in 3 d"; "due now" once it has come. */
+export function fmtIn(ts, now = Date.now()) {
+  const s = Math.round((Date.parse(ts) - now) / 1000);
+  if (s <= 0) return "due now";
+  if (s < 60) return `in ${s} s`;
+  if (s < 3600) return `in ${Math.floor(s / 60)} min`;
+  if (s < 86400) return `in ${Math.floor(s / 3600)} h`;
+  return `in ${Math.floor(s / 86400)} d`;
+}
+
 /** A duration in ms as "850 ms", "42 s", "3 min 05 s", "2 h 10 min". */
 export function fmtDuration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";

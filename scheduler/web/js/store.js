@@ -349,6 +349,7 @@ function applyToJob(job, event) {
     job.state = data.state;
     job.reason = data.reason ?? null;
     job.pending = null;
+    job.reservation = null;
     if (data.attempt) job.attempt = data.attempt;
     if (data.node_id) job.node_id = data.node_id;
     if (data.state === "queued") job.node_id = null;
@@ -365,9 +366,11 @@ function applyToJob(job, event) {
   } else if (event.type === "job.progress") {
     job.progress = { percent: data.percent, message: data.message || "" };
   } else if (event.type === "job.pending") {
-    // Why a queued job waits, told when it changes, with its nodes counted by cause.
+    // Why a queued job waits, told when it changes, with its nodes counted by cause
+    // and the node reserved for it.
     job.reason = data.reason ?? null;
     job.pending = data.pending ?? null;
+    job.reservation = data.reservation ?? null;
   }
 }
 

@@ -8,6 +8,7 @@ import {
   fmtAgo,
   fmtCores,
   fmtDuration,
+  fmtIn,
   fmtMb,
   fmtTime,
   fill,
@@ -43,7 +44,7 @@ const PENDING_CAUSES = [
   ["cpu", "lack CPU"],
   ["memory", "lack memory"],
   ["gpus", "lack GPUs"],
-  ["held", "held for a starving job"],
+  ["reserved", "reserved for an earlier job"],
 ];
 
 export function jobView(container, jobId) {
@@ -80,6 +81,14 @@ export function jobView(container, jobId) {
         pendingBody,
       ),
     ),
+  );
+  // The node kept for a queued job that fits nowhere now, and when it should start there.
+  const reservationDetails = h("dl.details");
+  const reservationPanel = h(
+    "section.panel.reservation-panel",
+    { hidden: true, "data-testid": "job-reservation" },
+    h("div.panel-head", null, h("h2", { text: "Reserved for it" })),
+    reservationDetails,
   );
 
   const progressFill = h("span.bar-fill");
@@ -132,6 +141,7 @@ export function jobView(container, jobId) {
     ),
     callout,
     pendingPanel,
+    reservationPanel,
     progressPanel,
     h(
       "div.job-grid",
@@ -269,6 +279,7 @@ export function jobView(container, jobId) {
     setVariant(callout, "callout-", ["failed", "timed_out"].includes(job.state) ? "error" : job.state === "cancelled" ? "muted" : "info");
 
     renderPending(job);
+    renderReservation(job);
     renderProgress(job);
     renderDetails(job, node);
     renderAttempts(job);
@@ -311,6 +322,19 @@ export function jobView(container, jobId) {
     );
   }
 
+  function renderReservation(job) {
+    const r = job.state === "queued" ? job.reservation : null;
+    setHidden(reservationPanel, !r);
+    if (!r) return;
+    const start = r.start
+      ? `${fmtTime(r.start)} (${fmtIn(r.start)})`
+      : "unknown: a job there has no end in sight";
+    detailRows(reservationDetails, [
+      ["Node", r.node],
+      ["Estimated start", start],
+    ]);
+  }
+
   function renderProgress(job) {
     const p = job.progress;
     const done = job.state === "completed";
@@ -351,6 +375,7 @@ export function jobView(container, jobId) {
     // The queue's rules, where the job has them.
     rows.push(["Requeues", `${job.requeues || 0} of up to ${job.spec.max_requeues} (losses it did not cause)`]);
     if (job.error_code) rows.push(["Ended by", job.error_code.replaceAll("_", " ")]);
+    if (job.spec.expected_runtime_s) rows.push(["Expected runtime", fmtDuration(job.spec.expected_runtime_s * 1000)]);
     if (job.spec.queue_timeout_s) rows.push(["Queue timeout", fmtDuration(job.spec.queue_timeout_s * 1000)]);
     if (job.spec.deadline) rows.push(["Deadline", fmtTime(job.spec.deadline)]);
     if (job.spec.preemptible) rows.push(["Preemptible", "yes: a job of higher priority may stop and requeue it"]);
@@ -360,18 +385,7 @@ export function jobView(container, jobId) {
       const deps = job.spec.depends_on.map((d) => (typeof d === "string" ? d : d.when === "completed" ? d.job : `${d.job} (${d.when})`));
       rows.push(["After", deps.join(", ")]);
     }
-    keyed(
-      details,
-      rows,
-      (r) => r[0],
-      (r) => {
-        const dd = h("dd");
-        const frag = h("div.detail", null, h("dt", { text: r[0] }), dd);
-        frag._dd = dd;
-        return frag;
-      },
-      (el, r) => setText(el._dd, r[1]),
-    );
+    detailRows(details, rows);
   }
 
   function renderAttempts(job) {
@@ -475,6 +489,22 @@ export function jobView(container, jobId) {
       log.destroy();
     },
   };
+}
+
+// A <dl> of [label, text] rows, updated in place.
+function detailRows(dl, rows) {
+  keyed(
+    dl,
+    rows,
+    (r) => r[0],
+    (r) => {
+      const dd = h("dd");
+      const frag = h("div.detail", null, h("dt", { text: r[0] }), dd);
+      frag._dd = dd;
+      return frag;
+    },
+    (el, r) => setText(el._dd, r[1]),
+  );
 }
 
 function quote(arg) {
