@@ -291,7 +291,7 @@ class Job(Struct, gc=False):
     failed_nodes: tuple[str, ...] = ()
     #: a requeued job waits until this time (retry backoff)
     not_before: datetime | None = None
-    #: when the job last entered the queue (the starvation bound counts from it)
+    #: when the job last entered the queue (a queue timeout counts from it)
     queued_at: datetime | None = None
     #: automatic retries used so far (manual retries do not count)
     retries: int = 0

@@ -230,7 +230,7 @@ class Lifecycle(Nodes):
 
     def _enqueue(self, job: Job, *, loading: bool = False) -> None:
         """The job enters the queue (submitted, requeued, or loaded at start: then it
-        keeps the time it entered, which the starvation bound counts from)."""
+        keeps the time it entered, which its queue timeout counts from)."""
         owner = job.submitted_by or ""
         self.queued_by[owner] = self.queued_by.get(owner, 0) + 1
         now = self.clock()
