@@ -33,6 +33,10 @@ from scheduler.state.records import dt, ts
 from scheduler.state.sharing import Sharing
 
 
+#: a reservation's start is told again once it moves by this much (seconds)
+RESTATE_S = 60.0
+
+
 def reserved_reason(reservation: Reservation) -> str:
     """"reserved: node n3 from 2026-12-03 14:05:00 UTC" (or "..., start unknown")."""
     start = reservation.start
@@ -236,6 +240,17 @@ class Scheduling(Sharing):
             node=self.nodes[plan.node_id].name,
             start=datetime.fromtimestamp(start, UTC) if start != float("inf") else None,
         )
+        told = job.reservation
+        if (
+            told is not None
+            and told.node_id == reservation.node_id
+            and told.start is not None
+            and reservation.start is not None
+            and abs((told.start - reservation.start).total_seconds()) < RESTATE_S
+        ):
+            # A start that moved a little (a job there ran past its estimate, so the
+            # room is expected "now" at every pass) is not told again each pass.
+            reservation = told
         self.reserved[job.id] = reservation
         self._pending(job, reserved_reason(reservation), pending, reservation, why)
 

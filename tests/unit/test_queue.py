@@ -340,3 +340,27 @@ def test_a_reservation_counts_the_jobs_placed_earlier_in_the_same_pass(clock: Fa
     # placed just before it ends.
     assert big.reservation is not None and big.reservation.start is not None
     assert big.reservation.start.timestamp() == pytest.approx(clock.now + 100, abs=1)
+
+
+def test_a_reservation_whose_start_slips_a_little_is_not_told_again(clock: FakeClock) -> None:
+    c = new_cluster(clock)
+    node = register(c, cpu=4, max_parallel=8)
+    running = submit(c, cpu=4, expected_runtime_s=10)
+    c.place()
+    start(c, running)
+    big = submit(c, cpu=4)
+    c.place()
+    told = big.reservation
+    assert told is not None
+    # The running job overran its estimate: the room is expected "now", every pass.
+    for _ in range(5):
+        clock.advance(11)
+        beat(c, node, running)
+        c.take_changes()
+        c.place()
+        assert big.reservation is told
+        assert not [e for e in c.take_changes().events if e.job_id == big.id]
+    clock.advance(60)
+    beat(c, node, running)
+    c.place()
+    assert big.reservation is not told
