@@ -44,6 +44,10 @@ Percent = Annotated[float, Meta(ge=0, le=100)]
 Digest = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 JobId = Annotated[str, Meta(min_length=1, max_length=64)]
 EnvName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: a stored secret's name: it is a path segment (/api/v1/secrets/NAME), so no slash
+SecretName = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+]
 #: a user of the image: a name or uid, optionally with ":group" ("1000", "1000:1000", "app")
 UserSpec = Annotated[
     str,
@@ -137,6 +141,14 @@ class ArraySpec(Struct, forbid_unknown_fields=True, gc=False):
     max_concurrent: Annotated[int, Meta(ge=1, le=MAX_ARRAY_TASKS)] | None = None
 
 
+class SecretRef(Struct, forbid_unknown_fields=True, gc=False):
+    """An environment value taken from a stored secret (``POST /api/v1/secrets``): the
+    job's document keeps only the name; the value goes to the node that runs an
+    attempt, in its assignment, and nowhere else."""
+
+    secret: SecretName
+
+
 class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     """What a client submits."""
 
@@ -144,7 +156,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     name: OptName = ""
     #: a list runs as is (exec form); a string runs under ``sh -c``
     command: Annotated[list[Arg], Meta(max_length=4096)] | Arg | None = None
-    env: Annotated[dict[EnvName, Arg], Meta(max_length=1024)] = field(default_factory=dict)
+    #: a value is a string, or {"secret": NAME}: the value of a secret of the job's
+    #: owner or a shared one, given to the attempt when it starts
+    env: Annotated[dict[EnvName, Arg | SecretRef], Meta(max_length=1024)] = field(
+        default_factory=dict
+    )
     workdir: Annotated[str, Meta(max_length=4096)] | None = None
     resources: JobResources = field(default_factory=JobResources)
     timeout_s: Annotated[float, Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
@@ -211,6 +227,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     def dependencies(self) -> list[Dependency]:
         """depends_on with every entry in its long form."""
         return [Dependency(d) if isinstance(d, str) else d for d in self.depends_on]
+
+    def secret_names(self) -> list[str]:
+        """The secrets an attempt of this job needs, each once, in the order named."""
+        names = [v.secret for v in self.env.values() if isinstance(v, SecretRef)]
+        return list(dict.fromkeys(names))
 
 
 #: the longest message a progress report may carry
@@ -442,6 +463,9 @@ class Assignment(Struct):
     spec: JobSpec
     #: sha256 of the checkpoint to restore into /checkpoint before the job starts
     checkpoint: str | None = None
+    #: the values of the secrets the spec names (``JobSpec.secret_names``), by name:
+    #: they travel only here, to the node that runs the attempt
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 class AssignmentsReply(Struct):

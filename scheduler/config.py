@@ -165,6 +165,9 @@ class SchedulerConfig:
     unauthenticated_exempt: tuple[str, ...] = UNAUTHENTICATED_EXEMPT
     #: None: FD_RESERVE_SHARE of the open-files limit (see fd_reserve_of)
     fd_reserve: int | None = None
+    #: the key stored secrets are sealed with; None: secrets.key in the state directory.
+    #: Schedulers sharing a PostgreSQL store need the same one.
+    secrets_key_file: Path | None = None
 
     @property
     def postgres(self) -> bool:

@@ -1,9 +1,9 @@
 """The scheduler's state directory is private: 0700, and everything in it 0600 (files)
 or 0700 (directories), whatever the umask it was started with.
 
-It holds the admin and join tokens, the webhook key, the database (every job's spec,
-environment included, and its logs) and the blobs; none of it is for other users of
-the host.
+It holds the admin and join tokens, the webhook key, the secrets key, the database
+(every job's spec, environment included, and its logs) and the blobs; none of it is
+for other users of the host.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ UMASK = 0o077
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 #: the names the scheduler writes at the top of its state directory (the database with
-#: its -wal and -shm, the tokens, the webhook key, the blobs)
-OWN_ENTRIES = ("berth.db", "admin.token", "join.token", "webhook.key", "blobs")
+#: its -wal and -shm, the tokens, the webhook and secrets keys, the blobs)
+OWN_ENTRIES = ("berth.db", "admin.token", "join.token", "webhook.key", "secrets.key", "blobs")
 
 
 def make_private(state_dir: Path) -> None:

@@ -51,7 +51,11 @@ def share_strings(job: Job) -> None:
     if spec.depends_on:
         # Thousands of jobs may each name the same thousand ids.
         spec.depends_on = [intern(d) if isinstance(d, str) else d for d in spec.depends_on]
-    for mapping in (spec.env, spec.labels, spec.constraints.labels):
+    for k, value in spec.env.items():
+        # A secret's reference stays as it is: only its name is in the spec.
+        if isinstance(value, str) and len(value) <= _INTERN_MAX:
+            spec.env[k] = intern(value)
+    for mapping in (spec.labels, spec.constraints.labels):
         for k, v in mapping.items():
             if len(v) <= _INTERN_MAX:
                 mapping[k] = intern(v)

@@ -29,6 +29,8 @@ forgotten_nodes           nodes         delete by id, after ``nodes``
 schedules                 schedules     upsert by name
 deleted_schedules         schedules     delete by name, after ``schedules``
 owners                    owners        upsert by name
+secrets                   secrets       upsert by name
+deleted_secrets           secrets       delete by name, after ``secrets``
 ========================  ============  =============================================
 
 The jobs table keeps, beside each job's document, columns the store fills from the
@@ -67,6 +69,7 @@ from scheduler.store.records import (
     Loaded,
     LogChunk,
     RawEvent,
+    SealedSecret,
     blobs_column,
     parse_blobs,
 )
@@ -82,6 +85,7 @@ __all__ = [
     "Loaded",
     "LogChunk",
     "RawEvent",
+    "SealedSecret",
     "Store",
     "TokenRow",
     "blobs_column",
@@ -273,6 +277,11 @@ class Store(ABC):
 
     async def read_schedules(self) -> list[Schedule] | None:
         """The committed schedules, for the reads of a standby (which does not follow
+        them); None from a store that no standby shares."""
+        return None
+
+    async def read_secrets(self) -> list[SealedSecret] | None:
+        """The committed secrets, for the reads of a standby (which does not follow
         them); None from a store that no standby shares."""
         return None
 

@@ -41,6 +41,7 @@ import msgspec
 
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
+from common.secret_models import SecretInfo
 from common.states import JobState
 from scheduler import pgconnect
 from scheduler.events import Event
@@ -51,6 +52,7 @@ from scheduler.store.base import (
     EndedRows,
     Loaded,
     RawEvent,
+    SealedSecret,
     Store,
     cutoff_seconds,
     job_columns,
@@ -147,6 +149,8 @@ class _Rows:
     schedules: list[_Row]
     deleted_schedules: list[_Row]
     owners: list[_Row]
+    secrets: list[_Row]
+    deleted_secrets: list[_Row]
     #: (table, key) of every row the batch deletes
     tombstones: list[tuple[str, str]]
     #: the batch's greatest event index, None when it has no events
@@ -263,6 +267,7 @@ class PostgresStore(Store):
         ]
         owner_dec = msgspec.json.Decoder(Owner)
         owners = [owner_dec.decode(r[0]) for r in await conn.fetch("SELECT doc FROM owners")]
+        sealed = await _read_secrets(conn)
         self.loaded_seq = int(leader["seq"])
         return Loaded(
             jobs,
@@ -281,6 +286,7 @@ class PostgresStore(Store):
             ended,
             schedules,
             owners,
+            sealed,
         )
 
     # --- writes ----------------------------------------------------------------------
@@ -315,6 +321,7 @@ class PostgresStore(Store):
         tombstones += [("blob_holds", d) for d in c.blob_holds]
         tombstones += [("nodes", n) for n in c.forgotten_nodes]
         tombstones += [("schedules", n) for n in c.deleted_schedules]
+        tombstones += [("secrets", n) for n in c.deleted_secrets]
         return _Rows(
             jobs=jobs,
             nodes=[(n.id, n.name, enc(n)) for n in c.nodes.values()],
@@ -331,6 +338,8 @@ class PostgresStore(Store):
             schedules=[(s.name, enc(s)) for s in c.schedules.values()],
             deleted_schedules=[(n,) for n in c.deleted_schedules],
             owners=[(o.name, enc(o)) for o in c.owners.values()],
+            secrets=[(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
+            deleted_secrets=[(n,) for n in c.deleted_secrets],
             tombstones=tombstones,
             last_index=max((e.index for e in c.events), default=None),
         )
@@ -582,6 +591,10 @@ class PostgresStore(Store):
         rows = await self._reads.fetch("SELECT doc FROM schedules ORDER BY name")
         return [dec.decode(r[0]) for r in rows]
 
+    async def read_secrets(self) -> list[SealedSecret]:
+        async with self._reads.acquire() as conn:
+            return await _read_secrets(conn)
+
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
         rows = await self._reads.fetch(
             "SELECT id FROM jobs WHERE ended_at < $1 ORDER BY ended_at, id LIMIT $2",
@@ -613,6 +626,12 @@ async def _bury(conn: Any, seq: int, tombstones: list[tuple[str, str]]) -> None:
 
 async def _since(conn: Any, columns: str, table: str, seq: int) -> list[Any]:
     return list(await conn.fetch(f"SELECT {columns} FROM {table} WHERE seq > $1", seq))
+
+
+async def _read_secrets(conn: Any) -> list[SealedSecret]:
+    dec = msgspec.json.Decoder(SecretInfo)
+    rows = await conn.fetch("SELECT doc, key_id, sealed FROM secrets ORDER BY name")
+    return [SealedSecret(dec.decode(r[0]), r[1], bytes(r[2])) for r in rows]
 
 
 async def _load_ended(conn: Any) -> EndedRows:

@@ -89,12 +89,16 @@ CREATE TABLE IF NOT EXISTS schedules (
 CREATE TABLE IF NOT EXISTS owners (
     name text PRIMARY KEY, doc bytea NOT NULL, seq bigint NOT NULL DEFAULT 0
 );
-INSERT INTO meta (key, value) VALUES ('schema_version', 3)
+CREATE TABLE IF NOT EXISTS secrets (
+    name text PRIMARY KEY, doc bytea NOT NULL, key_id text NOT NULL, sealed bytea NOT NULL,
+    seq bigint NOT NULL DEFAULT 0
+);
+INSERT INTO meta (key, value) VALUES ('schema_version', 4)
     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value);
 """
 #: the schema ``SCHEMA`` makes; a release that changes it raises this (2: schedules,
-#: 3: owners)
-SCHEMA_VERSION = 3
+#: 3: owners, 4: secrets)
+SCHEMA_VERSION = 4
 
 
 # --- the statements the store runs, next to the tables they write ---------------------
@@ -195,6 +199,14 @@ WRITES: tuple[tuple[str, str, bool], ...] = (
         "DO UPDATE SET doc = excluded.doc, seq = excluded.seq",
         True,
     ),
+    (
+        "secrets",
+        "INSERT INTO secrets (name, doc, key_id, sealed, seq) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, key_id = excluded.key_id, "
+        "sealed = excluded.sealed, seq = excluded.seq",
+        True,
+    ),
+    ("deleted_secrets", "DELETE FROM secrets WHERE name = $1", False),
 )
 
 LOAD_ENDED = (

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
+from common.secret_models import SecretInfo
 from common.states import JobState
 from scheduler.events import Event
 from scheduler.tokens import TokenRow
@@ -128,6 +129,20 @@ class BlobHold:
     charged: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class SealedSecret:
+    """A stored secret: what is shown of it, and its value sealed under the key that
+    ``key_id`` names (``scheduler.secretbox``). The value itself is never stored."""
+
+    info: SecretInfo
+    key_id: str
+    sealed: bytes
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
 @dataclass(slots=True)
 class Changes:
     """Everything one batch writes, in one transaction. What each write means (the
@@ -171,6 +186,10 @@ class Changes:
     deleted_schedules: list[str] = field(default_factory=list)
     #: owners table (quotas and fair-share usage), upsert by name
     owners: dict[str, Owner] = field(default_factory=dict)
+    #: secrets table, upsert by name
+    secrets: dict[str, SealedSecret] = field(default_factory=dict)
+    #: secrets table, delete by name (after this batch's secrets)
+    deleted_secrets: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -188,6 +207,8 @@ class Changes:
             or self.schedules
             or self.deleted_schedules
             or self.owners
+            or self.secrets
+            or self.deleted_secrets
         )
 
     def merge(self, other: Changes) -> None:
@@ -210,6 +231,13 @@ class Changes:
         self.schedules.update(other.schedules)
         self.deleted_schedules.extend(other.deleted_schedules)
         self.owners.update(other.owners)
+        for name in other.deleted_secrets:
+            self.secrets.pop(name, None)
+        if other.secrets:
+            # Set again after an earlier delete: the delete no longer stands.
+            self.deleted_secrets = [n for n in self.deleted_secrets if n not in other.secrets]
+        self.secrets.update(other.secrets)
+        self.deleted_secrets.extend(other.deleted_secrets)
 
 
 @dataclass(slots=True)
@@ -242,3 +270,5 @@ class Loaded:
     schedules: list[Schedule] = field(default_factory=list)
     #: owners' quotas and fair-share usage
     owners: list[Owner] = field(default_factory=list)
+    #: stored secrets, their values sealed
+    secrets: list[SealedSecret] = field(default_factory=list)

@@ -29,6 +29,7 @@ import msgspec
 
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
+from common.secret_models import SecretInfo
 from common.states import JobState
 from scheduler.archive import CODES
 from scheduler.events import Event
@@ -39,6 +40,7 @@ from scheduler.store.base import (
     EndedRows,
     Loaded,
     RawEvent,
+    SealedSecret,
     Store,
     cutoff_seconds,
     job_columns,
@@ -155,6 +157,11 @@ class SQLiteStore(Store):
         schedules = [schedule_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM schedules")]
         owner_dec = msgspec.json.Decoder(Owner)
         owners = [owner_dec.decode(d) for (d,) in conn.execute("SELECT doc FROM owners")]
+        secret_dec = msgspec.json.Decoder(SecretInfo)
+        sealed = [
+            SealedSecret(secret_dec.decode(d), key_id, bytes(value))
+            for d, key_id, value in conn.execute("SELECT doc, key_id, sealed FROM secrets")
+        ]
         return Loaded(
             jobs,
             nodes,
@@ -170,6 +177,7 @@ class SQLiteStore(Store):
             ended,
             schedules,
             owners,
+            sealed,
         )
 
     def _close_reader_sync(self) -> None:
@@ -223,6 +231,8 @@ class SQLiteStore(Store):
             "schedules": [(s.name, enc(s)) for s in c.schedules.values()],
             "deleted_schedules": [(n,) for n in c.deleted_schedules],
             "owners": [(o.name, enc(o)) for o in c.owners.values()],
+            "secrets": [(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
+            "deleted_secrets": [(n,) for n in c.deleted_secrets],
         }
 
     async def _write(self, rows: _Rows) -> None:
@@ -255,6 +265,8 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO schedules VALUES (?, ?)", rows["schedules"])
             conn.executemany("DELETE FROM schedules WHERE name = ?", rows["deleted_schedules"])
             conn.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", rows["owners"])
+            conn.executemany("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?)", rows["secrets"])
+            conn.executemany("DELETE FROM secrets WHERE name = ?", rows["deleted_secrets"])
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does that): keep the

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS blob_holds (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY, doc BLOB NOT NULL, key_id TEXT NOT NULL, sealed BLOB NOT NULL
+);
 """
 
 #: made once the jobs table has its columns. jobs_ended: retention's order, and the jobs

@@ -18,10 +18,11 @@ import msgspec
 import pytest
 
 from common.models import Job, JobSpec, Node, Owner, Quota, Resources
+from common.secret_models import SecretInfo
 from common.states import JobState, NodeState
 from scheduler.events import Event
 from scheduler.limits import spec_bytes
-from scheduler.store.base import AuditRecord, BlobHold, Changes, LogChunk, Store
+from scheduler.store.base import AuditRecord, BlobHold, Changes, LogChunk, SealedSecret, Store
 from scheduler.store.postgres import PostgresStore
 from scheduler.store.sqlite import SQLiteStore
 from scheduler.tokens import TokenRow
@@ -396,6 +397,30 @@ async def test_read_audit_filters_by_actor_action_and_target(subject: Store) -> 
     assert [i for i, _ in await subject.read_audit(0, 10, target="bob")] == [1, 3]
     assert [i for i, _ in await subject.read_audit(0, 10, actor="alice", target="bob")] == [1]
     assert await subject.read_audit(0, 10, action="node.drain") == [(2, records[1])]
+
+
+async def test_secrets_upsert_and_delete_by_name_sealed_as_given(
+    backend: Backend, subject: Store
+) -> None:
+    at = datetime(2030, 1, 2, tzinfo=UTC)
+
+    def sealed(name: str, value: bytes, shared: bool = False) -> SealedSecret:
+        return SealedSecret(
+            SecretInfo(name=name, owner="alice", shared=shared, created_at=at, updated_at=at),
+            "key-1",
+            value,
+        )
+
+    await subject.commit(Changes(secrets={"a": sealed("a", b"\x01one"), "b": sealed("b", b"2")}))
+    await subject.commit(Changes(secrets={"a": sealed("a", b"\x01\x00new", True)}))
+    await subject.commit(Changes(deleted_secrets=["b"]))
+    kept = [sealed("a", b"\x01\x00new", True)]
+    assert await subject.read_secrets() in (None, kept)
+    subject, loaded = await reopen(backend, subject)
+    try:
+        assert loaded.secrets == kept
+    finally:
+        await subject.close()
 
 
 async def test_owners_upsert_by_name_and_read_back(backend: Backend, subject: Store) -> None:

@@ -15,6 +15,7 @@ from common.errors import Unavailable
 from common.states import JobState
 from scheduler.store.base import AuditRecord, BlobHold, Changes, LogChunk
 from scheduler.store.postgres import NOTIFY_CHANNEL, Deposed, PostgresStore
+from scheduler.store.postgres_schema import SCHEMA_VERSION
 from tests.integration.test_store_contract import (
     DIGEST,
     event,
@@ -78,6 +79,28 @@ async def test_two_schedulers_opening_a_new_database_share_one_schema(
     assert (leader["epoch"], leader["holder"], leader["last_index"]) == (0, None, 0)
     indexes = {r[0] for r in await admin.fetch("SELECT indexname FROM pg_indexes")}
     assert {"events_job", "jobs_ended", "audit_target"} <= indexes
+
+
+async def test_a_database_of_an_earlier_schema_gains_the_secrets_table(
+    pg_dsn: str,  # noqa: F811
+    admin: Any,
+) -> None:
+    first = PostgresStore(pg_dsn)
+    await first.open()
+    await first.close()
+    # As the release before secrets left it: schema version 3, no secrets table.
+    await admin.execute(
+        "DROP TABLE secrets; UPDATE meta SET value = 3 WHERE key = 'schema_version'"
+    )
+    again = PostgresStore(pg_dsn)
+    try:
+        loaded = await again.open()
+        assert loaded.secrets == []
+        assert await admin.fetchval("SELECT to_regclass('secrets')") is not None
+        version = "SELECT value FROM meta WHERE key = 'schema_version'"
+        assert await admin.fetchval(version) == SCHEMA_VERSION == 4
+    finally:
+        await again.close()
 
 
 # --- the epoch fence ---------------------------------------------------------------------
