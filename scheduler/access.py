@@ -8,6 +8,12 @@ join    registers agents; node tokens act only for their own node (scheduler.htt
 
 A job that is not the caller's is refused with the same 403 whether or not it exists
 elsewhere, so a submit token cannot probe other people's jobs.
+
+Secrets: admin and submit tokens set them, each its own (an admin also shared ones,
+which every token's jobs may use); admin and read tokens list every secret, a submit
+token its own and the shared ones; the owner deletes its own, an admin any. A job may
+use its owner's secrets and the shared ones, whoever submitted it. Nobody reads a
+value back: it goes only to the node that runs an attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 from common.errors import Forbidden
 from common.models import Job, JobSpec
+from common.secret_models import SecretInfo
 from scheduler.tokens import TokenRow
 
 NOT_YOURS = "this token may not use that job"
@@ -53,6 +60,27 @@ def check_group_limit(who: TokenRow, spec: JobSpec, limits: Mapping[str, int], a
         "submit without group_max_concurrent",
         {"field": f"{at}.group_max_concurrent"},
     )
+
+
+def may_use_secret(owner: str | None, secret: SecretInfo) -> bool:
+    """Whether a job of ``owner`` may use the secret."""
+    return secret.shared or (owner is not None and secret.owner == owner)
+
+
+def sees_secret(who: TokenRow, secret: SecretInfo) -> bool:
+    """Whether the caller sees the secret listed (its name, owner and times)."""
+    return who.role in ("admin", "read") or may_use_secret(who.name, secret)
+
+
+def may_change_secret(who: TokenRow, secret: SecretInfo) -> bool:
+    """Whether the caller may give the secret a new value or delete it."""
+    return who.role == "admin" or (secret.owner == who.name and not secret.shared)
+
+
+def check_secret_sharing(who: TokenRow, shared: bool) -> None:
+    """Only an admin makes a secret every token's jobs may use."""
+    if shared and who.role != "admin":
+        raise Forbidden("only an admin makes a shared secret", {"field": "$.shared"})
 
 
 def owner_filter(who: TokenRow) -> str | None:

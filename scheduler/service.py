@@ -23,6 +23,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.events import Event
 from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
+from scheduler.secretbox import SecretBox, open_box
 from scheduler.state import Effects, Followed, State
 from scheduler.store.base import Changes, Loaded, Store
 from scheduler.webhooks import WebhookSender
@@ -73,6 +74,8 @@ class Service:
         #: replays reading and encoding history at once; the rest wait their turn
         self.replays = FairSlots(config.max_concurrent_replays)
         self._webhooks_pending: list[str] = []
+        #: seals and opens stored secrets' values; its key is read at start
+        self.secret_box: SecretBox | None = None
         #: who leads, when several schedulers share the store (None: this one alone)
         self.roles: Roles | None = None
         if config.postgres:
@@ -101,6 +104,8 @@ class Service:
 
     async def start(self) -> None:
         await self.reload(await self.store.open())
+        keys = (s.key_id for s in self.state.secrets.values())
+        self.secret_box = await open_box(self.config, self.store, keys)
         if self.roles is not None:
             # Shared by several schedulers: lead, or stand by until elected.
             await self.roles.start()

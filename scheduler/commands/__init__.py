@@ -12,9 +12,10 @@ from scheduler.commands.agents import AgentCommands
 from scheduler.commands.jobs import ACTIONS, MAX_SELECTED, JobCommands
 from scheduler.commands.reads import NOT_READABLE, Reads
 from scheduler.commands.schedules import ScheduleCommands
+from scheduler.commands.secrets import SecretCommands
 
 
-class Scheduler(ScheduleCommands, JobCommands, AgentCommands, AdminCommands, Reads):
+class Scheduler(ScheduleCommands, SecretCommands, JobCommands, AgentCommands, AdminCommands, Reads):
     """The scheduler service with every command clients, agents and operators give."""
 
 

@@ -20,6 +20,7 @@ from common.models import (
 )
 from scheduler import blobholds
 from scheduler.commands.reads import Reads
+from scheduler.commands.secrets import open_assignments
 from scheduler.tokens import TokenRow
 
 #: the most nodes a cluster may have for a report to place into the room it freed
@@ -49,7 +50,8 @@ class AgentCommands(Reads):
         )
 
     async def assignments(self, node_id: str, after: int, wait: float) -> AssignmentsReply:
-        """What the node was given after ``after``; waits up to ``wait`` for some."""
+        """What the node was given after ``after``, with the values of the secrets each
+        attempt needs; waits up to ``wait`` for some."""
         found, index = self.state.pending_assignments(node_id, after)
         if not found and wait > 0:
             await self.wait_for_node(node_id, wait)
@@ -61,6 +63,10 @@ class AgentCommands(Reads):
                     {"leader_url": self.leader_url},
                 )
             found, index = self.state.pending_assignments(node_id, after)
+        found, failed = open_assignments(self.state, self.secret_box, found)
+        if failed:
+            # Jobs whose secrets are gone failed instead of starting: durable first.
+            await self.commit()
         return AssignmentsReply(assignments=found, index=index)
 
     def _check_blobs(self, who: TokenRow, rep: Report) -> None:

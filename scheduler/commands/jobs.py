@@ -110,6 +110,7 @@ class JobCommands(Service):
                         {"field": f"{at}.depends_on[{i}]"},
                     )
         access.check_group_limit(who, spec, self.state.group_limits, at)
+        self.state.check_secret_refs(spec, who.name, at)
         # Naming another's blob must neither hand it over nor tell whether it exists.
         if (
             spec.inputs is not None

@@ -15,6 +15,7 @@ from scheduler.routes import (
     nodes,
     owners,
     schedules,
+    secrets,
     session,
     socket,
     system,
@@ -39,6 +40,7 @@ ROUTES: tuple[Route, ...] = tuple(
         tokens,
         owners,
         schedules,
+        secrets,
         dashboard,
     )
     for route in module.routes

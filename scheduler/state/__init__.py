@@ -8,7 +8,7 @@ waiting.
 
 The modules are layers, each built on the one before, named after what they hold:
 records -> tokens -> blobrefs -> nodes -> lifecycle -> jobs -> agents -> sharing ->
-scheduling -> liveness -> queries -> loading -> following -> schedules.
+scheduling -> liveness -> queries -> loading -> following -> schedules -> secrets.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from scheduler.state.following import Followed
 from scheduler.state.jobs import RETRYABLE
 from scheduler.state.nodes import AGENT_SHUTTING_DOWN
 from scheduler.state.records import Effects
-from scheduler.state.schedules import Schedules
+from scheduler.state.secrets import Secrets
 
 
-class State(Schedules):
+class State(Secrets):
     """Jobs, nodes, tokens and the queue, with every change made to them."""
 
 
