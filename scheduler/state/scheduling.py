@@ -314,6 +314,13 @@ class Scheduling(Sharing):
                 data["shared_reason"] = shared
             self._event("job.pending", job=job, data=data)
 
+    def _enqueue(self, job: Job, *, loading: bool = False) -> None:
+        super()._enqueue(job, loading=loading)
+        if job.reservation is not None:
+            # Loaded with one (a restart, a new leader): the next pass makes it anew
+            # or drops it.
+            self.reserved[job.id] = job.reservation
+
     def _dequeued(self, job: Job) -> None:
         """A job that leaves the queue no longer waits for anything."""
         super()._dequeued(job)

@@ -17,6 +17,7 @@ from tests.unit.test_cluster import (
     FakeClock,
     beat,
     job_spec,
+    loaded_from,
     new_cluster,
     register,
     report,
@@ -364,3 +365,21 @@ def test_a_reservation_whose_start_slips_a_little_is_not_told_again(clock: FakeC
     beat(c, node, running)
     c.place()
     assert big.reservation is not told
+
+
+def test_a_reservation_loaded_at_a_restart_is_made_anew_or_dropped(clock: FakeClock) -> None:
+    c = new_cluster(clock, reservations=1)
+    register(c, cpu=4, max_parallel=8)
+    submit(c, cpu=3)
+    c.place()
+    big = submit(c, cpu=4)
+    c.place()
+    assert big.reservation is not None
+    # The restarted scheduler reserves nothing; the job loaded with one says so.
+    again = new_cluster(clock, reservations=0)
+    again.load(loaded_from(c))
+    loaded = again.jobs[big.id]
+    assert loaded.reservation is not None
+    again.place()
+    assert loaded.reservation is None
+    assert loaded.reason is not None and not loaded.reason.startswith("reserved")
