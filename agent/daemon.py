@@ -51,6 +51,7 @@ from agent.link import Link
 from agent.policy import NodePolicy
 from agent.reports import Delivery
 from agent.runner import Key, Runner, Slots
+from agent.secretvalues import secret_env_names
 from agent.state import AgentState, NodeIdentity
 from agent.workspace import AttemptFiles, Workspaces
 from common import __version__
@@ -468,8 +469,9 @@ class Agent:
             timeout_s=a.spec.timeout_s,
             memory_mb=a.spec.resources.memory_mb,
             checkpoint_interval_s=a.spec.checkpoint_interval_s,
+            secret_env=secret_env_names(a.spec),
         )
-        self._spawn(self._new_runner(info, a.spec, checkpoint=a.checkpoint))
+        self._spawn(self._new_runner(info, a.spec, checkpoint=a.checkpoint, secrets=a.secrets))
         return True
 
     def _new_runner(
@@ -479,6 +481,7 @@ class Agent:
         execution: Execution | None = None,
         *,
         checkpoint: str | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> Runner:
         link = self._link()
         files = AttemptFiles(
@@ -500,6 +503,7 @@ class Agent:
             files=files,
             policy=self.policy,
             max_disk_mb=self.config.max_job_disk_mb,
+            secrets=secrets,
         )
 
     def _spawn(self, runner: Runner) -> None:

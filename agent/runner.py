@@ -3,13 +3,14 @@
 A :class:`Runner` refuses an attempt the node's policy does not permit (see
 :mod:`agent.policy`), takes a parallel slot, prepares the attempt's workspace (inputs
 and the checkpoint to resume from, see :mod:`agent.workspace`), starts the attempt with
-the executor (or takes over one re-adopted after a restart), ships its output,
-progress and resource use, uploads its checkpoint every ``checkpoint_interval_s`` and
-when it is paused, enforces its timeout (paused time counts, as on the scheduler),
-obeys cancel/pause/resume, and when it has exited uploads its last checkpoint (unless
-it completed) and its outputs, ships the rest of the output, then delivers the final
-report (saved in the state dir until the scheduler acknowledges it), frees the slot
-and removes the container and the workspace.
+the executor, with the values of the secrets its env names (or takes over one
+re-adopted after a restart), ships its output (those values masked, see
+:mod:`agent.secretvalues`), progress and resource use, uploads its checkpoint every
+``checkpoint_interval_s`` and when it is paused, enforces its timeout (paused time
+counts, as on the scheduler), obeys cancel/pause/resume, and when it has exited uploads
+its last checkpoint (unless it completed) and its outputs, ships the rest of the
+output, then delivers the final report (saved in the state dir until the scheduler
+acknowledges it), frees the slot and removes the container and the workspace.
 
 Final states: ``completed`` (exit 0), ``failed`` (non-zero exit, out of memory, could
 not start, refused by node policy), ``timed_out``, ``cancelled``. A stale attempt (the
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Literal
 
 from agent.config import (
@@ -52,6 +53,7 @@ from agent.logship import LogShipper
 from agent.policy import NodePolicy
 from agent.progress import LineSplitter, last_progress
 from agent.reports import Delivery
+from agent.secretvalues import LogMasker, MissingSecret, env_secret_values, resolve_env
 from agent.state import AgentState
 from agent.usage import UsageTracker
 from agent.workspace import AttemptFiles, WorkspaceError
@@ -163,9 +165,15 @@ class Runner:
         clock: Callable[[], float] = time.time,
         policy: NodePolicy | None = None,
         max_disk_mb: int = DEFAULT_MAX_JOB_DISK_MB,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.info = info
         self.spec = spec
+        #: the values of the secrets the spec names, by name (from the assignment)
+        self._secrets = dict(secrets or {})
+        #: masks those in the job's env in its output and reports (agent.secretvalues);
+        #: a re-adopted attempt's are found in its environment again
+        self._masker = LogMasker(execution.masked if execution is not None else ())
         self.key: Key = (info.job_id, info.attempt)
         self.execution = execution
         self.adopted = execution is not None
@@ -356,6 +364,12 @@ class Runner:
         job, attempt = self.key
         if self.execution is None:
             assert self.spec is not None
+            try:
+                self._masker = LogMasker(env_secret_values(self.spec, self._secrets))
+                self.spec = resolve_env(self.spec, self._secrets)
+            except MissingSecret as e:
+                await self._end_unstarted(Report(attempt, "failed", error=str(e)))
+                return
             refused = self._policy.refusal(self.spec)
             if refused is not None:
                 # Before a slot, a workspace or a container: nothing is made for it.
@@ -420,6 +434,8 @@ class Runner:
             await asyncio.gather(pump, *helpers, return_exceptions=True)
         self.exited.set()
         await self._keep_tail(execution)
+        # The output has ended: what the masker held back goes out too.
+        self.shipper.write(self._masker.flush())
         report = final_report(
             attempt,
             status,
@@ -623,7 +639,7 @@ class Runner:
                 await close()  # stops the executor's reader (a thread, a connection)
 
     async def _ship(self, lines: LineSplitter, data: bytes) -> None:
-        fresh = self.shipper.write(data)
+        fresh = self.shipper.write(self._masker.feed(data))
         progress = last_progress(lines, fresh) if fresh else None
         if progress is not None:
             self._progress = progress
@@ -639,11 +655,13 @@ class Runner:
             return  # nothing was cut
         if execution.keeps_output:
             tail = await execution.tail(LOG_TAIL_BYTES) or b""
-            self.shipper.write(OUTPUT_TAIL_MARKER % len(tail) + tail)
+            self.shipper.write(self._masker.feed(OUTPUT_TAIL_MARKER % len(tail) + tail))
         else:
             tail = bytes(self._tail)
             dropped = self._read - LOG_HEAD_BYTES - len(tail)
-            self.shipper.write(OUTPUT_DROPPED_MARKER % (dropped, len(tail)) + tail)
+            self.shipper.write(
+                self._masker.feed(OUTPUT_DROPPED_MARKER % (dropped, len(tail)) + tail)
+            )
 
     async def _disk_loop(self, execution: Execution) -> None:
         """Fail the attempt once what it wrote to this node's disk (its workspace,
@@ -747,6 +765,8 @@ class Runner:
     async def _conclude(self, report: Report, *, ship_logs: bool = False) -> None:
         """Save the final report, ship the remaining output, deliver the report."""
         job = self.info.job_id
+        if report.error:
+            report.error = self._masker.mask_text(report.error)
         self.result = report
         if self._fenced:
             self._state.drop_report(job, report.attempt)

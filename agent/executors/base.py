@@ -52,6 +52,8 @@ class AttemptInfo:
     memory_mb: int
     #: upload /checkpoint this often while the attempt runs (None: only when it stops)
     checkpoint_interval_s: float | None = None
+    #: the env variables that hold secrets' values (names only: see agent.secretvalues)
+    secret_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class Execution(ABC):
     started_at: float | None = None
     #: it was found paused when re-adopted
     paused: bool = False
+    #: the secret values a re-adopted attempt's environment holds: its output is masked
+    #: with them (an attempt started by this agent is masked with its assignment's)
+    masked: tuple[str, ...] = ()
     #: the executor keeps the output (:meth:`tail` reads its end again), so a reader may
     #: stop reading it; otherwise all of it must be read (a pipe would block the job)
     keeps_output: ClassVar[bool] = False

@@ -11,7 +11,8 @@ A container gets: ``nano_cpus`` from the job's cpu, ``mem_limit`` = ``memswap_li
 and checkpoint directories bind-mounted at /workspace and /checkpoint (nothing else of
 the host, never the docker socket), and the labels ``berth.job``, ``berth.attempt``,
 ``berth.node`` (plus its timeout, memory limit and checkpoint interval, so a restarted
-agent can re-adopt it). Resource use is sampled with ``docker stats``.
+agent can re-adopt it, and the names of the env variables that hold secrets, so that it
+masks their values again). Resource use is sampled with ``docker stats``.
 
 A job may also ask for its image's ``user``, a ``read_only`` root filesystem (then a
 small tmpfs at /tmp stays writable, as do /workspace and /checkpoint), and, on nodes
@@ -66,6 +67,7 @@ from agent.executors.base import (
 )
 from agent.hostmount import MountRefused, PinnedMounts
 from agent.policy import NodePolicy
+from agent.secretvalues import plain_env
 from common.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ LABEL_NODE = "berth.node"
 LABEL_TIMEOUT = "berth.timeout_s"
 LABEL_MEMORY = "berth.memory_mb"
 LABEL_CHECKPOINT = "berth.checkpoint_interval_s"
+#: the env variables holding secrets' values, comma-separated (their names, never values)
+LABEL_SECRET_ENV = "berth.secret_env"
 #: where the workspace and checkpoint directories appear in a container
 CONTAINER_WORKSPACE = "/workspace"
 CONTAINER_CHECKPOINT = "/checkpoint"
@@ -129,7 +133,7 @@ def container_options(
     else:
         command = list(spec.command)
     memory = f"{spec.resources.memory_mb}m"
-    env = dict(spec.env)
+    env = plain_env(spec)
     env.setdefault("BERTH_JOB_ID", info.job_id)
     env.setdefault("BERTH_ATTEMPT", str(info.attempt))
     if mounts is not None:
@@ -188,6 +192,8 @@ def container_options(
         ]
     if spec.checkpoint_interval_s is not None:
         opts["labels"][LABEL_CHECKPOINT] = repr(float(spec.checkpoint_interval_s))
+    if info.secret_env:
+        opts["labels"][LABEL_SECRET_ENV] = ",".join(info.secret_env)
     if mounts is not None:
         host["binds"] = {
             str(mounts.workspace.absolute()): {"bind": CONTAINER_WORKSPACE, "mode": "rw"},
@@ -196,6 +202,17 @@ def container_options(
     if spec.workdir:
         opts["working_dir"] = spec.workdir
     return opts
+
+
+def secret_values(attrs: dict[str, Any], names: str) -> tuple[str, ...]:
+    """The values a container's environment holds for the variables ``names`` lists
+    (its LABEL_SECRET_ENV): a re-adopted attempt's output is masked with them."""
+    wanted = {n for n in names.split(",") if n}
+    if not wanted:
+        return ()
+    env = (attrs.get("Config") or {}).get("Env") or []
+    pairs = (str(item).partition("=") for item in env)
+    return tuple(value for key, _, value in pairs if key in wanted and value)
 
 
 def usage_from_stats(stats: dict[str, Any]) -> UsageSample | None:
@@ -479,13 +496,15 @@ class DockerExecutor(Executor):
                     await self.remove_container(container_id)
                     continue
                 try:
-                    state = (await self.call(self._api.inspect_container, container_id))["State"]
+                    attrs = await self.call(self._api.inspect_container, container_id)
                 except docker.errors.NotFound:
                     continue
+                state = attrs["State"]
                 execution = DockerExecution(
                     self, container_id, info, started_at=_parse_time(state.get("StartedAt"))
                 )
                 execution.paused = bool(state.get("Paused"))
+                execution.masked = secret_values(attrs, labels.get(LABEL_SECRET_ENV, ""))
                 found.append(execution)
         return found
 

@@ -62,6 +62,7 @@ from agent.executors.base import (
     empty_stream,
 )
 from agent.executors.jobcgroup import JOBS_DIR, JobCgroup, JobCgroups
+from agent.secretvalues import plain_env
 from common import codec
 from common.errors import BerthError
 from common.models import JobSpec
@@ -170,7 +171,7 @@ class ProcessExecutor(Executor):
         if mounts is not None:
             env["BERTH_WORKSPACE"] = str(mounts.workspace.absolute())
             env["BERTH_CHECKPOINT"] = str(mounts.checkpoint.absolute())
-        env.update(spec.env)
+        env.update(plain_env(spec))
         cgroup = self._new_cgroup(info)
         try:
             try:
