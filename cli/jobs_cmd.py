@@ -16,6 +16,7 @@ import click
 
 from cli.job_detail import job_detail
 from cli.live_cmd import EXIT_FAILED, EXIT_OK, CommandError, client_options, run_client
+from cli.run_cmd import job_env, secret_env_option
 from cli.text import ago, table
 from common import codec
 from common.client import BerthClient
@@ -126,12 +127,12 @@ def _specs_of(
     array_range: str | None,
     name: str,
     env: tuple[str, ...],
+    secret_env: tuple[str, ...],
     image: str | None,
     command: tuple[str, ...],
 ) -> list[JobSpec]:
     """What `berth submit` was given: a spec file or an image, perhaps as an array."""
     from cli.array_cmd import parse_array
-    from cli.run_cmd import parse_pairs
 
     if (spec_file is None) == (image is None):
         raise click.UsageError("give -f SPEC.json or IMAGE [-- CMD...], not both")
@@ -139,7 +140,7 @@ def _specs_of(
         if command[:1] == ("--",):
             command = command[1:]
         spec = JobSpec(
-            image=image, name=name, command=list(command) or None, env=parse_pairs(env, "--env")
+            image=image, name=name, command=list(command) or None, env=job_env(env, secret_env)
         )
         specs = [spec]
     else:
@@ -299,6 +300,7 @@ def _rules_of(**given: Any) -> dict[str, Any]:
 )
 @click.option("--name", default="", help="A name for the job (with IMAGE).")
 @click.option("--env", "env", multiple=True, help="K=V for the job's environment (with IMAGE).")
+@secret_env_option
 @click.option(
     "--idempotency-key",
     default=None,
@@ -315,6 +317,7 @@ def submit(
     array_range: str | None,
     name: str,
     env: tuple[str, ...],
+    secret_env: tuple[str, ...],
     idempotency_key: str | None,
     as_json: bool,
     image: str | None,
@@ -324,7 +327,7 @@ def submit(
     """Submit jobs from a JSON spec file, or IMAGE (with CMD after --); prints their ids.
     The queue-rule flags apply to every spec submitted."""
     try:
-        specs = _specs_of(spec_file, array_range, name, env, image, command)
+        specs = _specs_of(spec_file, array_range, name, env, secret_env, image, command)
         specs = _with_rules(specs, _rules_of(**rules))
     except CommandError as e:
         click.echo(f"berth: {e.message}", err=True)

@@ -34,6 +34,7 @@ COMMANDS = {
     "schedulers": "cli.jobs_cmd:schedulers",
     "token": "cli.token_cmd:token",
     "schedule": "cli.schedule_cmd:schedule",
+    "secret": "cli.secret_cmd:secret",
     "audit": "cli.token_cmd:audit",
     "logs": "cli.live_cmd:logs",
     "events": "cli.live_cmd:events",

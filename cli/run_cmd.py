@@ -45,7 +45,7 @@ from cli.live_cmd import (
 from common.archives import ArchiveError, create_tar_gz, extract
 from common.client import BerthClient
 from common.errors import BerthError, NotFound
-from common.models import Constraints, Job, JobResources, JobSpec
+from common.models import Constraints, Job, JobResources, JobSpec, SecretRef
 from common.states import TERMINAL, JobState
 
 #: how long one blocking wait for the job's end may last
@@ -61,6 +61,25 @@ def parse_pairs(items: tuple[str, ...], option: str) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not K=V", param_hint=option)
         pairs[key] = value
     return pairs
+
+
+def job_env(env: tuple[str, ...], secret_env: tuple[str, ...]) -> dict[str, str | SecretRef]:
+    """A job's env from ``--env K=V`` and ``--secret-env K=SECRET`` (the value of the
+    stored secret SECRET, given to the job when it starts)."""
+    out: dict[str, str | SecretRef] = dict(parse_pairs(env, "--env"))
+    for key, name in parse_pairs(secret_env, "--secret-env").items():
+        out[key] = SecretRef(name)
+    return out
+
+
+#: the option of ``berth run`` and ``berth submit`` that names secrets for the env
+secret_env_option = click.option(
+    "--secret-env",
+    "secret_env",
+    multiple=True,
+    metavar="K=SECRET",
+    help="Set K to the value of the stored secret SECRET (berth secret set); repeatable.",
+)
 
 
 def _say(message: str) -> None:
@@ -93,6 +112,7 @@ def _say(message: str) -> None:
     help="Seconds before the job is stopped and timed out.",
 )
 @click.option("--env", "env", multiple=True, help="K=V for the job's environment; repeatable.")
+@secret_env_option
 @click.option(
     "--constraint",
     "constraints",
@@ -111,6 +131,7 @@ def run(
     memory_mb: int,
     timeout: float,
     env: tuple[str, ...],
+    secret_env: tuple[str, ...],
     constraints: tuple[str, ...],
     name: str,
     image: str,
@@ -124,7 +145,7 @@ def run(
         image=image,
         name=name,
         command=list(command) or None,
-        env=parse_pairs(env, "--env"),
+        env=job_env(env, secret_env),
         constraints=Constraints(labels=parse_pairs(constraints, "--constraint")),
         resources=JobResources(cpu=cpu, memory_mb=memory_mb),
         timeout_s=timeout,

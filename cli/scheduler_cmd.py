@@ -35,6 +35,7 @@ from scheduler.config import (
     SchedulerConfig,
     is_postgres_dsn,
 )
+from scheduler.secretbox import SecretsKeyError
 
 
 def _origins(raw: str) -> tuple[str, ...]:
@@ -392,6 +393,16 @@ def _networks(raw: str) -> tuple[str, ...]:
     "the open-files limit, the oldest unauthenticated connections are closed and new "
     "ones wait.  [default: 1/16 of the limit, at least 64]",
 )
+@click.option(
+    "--secrets-key-file",
+    envvar="BERTH_SECRETS_KEY_FILE",
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The key stored secrets are encrypted with (32 random bytes, base64; made when "
+    "missing); give every scheduler sharing a PostgreSQL store the same file.  "
+    "[default: secrets.key in the state directory]",
+)
 @server_tls_options
 @click.option(
     "--log-level", envvar="BERTH_LOG_LEVEL", show_envvar=True, default="info", show_default=True
@@ -434,6 +445,7 @@ def scheduler(
     max_unauthenticated_per_address: int,
     unauthenticated_exempt: str,
     fd_reserve: int | None,
+    secrets_key_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
@@ -495,9 +507,10 @@ def scheduler(
         max_unauthenticated_per_address=max_unauthenticated_per_address,
         unauthenticated_exempt=exempt,
         fd_reserve=fd_reserve,
+        secrets_key_file=secrets_key_file,
     )
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(config))
-    except TLSSetupError as e:
+    except (TLSSetupError, SecretsKeyError) as e:
         raise click.ClickException(str(e)) from e

@@ -47,6 +47,7 @@ from common.models import (
     TokenList,
 )
 from common.schedule_models import Schedule, ScheduleFired, ScheduleList, ScheduleSpec
+from common.secret_models import SecretDeleted, SecretInfo, SecretList, SecretSet
 from common.states import TERMINAL
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,21 @@ class UserAPI(Transport):
         """Start a schedule's run now; Conflict while overlap forbids one."""
         path = f"/api/v1/schedules/{name}/run"
         return await self._typed(ScheduleFired, "POST", path, body=b"{}")
+
+    # --- secrets ------------------------------------------------------------------------
+
+    async def set_secret(self, name: str, value: str, *, shared: bool | None = None) -> SecretInfo:
+        """Create a secret or give one's own a new value (``shared`` None: a new one is
+        not shared, an existing one stays as it is); sending it again is harmless. The
+        reply never holds the value."""
+        body = codec.encode(SecretSet(name=name, value=value, shared=shared))
+        return await self._typed(SecretInfo, "POST", "/api/v1/secrets", body=body, idempotent=True)
+
+    async def list_secrets(self) -> SecretList:
+        return await self._typed(SecretList, "GET", "/api/v1/secrets")
+
+    async def delete_secret(self, name: str) -> SecretDeleted:
+        return await self._typed(SecretDeleted, "DELETE", f"/api/v1/secrets/{name}")
 
     # --- tokens and the audit log (admin) ---------------------------------------------
 
