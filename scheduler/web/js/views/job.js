@@ -430,6 +430,11 @@ export function jobView(container, jobId) {
     );
   }
 
+  // A secret's value never reaches the dashboard: the spec names the secret only.
+  function envValue(v) {
+    return v !== null && typeof v === "object" ? `<secret ${v.secret}>` : v;
+  }
+
   function renderSpec(job) {
     const spec = job.spec;
     const key = JSON.stringify(spec);
@@ -449,7 +454,7 @@ export function jobView(container, jobId) {
       h("pre.code", { text: command }),
       spec.workdir ? [h("div.spec-label", { text: "Working directory" }), h("pre.code", { text: spec.workdir })] : null,
       env.length
-        ? [h("div.spec-label", { text: "Environment" }), h("pre.code", { text: env.map(([k, v]) => `${k}=${v}`).join("\n") })]
+        ? [h("div.spec-label", { text: "Environment" }), h("pre.code", { text: env.map(([k, v]) => `${k}=${envValue(v)}`).join("\n") })]
         : null,
       constraints.length
         ? [h("div.spec-label", { text: "Runs on nodes labelled" }), chips(constraints)]
