@@ -164,6 +164,24 @@ class SchedulerProcess:
         self.kill(signal.SIGTERM)
 
 
+def start_process_agent(
+    sched: SchedulerProcess, where: Path, name: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A real `berth agent` process for ``sched`` (process executor, two slots,
+    labelled ``host=<name>``; later flags override these), its state and its log
+    (``<name>.log``) in ``where``. The caller kills it."""
+    token_file = where / f"{name}.join"
+    token_file.write_text(sched.join_token)
+    log = open(where / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    cmd = [
+        *(sys.executable, "-c", "from cli.main import main; main()", "agent"),
+        *("--scheduler", sched.url, "--join-token-file", str(token_file)),
+        *("--state-dir", str(where / name), "--name", name, "--executor", "process"),
+        *("--label", f"host={name}", "--max-parallel", "2", *extra),
+    ]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Poll an async or plain predicate until it returns something truthy."""
     deadline = time.monotonic() + timeout

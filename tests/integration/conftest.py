@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import aiohttp
 import pytest
 
 from tests.pg import PgCluster
-from tests.support import REPO, Api, SchedulerProcess
+from tests.support import Api, SchedulerProcess, start_process_agent
 
 #: every integration test runs on each store, unless marked ``stores(...)``
 STORES = ("sqlite", "postgresql")
@@ -82,16 +81,7 @@ def agents(sched: SchedulerProcess, tmp_path: Path) -> Iterator[StartAgent]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, *extra: str) -> subprocess.Popen[bytes]:
-        token_file = tmp_path / f"{name}.join"
-        token_file.write_text(sched.join_token)
-        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        cmd = [
-            *(sys.executable, "-c", "from cli.main import main; main()", "agent"),
-            *("--scheduler", sched.url, "--join-token-file", str(token_file)),
-            *("--state-dir", str(tmp_path / name), "--name", name, "--executor", "process"),
-            *("--label", f"host={name}", "--max-parallel", "2", *extra),
-        ]
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = start_process_agent(sched, tmp_path, name, *extra)
         started.append(proc)
         return proc
 
