@@ -408,6 +408,7 @@ class _Cluster:
         "load_penalty",
         "min_cpu",
         "min_memory",
+        "placed",
         "total_cpu",
         "total_memory",
     )
@@ -434,6 +435,8 @@ class _Cluster:
             self.total_memory = [_positive_or_inf(scale[1])] * len(nodes)
         #: per node: the reservation kept there in this pass, if any
         self.held: list[Held | None] = [None] * len(nodes)
+        #: how many jobs the pass has placed (what is free changes only then)
+        self.placed = 0
         self.load_penalty = [_load_penalty(node.cpu_percent) for node in nodes]
         self.min_cpu = min_cpu - CPU_EPSILON
         self.min_memory = min_memory
@@ -447,6 +450,7 @@ class _Cluster:
         held = self.held[i]
         if held is not None:
             held.take(job, now)
+        self.placed += 1
         self.free_cpu[i] -= job.cpu
         self.free_memory[i] -= job.memory_mb
         self.fit_memory[i] -= job.memory_mb
@@ -801,6 +805,7 @@ class Pass:
 
     __slots__ = (
         "_candidates",
+        "_capacity",
         "_cluster",
         "_failed",
         "_limit",
@@ -838,6 +843,11 @@ class Pass:
         self._now = now
         #: per filter key: counts of the nodes blocked by a static cause, and the others
         self._static: dict[FilterKey, tuple[dict[str, int], list[int]]] = {}
+        #: per request (filter key, cpu, memory, gpus): the jobs placed in the pass when
+        #: counted, the counts by capacity, and the nodes with room enough
+        self._capacity: dict[
+            tuple[FilterKey, float, int, int], tuple[int, dict[str, int], list[int]]
+        ] = {}
 
     def offer(self, job: JobRequest) -> Decision | str:
         """Place ``job`` on the best node that fits it, or say why it fits nowhere."""
@@ -882,28 +892,40 @@ class Pass:
         the first job of a shape that fits nowhere, not for every queued job.
         """
         key = filter_key(job)
-        static = self._static.get(key)
-        if static is None:
-            static = self._static[key] = self._candidates.blocked(
-                key, self._nodes, self._now, is_offline
-            )
-        counts = dict(static[0])
         cluster = self._cluster
-        free_cpu, gone_cpu, held = cluster.free_cpu, cluster.gone_cpu, cluster.held
-        for i in static[1]:
-            cpu = free_cpu[i]
-            why = _capacity_blocker(
-                cluster.free_slots[i],
-                gone_cpu[i] if cpu == _GONE else cpu,
-                cluster.fit_memory[i],
-                cluster.free_gpus[i],
-                job,
-            )
+        asked = (key, job.cpu, job.memory_mb, job.gpus)
+        known = self._capacity.get(asked)
+        if known is None or known[0] != cluster.placed:
+            static = self._static.get(key)
+            if static is None:
+                static = self._static[key] = self._candidates.blocked(
+                    key, self._nodes, self._now, is_offline
+                )
+            counts = dict(static[0])
+            roomy = []
+            free_cpu, gone_cpu = cluster.free_cpu, cluster.gone_cpu
+            for i in static[1]:
+                cpu = free_cpu[i]
+                why = _capacity_blocker(
+                    cluster.free_slots[i],
+                    gone_cpu[i] if cpu == _GONE else cpu,
+                    cluster.fit_memory[i],
+                    cluster.free_gpus[i],
+                    job,
+                )
+                if why is None:
+                    roomy.append(i)
+                else:
+                    counts[why] = counts.get(why, 0) + 1
+            known = self._capacity[asked] = (cluster.placed, counts, roomy)
+        counts = dict(known[1])
+        # Only a reservation depends on how long the job runs: the jobs of one size
+        # share the rest until the pass places another job.
+        held = cluster.held
+        for i in known[2]:
             kept = held[i]
-            if why is None and kept is not None and not kept.admits(job, self._now):
-                why = RESERVED
-            if why is not None:
-                counts[why] = counts.get(why, 0) + 1
+            if kept is not None and not kept.admits(job, self._now):
+                counts[RESERVED] = counts.get(RESERVED, 0) + 1
         return counts
 
 

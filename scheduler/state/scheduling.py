@@ -38,7 +38,7 @@ RESTATE_S = 60.0
 
 
 def reserved_reason(reservation: Reservation) -> str:
-    """"reserved: node n3 from 2026-12-03 14:05:00 UTC" (or "..., start unknown")."""
+    """ "reserved: node n3 from 2026-12-03 14:05:00 UTC" (or "..., start unknown")."""
     start = reservation.start
     when = "start unknown" if start is None else f"from {start:%Y-%m-%d %H:%M:%S} UTC"
     return f"{reservations.RESERVED}: node {reservation.node} {when}"
@@ -58,6 +58,7 @@ class Scheduling(Sharing):
         self._gate(now)
         shapes = self.queue.shapes()
         previous, self.reserved = self.reserved, {}
+        self._preemptible = None
         touched: list[str] = []
         if not self.nodes:
             for shape in shapes:
@@ -141,7 +142,9 @@ class Scheduling(Sharing):
         held: dict[str, Held] = {}
         releases = self._releases(now)
         order = self._order
-        heads = [(order(s.entries[0], s.request.owner), i) for i, s in enumerate(shapes) if s.entries]
+        heads = [
+            (order(s.entries[0], s.request.owner), i) for i, s in enumerate(shapes) if s.entries
+        ]
         heapq.heapify(heads)
         touched: list[str] = []
         while heads:

@@ -4,7 +4,7 @@ priority for a job that fits nowhere. The placement pass (scheduling) asks these
 
 from __future__ import annotations
 
-from common.models import Job
+from common.models import Job, Node
 from common.states import ON_NODE
 from scheduler import placement, preemption, quotas
 from scheduler.quotas import Running
@@ -21,6 +21,21 @@ class Sharing(AgentProtocol):
         super()._setup()
         #: queued job -> (node, jobs stopped there to make room for it, its reason)
         self.preempting: dict[str, tuple[str, tuple[str, ...], str]] = {}
+        #: the preemptible jobs on each node, gathered once per pass when a job first
+        #: fits nowhere (None: not yet, or a preemption changed them since)
+        self._preemptible: list[tuple[Node, list[Job]]] | None = None
+
+    def _preemptible_on_nodes(self) -> list[tuple[Node, list[Job]]]:
+        found = []
+        for node in self.nodes.values():
+            on_node = [
+                other
+                for other in (self.jobs[j] for j in node.running_jobs)
+                if other.spec.preemptible and other.state in ON_NODE
+            ]
+            if on_node:
+                found.append((node, on_node))
+        return found
 
     def _order(self, first: Entry, owner: str) -> Order:
         """Where a shape's first job stands in this pass: by priority, then (in the fair
@@ -52,8 +67,10 @@ class Sharing(AgentProtocol):
             if node is not None and any(h.job_id in victims for h in node.releasing):
                 return reason  # its victims are still stopping: wait for them
 
+        if self._preemptible is None:
+            self._preemptible = self._preemptible_on_nodes()
         candidates: list[tuple[placement.NodeView, list[preemption.Candidate]]] = []
-        for node in self.nodes.values():
+        for node, on_node in self._preemptible:
             running = [
                 preemption.Candidate(
                     other.id,
@@ -63,10 +80,8 @@ class Sharing(AgentProtocol):
                     other.spec.resources.gpus,
                     ts(other.started_at) or ts(other.assigned_at) or now,
                 )
-                for other in (self.jobs[j] for j in node.running_jobs)
-                if other.spec.preemptible
-                and other.state in ON_NODE
-                and other.spec.priority < req.priority
+                for other in on_node
+                if other.spec.priority < req.priority
             ]
             if running:
                 candidates.append((self.node_view(node), running))
@@ -75,6 +90,7 @@ class Sharing(AgentProtocol):
         choice = preemption.choose(candidates, req, now)
         if choice is None:
             return None
+        self._preemptible = None
         node = self.nodes[choice.node_id]
         for victim_id in choice.victims:
             victim = self.jobs[victim_id]
