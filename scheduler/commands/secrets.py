@@ -34,10 +34,12 @@ def open_assignments(
     (then the state holds changes to commit)."""
     out: list[Assignment] = []
     failed = False
+    if not any(a.spec.env for a in found):
+        return found, False  # the common case: nothing to look at
     for assignment in found:
         names = assignment.spec.secret_names()
-        job = state.jobs.get(assignment.job_id)
-        if not names or job is None:
+        job = state.jobs.get(assignment.job_id) if names else None
+        if job is None:
             out.append(assignment)
             continue
         values: dict[str, str] = {}
