@@ -871,6 +871,11 @@ class Pass:
         self._cluster.consume(i, job, self._now)
         return Decision(job.id, self._cluster.ids[i], score)
 
+    @property
+    def placed(self) -> int:
+        """How many jobs the pass has placed so far."""
+        return self._cluster.placed
+
     def hold(self, node_id: str, held: Held) -> None:
         """Keep a reservation on the node for the rest of the pass: later jobs may use
         it only as ``held.admits`` allows. Only a job that fitted nowhere in this pass

@@ -112,6 +112,90 @@ def earliest_start(
     return None
 
 
+@dataclass(slots=True, frozen=True)
+class Option:
+    """A node that could take a job of some size: from when, and what it has free then."""
+
+    start: float
+    #: the tie-break after the start: the node's CPU when size-aware, else 0
+    size: float
+    #: the node's place in the pass (the last tie-break, so choices are repeatable)
+    index: int
+    node_id: str
+    #: cpu, memory_mb, gpus, slots free at the start
+    room: tuple[float, int, int, int]
+
+    @property
+    def rank(self) -> tuple[float, float, int]:
+        return (self.start, self.size, self.index)
+
+
+@dataclass(slots=True, frozen=True)
+class Options:
+    """Every node that could ever take a job of one size, earliest start first."""
+
+    ordered: list[Option]
+    by_node: dict[str, Option]
+
+
+def options(
+    nodes: Sequence[NodeView],
+    releases: Callable[[str], Sequence[Release]],
+    job: JobRequest,
+    now: float,
+    *,
+    size_aware: bool,
+) -> Options:
+    """Where and from when a job like ``job`` could start, ignoring reservations: the
+    same for every job of its size and filter until a job is placed, so a pass works it
+    out once per size."""
+    found = []
+    for i, node in enumerate(nodes):
+        if not admissible(node, job, now):
+            continue
+        if node.total_cpu + CPU_EPSILON < job.cpu or node.total_memory_mb < job.memory_mb:
+            continue
+        start = earliest_start(node, releases(node.id), job, now)
+        if start is not None:
+            size = node.total_cpu if size_aware else 0.0
+            found.append(Option(start[0], size, i, node.id, start[1]))
+    found.sort(key=lambda o: o.rank)
+    return Options(found, {o.node_id: o for o in found})
+
+
+def choose(found: Options, job: JobRequest, held: dict[str, Held]) -> Plan | None:
+    """The reservation for ``job``: on the node where it could start earliest (ties:
+    the smallest node when size-aware, so big nodes stay for big jobs). A node already
+    reserved takes it only at the same start, beside the jobs reserved there. None when
+    no node could ever take it."""
+    best: tuple[tuple[float, float, int], Plan] | None = None
+    for option in found.ordered:
+        if option.node_id not in held:
+            cpu, memory, gpus, slots = option.room
+            spare = Held(
+                option.start, cpu - job.cpu, memory - job.memory_mb, gpus - job.gpus, slots - 1
+            )
+            spare.jobs.append(job.id)
+            best = (option.rank, Plan(option.node_id, spare))
+            break
+    for node_id, there in held.items():
+        at = found.by_node.get(node_id)
+        if at is None or not there.beside(job):
+            continue
+        rank = (there.start, at.size, at.index)
+        if best is None or rank < best[0]:
+            shared = Held(
+                there.start,
+                there.cpu - job.cpu,
+                there.memory_mb - job.memory_mb,
+                there.gpus - job.gpus,
+                there.slots - 1,
+                [*there.jobs, job.id],
+            )
+            best = (rank, Plan(node_id, shared))
+    return None if best is None else best[1]
+
+
 def plan(
     nodes: Sequence[NodeView],
     releases: Callable[[str], Sequence[Release]],
@@ -121,40 +205,8 @@ def plan(
     *,
     size_aware: bool,
 ) -> Plan | None:
-    """The reservation for ``job``: on the node where it could start earliest (ties:
-    the smallest node when ``size_aware``, so big nodes stay for big jobs). A node
-    already reserved takes it only at the same start, beside the jobs reserved there.
-    None when no node could ever take it."""
-    best: tuple[float, float, int] | None = None
-    chosen: Plan | None = None
-    for i, node in enumerate(nodes):
-        if not admissible(node, job, now):
-            continue
-        if node.total_cpu + CPU_EPSILON < job.cpu or node.total_memory_mb < job.memory_mb:
-            continue
-        there = held.get(node.id)
-        if there is not None:
-            if not there.beside(job):
-                continue
-            start = there.start
-            spare = (
-                there.cpu - job.cpu,
-                there.memory_mb - job.memory_mb,
-                there.gpus - job.gpus,
-                there.slots - 1,
-            )
-        else:
-            found = earliest_start(node, releases(node.id), job, now)
-            if found is None:
-                continue
-            start, (cpu, memory, gpus, slots) = found
-            spare = (cpu - job.cpu, memory - job.memory_mb, gpus - job.gpus, slots - 1)
-        rank = (start, node.total_cpu if size_aware else 0.0, i)
-        if best is None or rank < best:
-            best = rank
-            jobs = [*there.jobs, job.id] if there is not None else [job.id]
-            chosen = Plan(node.id, Held(start, *spare, jobs=jobs))
-    return chosen
+    """``choose`` among the ``options`` for ``job``."""
+    return choose(options(nodes, releases, job, now, size_aware=size_aware), job, held)
 
 
 def releases_of(running: Sequence[tuple[float, float, float, int, int]]) -> list[Release]:

@@ -141,6 +141,24 @@ class Scheduling(Sharing):
         )
         held: dict[str, Held] = {}
         releases = self._releases(now)
+        known: dict[tuple[object, ...], tuple[int, reservations.Options]] = {}
+
+        def options(req: placement.JobRequest) -> reservations.Options:
+            """Where a job of this size could start, worked out again only once the
+            pass has placed another job; on the nodes as they are now, with the jobs
+            this pass placed on them."""
+            size = (placement.filter_key(req), req.cpu, req.memory_mb, req.gpus)
+            found = known.get(size)
+            if found is None or found[0] != one_pass.placed:
+                views_now = [self._cached_view(n) for n in self.nodes.values()]
+                found = known[size] = (
+                    one_pass.placed,
+                    reservations.options(
+                        views_now, releases, req, now, size_aware=self.config.size_aware
+                    ),
+                )
+            return found[1]
+
         order = self._order
         heads = [
             (order(s.entries[0], s.request.owner), i) for i, s in enumerate(shapes) if s.entries
@@ -184,11 +202,7 @@ class Scheduling(Sharing):
             why = placement.waiting_sentence(len(self.nodes), pending, req) if counted else outcome
             plan = None
             if outcome == placement.REASON_NO_FIT and len(self.reserved) < self.config.reservations:
-                # The nodes as they are now, with the jobs this pass placed on them.
-                now_views = [self._cached_view(n) for n in self.nodes.values()]
-                plan = reservations.plan(
-                    now_views, releases, req, now, held, size_aware=self.config.size_aware
-                )
+                plan = reservations.choose(options(req), req, held)
             if plan is None:
                 self._stop(shape, why, pending if counted else None)
                 continue
