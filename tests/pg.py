@@ -128,11 +128,17 @@ def _ensure_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(
+        made = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True,
+            check=False,
         )
-        return pwd.getpwnam(PG_USER)
+    # Another test process may have made the user (or held the lock) at the same moment.
+    for _ in range(50):
+        try:
+            return pwd.getpwnam(PG_USER)
+        except KeyError:
+            time.sleep(0.1)
+    raise RuntimeError(f"useradd {PG_USER} failed (exit {made.returncode})")
 
 
 def _free_port() -> int:
