@@ -149,11 +149,23 @@ class SecretRef(Struct, forbid_unknown_fields=True, gc=False):
     secret: SecretName
 
 
+#: when an agent pulls a job's image: before every attempt, only when the node lacks it,
+#: or never (the image must be on the node)
+PullPolicy = Literal["always", "if-not-present", "never"]
+
+
 class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     """What a client submits."""
 
     image: Image
     name: OptName = ""
+    #: a secret of the job's owner (or a shared one) holding the credentials the image
+    #: is pulled with: {"registry", "username", "password"} or a Docker config JSON
+    #: ({"auths": {...}}); its value goes to the node in the assignment, as env secrets'
+    image_pull_secret: SecretName | None = None
+    #: unset: the agent's --pull-policy (if-not-present unless its operator chose
+    #: otherwise); the process executor pulls nothing and ignores it
+    pull_policy: PullPolicy | None = None
     #: a list runs as is (exec form); a string runs under ``sh -c``
     command: Annotated[list[Arg], Meta(max_length=4096)] | Arg | None = None
     #: a value is a string, or {"secret": NAME}: the value of a secret of the job's
@@ -229,8 +241,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
         return [Dependency(d) if isinstance(d, str) else d for d in self.depends_on]
 
     def secret_names(self) -> list[str]:
-        """The secrets an attempt of this job needs, each once, in the order named."""
+        """The secrets an attempt of this job needs, each once: its env's in the order
+        named, then its image_pull_secret."""
         names = [v.secret for v in self.env.values() if isinstance(v, SecretRef)]
+        if self.image_pull_secret is not None:
+            names.append(self.image_pull_secret)
         return list(dict.fromkeys(names))
 
 

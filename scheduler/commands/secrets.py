@@ -34,7 +34,7 @@ def open_assignments(
     (then the state holds changes to commit)."""
     out: list[Assignment] = []
     failed = False
-    if not any(a.spec.env for a in found):
+    if not any(a.spec.env or a.spec.image_pull_secret for a in found):
         return found, False  # the common case: nothing to look at
     for assignment in found:
         names = assignment.spec.secret_names()

@@ -3,8 +3,9 @@ one goes.
 
 The state never holds a value in the clear: the commands seal a value before it comes
 here and open it only to put it in an assignment (``scheduler.secretbox``). A job
-names a secret in its env; it may name only its owner's secrets and shared ones, which
-is checked when the job is submitted and again when an attempt's assignment is built.
+names a secret in its env or as its image_pull_secret; it may name only its owner's
+secrets and shared ones, which is checked when the job is submitted and again when an
+attempt's assignment is built.
 A secret that is deleted fails the queued jobs that still need it (``secret_missing``);
 jobs on nodes keep going, as their agents hold the value already.
 """
@@ -49,8 +50,8 @@ class Secrets(Schedules):
         return found
 
     def check_secret_refs(self, spec: JobSpec, owner: str | None, at: str) -> None:
-        """Refuse a spec whose env names a secret its owner may not use; the same
-        answer whether the secret is another owner's or does not exist."""
+        """Refuse a spec whose env or image_pull_secret names a secret its owner may not
+        use; the same answer whether the secret is another owner's or does not exist."""
         for key, value in spec.env.items():
             if isinstance(value, SecretRef) and self.usable_secret(value.secret, owner) is None:
                 raise InvalidRequest(
@@ -58,6 +59,13 @@ class Secrets(Schedules):
                     "(its own secrets and shared ones)",
                     {"field": f"{at}.env.{key}"},
                 )
+        pull = spec.image_pull_secret
+        if pull is not None and self.usable_secret(pull, owner) is None:
+            raise InvalidRequest(
+                f"image_pull_secret: no secret {pull!r} that this token may use "
+                "(its own secrets and shared ones)",
+                {"field": f"{at}.image_pull_secret"},
+            )
 
     # --- changes ---------------------------------------------------------------------
 
