@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.archives import MAX_EXPANDED_BYTES, MAX_MEMBERS
+from common.models import PullPolicy
 
 #: where the agent keeps its node id, token and pending results
 DEFAULT_STATE_DIR = Path("state/agent")
@@ -16,6 +17,8 @@ DEFAULT_STATE_DIR = Path("state/agent")
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 #: seconds one assignments long poll may block, until the scheduler says otherwise
 DEFAULT_ASSIGNMENT_WAIT_S = 30.0
+#: when a job's image is pulled, unless the job says (common.models.PullPolicy)
+DEFAULT_PULL_POLICY: PullPolicy = "if-not-present"
 #: seconds to wait for an image pull before failing the job
 DEFAULT_PULL_TIMEOUT_S = 300.0
 #: seconds between SIGTERM and SIGKILL when a job is cancelled or times out
@@ -65,7 +68,6 @@ DEFAULT_MAX_JOB_DISK_MB = 10 * 1024
 #: measure what they hold this often
 DISK_CHECK_INTERVAL_S = 2.0
 
-PullPolicy = Literal["if-not-present", "always", "never"]
 ExecutorKind = Literal["auto", "docker", "process"]
 
 
@@ -88,7 +90,8 @@ class AgentConfig:
     executor: ExecutorKind = "auto"
     reserve_cpu: float = 0.0
     reserve_memory_mb: int = 0
-    pull_policy: PullPolicy = "if-not-present"
+    #: a job's pull_policy when it names none
+    pull_policy: PullPolicy = DEFAULT_PULL_POLICY
     pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S
     stop_grace_s: float = DEFAULT_STOP_GRACE_S
     pids_limit: int = DEFAULT_PIDS_LIMIT

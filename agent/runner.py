@@ -3,14 +3,15 @@
 A :class:`Runner` refuses an attempt the node's policy does not permit (see
 :mod:`agent.policy`), takes a parallel slot, prepares the attempt's workspace (inputs
 and the checkpoint to resume from, see :mod:`agent.workspace`), starts the attempt with
-the executor, with the values of the secrets its env names (or takes over one
-re-adopted after a restart), ships its output (those values masked, see
-:mod:`agent.secretvalues`), progress and resource use, uploads its checkpoint every
-``checkpoint_interval_s`` and when it is paused, enforces its timeout (paused time
-counts, as on the scheduler), obeys cancel/pause/resume, and when it has exited uploads
-its last checkpoint (unless it completed) and its outputs, ships the rest of the
-output, then delivers the final report (saved in the state dir until the scheduler
-acknowledges it), frees the slot and removes the container and the workspace.
+the executor, with the values of the secrets its env names and of its image pull secret
+(:mod:`agent.registryauth`), or takes over one re-adopted after a restart, ships its
+output (the env's secret values masked, see :mod:`agent.secretvalues`), progress and
+resource use, uploads its checkpoint every ``checkpoint_interval_s`` and when it is
+paused, enforces its timeout (paused time counts, as on the scheduler), obeys
+cancel/pause/resume, and when it has exited uploads its last checkpoint (unless it
+completed) and its outputs, ships the rest of the output, then delivers the final
+report (saved in the state dir until the scheduler acknowledges it), frees the slot and
+removes the container and the workspace.
 
 Final states: ``completed`` (exit 0), ``failed`` (non-zero exit, out of memory, could
 not start, refused by node policy), ``timed_out``, ``cancelled``. A stale attempt (the
@@ -52,6 +53,7 @@ from agent.link import Link
 from agent.logship import LogShipper
 from agent.policy import NodePolicy
 from agent.progress import LineSplitter, last_progress
+from agent.registryauth import pull_secret_of
 from agent.reports import Delivery
 from agent.secretvalues import LogMasker, MissingSecret, env_secret_values, resolve_env
 from agent.state import AgentState
@@ -366,6 +368,7 @@ class Runner:
             assert self.spec is not None
             try:
                 self._masker = LogMasker(env_secret_values(self.spec, self._secrets))
+                pull_secret = pull_secret_of(self.spec, self._secrets)
                 self.spec = resolve_env(self.spec, self._secrets)
             except MissingSecret as e:
                 await self._end_unstarted(Report(attempt, "failed", error=str(e)))
@@ -399,7 +402,9 @@ class Runner:
                 )
                 return
             try:
-                self.execution = await self._executor.start(self.info, self.spec, mounts)
+                self.execution = await self._executor.start(
+                    self.info, self.spec, mounts, pull_secret=pull_secret
+                )
             except StartError as e:
                 log.warning("attempt %d of %s could not start: %s", attempt, job, e.message)
                 await self._end_unstarted(

@@ -12,23 +12,24 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 import click
 
 from agent.config import (
     DEFAULT_MAX_JOB_DISK_MB,
     DEFAULT_PIDS_LIMIT,
+    DEFAULT_PULL_POLICY,
     DEFAULT_PULL_TIMEOUT_S,
     DEFAULT_STATE_DIR,
     DEFAULT_STOP_GRACE_S,
     AgentConfig,
     ExecutorKind,
-    PullPolicy,
     default_max_parallel,
 )
 from cli.allow import allow_list, allow_option
 from cli.tls import CA_FILE_HELP
+from common.models import PullPolicy
 from common.tls import TLSSetupError, client_context
 
 
@@ -109,11 +110,13 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option(
     "--pull-policy",
-    type=click.Choice(["if-not-present", "always", "never"]),
-    default="if-not-present",
+    type=click.Choice(get_args(PullPolicy)),
+    default=DEFAULT_PULL_POLICY,
     show_default=True,
     show_envvar=True,
-    help="When the docker executor pulls a job's image.",
+    help="When the docker executor pulls a job's image, unless the job names its "
+    "pull_policy: before every attempt (always), only when the node lacks it "
+    "(if-not-present), or never.",
 )
 @click.option(
     "--pull-timeout",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from agent.registryauth import PullSecret
 from common.models import JobSpec
 
 
@@ -136,9 +137,15 @@ class Executor(ABC):
 
     @abstractmethod
     async def start(
-        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+        self,
+        info: AttemptInfo,
+        spec: JobSpec,
+        mounts: Mounts | None = None,
+        *,
+        pull_secret: PullSecret | None = None,
     ) -> Execution:
-        """Start an attempt with its workspace and checkpoint directories (``mounts``);
+        """Start an attempt with its workspace and checkpoint directories (``mounts``)
+        and the value of its ``image_pull_secret`` (for executors that pull images);
         raise StartError when it cannot start."""
 
     @abstractmethod

@@ -22,9 +22,17 @@ the very file the policy checked, pinned by :mod:`agent.hostmount` (a path swapp
 a link afterwards changes nothing), and the container is removed unless what dockerd
 recorded and what the started container shows are that file.
 
+A job's image is pulled as its ``pull_policy`` says (the executor's when it names none):
+before every attempt (``always``), only when the node lacks it (``if-not-present``), or
+never. A job that names an ``image_pull_secret`` is pulled with the credentials it
+holds for the image's registry (:mod:`agent.registryauth`), handed to dockerd with the
+request and written nowhere; a registry that refuses them fails the attempt as
+``unauthorized``, the job's fault.
+
 Parameters of :class:`DockerExecutor` and their defaults (``agent.config``):
 
-- ``pull_policy``: ``if-not-present`` (default), ``always`` or ``never``.
+- ``pull_policy``: ``if-not-present`` (default), ``always`` or ``never``; for the jobs
+  whose spec names no ``pull_policy``.
 - ``pull_timeout_s``: give up pulling after this long (``DEFAULT_PULL_TIMEOUT_S``).
 - ``pids_limit``: most processes per container (``DEFAULT_PIDS_LIMIT``).
 """
@@ -40,6 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -53,8 +62,8 @@ from agent.config import (
     CONTAINER_LOG_MAX_SIZE,
     DEFAULT_MAX_JOB_DISK_MB,
     DEFAULT_PIDS_LIMIT,
+    DEFAULT_PULL_POLICY,
     DEFAULT_PULL_TIMEOUT_S,
-    PullPolicy,
 )
 from agent.executors.base import (
     AttemptInfo,
@@ -67,8 +76,9 @@ from agent.executors.base import (
 )
 from agent.hostmount import MountRefused, PinnedMounts
 from agent.policy import NodePolicy
+from agent.registryauth import PullSecret, PullSecretError, image_registry
 from agent.secretvalues import plain_env
-from common.models import JobSpec
+from common.models import JobSpec, PullPolicy
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +287,7 @@ class DockerExecutor(Executor):
     def __init__(
         self,
         *,
-        pull_policy: PullPolicy = "if-not-present",
+        pull_policy: PullPolicy = DEFAULT_PULL_POLICY,
         pull_timeout_s: float = DEFAULT_PULL_TIMEOUT_S,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         max_parallel: int = 4,
@@ -329,16 +339,22 @@ class DockerExecutor(Executor):
     # --- start -------------------------------------------------------------------------
 
     async def start(
-        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+        self,
+        info: AttemptInfo,
+        spec: JobSpec,
+        mounts: Mounts | None = None,
+        *,
+        pull_secret: PullSecret | None = None,
     ) -> DockerExecution:
         pinned = await asyncio.to_thread(_pin_mounts, spec, self._policy)
         try:
             opts = container_options(
                 info, spec, pids_limit=self.pids_limit, mounts=mounts, sources=pinned.paths
             )
-            if self.pull_policy == "always":
-                await self._pull(spec.image)
-            container_id = await self._create(opts)
+            pull = _Pull(spec.image, spec.pull_policy or self.pull_policy, pull_secret)
+            if pull.policy == "always":
+                await self._pull(pull)
+            container_id = await self._create(opts, pull)
             await self._verify_mounts(container_id, spec, pinned, started=False)
             try:
                 await self.call(self._api.start, container_id)
@@ -387,9 +403,9 @@ class DockerExecutor(Executor):
             where = "the started container shows" if started else "dockerd would mount"
             raise StartError(f"refused: {where} {wrong}; the container was removed", infra=False)
 
-    async def _create(self, opts: dict[str, Any]) -> str:
+    async def _create(self, opts: dict[str, Any], pull: _Pull) -> str:
         """Create the container; pull a missing image first unless the policy forbids."""
-        pulled = self.pull_policy == "always"
+        pulled = pull.policy == "always"
         removed_leftover = False
         if self._sized_layers is None:
             self._sized_layers = await self.call(self._layers_can_be_sized)
@@ -404,12 +420,12 @@ class DockerExecutor(Executor):
                 return str(created["Id"])
             except docker.errors.ImageNotFound as e:
                 image = opts["image"]
-                if pulled or self.pull_policy == "never":
+                if pulled or pull.policy == "never":
                     why = "the pull policy is never" if not pulled else _explain(e)
                     raise StartError(
                         f"image {image} is not present on this node ({why})", infra=False
                     ) from e
-                await self._pull(image)
+                await self._pull(pull)
                 pulled = True
             except docker.errors.APIError as e:
                 if self._sized_layers and "storage" in _explain(e).lower():
@@ -439,22 +455,56 @@ class DockerExecutor(Executor):
         status = {str(p[0]): str(p[1]) for p in info.get("DriverStatus") or [] if len(p) == 2}
         return bool(info.get("Driver") == "overlay2" and status.get("Backing Filesystem") == "xfs")
 
-    async def _pull(self, image: str) -> None:
-        """Pull an image within the pull timeout; failing to is the job's fault."""
+    async def _pull(self, pull: _Pull) -> None:
+        """Pull an image within the pull timeout, with the job's credentials when it
+        names a pull secret (else those of the agent's user's Docker config, as the
+        Docker SDK finds them); failing to is the job's fault.
+
+        The credentials go to dockerd with the request and nowhere else; an error's
+        text is masked with them before it is raised (it is logged and reported)."""
+        image = pull.image
         repo, tag = parse_repository_tag(image)
+        auth: dict[str, str] | None = None
+        if pull.secret is not None:
+            try:
+                auth = pull.secret.auth_for(image).auth_config()
+            except PullSecretError as e:
+                raise StartError(f"image {image} cannot be pulled: {e.message}", infra=False) from e
         try:
             await asyncio.wait_for(
-                self.call(self._client.images.pull, repo, tag=tag or "latest"),
-                self.pull_timeout_s,
+                self.call(self._pull_image, repo, tag or "latest", auth), self.pull_timeout_s
             )
         except TimeoutError as e:
             raise StartError(
                 f"image {image} could not be pulled within {self.pull_timeout_s:g} s", infra=False
             ) from e
         except docker.errors.DockerException as e:
-            raise StartError(
-                f"image {image} could not be pulled: {_explain(e)}", infra=False
-            ) from e
+            text = _explain(e)
+            if pull.secret is not None:
+                text = pull.secret.redact(text)
+            if _unauthorized(e, text):
+                # A registry that refuses the credentials, or asks for some, refuses
+                # every node alike: the job (its owner's secret) is at fault, not this
+                # node, which must not go into cooldown for it.
+                with_what = (
+                    f"with the credentials of image_pull_secret {pull.secret.name!r}"
+                    if pull.secret is not None
+                    else "without credentials (the job names no image_pull_secret)"
+                )
+                raise StartError(
+                    f"unauthorized: registry {image_registry(image)} refused to let image "
+                    f"{image} be pulled {with_what}: {text}",
+                    infra=False,
+                ) from e
+            raise StartError(f"image {image} could not be pulled: {text}", infra=False) from e
+
+    def _pull_image(self, repo: str, tag: str, auth: dict[str, str] | None) -> None:
+        """Pull, reading the progress to its end (blocking): dockerd reports an error
+        that comes after the pull began in the stream, not as the reply's status."""
+        for line in self._api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+            error = line.get("error") if isinstance(line, dict) else None
+            if error:
+                raise docker.errors.APIError(str(error), explanation=str(error))
 
     async def remove_container(self, container: str) -> None:
         """Remove a container by id or name, running or not; never raises."""
@@ -766,6 +816,31 @@ def _shown_mismatch(pid: int, targets: Sequence[str], pinned: PinnedMounts) -> s
     if wrong is not None and not os.path.exists(f"/proc/{pid}/root/"):
         return None  # it exited meanwhile: nothing was compared
     return wrong
+
+
+#: error texts of a pull that mean the registry wants credentials or refused them
+_UNAUTHORIZED_PULL = (
+    "unauthorized",
+    "no basic auth credentials",
+    "authentication required",
+    "access denied",
+    "denied:",
+)
+
+
+def _unauthorized(e: docker.errors.DockerException, text: str) -> bool:
+    """Whether a failed pull was refused for its credentials (or their absence)."""
+    status = getattr(e, "status_code", None)
+    return status in (401, 403) or any(s in text.lower() for s in _UNAUTHORIZED_PULL)
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """How one attempt's image is pulled: its policy and the job's pull secret."""
+
+    image: str
+    policy: PullPolicy
+    secret: PullSecret | None
 
 
 def _explain(e: Exception) -> str:

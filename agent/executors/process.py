@@ -2,9 +2,10 @@
 
 For hosts without Docker. The command runs with the agent's user and privileges, sees
 the host's files and network, and its resource request is not enforced; the image is
-ignored. Stdout and stderr are one stream. The attempt's workspace is its working
-directory (unless the job names one) and ``$BERTH_WORKSPACE``; its checkpoint directory
-is ``$BERTH_CHECKPOINT``.
+ignored, and so are its ``pull_policy`` and ``image_pull_secret`` (nothing is pulled).
+Stdout and stderr are one stream. The attempt's workspace is its working directory
+(unless the job names one) and ``$BERTH_WORKSPACE``; its checkpoint directory is
+``$BERTH_CHECKPOINT``.
 
 Where the host allows it (a writable cgroup v2, see :mod:`agent.executors.jobcgroup`),
 each attempt runs in a cgroup of its own, joined before exec, so every process it
@@ -62,6 +63,7 @@ from agent.executors.base import (
     empty_stream,
 )
 from agent.executors.jobcgroup import JOBS_DIR, JobCgroup, JobCgroups
+from agent.registryauth import PullSecret
 from agent.secretvalues import plain_env
 from common import codec
 from common.errors import BerthError
@@ -152,8 +154,14 @@ class ProcessExecutor(Executor):
         return None
 
     async def start(
-        self, info: AttemptInfo, spec: JobSpec, mounts: Mounts | None = None
+        self,
+        info: AttemptInfo,
+        spec: JobSpec,
+        mounts: Mounts | None = None,
+        *,
+        pull_secret: PullSecret | None = None,
     ) -> ProcessExecution:
+        # No image is pulled: the image, its pull_policy and pull secret are ignored.
         refused = unsupported(spec)
         if refused is not None:
             raise StartError(refused, infra=False)
