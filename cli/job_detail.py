@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cli.text import ago, table, until, utc
-from common.models import Job, Reservation
+from common.models import Job, JobSpec, Reservation
 from common.states import JobState
 
 
@@ -26,6 +26,16 @@ def reservation_text(reservation: Reservation, now: datetime) -> str:
     return f"node {reservation.node} from {utc(reservation.start)} (estimated start, {when})"
 
 
+def _pull_lines(spec: JobSpec) -> list[str]:
+    """How the job's image is pulled, when it says: ``pull      always, with secret
+    regcred`` (a policy left unset is the agent's ``--pull-policy``)."""
+    if spec.image_pull_secret is None and spec.pull_policy is None:
+        return []
+    policy = spec.pull_policy or "the agent's pull policy"
+    secret = f", with secret {spec.image_pull_secret}" if spec.image_pull_secret else ""
+    return [f"pull      {policy}{secret}"]
+
+
 def job_detail(job: Job, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     spec = job.spec
@@ -33,6 +43,7 @@ def job_detail(job: Job, now: datetime | None = None) -> str:
         f"job       {job.id}  {job.name}",
         f"state     {job.state.value}" + (f"  ({job.reason})" if job.reason else ""),
         f"image     {spec.image}",
+        *_pull_lines(spec),
         f"command   {spec.command!r}",
         f"resources cpu {spec.resources.cpu:g}, memory {spec.resources.memory_mb} MiB"
         + (f", gpus {spec.resources.gpus}" if spec.resources.gpus else ""),

@@ -16,7 +16,7 @@ import click
 
 from cli.job_detail import job_detail
 from cli.live_cmd import EXIT_FAILED, EXIT_OK, CommandError, client_options, run_client
-from cli.run_cmd import job_env, secret_env_option
+from cli.run_cmd import image_pull_fields, image_pull_options, job_env, secret_env_option
 from cli.text import ago, table
 from common import codec
 from common.client import BerthClient
@@ -175,7 +175,8 @@ def _read_specs(path: str) -> list[JobSpec]:
 
 
 def _with_rules(specs: list[JobSpec], rules: dict[str, Any]) -> list[JobSpec]:
-    """The specs with the queue rules given as flags, each checked as the API checks it."""
+    """The specs with the fields given as flags (queue rules, image pulls), each checked
+    as the API checks it."""
     if not rules:
         return specs
     out = []
@@ -301,6 +302,7 @@ def _rules_of(**given: Any) -> dict[str, Any]:
 @click.option("--name", default="", help="A name for the job (with IMAGE).")
 @click.option("--env", "env", multiple=True, help="K=V for the job's environment (with IMAGE).")
 @secret_env_option
+@image_pull_options
 @click.option(
     "--idempotency-key",
     default=None,
@@ -318,6 +320,8 @@ def submit(
     name: str,
     env: tuple[str, ...],
     secret_env: tuple[str, ...],
+    image_pull_secret: str | None,
+    pull_policy: str | None,
     idempotency_key: str | None,
     as_json: bool,
     image: str | None,
@@ -325,10 +329,11 @@ def submit(
     **rules: Any,
 ) -> None:
     """Submit jobs from a JSON spec file, or IMAGE (with CMD after --); prints their ids.
-    The queue-rule flags apply to every spec submitted."""
+    The queue-rule and image pull flags apply to every spec submitted."""
     try:
         specs = _specs_of(spec_file, array_range, name, env, secret_env, image, command)
-        specs = _with_rules(specs, _rules_of(**rules))
+        pulling = image_pull_fields(image_pull_secret, pull_policy)
+        specs = _with_rules(specs, {**_rules_of(**rules), **pulling})
     except CommandError as e:
         click.echo(f"berth: {e.message}", err=True)
         sys.exit(e.code)

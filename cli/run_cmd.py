@@ -3,7 +3,8 @@
 ::
 
     berth run [--input DIR] [--output DIR] [--cpu C] [--memory-mb M] [--timeout S]
-              [--env K=V ...] IMAGE -- CMD...
+              [--env K=V ...] [--secret-env K=SECRET ...] [--image-pull-secret SECRET]
+              [--pull-policy always|if-not-present|never] IMAGE -- CMD...
 
 ``--input DIR`` is archived (tar.gz), uploaded as a blob and extracted into the job's
 ``/workspace/in``; what the job leaves in ``/workspace/out`` is downloaded into
@@ -30,7 +31,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast, get_args
 
 import click
 
@@ -45,7 +46,7 @@ from cli.live_cmd import (
 from common.archives import ArchiveError, create_tar_gz, extract
 from common.client import BerthClient
 from common.errors import BerthError, NotFound
-from common.models import Constraints, Job, JobResources, JobSpec, SecretRef
+from common.models import Constraints, Job, JobResources, JobSpec, PullPolicy, SecretRef
 from common.states import TERMINAL, JobState
 
 #: how long one blocking wait for the job's end may last
@@ -82,6 +83,35 @@ secret_env_option = click.option(
 )
 
 
+def image_pull_options(func: Any) -> Any:
+    """``--image-pull-secret NAME`` and ``--pull-policy``, for ``berth run`` and
+    ``berth submit``."""
+    func = click.option(
+        "--pull-policy",
+        type=click.Choice(get_args(PullPolicy)),
+        default=None,
+        help="When the node pulls the image: before every attempt (always), only when "
+        "it lacks it (if-not-present), or never. Default: the agent's --pull-policy.",
+    )(func)
+    return click.option(
+        "--image-pull-secret",
+        default=None,
+        metavar="SECRET",
+        help="Pull the image with the registry credentials in the stored secret SECRET "
+        '(berth secret set): {"registry", "username", "password"} or a Docker config JSON.',
+    )(func)
+
+
+def image_pull_fields(image_pull_secret: str | None, pull_policy: str | None) -> dict[str, Any]:
+    """The JobSpec fields those options set (those not given are left out)."""
+    fields: dict[str, Any] = {}
+    if image_pull_secret is not None:
+        fields["image_pull_secret"] = image_pull_secret
+    if pull_policy is not None:
+        fields["pull_policy"] = pull_policy
+    return fields
+
+
 def _say(message: str) -> None:
     click.echo(f"berth: {message}", err=True)
 
@@ -113,6 +143,7 @@ def _say(message: str) -> None:
 )
 @click.option("--env", "env", multiple=True, help="K=V for the job's environment; repeatable.")
 @secret_env_option
+@image_pull_options
 @click.option(
     "--constraint",
     "constraints",
@@ -132,6 +163,8 @@ def run(
     timeout: float,
     env: tuple[str, ...],
     secret_env: tuple[str, ...],
+    image_pull_secret: str | None,
+    pull_policy: str | None,
     constraints: tuple[str, ...],
     name: str,
     image: str,
@@ -149,6 +182,8 @@ def run(
         constraints=Constraints(labels=parse_pairs(constraints, "--constraint")),
         resources=JobResources(cpu=cpu, memory_mb=memory_mb),
         timeout_s=timeout,
+        image_pull_secret=image_pull_secret,
+        pull_policy=cast(PullPolicy | None, pull_policy),
     )
     run_client(addr, token, lambda client: _run(client, spec, input_dir, output_dir))
 
