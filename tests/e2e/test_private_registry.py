@@ -8,17 +8,20 @@ copy before each test. Jobs run on the session's ``docker`` agent: with the righ
 ``image_pull_secret`` (in either form) the image is pulled and runs; without one, or
 with a wrong password, the attempt fails as ``unauthorized`` naming the registry, the
 job's fault and not the node's; ``pull_policy: never`` fails on a missing image and
-``if-not-present`` does not pull an image the node has. The password shows in no job,
-log, or file of the scheduler and the agents.
+``if-not-present`` does not pull an image the node has; ``berth run`` takes both as
+flags. The password shows in no job, log, or file of the scheduler and the agents.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +39,7 @@ from common import codec
 from common.client import BerthClient
 from common.models import Job
 from tests.e2e.conftest import Cluster, job_logs, node_named, spec, wait_done
-from tests.support import free_port
+from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -255,3 +258,33 @@ async def test_pull_policy_never_fails_on_a_missing_image_and_if_not_present_pul
     assert (await _run(api, missing, image_pull_secret=name)).state == "completed"
     # The node has it now: without credentials it still runs, as nothing is pulled.
     assert (await _run(api, missing, pull_policy="if-not-present")).state == "completed"
+
+
+def _berth(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BERTH_ADDR": cluster.sched.url, "BERTH_TOKEN": cluster.sched.admin_token}
+    return subprocess.run(
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_berth_run_pulls_with_the_flags_and_berth_job_shows_them(
+    api: BerthClient, cluster: Cluster, missing: Registry
+) -> None:
+    name = _name("reg")
+    await api.set_secret(name, _short_form(missing.host))
+    flags = ["--image-pull-secret", name, "--pull-policy", "always"]
+    placed = ["--constraint", "pool=docker", "--cpu", "0.5", "--memory-mb", "64"]
+    run = await asyncio.to_thread(
+        _berth, cluster, "run", *flags, *placed, missing.image, "--", "echo", "via-cli"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "via-cli\n"
+    found = re.search(r"job (\S+) submitted", run.stderr)
+    assert found is not None, run.stderr
+    shown = await asyncio.to_thread(_berth, cluster, "job", found.group(1))
+    assert f"pull      always, with secret {name}" in shown.stdout, shown.stdout

@@ -203,6 +203,29 @@ async def test_a_job_may_not_name_another_owners_secret(vault: Vault) -> None:
     assert status == 400 and body["error"]["details"]["field"] == "$.job.env.T"
 
 
+async def test_a_pull_secret_must_be_usable_and_the_process_executor_ignores_it(
+    vault: Vault,
+) -> None:
+    creds = json.dumps({"registry": "127.0.0.1:1", "username": "u", "password": VALUE})
+    assert (await _set(vault.alice, "alice-registry", creds))[0] in (200, 201)
+    for name in ("alice-registry", "no-such-secret"):
+        spec = _job("true", {}, image_pull_secret=name)
+        status, body = await vault.bob.post("/api/v1/jobs", spec)
+        assert status == 400 and body["error"]["details"]["field"] == "$.image_pull_secret"
+        assert name in body["error"]["message"] and VALUE not in json.dumps(body)
+    # The process agent pulls nothing: neither the image nor the policy stops the job.
+    spec = _job(
+        "echo ran",
+        {},
+        image="127.0.0.1:1/nowhere:1",
+        image_pull_secret="alice-registry",
+        pull_policy="never",
+    )
+    job = await _until(vault.alice, await _submit(vault.alice, spec), "completed", "failed")
+    assert job["state"] == "completed", job
+    assert job["spec"]["image_pull_secret"] == "alice-registry" and VALUE not in json.dumps(job)
+
+
 # --- a job that uses its secret ----------------------------------------------------------------
 
 
