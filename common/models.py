@@ -58,6 +58,9 @@ UserSpec = Annotated[
     ),
 ]
 PathText = Annotated[str, Meta(min_length=1, max_length=4096)]
+GpuModel = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+#: a GPU's index on its host, as NVML numbers them (PCI bus order)
+GpuIndex = Annotated[int, Meta(ge=0, lt=MAX_GPUS)]
 #: one entry of an agent's allow-list (see common.policy)
 AllowItem = Annotated[str, Meta(max_length=4102, pattern=r"^(privileged|host-network|mount:/.*)$")]
 #: container paths a job's mount may not take: / and Berth's own mounts
@@ -83,6 +86,11 @@ class JobResources(Struct, forbid_unknown_fields=True, gc=False):
 class Constraints(Struct, forbid_unknown_fields=True, gc=False):
     #: every label here must be present on the node with this value
     labels: Labels = field(default_factory=dict)
+    #: every GPU of the node is this model, exactly as its agent registered it
+    #: ("NVIDIA A100-SXM4-80GB"; see ``berth nodes``); needs resources.gpus
+    gpu_model: GpuModel | None = None
+    #: every GPU of the node has at least this many MiB; needs resources.gpus
+    gpu_memory_mb: MemoryMb | None = None
 
 
 class Mount(Struct, forbid_unknown_fields=True, gc=False):
@@ -233,6 +241,11 @@ class JobSpec(Struct, forbid_unknown_fields=True, gc=False):
     def __post_init__(self) -> None:
         if self.retry_on_exit_codes is not None and self.no_retry_on_exit_codes is not None:
             raise ValueError("retry_on_exit_codes and no_retry_on_exit_codes exclude each other")
+        gpu_asked = self.constraints.gpu_model is not None or self.constraints.gpu_memory_mb
+        if gpu_asked and not self.resources.gpus:
+            raise ValueError(
+                "constraints.gpu_model and constraints.gpu_memory_mb need resources.gpus"
+            )
         if self.deadline is not None and self.deadline.tzinfo is None:
             raise ValueError("deadline must name its timezone (for example 2027-01-01T00:00:00Z)")
 
@@ -312,6 +325,8 @@ class Job(Struct, gc=False):
     pending: dict[str, int] | None = None
     attempt: int = 1
     node_id: str | None = None
+    #: the node's GPUs (indices) this attempt was given
+    gpu_devices: tuple[int, ...] = ()
     assigned_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -359,12 +374,35 @@ class Job(Struct, gc=False):
     webhook_deliveries: tuple[WebhookDelivery, ...] = ()
 
 
+class GpuDevice(Struct, forbid_unknown_fields=True, gc=False):
+    """One GPU of a node, as its agent registers it (from NVML, or only by index)."""
+
+    index: GpuIndex
+    #: NVML's "GPU-..." UUID; None when the agent was told the index without NVML
+    uuid: Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)] | None = None
+    #: NVML's name of the model ("NVIDIA A100-SXM4-80GB"); None when not known
+    model: GpuModel | None = None
+    #: total memory; None when not known
+    memory_mb: MemoryMb | None = None
+
+
+class GpuUse(Struct, forbid_unknown_fields=True, gc=False):
+    """What one GPU is doing, sampled by its agent through NVML."""
+
+    index: GpuIndex
+    #: percent of the last sample period a kernel ran on it
+    utilization_percent: Percent = 0.0
+    memory_used_mb: MemoryMbOrZero = 0
+
+
 class NodeMetrics(Struct, forbid_unknown_fields=True, gc=False):
     cpu_percent: Percent = 0.0
     ram_total_mb: MemoryMbOrZero = 0
     ram_free_mb: MemoryMbOrZero = 0
     load1: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
     disk_free_mb: Annotated[int, Meta(ge=0)] = 0
+    #: per GPU, when the agent has NVML
+    gpus: Annotated[list[GpuUse], Meta(max_length=MAX_GPUS)] = field(default_factory=list)
 
 
 class HeldAttempt(Struct, gc=False):
@@ -374,6 +412,8 @@ class HeldAttempt(Struct, gc=False):
     job_id: str
     attempt: int
     resources: Resources
+    #: the node's GPUs (indices) the attempt holds
+    gpu_devices: tuple[int, ...] = ()
 
 
 class Node(Struct, gc=False):
@@ -406,6 +446,10 @@ class Node(Struct, gc=False):
     index: int = 0
     #: what the agent permits beyond the default sandbox (see common.policy)
     allow: list[str] = field(default_factory=list)
+    #: its GPUs, as its agent registered them
+    devices: list[GpuDevice] = field(default_factory=list)
+    #: GPU index -> the job that holds it (running there, or stopping)
+    device_jobs: dict[int, str] = field(default_factory=dict)
 
 
 # --- requests and replies of the agent protocol ---------------------------------------
@@ -425,6 +469,19 @@ class RegisterRequest(Struct, forbid_unknown_fields=True):
     #: the node token this agent holds for ``name``: re-registering a registered name
     #: needs it (or an admin token); the join token alone only registers new names
     node_token: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    #: its GPUs, one per capacity.gpus; without them capacity.gpus counts GPUs known
+    #: only by index (0 .. gpus-1)
+    devices: Annotated[list[GpuDevice], Meta(max_length=MAX_GPUS)] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            return
+        if len(self.devices) != self.capacity.gpus:
+            raise ValueError(
+                f"capacity.gpus is {self.capacity.gpus} but {len(self.devices)} devices are listed"
+            )
+        if len({d.index for d in self.devices}) != len(self.devices):
+            raise ValueError("devices name one index twice")
 
 
 class RegisterReply(Struct):
@@ -481,6 +538,8 @@ class Assignment(Struct):
     #: the values of the secrets the spec names (``JobSpec.secret_names``), by name:
     #: they travel only here, to the node that runs the attempt
     secrets: dict[str, str] = field(default_factory=dict)
+    #: the node's GPUs (indices) given to this attempt, one per resources.gpus
+    gpu_devices: tuple[int, ...] = ()
 
 
 class AssignmentsReply(Struct):

@@ -5,8 +5,9 @@ caller's objects are never mutated. One pass is a short pipeline, after Nomad's
 ``scheduler/feasible`` stack (``stack.go``, ``select.go``, ``rank.go``):
 
     order jobs (priority, then FIFO)
-      -> filter: available nodes with a free slot, matching labels and an allow-list
-                 that covers what the job needs  (_Candidates)
+      -> filter: available nodes with a free slot, matching labels, an allow-list
+                 that covers what the job needs, and GPUs of the model and memory
+                 it asks for  (_Candidates)
       -> limit:  from a random offset, score only the first few feasible nodes  (_select)
       -> score:  Nomad's fit score minus penalties  (score_binpack / score_spread)
       -> pick:   the highest score, ties broken with the caller's rng  (_select)
@@ -74,6 +75,8 @@ UNHEALTHY = "unhealthy"
 ALLOW_LIST = "allow_list"
 #: the node does not carry the job's constraint labels
 LABELS = "labels"
+#: the node's GPUs are not of the model, or have less memory, than the job asks for
+GPU_MODEL = "gpu_model"
 #: no free slot: the node runs max_parallel jobs already
 PARALLEL_LIMIT = "parallel_limit"
 CPU = "cpu"
@@ -89,6 +92,7 @@ PENDING_KEYS = (
     UNHEALTHY,
     ALLOW_LIST,
     LABELS,
+    GPU_MODEL,
     PARALLEL_LIMIT,
     CPU,
     MEMORY,
@@ -100,6 +104,26 @@ _PRECEDENCE = {key: i for i, key in enumerate(PENDING_KEYS)}
 # A node that can take no further job in this pass has its free CPU set to this, so the
 # first comparison of the fit check rejects it.
 _GONE = -math.inf
+
+
+@dataclass(slots=True, frozen=True)
+class GpuFilter:
+    """What a job asks of every GPU of its node (constraints.gpu_model, gpu_memory_mb)."""
+
+    #: the model, exactly as the agent registered it; None: any
+    model: str | None = None
+    #: the least memory, in MiB
+    memory_mb: int = 0
+
+    def admits(self, model: str | None, memory_mb: int) -> bool:
+        """Whether a node whose GPUs are all ``model`` (None: mixed or unknown), the
+        smallest with ``memory_mb``, passes."""
+        return (self.model is None or model == self.model) and memory_mb >= self.memory_mb
+
+    def describe(self) -> str:
+        """ "NVIDIA H200 GPUs with at least 40000 MiB" (either part may be absent)."""
+        what = "GPUs" if self.model is None else f"{self.model} GPUs"
+        return f"{what} with at least {self.memory_mb} MiB" if self.memory_mb else what
 
 
 @dataclass(slots=True)
@@ -128,6 +152,10 @@ class NodeView:
     cpu_percent: float = 0.0
     #: what the node's agent permits beyond the sandbox (common.policy)
     allows: tuple[str, ...] = ()
+    #: the model every GPU of the node is (None: no GPUs, mixed models, or unknown)
+    gpu_model: str | None = None
+    #: the memory of its smallest GPU, in MiB (0: no GPUs, or unknown)
+    gpu_memory_mb: int = 0
 
 
 @dataclass(slots=True)
@@ -148,6 +176,8 @@ class JobRequest:
     avoid: frozenset[str] = frozenset()
     #: permissions the job needs from its node (common.policy.needs); empty for most
     needs: tuple[str, ...] = ()
+    #: what it asks of the node's GPUs' model and memory; None for most
+    gpu: GpuFilter | None = None
     #: who submitted it (its token's name): the fair-share order and quotas go by it
     owner: str = ""
     #: how long it is expected to run, in seconds (expected_runtime_s, else timeout_s):
@@ -193,6 +223,11 @@ def _allows(allows: tuple[str, ...], needs: tuple[str, ...]) -> bool:
     return not needs or permits_all(allows, needs)
 
 
+def _has_gpus(node: NodeView, gpu: GpuFilter | None) -> bool:
+    """The node's GPUs are of the model and memory the job asks for, if it asks."""
+    return gpu is None or gpu.admits(node.gpu_model, node.gpu_memory_mb)
+
+
 def _fit_memory(node: NodeView) -> int:
     """Memory a job may take: the allocation view, capped by live free RAM when known."""
     live = node.live_free_memory_mb
@@ -210,6 +245,7 @@ def fits(node: NodeView, job: JobRequest, now: float) -> bool:
         and node.free_gpus >= job.gpus
         and _matches(node.labels, job.constraints)
         and _allows(node.allows, job.needs)
+        and _has_gpus(node, job.gpu)
     )
 
 
@@ -235,6 +271,8 @@ def _static_blocker(node: NodeView, job: JobRequest, now: float, offline: bool) 
         return ALLOW_LIST
     if not _matches(node.labels, job.constraints):
         return LABELS
+    if not _has_gpus(node, job.gpu):
+        return GPU_MODEL
     return None
 
 
@@ -275,6 +313,9 @@ def _cause(key: str, count: int, job: JobRequest) -> str:
         return f"{'does' if one else 'do'} not allow {what} ({flags})"
     if key == LABELS:
         return f"{'does' if one else 'do'} not match the constraints"
+    if key == GPU_MODEL:
+        asked = job.gpu.describe() if job.gpu is not None else "GPUs as asked"
+        return f"{'has' if one else 'have'} no {asked}"
     if key == PARALLEL_LIMIT:
         return f"at {'its' if one else 'their'} parallel limit"
     lack = "lacks" if one else "lack"
@@ -516,20 +557,22 @@ class _CandidateList:
 
 
 ConstraintKey = tuple[tuple[str, str], ...]
-#: what a job's static filter depends on: its constraint labels and the permissions it needs
-FilterKey = tuple[ConstraintKey, tuple[str, ...]]
-_NO_FILTER: FilterKey = ((), ())
+#: what a job's static filter depends on: its constraint labels, the permissions it
+#: needs and what it asks of the GPUs' model and memory
+FilterKey = tuple[ConstraintKey, tuple[str, ...], GpuFilter | None]
+_NO_FILTER: FilterKey = ((), (), None)
 
 
 def filter_key(job: JobRequest) -> FilterKey:
-    if not job.constraints and not job.needs:
+    if not job.constraints and not job.needs and job.gpu is None:
         return _NO_FILTER
-    return (tuple(sorted(job.constraints.items())) if job.constraints else (), job.needs)
+    labels = tuple(sorted(job.constraints.items())) if job.constraints else ()
+    return (labels, job.needs, job.gpu)
 
 
 class _Candidates:
-    """Filter stage: available nodes with a free slot whose labels match the constraints
-    and whose allow-list covers what the job needs.
+    """Filter stage: available nodes with a free slot whose labels match the constraints,
+    whose allow-list covers what the job needs and whose GPUs are what it asks for.
 
     Availability, labels and allow-lists do not change within a pass and free slots only
     shrink, so a list is built once per (filter key, needs GPUs); nodes that fill up are
@@ -537,7 +580,8 @@ class _Candidates:
     value) to the available nodes carrying it: a node matches when it is in the index
     entry of every constraint, which is ``_matches`` without a pass over every node for
     every distinct set of constraints. The few jobs that need permissions filter the
-    label matches once more with ``_allows``.
+    label matches once more with ``_allows``, and those that name a GPU model or memory
+    filter what is left with ``_has_gpus``.
     """
 
     __slots__ = (
@@ -548,6 +592,7 @@ class _Candidates:
         "_labels",
         "_lists",
         "_matching",
+        "_nodes",
         "_reasons",
         "_rng",
         "_unavailable",
@@ -558,6 +603,7 @@ class _Candidates:
     ) -> None:
         self._cluster = cluster
         self._rng = rng
+        self._nodes = nodes
         self._labels = [node.labels for node in nodes]
         self._allows = [node.allows for node in nodes]
         self._available = [i for i, node in enumerate(nodes) if _is_available(node, now)]
@@ -579,9 +625,9 @@ class _Candidates:
         is_offline: Callable[[str], bool],
     ) -> tuple[dict[str, int], list[int]]:
         """For a job with this filter key: the nodes that no capacity would let take it,
-        counted by cause (offline, draining, cooldown, unhealthy, allow_list, labels),
-        and the indexes of the others. Only the unavailable nodes are looked at one by
-        one; the allow-list and label counts are the differences of the filter's lists."""
+        counted by cause (offline, draining, cooldown, unhealthy, allow_list, labels,
+        gpu_model), and the indexes of the others. Only the unavailable nodes are looked
+        at one by one; the other counts are the differences of the filter's lists."""
         counts: dict[str, int] = {}
         available = self._available
         if len(available) < len(nodes):
@@ -593,12 +639,15 @@ class _Candidates:
                 why = _availability_blocker(node, now, is_offline(node.id)) or UNHEALTHY
                 counts[why] = counts.get(why, 0) + 1
         passing = self._matching_nodes(key)
-        needs = key[1]
-        allowing = self._matching_nodes(((), needs)) if needs else available
+        labels, needs, gpu = key
+        allowing = self._matching_nodes(((), needs, None)) if needs else available
+        labelled = self._matching_nodes((labels, needs, None)) if gpu is not None else passing
         if len(available) > len(allowing):
             counts[ALLOW_LIST] = len(available) - len(allowing)
-        if len(allowing) > len(passing):
-            counts[LABELS] = len(allowing) - len(passing)
+        if len(allowing) > len(labelled):
+            counts[LABELS] = len(allowing) - len(labelled)
+        if len(labelled) > len(passing):
+            counts[GPU_MODEL] = len(labelled) - len(passing)
         return counts, passing
 
     def get(self, key: FilterKey, needs_gpus: bool) -> _CandidateList:
@@ -630,11 +679,18 @@ class _Candidates:
     def _matching_nodes(self, key: FilterKey) -> list[int]:
         matching = self._matching.get(key)
         if matching is None:
-            labels, needs = key
-            if needs:
+            labels, needs, gpu = key
+            if gpu is not None:
+                nodes = self._nodes
+                matching = [
+                    i
+                    for i in self._matching_nodes((labels, needs, None))
+                    if _has_gpus(nodes[i], gpu)
+                ]
+            elif needs:
                 allows = self._allows
                 matching = [
-                    i for i in self._matching_nodes((labels, ())) if _allows(allows[i], needs)
+                    i for i in self._matching_nodes((labels, (), None)) if _allows(allows[i], needs)
                 ]
             else:
                 by_label = self._label_index()
@@ -769,11 +825,13 @@ def _reason(candidates: _Candidates, key: FilterKey) -> str:
     """Why a job with this filter key that fits nowhere was not placed."""
     if not candidates.any_available:
         return REASON_NO_ELIGIBLE
-    labels, needs = key
-    if not candidates.matches_any((labels, ())):
+    labels, needs, gpu = key
+    if not candidates.matches_any((labels, (), None)):
         return REASON_NO_MATCH
-    if needs and not candidates.matches_any(key):
+    if needs and not candidates.matches_any((labels, needs, None)):
         return waiting_reason(needs)
+    if gpu is not None and not candidates.matches_any(key):
+        return f"no node has {gpu.describe()}"
     return REASON_NO_FIT
 
 
@@ -783,13 +841,14 @@ def queue_order(job: JobRequest) -> tuple[int, int]:
 
 
 def admissible(node: NodeView, job: JobRequest, now: float) -> bool:
-    """Whether the node takes jobs at all and passes the job's static filter (labels and
-    allow-list), whatever it has free: the one availability filter, also used to pick
-    the node a starving job holds."""
+    """Whether the node takes jobs at all and passes the job's static filter (labels,
+    allow-list and GPU model), whatever it has free: the one availability filter, also
+    used to pick the node a starving job holds."""
     return (
         _is_available(node, now)
         and _matches(node.labels, job.constraints)
         and _allows(node.allows, job.needs)
+        and _has_gpus(node, job.gpu)
     )
 
 

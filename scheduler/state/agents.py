@@ -16,6 +16,7 @@ from common.models import (
     Report,
 )
 from common.states import ON_NODE, JobState
+from scheduler import gpus
 from scheduler.arrays import assigned_spec
 from scheduler.nodes import sub
 from scheduler.state.jobs import Jobs
@@ -109,6 +110,7 @@ class AgentProtocol(Jobs):
     def _let_go(self, node: Node, held: HeldAttempt) -> None:
         node.releasing.remove(held)
         node.allocated = sub(node.allocated, held.resources)
+        gpus.give_back(node, held.job_id, held.gpu_devices)
         self._views.pop(node.id, None)
         self.changes.nodes[node.id] = node
         self._capacity_changed()
@@ -137,7 +139,11 @@ class AgentProtocol(Jobs):
             job = self.jobs[job_id]
             if job.state is JobState.ASSIGNED and after < job.index <= committed:
                 spec = assigned_spec(job)  # a task's spec gets its array index
-                out.append(Assignment(job.id, job.attempt, spec, job.checkpoint))
+                out.append(
+                    Assignment(
+                        job.id, job.attempt, spec, job.checkpoint, gpu_devices=job.gpu_devices
+                    )
+                )
                 top = max(top, job.index)
         return out, max(top, after)
 

@@ -21,6 +21,7 @@ import msgspec
 
 from common.models import Job, Node, NodeMetrics, Resources
 from common.states import ON_NODE, TERMINAL, JobState
+from scheduler import gpus
 from scheduler.events import Event
 from scheduler.nodes import add
 from scheduler.readyqueue import ReadyQueue
@@ -215,11 +216,14 @@ class Following(Loading):
         allocated = Resources()
         for held in node.releasing:
             allocated = add(allocated, held.resources)
+        running = []
         for job_id in node.running_jobs:
             job = self.jobs.get(job_id)
             if job is not None:
                 allocated = add(allocated, request_of(job))
+                running.append(job)
         node.allocated = allocated
+        node.device_jobs = gpus.holders(running, node.releasing)
         self._views.pop(node_id, None)
 
 

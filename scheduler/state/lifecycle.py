@@ -21,7 +21,7 @@ from common.models import (
     Resources,
 )
 from common.states import ON_NODE, TERMINAL, JobState, NodeState, check_transition
-from scheduler import fairshare, liveness, placement
+from scheduler import fairshare, gpus, liveness, placement
 from scheduler.archive import JobArchive
 from scheduler.dependencies import DependencyIndex
 from scheduler.fairshare import FairShare
@@ -251,6 +251,9 @@ class Lifecycle(Nodes):
             constraints=job.spec.constraints.labels,
             avoid=frozenset(job.failed_nodes),
             needs=policy.needs(job.spec),
+            gpu=gpus.gpu_filter(
+                job.spec.constraints.gpu_model, job.spec.constraints.gpu_memory_mb
+            ),
             owner=owner,
             estimate=estimate_of(job.spec),
         )
@@ -313,9 +316,14 @@ class Lifecycle(Nodes):
         node.allocated = sub(node.allocated, request_of(job))
         self.missing.get(node.id, {}).pop(job.id, None)
         if hold and node.state is not NodeState.OFFLINE:
-            # The container may still run; keep its resources until the agent lets go.
-            node.releasing.append(HeldAttempt(job.id, job.attempt, request_of(job)))
+            # The container may still run; keep its resources (its GPUs too) until the
+            # agent lets go.
+            node.releasing.append(
+                HeldAttempt(job.id, job.attempt, request_of(job), job.gpu_devices)
+            )
             node.allocated = add(node.allocated, request_of(job))
+        else:
+            gpus.give_back(node, job.id, job.gpu_devices)
         self._refresh_node(node)
         self.changes.nodes[node.id] = node
         self._capacity_changed()
@@ -339,6 +347,7 @@ class Lifecycle(Nodes):
         """Fresh per-attempt fields, same id; the checkpoint is carried over."""
         job.attempt += 1
         job.node_id = None
+        job.gpu_devices = ()
         job.assigned_at = job.started_at = job.finished_at = None
         job.exit_code = None
         job.error = None

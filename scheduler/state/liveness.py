@@ -122,5 +122,6 @@ class Liveness(Scheduling):
             job.error = f"lost: node {node.name} went offline"
             self._requeue_or_end(job, job.error)
         node.allocated = Resources()
+        node.device_jobs = {}
         self._views.pop(node.id, None)
         self.changes.nodes[node.id] = node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.models import Resources
 from common.states import ON_NODE, TERMINAL, JobState
+from scheduler import gpus
 from scheduler.blobholds import BlobHolds
 from scheduler.events import EventLog
 from scheduler.nodes import add
@@ -48,6 +49,10 @@ class Loading(Queries):
                     node = self.nodes[job.node_id]
                     node.allocated = add(node.allocated, request_of(job))
                     node.running_jobs.append(job.id)
+        for node in self.nodes.values():
+            node.device_jobs = gpus.holders(
+                (self.jobs[j] for j in node.running_jobs), node.releasing
+            )
         self.ids = sorted([*self.jobs, *self.archive])
         if self.ids:
             self._last_id = int(self.ids[-1], 16)

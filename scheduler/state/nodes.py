@@ -8,7 +8,7 @@ from typing import Any
 from common.errors import Conflict, NotFound
 from common.models import Node, RegisterRequest
 from common.states import NodeState
-from scheduler import liveness, placement
+from scheduler import gpus, liveness, placement
 from scheduler.config import LATE_AFTER_INTERVALS
 from scheduler.nodes import cooldown_seconds, node_status
 from scheduler.state.blobrefs import BlobRefs
@@ -84,6 +84,7 @@ class Nodes(BlobRefs):
         node.executor = req.executor
         node.version = req.version
         node.allow = list(req.allow)
+        node.devices = gpus.registered(req)
         node.last_heartbeat_at = dt(now)
         node.executor_error = None
         if node.draining and node.drain_reason == AGENT_SHUTTING_DOWN:
@@ -188,6 +189,7 @@ class Nodes(BlobRefs):
         cap, res, alloc = node.capacity, node.reserved, node.allocated
         total_cpu = max(0.0, cap.cpu - res.cpu)
         total_mem = max(0, cap.memory_mb - res.memory_mb)
+        gpu_model, gpu_memory_mb = gpus.facts(node.devices)
         return placement.NodeView(
             id=node.id,
             free_cpu=total_cpu - alloc.cpu,
@@ -205,6 +207,8 @@ class Nodes(BlobRefs):
             else None,
             cpu_percent=node.metrics.cpu_percent if node.metrics else 0.0,
             allows=tuple(node.allow),
+            gpu_model=gpu_model,
+            gpu_memory_mb=gpu_memory_mb,
         )
 
     def _cached_view(self, node: Node) -> placement.NodeView:

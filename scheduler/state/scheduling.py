@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from common.models import Job, Node, Reservation
 from common.states import ON_NODE, JobState, NodeState
-from scheduler import placement, queue, reservations
+from scheduler import gpus, placement, queue, reservations
 from scheduler.nodes import add
 from scheduler.readyqueue import Shape
 from scheduler.reservations import Held, Release
@@ -349,6 +349,8 @@ class Scheduling(Sharing):
         job.node_id = node.id
         job.assigned_at = dt(self.clock())
         job.not_before = None
+        # Named GPUs: never one held by another job (placement counted them free).
+        job.gpu_devices = gpus.take(node, job.id, job.spec.resources.gpus)
         node.allocated = add(node.allocated, request_of(job))
         node.running_jobs.append(job.id)
         self._set_state(job, JobState.ASSIGNED)
