@@ -69,6 +69,8 @@ DEFAULT_MAX_JOB_DISK_MB = 10 * 1024
 DISK_CHECK_INTERVAL_S = 2.0
 
 ExecutorKind = Literal["auto", "docker", "process"]
+#: which GPUs the agent offers: every one NVML finds, none, or these indices (agent.gpus)
+GpuSelection = Literal["auto", "none"] | tuple[int, ...]
 
 
 def default_max_parallel(cpus: int | None = None) -> int:
@@ -103,6 +105,8 @@ class AgentConfig:
     #: what jobs may ask beyond the sandbox: privileged, host-network, mount:/path
     #: (common.policy); nothing by default
     allow: list[str] = field(default_factory=list)
+    #: the GPUs offered to jobs (``--gpus``)
+    gpus: GpuSelection = "auto"
 
     @property
     def work_dir(self) -> Path:

@@ -38,7 +38,7 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
-from agent import metrics
+from agent import gpus, metrics
 from agent.config import (
     HEARTBEAT_TIMEOUT_S,
     RETRY_BASE_S,
@@ -80,9 +80,13 @@ class FatalError(Exception):
 class Agent:
     """One agent daemon; ``await Agent(config, executor).run()``."""
 
-    def __init__(self, config: AgentConfig, executor: Executor) -> None:
+    def __init__(
+        self, config: AgentConfig, executor: Executor, offered: gpus.Gpus | None = None
+    ) -> None:
         self.config = config
         self.executor = executor
+        #: the GPUs this agent offers (``--gpus``; agent.gpus.discover)
+        self.gpus = offered or gpus.Gpus()
         self.state = AgentState(config.state_dir)
         self.slots = Slots(config.max_parallel)
         self.policy = NodePolicy(config.allow)
@@ -211,9 +215,11 @@ class Agent:
 
     def register_request(self) -> RegisterRequest:
         cfg = self.config
+        capacity = metrics.host_capacity()
+        capacity.gpus = len(self.gpus.devices)
         return RegisterRequest(
             name=cfg.name,
-            capacity=metrics.host_capacity(),
+            capacity=capacity,
             hostname=socket.gethostname(),
             labels=dict(cfg.labels),
             reserved=metrics.reserved(cfg.reserve_cpu, cfg.reserve_memory_mb),
@@ -221,6 +227,7 @@ class Agent:
             executor="process" if self.executor.kind == "process" else "docker",
             version=__version__,
             allow=list(self.policy.allow),
+            devices=list(self.gpus.devices),
         )
 
     async def _register(self) -> None:
@@ -249,11 +256,14 @@ class Agent:
         self._registrations += 1
         self.state.save_identity(NodeIdentity(self.config.name, reply.node_id, reply.node_token))
         log.info(
-            "registered as %s (node %s, %s executor, %d parallel, allows %s)",
+            "registered as %s (node %s, %s executor, %d parallel, %s, allows %s)",
             self.config.name,
             reply.node_id,
             self.executor.kind,
             self.config.max_parallel,
+            f"GPUs {','.join(str(d.index) for d in self.gpus.devices)}"
+            if self.gpus.devices
+            else "no GPUs",
             ", ".join(self.policy.allow) or "nothing beyond the sandbox",
         )
 
@@ -350,8 +360,11 @@ class Agent:
         backoff = Backoff(RETRY_BASE_S, RETRY_MAX_S)
         while True:
             await link.registered.wait()
+            sample = metrics.sample(self.config.work_dir)
+            if self.gpus.sampling:
+                sample.gpus = await asyncio.to_thread(self.gpus.sample)
             req = HeartbeatRequest(
-                metrics=metrics.sample(self.config.work_dir),
+                metrics=sample,
                 running=self.listed(),
                 executor_error=self._executor_error,
                 draining=self._drain.is_set(),
@@ -470,6 +483,7 @@ class Agent:
             memory_mb=a.spec.resources.memory_mb,
             checkpoint_interval_s=a.spec.checkpoint_interval_s,
             secret_env=secret_env_names(a.spec),
+            gpus=self.gpus.grant(a.gpu_devices),
         )
         self._spawn(self._new_runner(info, a.spec, checkpoint=a.checkpoint, secrets=a.secrets))
         return True
@@ -579,8 +593,16 @@ def watch_children_by_pidfd() -> None:
 async def run_agent(config: AgentConfig) -> int:
     """Build the executor and run the agent until it stops; the process exit code."""
     watch_children_by_pidfd()
-    executor = await make_executor(config)
-    return await Agent(config, executor).run()
+    try:
+        offered = await asyncio.to_thread(gpus.discover, config.gpus)
+    except gpus.GpuError as e:
+        log.error("%s", e)
+        return 2
+    try:
+        executor = await make_executor(config)
+        return await Agent(config, executor, offered).run()
+    finally:
+        offered.close()
 
 
 __all__ = ["Agent", "Delivery", "FatalError", "make_executor", "run_agent"]

@@ -25,6 +25,7 @@ from agent.config import (
     DEFAULT_STOP_GRACE_S,
     AgentConfig,
     ExecutorKind,
+    GpuSelection,
     default_max_parallel,
 )
 from cli.allow import allow_list, allow_option
@@ -42,6 +43,16 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
         labels[key.strip()] = value.strip()
     return labels
+
+
+def _gpus(value: str) -> GpuSelection:
+    """``--gpus``: auto, none, or GPU indices."""
+    from agent.gpus import parse_selection
+
+    try:
+        return parse_selection(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--gpus") from e
 
 
 @click.command()
@@ -91,6 +102,15 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     show_envvar=True,
     help="auto = docker when dockerd answers, else process (not a sandbox).",
+)
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    show_envvar=True,
+    callback=lambda _ctx, _param, value: _gpus(value),
+    help="GPUs offered to jobs: auto (every one NVML finds), none, or indices like 0,1 "
+    "(registered by index only where NVML is missing).",
 )
 @click.option(
     "--reserve-cpu",
@@ -170,6 +190,7 @@ def agent(
     labels: tuple[str, ...],
     max_parallel: int | None,
     executor: str,
+    gpus: GpuSelection,
     reserve_cpu: float,
     reserve_memory_mb: int,
     pull_policy: str,
@@ -212,6 +233,7 @@ def agent(
         labels=parse_labels(labels),
         max_parallel=max_parallel or default_max_parallel(),
         executor=cast(ExecutorKind, executor),
+        gpus=gpus,
         reserve_cpu=reserve_cpu,
         reserve_memory_mb=reserve_memory_mb,
         pull_policy=cast(PullPolicy, pull_policy),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from agent.gpus import GpuGrant
 from agent.registryauth import PullSecret
 from common.models import JobSpec
 
@@ -55,6 +56,8 @@ class AttemptInfo:
     checkpoint_interval_s: float | None = None
     #: the env variables that hold secrets' values (names only: see agent.secretvalues)
     secret_env: tuple[str, ...] = ()
+    #: the GPUs it was given; None on an agent that offers no GPUs
+    gpus: GpuGrant | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,11 @@ and checkpoint directories bind-mounted at /workspace and /checkpoint (nothing e
 the host, never the docker socket), and the labels ``berth.job``, ``berth.attempt``,
 ``berth.node`` (plus its timeout, memory limit and checkpoint interval, so a restarted
 agent can re-adopt it, and the names of the env variables that hold secrets, so that it
-masks their values again). Resource use is sampled with ``docker stats``.
+masks their values again). Resource use is sampled with ``docker stats``. A job given
+GPUs gets exactly those: a device request for their UUIDs (indices where the agent does
+not know them) with the ``gpu`` capability, which the NVIDIA container toolkit turns
+into the devices and driver libraries in the container; ``$BERTH_GPUS`` names their
+indices on the host.
 
 A job may also ask for its image's ``user``, a ``read_only`` root filesystem (then a
 small tmpfs at /tmp stays writable, as do /workspace and /checkpoint), and, on nodes
@@ -149,6 +153,8 @@ def container_options(
     if mounts is not None:
         env.setdefault("BERTH_WORKSPACE", CONTAINER_WORKSPACE)
         env.setdefault("BERTH_CHECKPOINT", CONTAINER_CHECKPOINT)
+    grant = info.gpus
+    env["BERTH_GPUS"] = ",".join(str(i) for i in grant.indices) if grant is not None else ""
     opts: dict[str, Any] = {
         "image": spec.image,
         "command": command,
@@ -188,6 +194,10 @@ def container_options(
         host["privileged"] = True
     else:
         host["cap_drop"] = ["ALL"]
+    if grant is not None and grant.ids:
+        host["device_requests"] = [
+            docker.types.DeviceRequest(device_ids=list(grant.ids), capabilities=[["gpu"]])
+        ]
     if spec.user is not None:
         opts["user"] = spec.user
     if spec.read_only:

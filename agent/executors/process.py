@@ -52,6 +52,7 @@ from pathlib import Path
 
 import psutil
 
+from agent import gpus
 from agent.executors.base import (
     AttemptInfo,
     Execution,
@@ -180,6 +181,8 @@ class ProcessExecutor(Executor):
             env["BERTH_WORKSPACE"] = str(mounts.workspace.absolute())
             env["BERTH_CHECKPOINT"] = str(mounts.checkpoint.absolute())
         env.update(plain_env(spec))
+        # After the job's own env: it sees the GPUs it was given and no others.
+        env.update(gpus.process_env(info.gpus))
         cgroup = self._new_cgroup(info)
         try:
             try:
