@@ -36,6 +36,16 @@ def _pull_lines(spec: JobSpec) -> list[str]:
     return [f"pull      {policy}{secret}"]
 
 
+def _gpu_constraints(job: Job) -> str:
+    """``, gpu model NVIDIA H200 with at least 40000 MiB`` when the job names them."""
+    c = job.spec.constraints
+    if c.gpu_model is None and c.gpu_memory_mb is None:
+        return ""
+    model = f" {c.gpu_model}" if c.gpu_model is not None else ""
+    memory = f" with at least {c.gpu_memory_mb} MiB" if c.gpu_memory_mb is not None else ""
+    return f", gpu model{model}{memory}" if model else f", gpus{memory}"
+
+
 def job_detail(job: Job, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     spec = job.spec
@@ -46,14 +56,16 @@ def job_detail(job: Job, now: datetime | None = None) -> str:
         *_pull_lines(spec),
         f"command   {spec.command!r}",
         f"resources cpu {spec.resources.cpu:g}, memory {spec.resources.memory_mb} MiB"
-        + (f", gpus {spec.resources.gpus}" if spec.resources.gpus else ""),
+        + (f", gpus {spec.resources.gpus}" if spec.resources.gpus else "")
+        + _gpu_constraints(job),
     ]
     if spec.expected_runtime_s is not None:
         expected = f"expected {spec.expected_runtime_s:g}s"
         lines.append(f"runtime   {expected}, timeout {spec.timeout_s:g}s")
     lines += [
         f"attempt   {job.attempt} on {job.node_id or '-'}"
-        f"  (retries {job.retries}/{spec.max_retries},"
+        + (f" GPUs {','.join(str(i) for i in job.gpu_devices)}" if job.gpu_devices else "")
+        + f"  (retries {job.retries}/{spec.max_retries},"
         f" requeues {job.requeues}/{spec.max_requeues})",
         f"submitted {ago(job.created_at, now)} by {job.submitted_by or '-'}",
     ]

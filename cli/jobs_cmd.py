@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from cli.gpu_text import device_rows, gpu_cell, has_gpus
 from cli.job_detail import job_detail
 from cli.live_cmd import EXIT_FAILED, EXIT_OK, CommandError, client_options, run_client
 from cli.run_cmd import image_pull_fields, image_pull_options, job_env, secret_env_option
@@ -58,8 +59,9 @@ def job_rows(jobs: list[Job]) -> str:
 
 
 def node_rows(nodes: list[Node]) -> str:
-    """Like Slurm's sinfo: who can take work, and why not."""
+    """Like Slurm's sinfo: who can take work, and why not (GPUs where a node has any)."""
     now = datetime.now(UTC)
+    gpus = has_gpus(nodes)
     rows = []
     for n in nodes:
         total_cpu = n.capacity.cpu - n.reserved.cpu
@@ -73,13 +75,15 @@ def node_rows(nodes: list[Node]) -> str:
                 n.state.value,
                 f"{n.allocated.cpu:g}/{total_cpu:g}",
                 f"{n.allocated.memory_mb}/{total_mem} MiB",
+                *([gpu_cell(n)] if gpus else []),
                 f"{len(n.running_jobs)}/{n.max_parallel}",
                 ago(n.last_heartbeat_at, now),
                 reason,
             ]
         )
-    headers = ["NAME", "STATE", "CPU", "MEMORY", "JOBS", "HEARTBEAT", "REASON"]
-    return table(headers, rows, flexible=6)
+    headers = ["NAME", "STATE", "CPU", "MEMORY", *(["GPUS"] if gpus else []), "JOBS"]
+    headers += ["HEARTBEAT", "REASON"]
+    return table(headers, rows, flexible=len(headers) - 1)
 
 
 def scheduler_rows(schedulers: list[dict[str, Any]], now: datetime | None = None) -> str:
@@ -402,7 +406,8 @@ def job(addr: str, token: str | None, job_id: str, as_json: bool) -> None:
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def nodes(addr: str, token: str | None, as_json: bool) -> None:
-    """Node status, like sinfo: state, reason, CPU and memory used, jobs, heartbeat."""
+    """Node status, like sinfo: state, reason, CPU, memory and GPUs used, jobs,
+    heartbeat; then each GPU with the job that holds it and its live use."""
 
     async def body(client: BerthClient) -> int:
         listing = await client.list_nodes()
@@ -410,6 +415,9 @@ def nodes(addr: str, token: str | None, as_json: bool) -> None:
             print_json(listing.nodes)
         elif listing.nodes:
             click.echo(node_rows(listing.nodes))
+            if has_gpus(listing.nodes):
+                click.echo("")
+                click.echo(device_rows(listing.nodes))
         return EXIT_OK
 
     run_client(addr, token, body)

@@ -1,5 +1,6 @@
 // Node cards: state, reason, draining, allocated vs schedulable CPU and memory, live
-// CPU and RAM use, running jobs and the age of the last heartbeat.
+// CPU and RAM use, each GPU with the job that holds it and its live use, running jobs
+// and the age of the last heartbeat.
 
 import {
   fmtAgo,
@@ -86,6 +87,7 @@ function createCard(node) {
     reason: h("p.node-reason"),
     cpu: resourceMeter("CPU"),
     mem: resourceMeter("Memory"),
+    gpus: h("div.node-gpus", { "aria-label": "GPUs" }),
     slots: h("span"),
     heartbeat: h("span", { "data-heartbeat": "" }),
     jobs: h("div.node-jobs"),
@@ -104,6 +106,7 @@ function createCard(node) {
     refs.reason,
     refs.cpu.el,
     refs.mem.el,
+    refs.gpus,
     refs.jobs,
     h(
       "footer.node-foot",
@@ -161,6 +164,10 @@ function updateCard(el, node) {
     reserved: res.memory_mb > 0 ? `${fmtMb(res.memory_mb)} reserved for the host` : "",
   });
 
+  const gpus = gpuRows(node);
+  keyed(r.gpus, gpus, (g) => g.index, createGpu, (row, g) => updateGpu(row, g, offline));
+  setHidden(r.gpus, gpus.length === 0);
+
   setText(r.slots, `${node.running_jobs.length} / ${node.max_parallel}`);
   if (r.heartbeat.dataset.heartbeat !== (node.last_heartbeat_at || "")) {
     r.heartbeat.dataset.heartbeat = node.last_heartbeat_at || "";
@@ -193,6 +200,63 @@ function updateCard(el, node) {
     r.labels.replaceChildren(...labels.map(([k, v]) => h("span.label-chip", null, h("span.muted", { text: `${k}=` }), v)));
   }
   setHidden(r.labels, labels.length === 0);
+}
+
+/**
+ * The node's GPUs: those its agent registered (or, from an agent that lists none, its
+ * GPU count by index), each with the job holding it and its live use when NVML is there.
+ */
+function gpuRows(node) {
+  const use = new Map(((node.metrics && node.metrics.gpus) || []).map((u) => [u.index, u]));
+  const holders = node.device_jobs || {};
+  const devices =
+    node.devices && node.devices.length
+      ? node.devices
+      : Array.from({ length: node.capacity.gpus || 0 }, (_, index) => ({ index }));
+  return devices.map((d) => ({ ...d, job: holders[String(d.index)] || null, use: use.get(d.index) || null }));
+}
+
+function createGpu(g) {
+  const refs = {
+    name: h("span.gpu-name"),
+    job: h("a.chip.chip-job"),
+    free: h("span.gpu-free", { text: "free" }),
+    fill: h("span.bar-fill"),
+    live: h("span.gpu-live"),
+  };
+  const el = h(
+    "div.gpu",
+    { "data-testid": "gpu", "data-index": String(g.index) },
+    h("div.gpu-head", null, refs.name, refs.job, refs.free),
+    h("div.bar.bar-thin.bar-live", { title: "GPU utilisation reported by the agent (NVML)" }, refs.fill),
+    refs.live,
+  );
+  el._refs = refs;
+  return el;
+}
+
+function updateGpu(el, g, offline) {
+  const r = el._refs;
+  const facts = [`GPU ${g.index}`, g.model || "model unknown", g.memory_mb ? fmtMb(g.memory_mb) : null];
+  setText(r.name, facts.filter(Boolean).join(" · "));
+  r.name.title = g.uuid || "UUID unknown (registered by index)";
+  if (g.job) {
+    const job = state.jobs.get(g.job);
+    setText(r.job, job ? job.name || job.spec.image : g.job);
+    r.job.href = `#/jobs/${encodeURIComponent(g.job)}`;
+    r.job.title = `held by job ${g.job}`;
+  }
+  setHidden(r.job, !g.job);
+  setHidden(r.free, Boolean(g.job));
+  const u = !offline ? g.use : null;
+  setWidth(r.fill, u ? u.utilization_percent / 100 : 0);
+  r.fill.classList.toggle("bar-hot", Boolean(u) && u.utilization_percent >= 90);
+  setText(
+    r.live,
+    u
+      ? `${fmtPercent(u.utilization_percent)} busy · ${fmtMb(u.memory_used_mb)}${g.memory_mb ? ` of ${fmtMb(g.memory_mb)}` : ""} in use`
+      : "no live figures",
+  );
 }
 
 /** Allocated vs schedulable (thick bar) and live use (thin bar) of one resource. */
