@@ -266,6 +266,23 @@ async def test_the_queue_rules_of_a_job_are_shown(
     assert errors == []
 
 
+async def test_how_a_jobs_image_is_pulled_is_shown_by_the_secrets_name_only(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    p, errors = page
+    value = '{"registry": "registry.example.com", "username": "ci", "password": "pw-0c3e9a"}'
+    status, made = await admin.post("/api/v1/secrets", {"name": "regcred", "value": value})
+    assert status == 201, made
+    pulled = {**SPEC, "image_pull_secret": "regcred", "pull_policy": "always"}
+    _, job = await admin.post("/api/v1/jobs", pulled)
+    await open_job(p, sched, job["id"])
+    spec = p.locator(".spec")
+    await expect(spec).to_contain_text("Image pull")
+    await expect(spec).to_contain_text("always, with secret regcred")
+    assert "pw-0c3e9a" not in await p.content()
+    assert errors == []
+
+
 async def test_a_queued_job_shows_the_node_reserved_for_it_and_when_it_should_start(
     page: tuple[Page, PageErrors],
     sched: SchedulerProcess,

@@ -435,6 +435,12 @@ export function jobView(container, jobId) {
     return v !== null && typeof v === "object" ? `<secret ${v.secret}>` : v;
   }
 
+  // How the image is pulled: the policy (unset: the agent's) and the secret's name only.
+  function pullText(spec) {
+    const policy = spec.pull_policy || "the agent's pull policy";
+    return spec.image_pull_secret ? `${policy}, with secret ${spec.image_pull_secret}` : policy;
+  }
+
   function renderSpec(job) {
     const spec = job.spec;
     const key = JSON.stringify(spec);
@@ -453,6 +459,9 @@ export function jobView(container, jobId) {
       h("div.spec-label", { text: "Command" }),
       h("pre.code", { text: command }),
       spec.workdir ? [h("div.spec-label", { text: "Working directory" }), h("pre.code", { text: spec.workdir })] : null,
+      spec.image_pull_secret || spec.pull_policy
+        ? [h("div.spec-label", { text: "Image pull" }), h("pre.code", { text: pullText(spec) })]
+        : null,
       env.length
         ? [h("div.spec-label", { text: "Environment" }), h("pre.code", { text: env.map(([k, v]) => `${k}=${envValue(v)}`).join("\n") })]
         : null,
