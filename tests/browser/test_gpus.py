@@ -91,3 +91,34 @@ async def test_a_node_card_shows_each_gpu_its_job_and_its_use(
 
     await agent.report(job["id"], "completed", exit_code=0)
     await expect(busy.locator(".gpu-free")).to_be_visible()
+
+
+async def test_a_job_asking_for_another_gpu_model_shows_why_it_waits(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    agent = GpuAgent(http, sched.url, sched.join_token, "gpu-node")
+    await agent.register()
+    await agent.heartbeat()
+    agents.append(Heartbeats(agent).start())
+    spec = {
+        "image": "cuda",
+        "name": "wants-a100",
+        "resources": {"cpu": 1, "memory_mb": 256, "gpus": 1},
+        "constraints": {"gpu_model": "NVIDIA A100-SXM4-80GB"},
+    }
+    status, job = await admin.post("/api/v1/jobs", spec)
+    assert status == 201, job
+    await login(p, sched)
+    await p.click(f'tr[data-job="{job["id"]}"] a.job-name')
+    await expect(p.get_by_test_id("job-reason")).to_have_text(
+        "0/1 nodes are available: 1 has no NVIDIA A100-SXM4-80GB GPUs"
+    )
+    counts = p.get_by_test_id("job-pending")
+    await expect(counts.locator('tr[data-cause="gpu_model"]')).to_have_text(
+        "1have no GPUs of the model or memory it asks for"
+    )

@@ -40,6 +40,7 @@ const PENDING_CAUSES = [
   ["unhealthy", "unhealthy"],
   ["allow_list", "do not allow what the job needs"],
   ["labels", "do not match its constraints"],
+  ["gpu_model", "have no GPUs of the model or memory it asks for"],
   ["parallel_limit", "at their parallel limit"],
   ["cpu", "lack CPU"],
   ["memory", "lack memory"],
