@@ -37,11 +37,13 @@ from scheduler.state.sharing import Sharing
 RESTATE_S = 60.0
 
 
-def reserved_reason(reservation: Reservation) -> str:
-    """ "reserved: node n3 from 2026-12-03 14:05:00 UTC" (or "..., start unknown")."""
+def reserved_reason(reservation: Reservation, why: str) -> str:
+    """"reserved: node n3 from 2026-12-03 14:05:00 UTC; 0/5 nodes are available: ..."
+    (or "..., start unknown; ..."): where and when the job is expected to start, then
+    why it cannot start now."""
     start = reservation.start
     when = "start unknown" if start is None else f"from {start:%Y-%m-%d %H:%M:%S} UTC"
-    return f"{reservations.RESERVED}: node {reservation.node} {when}"
+    return f"{reservations.RESERVED}: node {reservation.node} {when}; {why}"
 
 
 class Scheduling(Sharing):
@@ -269,7 +271,7 @@ class Scheduling(Sharing):
             # room is expected "now" at every pass) is not told again each pass.
             reservation = told
         self.reserved[job.id] = reservation
-        self._pending(job, reserved_reason(reservation), pending, reservation, why)
+        self._pending(job, reserved_reason(reservation, why), pending, reservation, why)
 
     def _is_offline(self, node_id: str) -> bool:
         return self.nodes[node_id].state is NodeState.OFFLINE

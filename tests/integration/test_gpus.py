@@ -77,6 +77,7 @@ async def test_two_gpu_jobs_run_side_by_side_on_different_gpus_and_a_third_waits
     waiting = await _job_where(admin, third, lambda job: job.get("pending"))
     assert waiting["state"] == "queued"
     assert waiting["pending"] == {"gpus": 1}
+    assert waiting["reason"].endswith("0/1 nodes are available: 1 lacks GPUs (needs 1)")
     detail = await asyncio.to_thread(berth, sched, "job", third)
     assert "pending   gpus 1" in detail.stdout, detail.stdout
 

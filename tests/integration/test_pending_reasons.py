@@ -73,8 +73,13 @@ async def test_a_queued_job_says_which_nodes_cannot_take_it_and_why(
     behind = await _submit(admin, "true")
     job = await _job_where(admin, behind, lambda j: j["pending"] is not None)
     assert job["state"] == "queued"
-    assert job["reason"] == "0/3 nodes are available: 2 at their parallel limit, 1 draining"
-    assert not job["reason"].startswith("no node fits")
+    # It is first in the queue, so it also has a node reserved (the one whose job the
+    # estimates end first), and says so before why it cannot start now.
+    assert job["reservation"] is not None
+    assert job["reason"].startswith(f"reserved: node {job['reservation']['node']} from ")
+    assert job["reason"].endswith(
+        "; 0/3 nodes are available: 2 at their parallel limit, 1 draining"
+    )
     assert job["pending"] == {"parallel_limit": 2, "draining": 1}
     shown = _berth_job(sched, behind)
     assert f"waiting: {job['reason']}" in shown, shown
