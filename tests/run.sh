@@ -67,7 +67,12 @@ fi
 # temporary directories on free ports) in the other. Most of their time is spent
 # waiting on daemons, so the two cores serve both.
 docker_log=$(mktemp)
-python3 -m pytest -q -p no:cacheprovider tests/e2e tests/chaos >"$docker_log" 2>&1 &
+# A background command of a script starts with SIGINT and SIGQUIT ignored, and the
+# daemons its tests start would inherit that (berth dev stops on SIGINT): undo it.
+(
+  trap - INT QUIT
+  exec python3 -m pytest -q -p no:cacheprovider tests/e2e tests/chaos
+) >"$docker_log" 2>&1 &
 docker_suites=$!
 rest=0
 python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/browser || rest=$?
