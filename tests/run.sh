@@ -62,8 +62,8 @@ if [ "$#" -gt 0 ]; then
   exec python3 -m pytest -q -p no:cacheprovider "$@"
 fi
 # Two pytest processes at once, over suites that share no state: the ones that use
-# dockerd (e2e, and chaos, which restarts it) in one, in turn; the rest (unit,
-# integration, browser: process agents, and PostgreSQL clusters of their own in
+# dockerd (e2e, and chaos, which restarts it) with the browser tests in one, in turn;
+# unit and integration (process agents, and PostgreSQL clusters of their own in
 # temporary directories on free ports) in the other. Most of their time is spent
 # waiting on daemons, so the two cores serve both.
 docker_log=$(mktemp)
@@ -71,17 +71,17 @@ docker_log=$(mktemp)
 # daemons its tests start would inherit that (berth dev stops on SIGINT): undo it.
 (
   trap - INT QUIT
-  exec python3 -m pytest -q -p no:cacheprovider tests/e2e tests/chaos
+  exec python3 -m pytest -q -p no:cacheprovider tests/e2e tests/chaos tests/browser
 ) >"$docker_log" 2>&1 &
 docker_suites=$!
 rest=0
-python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/browser || rest=$?
+python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration || rest=$?
 docker=0
 wait "$docker_suites" || docker=$?
-log "pytest tests/e2e tests/chaos (run alongside the above)"
+log "pytest tests/e2e tests/chaos tests/browser (run alongside the above)"
 cat "$docker_log"
 rm -f "$docker_log"
 if [ "$rest" -ne 0 ] || [ "$docker" -ne 0 ]; then
-  echo "pytest failed: unit/integration/browser exit $rest, e2e/chaos exit $docker"
+  echo "pytest failed: unit/integration exit $rest, e2e/chaos/browser exit $docker"
   exit 1
 fi
