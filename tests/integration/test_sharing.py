@@ -140,6 +140,10 @@ async def test_quotas_and_usage_survive_a_sigkill_of_the_scheduler(
     await _job_where(admin, job["id"], lambda j: j["state"] == "completed")
     before = await _owner(admin, "ci")
     assert before["usage_cpu_s"] > 0
+    # A read shows the job's end as soon as it is known; a write answered after it
+    # means it is committed too (commits go in order), so the kill cannot beat it.
+    status, body = await admin.call("PUT", "/api/v1/owners/ci/quota", {"max_running_cpu": 0.5})
+    assert status == 200, body
     sched.kill()
     sched.start()
     admin = Api(http, sched.url, sched.admin_token)
