@@ -58,30 +58,4 @@ python3 -m mypy
 
 log "pytest"
 export BERTH_TEST_DOCKER=1
-if [ "$#" -gt 0 ]; then
-  exec python3 -m pytest -q -p no:cacheprovider "$@"
-fi
-# Two pytest processes at once, over suites that share no state: the ones that use
-# dockerd (e2e, and chaos, which restarts it) with the browser tests in one, in turn;
-# unit and integration (process agents, and PostgreSQL clusters of their own in
-# temporary directories on free ports) in the other. Most of their time is spent
-# waiting on daemons, so the two cores serve both.
-docker_log=$(mktemp)
-# A background command of a script starts with SIGINT and SIGQUIT ignored, and the
-# daemons its tests start would inherit that (berth dev stops on SIGINT): undo it.
-(
-  trap - INT QUIT
-  exec python3 -m pytest -q -p no:cacheprovider tests/e2e tests/chaos tests/browser
-) >"$docker_log" 2>&1 &
-docker_suites=$!
-rest=0
-python3 -m pytest -q -p no:cacheprovider tests/unit tests/integration || rest=$?
-docker=0
-wait "$docker_suites" || docker=$?
-log "pytest tests/e2e tests/chaos tests/browser (run alongside the above)"
-cat "$docker_log"
-rm -f "$docker_log"
-if [ "$rest" -ne 0 ] || [ "$docker" -ne 0 ]; then
-  echo "pytest failed: unit/integration exit $rest, e2e/chaos/browser exit $docker"
-  exit 1
-fi
+python3 -m pytest -q -p no:cacheprovider "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,11 @@ async def test_a_node_card_shows_each_gpu_its_job_and_its_use(
     await expect(rows).to_have_count(2)
     busy = card.locator(f'[data-testid="gpu"][data-index="{held}"]')
     await expect(busy.locator(".gpu-name")).to_have_text(f"GPU {held} · {MODEL} · 140 GiB")
-    await expect(busy.locator(".chip-job")).to_have_text("train")
+    chip = busy.locator(".chip-job")
+    await expect(chip).to_have_attribute("href", f"#/jobs/{job['id']}")
+    await expect(chip).to_have_attribute("title", f"held by job {job['id']}")
+    # The job's name once the page knows the job, its id until then.
+    await expect(chip).to_have_text(re.compile(f"^(train|{job['id']})$"))
     await expect(busy.locator(".gpu-live")).to_have_text("87% busy · 40 GiB of 140 GiB in use")
     idle = card.locator(f'[data-testid="gpu"][data-index="{1 - held}"]')
     await expect(idle.locator(".gpu-free")).to_be_visible()

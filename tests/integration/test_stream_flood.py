@@ -193,7 +193,9 @@ async def test_one_token_at_every_stream_limit_does_not_slow_others_or_late_a_no
             if e["type"] == "node.state" and e["node_id"] == agent.node_id
         ]
         assert "unhealthy" not in states, (states, figures)
-        assert busy_submit <= 2 * quiet_submit, figures
+        # Loose on purpose: test machines are shared and noisy; a flood that did slow
+        # others would cost many times more, not a few.
+        assert busy_submit <= 4 * quiet_submit + 0.1, figures
         # Every socket asked for the most a socket may hold; the token got its cap.
         assert int(subscriptions) == min(
             MAX_SUBSCRIPTIONS_PER_TOKEN, MAX_STREAMS_PER_TOKEN * MAX_SOCKET_SUBSCRIPTIONS
