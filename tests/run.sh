@@ -29,6 +29,12 @@ dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 # The private registry tests start a real registry with basic auth (tests/e2e).
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+# The deploy tests build the images on a Debian base made here and bring up the compose
+# file; /metrics is checked with promtool; the systemd units with systemd-analyze.
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt_install "${need[@]}"
