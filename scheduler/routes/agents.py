@@ -33,6 +33,7 @@ LOG_READ_CHUNK = 256 * 1024
 @routes.post(
     "/api/v1/nodes/register",
     summary="Register an agent (join token)",
+    name="registerNode",
     body=RegisterRequest,
     reply=RegisterReply,
     bookkeeping=True,
@@ -49,6 +50,7 @@ async def register(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/nodes/{id}/heartbeat",
     summary="An agent's heartbeat",
+    name="sendHeartbeat",
     body=HeartbeatRequest,
     reply=HeartbeatReply,
     bookkeeping=True,
@@ -81,6 +83,7 @@ async def assignments(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/nodes/{id}/jobs/{job}/report",
     summary="Report on an attempt",
+    name="reportAttempt",
     body=Report,
     reply=ReportReply,
     bookkeeping=True,
@@ -96,6 +99,7 @@ async def report(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/nodes/{id}/reports",
     summary="Many reports at once",
+    name="reportAttempts",
     body=ReportBatch,
     reply=ReportBatchReply,
     bookkeeping=True,
@@ -111,6 +115,7 @@ async def report_batch(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/nodes/{id}/jobs/{job}/logs",
     summary="Append log bytes",
+    name="appendLogs",
     body="binary",
     query=(("attempt", "integer"), ("offset", "integer")),
     required=("attempt", "offset"),

@@ -73,7 +73,11 @@ def _headers(digest: str, filename: str | None = None) -> dict[str, str]:
 
 
 @routes.post(
-    "/api/v1/blobs", summary="Store an archive (content-addressed)", body="binary", created=True
+    "/api/v1/blobs",
+    summary="Store an archive (content-addressed)",
+    name="uploadBlob",
+    body="binary",
+    created=True,
 )
 async def upload(request: web.Request) -> web.Response:
     """Store the raw body; 201 with its digest, whether or not it was stored already
@@ -116,6 +120,7 @@ async def outputs(request: web.Request) -> web.StreamResponse:
 @routes.post(
     "/api/v1/nodes/{id}/jobs/{job}/checkpoint",
     summary="Upload a checkpoint",
+    name="uploadCheckpoint",
     body="binary",
     query=(("attempt", "integer"),),
     required=("attempt",),

@@ -28,6 +28,7 @@ _BLOCK = (("index", "integer"), ("wait", "number"))
 @routes.post(
     "/api/v1/jobs",
     summary="Submit a job (Idempotency-Key honoured)",
+    name="submitJob",
     body=JobSpec,
     reply=Job,
     headers=("Idempotency-Key",),
@@ -54,6 +55,7 @@ async def submit(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/jobs/batch",
     summary="Submit up to 1,000 jobs, all or none",
+    name="submitJobs",
     body=JobBatch,
     reply=JobList,
     created=True,

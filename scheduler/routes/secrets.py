@@ -18,6 +18,7 @@ routes = RouteTable()
 @routes.post(
     "/api/v1/secrets",
     summary="Create a secret, or set a new value of one's own (201 when created)",
+    name="setSecret",
     body=SecretSet,
     reply=SecretInfo,
     created=True,

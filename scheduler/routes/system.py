@@ -61,7 +61,7 @@ async def stats(request: web.Request) -> web.Response:
     return json_response(Stats(**s))
 
 
-@routes.get("/api/v1/schedulers", summary="The schedulers sharing the store")
+@routes.get("/api/v1/schedulers", summary="The schedulers sharing the store", name="listSchedulers")
 async def schedulers(request: web.Request) -> web.Response:
     """Every scheduler seen lately: id, advertised URL, role, epoch, applied index and
     when it last noted itself; a scheduler alone on its store lists itself."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aiohttp import web
 
@@ -46,6 +46,9 @@ class Route:
     #: one line for the document; ``{name}`` is replaced by the capitalised word of a
     #: ``{name:a|b}`` segment
     summary: str | None = None
+    #: the operationId (camelCase), where the one :mod:`scheduler.openapi` derives from
+    #: the method and path would not say what it does; ``{name}`` as in ``summary``
+    name: str | None = None
     body: Any = None
     reply: Any = "object"
     query: Query = ()
@@ -72,18 +75,29 @@ class Route:
             return self.leader
         return self.method != "GET" and not self.stateless
 
-    def documented(self) -> Iterator[tuple[str, str]]:
-        """(path, summary) of each operation the document lists for this route."""
+    def documented(self) -> Iterator[Documented]:
+        """Each operation the document lists for this route."""
         if self.summary is None:
             return
         choice = _CHOICE.search(self.path)
         if choice is None:
-            yield self.path, self.summary
+            yield Documented(self.path, self.summary, self.name)
             return
-        name, words = choice.groups()
+        key, words = choice.groups()
         for word in words.split("|"):
             path = self.path[: choice.start()] + word + self.path[choice.end() :]
-            yield path, self.summary.replace(f"{{{name}}}", word.capitalize())
+            summary = self.summary.replace(f"{{{key}}}", word.capitalize())
+            name = self.name.replace(f"{{{key}}}", word) if self.name else None
+            yield Documented(path, summary, name)
+
+
+class Documented(NamedTuple):
+    """One operation of the document: a route, or one word of its ``{name:a|b}``."""
+
+    path: str
+    summary: str
+    #: the route's own operationId, if it names one
+    name: str | None
 
 
 class RouteTable:

@@ -73,7 +73,10 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 
 @routes.delete(
-    "/api/v1/tokens/{id}", summary="Revoke a token by id or name (admin)", reply=TokenInfo
+    "/api/v1/tokens/{id}",
+    summary="Revoke a token by id or name (admin)",
+    name="revokeToken",
+    reply=TokenInfo,
 )
 async def revoke_token(request: web.Request) -> web.Response:
     who = require_role(request)
@@ -83,7 +86,10 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 
 @routes.post(
-    "/api/v1/tokens/join/rotate", summary="Replace the join token (admin)", reply=JoinToken
+    "/api/v1/tokens/join/rotate",
+    summary="Replace the join token (admin)",
+    name="rotateJoinToken",
+    reply=JoinToken,
 )
 async def rotate_join(request: web.Request) -> web.Response:
     who = require_role(request)

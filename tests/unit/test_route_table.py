@@ -25,9 +25,16 @@ async def _handler(request: web.Request) -> web.Response:
 def test_a_choice_segment_is_documented_once_per_word() -> None:
     route = Route("POST", "/jobs/{id}/{action:cancel|retry}", _handler, summary="{action} it")
     assert list(route.documented()) == [
-        ("/jobs/{id}/cancel", "Cancel it"),
-        ("/jobs/{id}/retry", "Retry it"),
+        ("/jobs/{id}/cancel", "Cancel it", None),
+        ("/jobs/{id}/retry", "Retry it", None),
     ]
+
+
+def test_a_route_s_own_operation_name_takes_the_word_of_its_choice_segment() -> None:
+    route = Route(
+        "POST", "/jobs/{action:cancel|retry}", _handler, summary="{action} many", name="{action}All"
+    )
+    assert [d.name for d in route.documented()] == ["cancelAll", "retryAll"]
 
 
 def test_a_route_without_a_summary_is_not_documented() -> None:
