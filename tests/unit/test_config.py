@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -55,3 +56,31 @@ def test_flags_and_variables_win_over_the_file(tmp_path: Path) -> None:
         assert seen["listen"] == "from-flag"
     finally:
         cli.commands.pop("probe-config")
+
+
+def test_client_settings_and_their_own_sections_reach_subcommands(tmp_path: Path) -> None:
+    path = tmp_path / "berth.toml"
+    path.write_text(
+        '[client]\naddr = "http://sched:8750"\n[token.create]\nrole = "read"\n'
+        '[schedule.list]\njson = true\n[scheduler]\nlisten = "0.0.0.0:1"\n'
+    )
+    defaults: dict[str, Any] = config.load(path, cli)
+    assert defaults["token"]["create"] == {"addr": "http://sched:8750", "role": "read"}
+    assert defaults["token"]["list"] == {"addr": "http://sched:8750"}
+    assert defaults["schedule"]["list"]["as_json"] is True
+    assert "addr" not in defaults["scheduler"]
+    # A subcommand run with the file goes to the file's address.
+    path.write_text('[client]\naddr = "http://127.0.0.1:1"\n')
+    done = CliRunner().invoke(cli, ["--config", str(path), "token", "list"])
+    assert done.exit_code == 69
+    assert "cannot reach the scheduler at http://127.0.0.1:1" in done.output
+
+
+def test_an_unknown_subcommand_section_or_setting_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "berth.toml"
+    path.write_text("[token.creat]\nrole = 'read'\n")
+    with pytest.raises(click.BadParameter, match=r"token\.creat"):
+        config.load(path, cli)
+    path.write_text("[token.create]\nrol = 'read'\n")
+    with pytest.raises(click.BadParameter, match=r"\[token.create\] has no setting 'rol'"):
+        config.load(path, cli)
