@@ -67,7 +67,7 @@ _ERROR_SCHEMAS: dict[str, Any] = {
         "properties": {
             "code": {
                 "type": "string",
-                "description": "Stable, for programs: invalid_request, not_found, ...",
+                "description": "Stable, for programs: invalid, not_found, conflict, ...",
             },
             "message": {"type": "string", "description": "For people."},
             "details": {
