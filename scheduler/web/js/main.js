@@ -3,6 +3,10 @@
 // Routes (in the URL fragment, so the scheduler serves one page):
 //   #/            the overview: stats, nodes, jobs
 //   #/jobs/<id>   one job: spec, attempts, progress and its live log
+//   #/arrays, #/arrays/<id>          job arrays, and one array's tasks
+//   #/schedules, #/schedules/<name>  periodic jobs, and one schedule
+//   #/secrets     secrets by name (never a value)
+//   #/schedulers  the schedulers sharing the store: leader and standbys
 
 import * as api from "./api.js";
 import { h, icon, setText, setVariant } from "./dom.js";
@@ -10,15 +14,36 @@ import { LiveStream } from "./live.js";
 import * as notify from "./notify.js";
 import * as store from "./store.js";
 import { toast } from "./toast.js";
+import { arrayView, arraysView } from "./views/arrays.js";
 import { jobView } from "./views/job.js";
 import { loginView } from "./views/login.js";
 import { overviewView } from "./views/overview.js";
+import { schedulersView } from "./views/schedulers.js";
+import { scheduleView, schedulesView } from "./views/schedules.js";
+import { secretsView } from "./views/secrets.js";
 
 const root = document.getElementById("app");
 let view = null;
 let shell = null;
 let live = null;
 let unsubscribe = null;
+
+// The views besides the overview and the job page: [path pattern, nav link, view(main, ...groups)].
+const ADMIN_ROUTES = [
+  [/^\/arrays$/, "arrays", arraysView],
+  [/^\/arrays\/([^/]+)$/, "arrays", arrayView],
+  [/^\/schedules$/, "schedules", schedulesView],
+  [/^\/schedules\/([^/]+)$/, "schedules", scheduleView],
+  [/^\/secrets$/, "secrets", secretsView],
+  [/^\/schedulers$/, "schedulers", schedulersView],
+];
+// Every role sees these; what a role may not change is hidden inside each (roles.js).
+const ADMIN_NAV = [
+  ["arrays", "#/arrays", "Arrays"],
+  ["schedules", "#/schedules", "Schedules"],
+  ["secrets", "#/secrets", "Secrets"],
+  ["schedulers", "#/schedulers", "Schedulers"],
+];
 
 const CONN_LABEL = {
   connecting: "Connecting…",
@@ -138,7 +163,12 @@ function buildShell() {
       "div.topbar-inner",
       null,
       h("a.brand", { href: "#/" }, h("img.logo", { src: "/ui/favicon.svg", alt: "", width: 26, height: 26 }), "Berth"),
-      h("nav.nav", null, h("a.nav-link", { href: "#/", "data-route": "overview" }, "Overview")),
+      h(
+        "nav.nav",
+        null,
+        h("a.nav-link", { href: "#/", "data-route": "overview" }, "Overview"),
+        ...ADMIN_NAV.map(([key, href, label]) => h("a.nav-link", { href, "data-route": key }, label)),
+      ),
       h("div.spacer"),
       conn,
       h(
@@ -161,12 +191,17 @@ function route() {
   if (!shell) return;
   const hash = location.hash.replace(/^#/, "") || "/";
   const m = hash.match(/^\/jobs\/([^/]+)$/);
+  const admin = m ? null : matchAdmin(hash);
   if (view) view.unmount();
   for (const link of shell.header.querySelectorAll(".nav-link")) {
-    link.classList.toggle("active", !m && link.dataset.route === "overview");
+    const active = admin ? admin.nav : m ? null : "overview";
+    link.classList.toggle("active", link.dataset.route === active);
   }
   window.scrollTo(0, 0);
-  if (m) {
+  if (admin) {
+    store.closeJob();
+    view = admin.view(shell.main, ...admin.args);
+  } else if (m) {
     const id = decodeURIComponent(m[1]);
     store.openJob(id);
     view = jobView(shell.main, id);
@@ -176,6 +211,14 @@ function route() {
     view = overviewView(shell.main);
   }
   view.render(new Set(["stats", "nodes", "jobs", "job"]));
+}
+
+function matchAdmin(hash) {
+  for (const [pattern, nav, make] of ADMIN_ROUTES) {
+    const found = hash.match(pattern);
+    if (found) return { nav, view: make, args: found.slice(1).map(decodeURIComponent) };
+  }
+  return null;
 }
 
 window.addEventListener("hashchange", route);

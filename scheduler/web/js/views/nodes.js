@@ -17,6 +17,7 @@ import {
   setWidth,
 } from "../dom.js";
 import { state } from "../store.js";
+import { drainControls } from "./drain.js";
 
 //: cards shown before "Show all"
 const FOLDED = 12;
@@ -92,6 +93,7 @@ function createCard(node) {
     heartbeat: h("span", { "data-heartbeat": "" }),
     jobs: h("div.node-jobs"),
     labels: h("div.node-labels"),
+    drainCtl: drainControls(),
   };
   const el = h(
     "article.node",
@@ -115,6 +117,7 @@ function createCard(node) {
       h("span.node-foot-item", null, h("span.muted", { text: "Heartbeat " }), refs.heartbeat),
     ),
     refs.labels,
+    refs.drainCtl.el,
   );
   el._refs = refs;
   return el;
@@ -200,6 +203,7 @@ function updateCard(el, node) {
     r.labels.replaceChildren(...labels.map(([k, v]) => h("span.label-chip", null, h("span.muted", { text: `${k}=` }), v)));
   }
   setHidden(r.labels, labels.length === 0);
+  r.drainCtl.update(node);
 }
 
 /**
