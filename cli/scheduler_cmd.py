@@ -18,6 +18,7 @@ from scheduler.config import (
     DEFAULT_STATE_DIR,
     ENDED_JOBS_CACHED,
     HEADER_TIMEOUT_S,
+    HISTORY_INTERVAL_S,
     KEEPALIVE_TIMEOUT_S,
     MAX_BLOB_BYTES_PER_TOKEN,
     MAX_CONCURRENT_REPLAYS,
@@ -216,6 +217,16 @@ def _networks(raw: str) -> tuple[str, ...]:
     default=RETENTION_INTERVAL_S,
     hidden=True,
     help="Seconds between retention passes (ended jobs, events, blob sweep); for tests.",
+)
+@click.option(
+    "--history-interval",
+    envvar="BERTH_HISTORY_INTERVAL",
+    show_envvar=True,
+    type=click.FloatRange(min=0.1, max=3600),
+    default=HISTORY_INTERVAL_S,
+    show_default=True,
+    help="Seconds between two samples of the cluster's history (berth stats, "
+    "GET /api/v1/stats/history, the stats.sample event).",
 )
 @click.option(
     "--submit-rate",
@@ -426,6 +437,7 @@ def scheduler(
     job_retention_days: float,
     blob_grace: float,
     retention_interval: float,
+    history_interval: float,
     submit_rate: float,
     submit_burst: int,
     max_queued_jobs: int,
@@ -484,6 +496,7 @@ def scheduler(
         job_retention_s=job_retention_days * 86400,
         blob_grace_s=blob_grace,
         retention_interval_s=retention_interval,
+        history_interval_s=history_interval,
         submit_rate_per_s=submit_rate,
         submit_burst=submit_burst,
         max_queued_jobs=max_queued_jobs,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from common.history_models import MAX_SAMPLES_PER_REPORT, UsagePoint
 from common.states import JobState, NodeState
 
 # Bounds that keep absurd requests out; named once, used by the models below.
@@ -565,6 +566,8 @@ class Report(Struct, forbid_unknown_fields=True):
     lost: bool = False
     progress: Progress | None = None
     usage: Usage | None = None
+    #: the usage samples taken since the last report that carried some, oldest first
+    samples: Annotated[list[UsagePoint], Meta(max_length=MAX_SAMPLES_PER_REPORT)] | None = None
     #: sha256 of the uploaded archive of /workspace/out (with the final report)
     outputs: Digest | None = None
     #: sha256 of a newly uploaded archive of /checkpoint

@@ -9,6 +9,13 @@ nothing at all for subscribers that see none of the batch.
 
 A subscriber whose unsent backlog passes its byte budget is marked, told to resync and
 cut off (its connection is aborted even if it is stuck writing).
+
+Live-only events (``stats.sample``, ``job.usage``: samples taken every few seconds)
+are published but never stored: stored, they would push the jobs' own events out of
+the replay window within hours. Such an event carries the index of the last stored
+event before it and its SSE frame has no ``id:`` line, so a client's Last-Event-ID
+stays on stored events; a reconnect replays what was stored and misses the samples
+(``GET /api/v1/stats/history`` and ``/jobs/{id}/usage`` hold them).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from common import codec
 from scheduler.events import Event
 from scheduler.store.base import RawEvent
 
-TOPICS = frozenset({"jobs", "nodes"})
+TOPICS = frozenset({"jobs", "nodes", "stats"})
 #: encoded events kept for subscribers that are behind and for replays
 FRAMES_KEPT = 20_000
 #: unsent bytes a subscriber may have waiting before it counts as too slow
@@ -32,19 +39,32 @@ GroupKey = tuple[object, ...]
 
 
 def topic_of(event: Event) -> str:
-    """``job.state`` -> ``jobs``, ``node.metrics`` -> ``nodes``."""
-    return event.type.partition(".")[0] + "s"
+    """``job.state`` -> ``jobs``, ``node.metrics`` -> ``nodes``, ``stats.sample`` ->
+    ``stats``."""
+    return topic_of_type(event.type)
+
+
+def topic_of_type(type_: str) -> str:
+    kind = type_.partition(".")[0]
+    return kind if kind.endswith("s") else kind + "s"
 
 
 class Part:
     """The events of one committed batch that one index entry sees, encoded once."""
 
-    __slots__ = ("events", "sse")
+    __slots__ = ("docs", "events", "sse")
 
-    def __init__(self, events: list[Event], sse: bytes) -> None:
+    def __init__(self, events: list[Event], sse: bytes, docs: list[bytes] | None = None) -> None:
         self.events = events
         #: the SSE frames of all of ``events``, ready to write as they are
         self.sse = sse
+        #: live-only events' documents (their indexes are not their own: the bus's
+        #: caches, keyed by index, hold stored events only); None for stored events
+        self.docs = docs
+
+    @property
+    def live_only(self) -> bool:
+        return self.docs is not None
 
 
 class Subscription:
@@ -87,7 +107,7 @@ class Subscription:
         """Whether an event of this type and job is for this subscriber."""
         if self.job_id is not None:
             return job_id == self.job_id
-        if type_.partition(".")[0] + "s" not in self.topics:
+        if topic_of_type(type_) not in self.topics:
             return False
         return self.visible is None or job_id is None or self.visible(job_id)
 
@@ -196,7 +216,21 @@ class EventBus:
             for sub in list(group):
                 sub.close()
 
-    def publish(self, events: Iterable[Event]) -> None:
+    def publish_live(self, events: Iterable[Event]) -> None:
+        """Live-only events (see the module docstring), after everything stored so far."""
+        self.publish(events, live=True)
+
+    def part(self, events: list[Event], *, live: bool = False) -> Part:
+        if not live:
+            return Part(events, self.sse(events))
+        docs = [codec.encode(e) for e in events]
+        frames = [
+            b"event: %s\r\ndata: %s\r\n\r\n" % (e.type.encode(), doc)
+            for e, doc in zip(events, docs, strict=True)
+        ]
+        return Part(events, b"".join(frames), docs)
+
+    def publish(self, events: Iterable[Event], *, live: bool = False) -> None:
         batch = list(events)
         if not batch or not self._groups:
             return
@@ -220,7 +254,7 @@ class EventBus:
             else:
                 seen = self._topic_part(batch, key, by_owner, unowned)
             if seen:
-                part = Part(seen, self.sse(seen))
+                part = self.part(seen, live=live)
                 for sub in list(subs):
                     sub.offer(part)
 

@@ -45,6 +45,8 @@ EVENT_WINDOW = 100_000
 JOB_RETENTION_S = 7 * 24 * 3600.0
 #: how often old events and jobs are dropped and blobs nothing names are swept
 RETENTION_INTERVAL_S = 60.0
+#: how often the leader samples the cluster for its history (GET /api/v1/stats/history)
+HISTORY_INTERVAL_S = 10.0
 #: a blob no kept job names is deleted once it was last stored this long ago (the time
 #: a client has between uploading an input and submitting the job that names it)
 BLOB_GRACE_S = 3600.0
@@ -132,6 +134,8 @@ class SchedulerConfig:
     event_window: int = EVENT_WINDOW
     job_retention_s: float = JOB_RETENTION_S
     retention_interval_s: float = RETENTION_INTERVAL_S
+    #: seconds between two samples of the cluster's history (scheduler.history)
+    history_interval_s: float = HISTORY_INTERVAL_S
     blob_grace_s: float = BLOB_GRACE_S
     submit_rate_per_s: float = SUBMIT_RATE_PER_S
     submit_burst: int = SUBMIT_BURST

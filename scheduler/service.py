@@ -23,6 +23,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.events import Event
 from scheduler.limits import FairSlots, RateLimiter, StreamSlots
 from scheduler.metrics import Metrics
+from scheduler.sampler import Sampler
 from scheduler.secretbox import SecretBox, open_box
 from scheduler.state import Effects, Followed, State
 from scheduler.store.base import Changes, Loaded, Store
@@ -74,6 +75,8 @@ class Service:
         #: replays reading and encoding history at once; the rest wait their turn
         self.replays = FairSlots(config.max_concurrent_replays)
         self._webhooks_pending: list[str] = []
+        #: the cluster's history: the leader's sampling loop, and its reads
+        self.sampler = Sampler(self)
         #: seals and opens stored secrets' values; its key is read at start
         self.secret_box: SecretBox | None = None
         #: who leads, when several schedulers share the store (None: this one alone)
@@ -145,6 +148,7 @@ class Service:
             asyncio.create_task(self._placement_loop(), name="berth-placement"),
             asyncio.create_task(self._liveness_loop(), name="berth-liveness"),
             asyncio.create_task(self._retention_loop(), name="berth-retention"),
+            asyncio.create_task(self.sampler.run(), name="berth-history"),
         ]
         self._placement_wanted.set()
         self.ready = True
@@ -233,7 +237,7 @@ class Service:
             # A pass works on memory, and what it changes commits after this batch:
             # it need not wait for this one to be written.
             self._placement_wanted.set()
-        if changes or effects.wake_nodes:
+        if changes or effects.wake_nodes or effects.live:
             # Staged now: ended jobs' documents may leave memory at once, and reads of
             # the store must find them.
             written = self.store.stage(changes)
@@ -250,6 +254,7 @@ class Service:
         await written
         self._announce_recovered()
         self._announce(changes)
+        self._publish_live(effects.live)
         # Agents hear of assignments and commands only once those are durable.
         for node_id in effects.wake_nodes:
             self.wake_node(node_id)
@@ -275,12 +280,21 @@ class Service:
         top = events[-1].index if events else self.state.events.committed_index
         self.state.events.committed(events, top)
         if events:
+            self.sampler.tally.see(events)
             self.bus.publish(events)
             for e in events:
                 self.metrics.events.labels(e.type).inc()
             for e in events:
                 if e.job_id is not None:
                     self._wake_job(e.job_id)
+
+    def _publish_live(self, events: list[Event]) -> None:
+        """Live-only events (scheduler.bus), after the stored ones committed with them."""
+        if events:
+            index = self.state.events.committed_index
+            for e in events:
+                e.index = index
+            self.bus.publish_live(events)
 
     async def _record_delivery(self, job_id: str, delivery: WebhookDelivery, done: bool) -> None:
         """Note one try to deliver a job's end to its webhook, durably."""

@@ -10,6 +10,7 @@ from scheduler.routes import (
     dashboard,
     events,
     groups,
+    history,
     jobs,
     logs,
     nodes,
@@ -27,6 +28,7 @@ ROUTES: tuple[Route, ...] = tuple(
     route
     for module in (
         system,
+        history,
         jobs,
         arrays,
         nodes,

@@ -160,7 +160,7 @@ async def replay(
             return
         fresh = unsent(svc.bus, parts, last)
         if fresh:
-            last = fresh[-1].events[-1].index
+            last = max(last, fresh[-1].events[-1].index)
             yield Live(fresh)
         if sub.closed:
             return
@@ -173,7 +173,7 @@ def unsent(bus: EventBus, parts: list[Part], last: int) -> list[Part]:
         return parts
     out = []
     for part in parts:
-        if part.events[0].index > last:
+        if part.live_only or part.events[0].index > last:
             out.append(part)
         elif part.events[-1].index > last:
             # Only where replay and live events overlap.

@@ -91,7 +91,9 @@ class _Socket:
             )
         raw_topics = msg.get("topics", sorted(TOPICS))
         if not isinstance(raw_topics, list) or not set(raw_topics) <= TOPICS or not raw_topics:
-            raise InvalidRequest("topics must be among jobs, nodes", {"field": "$.topics"})
+            raise InvalidRequest(
+                f"topics must be among {', '.join(sorted(TOPICS))}", {"field": "$.topics"}
+            )
         job_id = msg.get("job")
         if job_id is not None:
             if not isinstance(job_id, str):
@@ -166,9 +168,13 @@ class _Socket:
                         case Live(parts):
                             doc = self.svc.bus.doc
                             rows = [
-                                (e.index, e.type, e.job_id, doc(e))
+                                (e.index, e.type, e.job_id, d)
                                 for part in parts
-                                for e in part.events
+                                for e, d in zip(
+                                    part.events,
+                                    part.docs or [doc(e) for e in part.events],
+                                    strict=True,
+                                )
                             ]
                             await self.send_encoded(render(rows))
                         case Resync(index):

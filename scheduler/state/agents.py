@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from common.codec import to_builtins
 from common.errors import Conflict, StaleAttempt
+from common.history_models import UsagePoint
 from common.models import (
     Assignment,
     Command,
@@ -22,7 +23,7 @@ from scheduler.nodes import sub
 from scheduler.state.jobs import Jobs
 from scheduler.state.nodes import AGENT_SHUTTING_DOWN
 from scheduler.state.records import dt
-from scheduler.store.base import LogChunk
+from scheduler.store.base import LogChunk, UsageRow
 
 #: node.metrics events are recorded at most this often per node
 METRICS_EVENT_INTERVAL_S = 15.0
@@ -31,6 +32,11 @@ MISSING_HEARTBEATS_LOST = 2
 #: per-attempt log cap; past it the log ends with a marker
 LOG_CAP_BYTES = 10 * 1024 * 1024
 LOG_TRUNCATED_MARKER = b"\n[berth: log truncated at 10 MiB]\n"
+#: an attempt's stored usage samples are thinned, when too many, each time it has sent
+#: this many more
+USAGE_THIN_EVERY = 256
+#: attempts whose samples are counted for that; past it the counts start again
+USAGE_COUNTED = 100_000
 
 
 def ran_on(job: Job, attempt: int, node_id: str) -> bool:
@@ -55,6 +61,8 @@ class AgentProtocol(Jobs):
         super()._setup()
         #: when each node's last node.metrics event was recorded
         self._metrics_event_at: dict[str, float] = {}
+        #: (job id, attempt) -> usage samples taken since this scheduler started
+        self._usage_counts: dict[tuple[str, int], int] = {}
 
     def heartbeat(self, node_id: str, req: HeartbeatRequest) -> list[Command]:
         """Take a node's metrics and running attempts; answer with what it must stop."""
@@ -180,6 +188,8 @@ class AgentProtocol(Jobs):
         job = self._current(node, job_id, rep.attempt)
         if rep.usage is not None:
             job.usage = rep.usage
+        if rep.samples:
+            self._take_samples(job, rep.attempt, rep.samples)
         if rep.checkpoint is not None:
             self._take_checkpoint(job, rep.attempt, rep.checkpoint)
         if rep.outputs is not None:
@@ -227,6 +237,20 @@ class AgentProtocol(Jobs):
             else:
                 self._retry_or_end(job, final, why)
         return job
+
+    def _take_samples(self, job: Job, attempt: int, samples: list[UsagePoint]) -> None:
+        """Store an attempt's usage samples and tell them live (job.usage)."""
+        self.changes.usage.extend(UsageRow(job.id, attempt, p) for p in samples)
+        key = (job.id, attempt)
+        before = self._usage_counts.get(key, 0)
+        if len(self._usage_counts) >= USAGE_COUNTED and before == 0:
+            self._usage_counts.clear()
+        after = self._usage_counts[key] = before + len(samples)
+        if after // USAGE_THIN_EVERY > before // USAGE_THIN_EVERY:
+            self.changes.usage_thin.append(key)
+        self._live_event(
+            "job.usage", job=job, data={"attempt": attempt, "samples": to_builtins(samples)}
+        )
 
     def check_checkpoint(self, node_id: str, job_id: str, attempt: int) -> Job:
         """The job, if that attempt may write its checkpoint (see record_checkpoint)."""

@@ -41,10 +41,15 @@ class Effects:
     placement_wanted: bool = False
     #: nodes with new assignments or commands: their long polls are answered
     wake_nodes: set[str] = field(default_factory=set)
+    #: events told to live subscribers once the change set is durable, never stored
+    #: (samples: they would push jobs' events out of the replay window); the service
+    #: gives each the index of the last stored event before it
+    live: list[Event] = field(default_factory=list)
 
     def merge(self, other: Effects) -> None:
         self.placement_wanted |= other.placement_wanted
         self.wake_nodes |= other.wake_nodes
+        self.live.extend(other.live)
 
 
 class Records:
@@ -121,6 +126,20 @@ class Records:
         """Something changed that could let a sleeping part of the queue fit."""
         self.queue.wake(group)
         self.effects.placement_wanted = True
+
+    def _live_event(
+        self, type_: str, *, job: Job | None = None, data: dict[str, Any] | None = None
+    ) -> None:
+        """An event for live subscribers only (see ``Effects.live``)."""
+        self.effects.live.append(
+            Event(
+                index=0,
+                type=type_,
+                ts=dt(self.clock()),
+                job_id=job.id if job else None,
+                data=data,
+            )
+        )
 
     def _wake_node(self, node_id: str) -> None:
         self.effects.wake_nodes.add(node_id)

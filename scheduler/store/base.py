@@ -31,7 +31,16 @@ deleted_schedules         schedules     delete by name, after ``schedules``
 owners                    owners        upsert by name
 secrets                   secrets       upsert by name
 deleted_secrets           secrets       delete by name, after ``secrets``
+history                   history       upsert by (tier, t)
+history_cut               history       delete by tier the rows before a time, after
+                                        ``history``
+usage                     usage         insert-once by (job id, attempt, t)
+usage_thin                usage         per (job id, attempt): past ``USAGE_KEPT``
+                                        rows, delete every other one, after ``usage``
 ========================  ============  =============================================
+
+The history and usage tables are read by the API straight from the store (by every
+scheduler sharing it); a standby does not follow them into memory.
 
 The jobs table keeps, beside each job's document, columns the store fills from the
 Job on every write, so that ended jobs need not be decoded (or held) to be counted,
@@ -53,6 +62,7 @@ from typing import Any
 
 from common import codec
 from common.errors import BerthError, NotLeader
+from common.history_models import StatsSample, UsagePoint
 from common.models import Job
 from common.schedule_models import Schedule
 from common.states import TERMINAL
@@ -66,10 +76,12 @@ from scheduler.store.records import (
     Changes,
     EndedRow,
     EndedRows,
+    HistoryRow,
     Loaded,
     LogChunk,
     RawEvent,
     SealedSecret,
+    UsageRow,
     blobs_column,
     parse_blobs,
 )
@@ -82,12 +94,14 @@ __all__ = [
     "Changes",
     "EndedRow",
     "EndedRows",
+    "HistoryRow",
     "Loaded",
     "LogChunk",
     "RawEvent",
     "SealedSecret",
     "Store",
     "TokenRow",
+    "UsageRow",
     "blobs_column",
     "cutoff_seconds",
     "job_columns",
@@ -192,7 +206,8 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_jobs(self, job_ids: list[str]) -> None:
-        """Delete jobs with their events, logs and idempotency keys, in one transaction."""
+        """Delete jobs with their events, logs, usage samples and idempotency keys, in one
+        transaction."""
 
     @abstractmethod
     async def prune_events(self, keep: int) -> int:
@@ -284,6 +299,18 @@ class Store(ABC):
         """The committed secrets, for the reads of a standby (which does not follow
         them); None from a store that no standby shares."""
         return None
+
+    @abstractmethod
+    async def read_history(self, tier: int, start: float, end: float) -> list[StatsSample]:
+        """Committed history rows of ``tier`` with ``start <= t < end``, oldest first."""
+
+    @abstractmethod
+    async def history_end(self, tier: int) -> float | None:
+        """The time of ``tier``'s newest committed row, None when it has none."""
+
+    @abstractmethod
+    async def read_usage(self, job_id: str, attempt: int) -> list[UsagePoint]:
+        """Committed usage samples of one attempt, oldest first."""
 
     @abstractmethod
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:

@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from common.history_models import StatsSample, UsagePoint
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.secret_models import SecretInfo
@@ -72,6 +73,7 @@ from scheduler.store.postgres_schema import (
     WRITES,
     prepare,
 )
+from scheduler.store.records import USAGE_KEPT
 from scheduler.tokens import TokenRow
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,10 @@ class _Rows:
     owners: list[_Row]
     secrets: list[_Row]
     deleted_secrets: list[_Row]
+    history: list[_Row]
+    history_cut: list[_Row]
+    usage: list[_Row]
+    usage_thin: list[_Row]
     #: (table, key) of every row the batch deletes
     tombstones: list[tuple[str, str]]
     #: the batch's greatest event index, None when it has no events
@@ -340,6 +346,13 @@ class PostgresStore(Store):
             owners=[(o.name, enc(o)) for o in c.owners.values()],
             secrets=[(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
             deleted_secrets=[(n,) for n in c.deleted_secrets],
+            history=[(h.tier, h.sample.t, enc(h.sample)) for h in c.history],
+            history_cut=list(c.history_cut.items()),
+            usage=[
+                (u.job_id, u.attempt, u.point.t, u.point.cpu_percent, u.point.memory_mb)
+                for u in c.usage
+            ],
+            usage_thin=[(j, a, USAGE_KEPT) for j, a in dict.fromkeys(c.usage_thin)],
             tombstones=tombstones,
             last_index=max((e.index for e in c.events), default=None),
         )
@@ -357,7 +370,7 @@ class PostgresStore(Store):
             return
         async with self._transaction() as (conn, seq):
             await conn.execute("DELETE FROM jobs WHERE id = ANY($1::text[])", job_ids)
-            for table in ("events", "logs", "idempotency"):
+            for table in ("events", "logs", "usage", "idempotency"):
                 await conn.execute(f"DELETE FROM {table} WHERE job_id = ANY($1::text[])", job_ids)
             await _bury(conn, seq, [("jobs", j) for j in job_ids])
 
@@ -594,6 +607,29 @@ class PostgresStore(Store):
     async def read_secrets(self) -> list[SealedSecret]:
         async with self._reads.acquire() as conn:
             return await _read_secrets(conn)
+
+    async def read_history(self, tier: int, start: float, end: float) -> list[StatsSample]:
+        dec = msgspec.json.Decoder(StatsSample)
+        rows = await self._reads.fetch(
+            "SELECT doc FROM history WHERE tier = $1 AND t >= $2 AND t < $3 ORDER BY t",
+            tier,
+            start,
+            end,
+        )
+        return [dec.decode(r[0]) for r in rows]
+
+    async def history_end(self, tier: int) -> float | None:
+        t = await self._reads.fetchval("SELECT MAX(t) FROM history WHERE tier = $1", tier)
+        return None if t is None else float(t)
+
+    async def read_usage(self, job_id: str, attempt: int) -> list[UsagePoint]:
+        rows = await self._reads.fetch(
+            "SELECT t, cpu_percent, memory_mb FROM usage WHERE job_id = $1 AND attempt = $2 "
+            "ORDER BY t",
+            job_id,
+            attempt,
+        )
+        return [UsagePoint(r[0], r[1], r[2]) for r in rows]
 
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
         rows = await self._reads.fetch(

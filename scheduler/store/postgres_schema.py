@@ -93,12 +93,23 @@ CREATE TABLE IF NOT EXISTS secrets (
     name text PRIMARY KEY, doc bytea NOT NULL, key_id text NOT NULL, sealed bytea NOT NULL,
     seq bigint NOT NULL DEFAULT 0
 );
-INSERT INTO meta (key, value) VALUES ('schema_version', 4)
+CREATE TABLE IF NOT EXISTS history (
+    tier smallint NOT NULL, t double precision NOT NULL, doc bytea NOT NULL,
+    PRIMARY KEY (tier, t)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id text NOT NULL, attempt integer NOT NULL, t double precision NOT NULL,
+    cpu_percent double precision NOT NULL, memory_mb double precision NOT NULL,
+    PRIMARY KEY (job_id, attempt, t)
+);
+INSERT INTO meta (key, value) VALUES ('schema_version', 5)
     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value);
 """
 #: the schema ``SCHEMA`` makes; a release that changes it raises this (2: schedules,
-#: 3: owners, 4: secrets)
-SCHEMA_VERSION = 4
+#: 3: owners, 4: secrets, 5: history and usage). A database made at an older version
+#: is brought up to it by running ``SCHEMA`` again: each statement makes only what is
+#: missing.
+SCHEMA_VERSION = 5
 
 
 # --- the statements the store runs, next to the tables they write ---------------------
@@ -207,6 +218,28 @@ WRITES: tuple[tuple[str, str, bool], ...] = (
         True,
     ),
     ("deleted_secrets", "DELETE FROM secrets WHERE name = $1", False),
+    # Not stamped: standbys read these tables when asked, they do not follow them.
+    (
+        "history",
+        "INSERT INTO history (tier, t, doc) VALUES ($1, $2, $3) ON CONFLICT (tier, t) "
+        "DO UPDATE SET doc = excluded.doc",
+        False,
+    ),
+    ("history_cut", "DELETE FROM history WHERE tier = $1 AND t < $2", False),
+    (
+        "usage",
+        "INSERT INTO usage (job_id, attempt, t, cpu_percent, memory_mb) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, attempt, t) DO NOTHING",
+        False,
+    ),
+    # Every other sample of an attempt goes once it has more than it may keep.
+    (
+        "usage_thin",
+        "DELETE FROM usage u USING (SELECT t, row_number() OVER (ORDER BY t) AS rn, "
+        "count(*) OVER () AS n FROM usage WHERE job_id = $1 AND attempt = $2) x "
+        "WHERE u.job_id = $1 AND u.attempt = $2 AND u.t = x.t AND x.rn % 2 = 0 AND x.n > $3",
+        False,
+    ),
 )
 
 LOAD_ENDED = (

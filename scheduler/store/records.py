@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.history_models import StatsSample, UsagePoint
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.secret_models import SecretInfo
@@ -16,6 +17,11 @@ from scheduler.tokens import TokenRow
 
 #: one event as stored: its index, type, job id and encoded document
 RawEvent = tuple[int, str, str | None, bytes]
+
+#: the most usage samples kept per attempt: past it every other one is dropped, so a long
+#: attempt keeps between half that many and that many, spread over its whole run (at one
+#: sample every 2 s, each sample of its first two hours)
+USAGE_KEPT = 3600
 
 #: an ended job as a start reads it, without its document:
 #: (id, state, owner, spec_bytes, blobs, webhook_pending). ``owner`` is who submitted
@@ -143,6 +149,24 @@ class SealedSecret:
         return self.info.name
 
 
+@dataclass(slots=True, frozen=True)
+class HistoryRow:
+    """One stored point of the cluster's history: a sample (tier 0) or the average of
+    a coarser tier's step (see ``scheduler.history``)."""
+
+    tier: int
+    sample: StatsSample
+
+
+@dataclass(slots=True, frozen=True)
+class UsageRow:
+    """One usage sample of a job's attempt, as its agent took it."""
+
+    job_id: str
+    attempt: int
+    point: UsagePoint
+
+
 @dataclass(slots=True)
 class Changes:
     """Everything one batch writes, in one transaction. What each write means (the
@@ -190,6 +214,15 @@ class Changes:
     secrets: dict[str, SealedSecret] = field(default_factory=dict)
     #: secrets table, delete by name (after this batch's secrets)
     deleted_secrets: list[str] = field(default_factory=list)
+    #: history table, upsert by (tier, t)
+    history: list[HistoryRow] = field(default_factory=list)
+    #: history table, delete by tier the rows before the time given (after ``history``)
+    history_cut: dict[int, float] = field(default_factory=dict)
+    #: usage table, insert-once by (job id, attempt, t)
+    usage: list[UsageRow] = field(default_factory=list)
+    #: usage table: per (job id, attempt), every other sample is deleted when it has
+    #: more than ``USAGE_KEPT`` (after ``usage``)
+    usage_thin: list[tuple[str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -209,6 +242,10 @@ class Changes:
             or self.owners
             or self.secrets
             or self.deleted_secrets
+            or self.history
+            or self.history_cut
+            or self.usage
+            or self.usage_thin
         )
 
     def merge(self, other: Changes) -> None:
@@ -238,6 +275,11 @@ class Changes:
             self.deleted_secrets = [n for n in self.deleted_secrets if n not in other.secrets]
         self.secrets.update(other.secrets)
         self.deleted_secrets.extend(other.deleted_secrets)
+        self.history.extend(other.history)
+        for tier, before in other.history_cut.items():
+            self.history_cut[tier] = max(before, self.history_cut.get(tier, before))
+        self.usage.extend(other.usage)
+        self.usage_thin.extend(other.usage_thin)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from common.history_models import StatsSample, UsagePoint
 from common.models import Job, Node, Owner
 from common.schedule_models import Schedule
 from common.secret_models import SecretInfo
@@ -45,6 +46,7 @@ from scheduler.store.base import (
     cutoff_seconds,
     job_columns,
 )
+from scheduler.store.records import USAGE_KEPT
 from scheduler.store.sqlite_schema import prepare
 from scheduler.tokens import TokenRow
 
@@ -75,6 +77,12 @@ _LOG_ENDS = "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs GROUP BY job_id
 _LIVE_LOG_ENDS = (
     "SELECT job_id, attempt, SUM(LENGTH(data)) FROM logs "
     "WHERE job_id IN (SELECT id FROM jobs WHERE ended_at IS NULL) GROUP BY job_id, attempt"
+)
+#: every other sample of an attempt goes once it has more than it may keep
+_USAGE_THIN = (
+    "DELETE FROM usage WHERE job_id = ?1 AND attempt = ?2 AND t IN (SELECT t FROM "
+    "(SELECT t, ROW_NUMBER() OVER (ORDER BY t) AS rn, COUNT(*) OVER () AS n FROM usage "
+    "WHERE job_id = ?1 AND attempt = ?2) WHERE rn % 2 = 0 AND n > ?3)"
 )
 #: ids per statement in a read of many jobs (well under SQLite's limit on parameters)
 _IDS_PER_READ = 500
@@ -233,6 +241,13 @@ class SQLiteStore(Store):
             "owners": [(o.name, enc(o)) for o in c.owners.values()],
             "secrets": [(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
             "deleted_secrets": [(n,) for n in c.deleted_secrets],
+            "history": [(h.tier, h.sample.t, enc(h.sample)) for h in c.history],
+            "history_cut": list(c.history_cut.items()),
+            "usage": [
+                (u.job_id, u.attempt, u.point.t, u.point.cpu_percent, u.point.memory_mb)
+                for u in c.usage
+            ],
+            "usage_thin": [(j, a, USAGE_KEPT) for j, a in dict.fromkeys(c.usage_thin)],
         }
 
     async def _write(self, rows: _Rows) -> None:
@@ -267,6 +282,10 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO owners VALUES (?, ?)", rows["owners"])
             conn.executemany("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?)", rows["secrets"])
             conn.executemany("DELETE FROM secrets WHERE name = ?", rows["deleted_secrets"])
+            conn.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?)", rows["history"])
+            conn.executemany("DELETE FROM history WHERE tier = ? AND t < ?", rows["history_cut"])
+            conn.executemany("INSERT OR IGNORE INTO usage VALUES (?, ?, ?, ?, ?)", rows["usage"])
+            conn.executemany(_USAGE_THIN, rows["usage_thin"])
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does that): keep the
@@ -403,6 +422,39 @@ class SQLiteStore(Store):
             out.append((int(row_id), AuditRecord(at, who, role, what, on, doc)))
         return out
 
+    async def read_history(self, tier: int, start: float, end: float) -> list[StatsSample]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_history_sync, tier, start, end)
+
+    def _read_history_sync(self, tier: int, start: float, end: float) -> list[StatsSample]:
+        dec = msgspec.json.Decoder(StatsSample)
+        rows = self._reading().execute(
+            "SELECT doc FROM history WHERE tier = ? AND t >= ? AND t < ? ORDER BY t",
+            (tier, start, end),
+        )
+        return [dec.decode(d) for (d,) in rows]
+
+    async def history_end(self, tier: int) -> float | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._history_end_sync, tier)
+
+    def _history_end_sync(self, tier: int) -> float | None:
+        sql = "SELECT MAX(t) FROM history WHERE tier = ?"
+        (t,) = self._reading().execute(sql, (tier,)).fetchone()
+        return None if t is None else float(t)
+
+    async def read_usage(self, job_id: str, attempt: int) -> list[UsagePoint]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_usage_sync, job_id, attempt)
+
+    def _read_usage_sync(self, job_id: str, attempt: int) -> list[UsagePoint]:
+        rows = self._reading().execute(
+            "SELECT t, cpu_percent, memory_mb FROM usage WHERE job_id = ? AND attempt = ? "
+            "ORDER BY t",
+            (job_id, attempt),
+        )
+        return [UsagePoint(t, cpu, mem) for t, cpu, mem in rows]
+
     async def ended_before(self, cutoff: float | str, limit: int) -> list[str]:
         loop = asyncio.get_running_loop()
         at = cutoff_seconds(cutoff)
@@ -429,6 +481,7 @@ class SQLiteStore(Store):
             conn.executemany("DELETE FROM jobs WHERE id = ?", rows)
             conn.executemany("DELETE FROM events WHERE job_id = ?", rows)
             conn.executemany("DELETE FROM logs WHERE job_id = ?", rows)
+            conn.executemany("DELETE FROM usage WHERE job_id = ?", rows)
             conn.executemany("DELETE FROM idempotency WHERE job_id = ?", rows)
             conn.execute("COMMIT")
         except BaseException:

@@ -1,5 +1,7 @@
 """The SQLite store's schema, and how a database of an older release is brought up to
-date (new columns only, filled once)."""
+date: tables it lacks are made (every statement of ``SCHEMA`` creates only what is
+missing; the history and usage tables came so), and new columns are added, filled
+once."""
 
 from __future__ import annotations
 
@@ -43,6 +45,13 @@ CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY, doc BLOB NOT NULL, key_id TEXT NOT NULL, sealed BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS history (
+    tier INTEGER NOT NULL, t REAL NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (tier, t)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, t REAL NOT NULL,
+    cpu_percent REAL NOT NULL, memory_mb REAL NOT NULL, PRIMARY KEY (job_id, attempt, t)
+) WITHOUT ROWID;
 """
 
 #: made once the jobs table has its columns. jobs_ended: retention's order, and the jobs

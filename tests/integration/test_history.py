@@ -1,0 +1,171 @@
+"""The cluster's history and jobs' usage samples over HTTP, on both stores: what the
+leader samples is served by GET /api/v1/stats/history and survives a restart; usage
+samples an agent reports are served per attempt; both are told live on the event
+stream without taking an event index of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support import Api, SchedulerProcess, SimAgent, wait_until
+
+SPEC = {"image": "busybox", "command": ["true"], "resources": {"cpu": 1, "memory_mb": 64}}
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def sched(tmp_path: Path) -> Iterator[SchedulerProcess]:
+    proc = SchedulerProcess(
+        tmp_path / "state", "--history-interval", "0.5", "--heartbeat-interval", "0.5"
+    ).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+async def _history(api: Api, **params: Any) -> dict[str, Any]:
+    status, body = await api.get("/api/v1/stats/history", params={"since": "10m", **params})
+    assert status == 200, body
+    return dict(body)
+
+
+async def _sse_frames(
+    http: aiohttp.ClientSession, url: str, token: str, wanted: set[str]
+) -> list[tuple[str | None, str, Any]]:
+    """(id, event, data) of the stream's frames until one of each wanted type came."""
+    frames: list[tuple[str | None, str, Any]] = []
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    buf = b""
+    async with asyncio.timeout(DEADLINE_S), http.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        while not wanted <= {f[1] for f in frames}:
+            chunk = await resp.content.readany()
+            assert chunk, "the stream ended early"
+            buf += chunk.replace(b"\r\n", b"\n")
+            *blocks, buf = buf.split(b"\n\n")
+            for block in blocks:
+                fields: dict[str, str] = {}
+                for line in block.decode().split("\n"):
+                    if line and not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        fields[name] = value
+                if "data" in fields:
+                    frames.append((fields.get("id"), fields["event"], orjson.loads(fields["data"])))
+    return frames
+
+
+async def test_history_and_usage_are_served_told_live_and_survive_a_restart(
+    sched: SchedulerProcess, http: aiohttp.ClientSession
+) -> None:
+    admin = Api(http, sched.url, sched.admin_token)
+    agent = SimAgent(http, sched.url, sched.join_token, "hist-a")
+    await agent.register()
+    await agent.heartbeat(ram_free_mb=6144)
+    stream = asyncio.create_task(
+        _sse_frames(
+            http, sched.url + "/api/v1/events", sched.admin_token, {"stats.sample", "job.usage"}
+        )
+    )
+    status, job = await admin.post("/api/v1/jobs", SPEC)
+    assert status == 201, job
+    await wait_until(agent.poll, timeout=DEADLINE_S)
+    now = time.time()
+    samples = [
+        {"t": now - 4, "cpu_percent": 50.0, "memory_mb": 10.5},
+        {"t": now - 2, "cpu_percent": 75.0, "memory_mb": 12.0},
+    ]
+    status, body = await agent.report(job["id"], "running", samples=samples)
+    assert status == 200, body
+    await agent.heartbeat(ram_free_mb=6144)
+    status, body = await agent.report(job["id"], "completed", exit_code=0)
+    assert status == 200, body
+
+    # Points of the cluster and of the node, with the job's start and end counted.
+    async def counted() -> dict[str, Any] | None:
+        h = await _history(admin, step="1")
+        ends = sum(p["ended"] for p in h["points"])
+        starts = sum(p["started"] for p in h["points"])
+        return h if starts >= 1 and ends >= 1 and h["nodes"] else None
+
+    h = await wait_until(counted, timeout=DEADLINE_S, interval=0.2)
+    assert h["step"] == 1
+    assert h["since"] < h["until"]
+    point = h["points"][-1]
+    assert point["cpu"]["capacity"] == 4.0
+    assert point["memory_mb"]["capacity"] == 8192.0
+    assert point["memory_mb"]["used"] == 2048.0
+    assert point["jobs"]["completed"] == 1
+    assert set(point["gpus"]) == {"capacity", "allocated", "used"}
+    (node,) = h["nodes"]
+    assert (node["id"], node["name"]) == (agent.node_id, "hist-a")
+    assert node["points"][-1]["cpu"]["capacity"] == 4.0
+    assert node["points"][-1]["cpu"]["used"] == pytest.approx(0.2)
+
+    # Usage samples of the attempt, by default the latest.
+    status, usage = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
+    assert status == 200, usage
+    assert usage == {
+        "job_id": job["id"],
+        "attempt": 1,
+        "interval_s": 2.0,
+        "samples": samples,
+    }
+    status, same = await admin.get(f"/api/v1/jobs/{job['id']}/usage", params={"attempt": 1})
+    assert (status, same) == (200, usage)
+    status, err = await admin.get(f"/api/v1/jobs/{job['id']}/usage", params={"attempt": 2})
+    assert status == 404, err
+    status, err = await admin.get("/api/v1/jobs/nosuchjob/usage")
+    assert status == 404, err
+
+    # Told live, neither with an event id of its own.
+    frames = await stream
+    live = {
+        event: (ident, data)
+        for ident, event, data in frames
+        if event in {"stats.sample", "job.usage"}
+    }
+    ident, data = live["job.usage"]
+    assert ident is None
+    assert data["job_id"] == job["id"]
+    assert data["data"] == {"attempt": 1, "samples": samples}
+    ident, data = live["stats.sample"]
+    assert ident is None
+    assert data["type"] == "stats.sample"
+    assert {"t", "queued", "running", "jobs", "cpu", "memory_mb", "gpus", "nodes"} <= set(
+        data["data"]
+    )
+    assert data["data"]["nodes"][0]["id"] == agent.node_id
+
+    # Bad ranges are refused naming the field.
+    for params, field in (
+        ({"since": "banana"}, "since"),
+        ({"step": "0"}, "step"),
+        ({"step": "x"}, "step"),
+    ):
+        status, err = await admin.get("/api/v1/stats/history", params=params)
+        assert status == 400, err
+        assert err["error"]["details"]["field"] == field
+
+    # What was stored is there after a restart.
+    first = h["points"][0]["t"]
+    sched.kill()
+    sched.start()
+    admin = Api(http, sched.url, sched.admin_token)
+    again = await _history(admin, step="1")
+    assert again["points"][0]["t"] == first
+    assert sum(p["ended"] for p in again["points"]) >= 1
+    status, usage_again = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
+    assert (status, usage_again) == (200, usage)
