@@ -485,6 +485,8 @@ class Runner:
         files = self.files
         if self._usage.current is not None:
             report.usage = self._usage.current
+            # The last samples (taken since the last usage report) go with the end.
+            report.samples = self._usage.take_samples() or None
         if files is None or not files.ws.exists():
             return report
         for task in list(self._side_tasks):
@@ -506,6 +508,7 @@ class Runner:
                 exit_code=report.exit_code,
                 error=problem[:4000],
                 usage=report.usage,
+                samples=report.samples,
             )
         report.error = f"{report.error}; {problem}"[:4000] if report.error else problem[:4000]
         return report
@@ -739,13 +742,16 @@ class Runner:
                 now = self._clock()
                 if self._usage.due(now) and self._link.registered.is_set() and not self._fenced:
                     self._usage.sent(now)
-                    with contextlib.suppress(BerthError):
+                    samples = self._usage.take_samples()
+                    try:
                         await self._link.client.report(
                             self._link.node_id,
                             self.info.job_id,
-                            Report(self.info.attempt, None, usage=usage),
+                            Report(self.info.attempt, None, usage=usage, samples=samples),
                             timeout=REPORT_TIMEOUT_S,
                         )
+                    except BerthError:
+                        self._usage.unsent(samples)
             await asyncio.sleep(USAGE_SAMPLE_INTERVAL_S)
 
     async def _checkpoint_loop(self, files: AttemptFiles, interval: float) -> None:
