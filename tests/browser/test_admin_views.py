@@ -340,3 +340,34 @@ async def test_a_read_only_login_is_offered_no_changes_and_the_scheduler_refuses
     assert node["draining"] is True
     _, listing = await admin.get("/api/v1/secrets")
     assert [s["name"] for s in listing["secrets"]] == ["db-password"]
+
+
+async def test_a_submit_login_changes_its_own_secrets_and_not_shared_ones(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    p, _ = page
+    status, _ = await admin.post(
+        "/api/v1/secrets", {"name": "shared-key", "value": "x", "shared": True}
+    )
+    assert status == 201
+    await _login_as(p, sched, await _token(admin, "submit", "alice"))
+    await p.get_by_role("link", name="Secrets", exact=True).click()
+    form = p.get_by_test_id("secret-form")
+    # Only an admin makes a shared secret: alice is not offered it.
+    await expect(form.locator("#secret-shared")).to_have_count(0)
+    await form.locator("#secret-name").fill("alice-token")
+    await form.locator("#secret-value").fill("alice-value-9d2e")
+    await form.get_by_role("button", name="Set secret").click()
+    mine = p.locator('[data-secret="alice-token"]')
+    shared = p.locator('[data-secret="shared-key"]')
+    await expect(mine).to_contain_text("alice's jobs")
+    await expect(shared).to_contain_text("shared: every job")
+    await expect(mine.get_by_test_id("delete-secret")).to_be_visible()
+    await expect(shared.get_by_test_id("delete-secret")).to_be_hidden()
+    make_shared = ["POST", "/api/v1/secrets", {"name": "x", "value": "v", "shared": True}]
+    assert await p.evaluate(POST_AS_PAGE, make_shared) == 403
+    await mine.get_by_test_id("delete-secret").click()
+    await mine.get_by_test_id("delete-secret").click()
+    await expect(mine).to_have_count(0)
+    _, listing = await admin.get("/api/v1/secrets")
+    assert [s["name"] for s in listing["secrets"]] == ["shared-key"]

@@ -33,8 +33,10 @@ const MAX_JOBS = 1000;
 const MAX_ARRAYS = 50;
 //: tasks an array page lists at most
 const MAX_TASKS = 1000;
-//: a page reloads at most this often while events say its tasks change
+//: an array's page reloads at most this often while events say its tasks change, and
+//: the list (a thousand jobs and a summary per array) at most this often
 const RELOAD_MS = 1000;
+const LIST_RELOAD_MS = 3000;
 //: and at least this often without events (a stream down, a task deleted)
 const POLL_MS = 10000;
 
@@ -71,8 +73,8 @@ function stateBar() {
   };
 }
 
-/** Reload at most every RELOAD_MS when asked, and every POLL_MS anyway. */
-function reloader(load) {
+/** Reload at most every ``minMs`` when asked, and every POLL_MS anyway. */
+function reloader(load, minMs) {
   let last = 0;
   let timer = 0;
   let stopped = false;
@@ -88,7 +90,7 @@ function reloader(load) {
   return {
     soon() {
       if (stopped || timer) return;
-      timer = setTimeout(run, Math.max(0, last + RELOAD_MS - performance.now()));
+      timer = setTimeout(run, Math.max(0, last + minMs - performance.now()));
     },
     stop() {
       stopped = true;
@@ -214,7 +216,7 @@ export function arraysView(container) {
     r.created.title = fmtTime(a.created_at);
   }
 
-  const loader = reloader(load);
+  const loader = reloader(load, LIST_RELOAD_MS);
   return {
     render(parts) {
       if (parts.has("jobs")) loader.soon();
@@ -418,7 +420,7 @@ export function arrayView(container, id) {
     await load();
   }
 
-  const loader = reloader(load);
+  const loader = reloader(load, RELOAD_MS);
   return {
     render(parts) {
       if (parts.has("jobs") || parts.has("job")) loader.soon();

@@ -8,7 +8,7 @@ import { fmtAgo, fmtTime, h, setHidden, setText } from "../dom.js";
 import { can } from "../roles.js";
 import { toast } from "../toast.js";
 
-//: audit pages read at most to find a node's latest drain (oldest first, 1000 a page)
+//: audit pages read at most to find a node's latest drain or undrain (oldest first)
 const AUDIT_PAGES = 5;
 const AUDIT_LIMIT = 1000;
 
@@ -23,13 +23,16 @@ async function lastDrain(node, key, onFound) {
     let after = 0;
     let entry = null;
     for (let i = 0; i < AUDIT_PAGES; i++) {
-      const q = new URLSearchParams({ action: "node.drain", target: node.id, after: String(after), limit: String(AUDIT_LIMIT) });
+      const q = new URLSearchParams({ target: node.id, after: String(after), limit: String(AUDIT_LIMIT) });
       const page = await api.get(`/api/v1/audit?${q}`);
-      if (page.entries.length) entry = page.entries[page.entries.length - 1];
+      for (const e of page.entries) if (e.action === "node.drain" || e.action === "node.undrain") entry = e;
       if (page.entries.length < AUDIT_LIMIT) break;
       after = page.next;
     }
-    drainedBy.set(node.id, { key, entry });
+    // An agent that shuts down drains its node without an audit entry: an older drain
+    // by someone else, or one with another reason, is not this one.
+    const same = entry && entry.action === "node.drain" && (entry.details?.reason || "") === (node.drain_reason || "");
+    drainedBy.set(node.id, { key, entry: same ? entry : null });
     onFound();
   } catch (e) {
     if (e.status !== 401) console.warn(`reading who drained ${node.name} failed: ${e.message}`);

@@ -101,7 +101,8 @@ export function schedulersView(container) {
     const r = row._refs;
     row.dataset.role = s.role;
     setText(r.id, s.id);
-    setText(r.url, s.url || "");
+    // The scheduler that serves this page, when its advertised URL is this page's origin.
+    setText(r.url, s.url === location.origin ? `${s.url} · this page` : s.url || "");
     setVariant(r.role, "pill-", s.role === "leader" ? "running" : "paused");
     setText(r.role, s.role === "leader" ? "Leader" : "Standby");
     setText(r.epoch, s.epoch);

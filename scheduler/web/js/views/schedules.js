@@ -163,7 +163,8 @@ export function schedulesView(container) {
       state: h("span.badge"),
       cron: h("div.mono"),
       tz: h("div.cell-sub"),
-      next: h("td.col-time", { "data-testid": "schedule-next" }),
+      next: h("div", { "data-testid": "schedule-next" }),
+      nextAt: h("div.cell-sub"),
       runs: h("td", { "data-testid": "schedule-runs" }),
       overlap: h("td"),
       owner: h("td"),
@@ -191,7 +192,7 @@ export function schedulesView(container) {
     row.append(
       h("td", null, h("div", null, refs.name, " ", refs.state)),
       h("td", null, refs.cron, refs.tz),
-      refs.next,
+      h("td.col-time", null, refs.next, refs.nextAt),
       refs.runs,
       refs.overlap,
       refs.owner,
@@ -213,7 +214,7 @@ export function schedulesView(container) {
     setText(r.cron, s.cron);
     setText(r.tz, s.timezone);
     setText(r.next, nextText(s));
-    r.next.title = s.next_run_at ? fmtTime(s.next_run_at) : "";
+    setText(r.nextAt, !s.paused && s.next_run_at ? fmtTime(s.next_run_at) : "");
     runChips(r.runs, s.recent_runs.slice(-ROW_RUNS).reverse());
     setText(r.overlap, s.overlap);
     setText(r.owner, s.owner);

@@ -9,6 +9,9 @@ import { can, mayChangeSecret } from "../roles.js";
 import { toast } from "../toast.js";
 import { confirmButton, field } from "./forms.js";
 
+//: the list is read again this often while the view is open (no event tells of secrets)
+const POLL_MS = 10000;
+
 export function secretsView(container) {
   document.title = "Secrets · Berth";
   const body = h("tbody");
@@ -169,8 +172,13 @@ export function secretsView(container) {
   }
 
   load();
+  const poll = setInterval(() => {
+    if (document.visibilityState === "visible") load();
+  }, POLL_MS);
   return {
     render() {},
-    unmount() {},
+    unmount() {
+      clearInterval(poll);
+    },
   };
 }
