@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from cli.allow import allow_list, allow_option
+from cli.live_cmd import ADMIN_TOKEN_FILE, DEFAULT_ADDR
 from cli.tls import server_tls_options, tls_pair
 from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, is_postgres_dsn
 
@@ -19,6 +24,117 @@ from scheduler.config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, is_postgres_dsn
 START_TIMEOUT_S = 30.0
 #: how long each daemon gets to stop before it is killed
 STOP_TIMEOUT_S = 15.0
+#: seconds dockerd gets to list its images
+DOCKER_TIMEOUT_S = 5
+#: images a first job can run `echo` in, best first; matched by the last part of the
+#: repository's name, so the test suite's berth-test/busybox counts as busybox
+SMALL_IMAGES = ("busybox", "alpine", "debian", "ubuntu")
+#: the image named in a first job for the process executor, which ignores it
+PROCESS_IMAGE = "busybox"
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    tag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FirstJob:
+    """What `berth dev` suggests running first, and what to know about it."""
+
+    #: a `berth run` command line, None when nothing would run as things are
+    command: str | None
+    note: str | None = None
+
+
+def local_images() -> list[LocalImage] | None:
+    """The tagged images dockerd holds locally; None when it does not answer.
+
+    The agent decides between docker and processes the same way (a dockerd that
+    answers), so this also tells which executor ``--executor auto`` gets.
+    """
+    import docker
+
+    try:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT_S)
+    except docker.errors.DockerException:
+        return None
+    try:
+        client.ping()
+        images = client.images.list()
+    except Exception:
+        return None
+    finally:
+        client.close()
+    return [LocalImage(tag, int(i.attrs.get("Size") or 0)) for i in images for tag in i.tags]
+
+
+def small_image(images: list[LocalImage]) -> str | None:
+    """The best of SMALL_IMAGES present (the smaller of equals), else None."""
+    ranked = []
+    for image in images:
+        repository = image.tag.rpartition(":")[0]
+        name = repository.rpartition("/")[2]
+        if name in SMALL_IMAGES:
+            ranked.append((SMALL_IMAGES.index(name), image.size, image.tag))
+    return min(ranked)[2] if ranked else None
+
+
+def host_command() -> str:
+    """A command that prints hello on this host (the process executor runs it here)."""
+    echo = shutil.which("echo")
+    if echo is not None:
+        return "echo hello"
+    return f"{shlex.quote(sys.executable)} -c 'print(\"hello\")'"
+
+
+def first_job(executor: str, images: list[LocalImage] | None) -> FirstJob:
+    """A first job that runs offline on this machine with the executor the local agent
+    gets: an image dockerd already has (nothing to pull), or, for the process
+    executor, a command of the host's."""
+    if executor == "process" or (executor == "auto" and images is None):
+        return FirstJob(
+            f"berth run {PROCESS_IMAGE} -- {host_command()}",
+            "jobs run as local processes (not a sandbox); the image is ignored",
+        )
+    if images is None:
+        return FirstJob(
+            None, "dockerd does not answer: start it, or run berth dev --executor process"
+        )
+    image = small_image(images)
+    if image is None:
+        wanted = ", ".join(SMALL_IMAGES)
+        return FirstJob(
+            None,
+            f"no small image ({wanted}) is in the local Docker: docker pull or docker import "
+            "one, or run berth dev --executor process to run jobs as local processes",
+        )
+    return FirstJob(f"berth run {shlex.quote(image)} -- echo hello")
+
+
+def client_env(urls: list[str], state_dir: Path, ca_file: Path | None) -> list[str]:
+    """``VAR=value`` words a client command in the current shell needs to reach this
+    scheduler with its admin token: only those it would not find by itself."""
+    words = []
+    addr = ",".join(urls)
+    if addr != (os.environ.get("BERTH_ADDR") or DEFAULT_ADDR):
+        words.append(f"BERTH_ADDR={shlex.quote(addr)}")
+    # A client takes $BERTH_TOKEN, else the admin token in $BERTH_STATE_DIR or ./state.
+    admin = state_dir.resolve() / ADMIN_TOKEN_FILE
+    token = os.environ.get("BERTH_TOKEN")
+    if token:
+        try:
+            ours = admin.read_text().strip()
+        except OSError:
+            ours = ""
+        if token.strip() != ours:
+            words.append(f'BERTH_TOKEN="$(cat {shlex.quote(str(admin))})"')
+    elif Path(os.environ.get("BERTH_STATE_DIR") or "state").resolve() != admin.parent:
+        words.append(f"BERTH_STATE_DIR={shlex.quote(str(admin.parent))}")
+    if ca_file is not None:
+        words.append(f"BERTH_CA_FILE={shlex.quote(str(ca_file.resolve()))}")
+    return words
 
 
 def _daemon(*args: str) -> list[str]:
@@ -180,21 +296,20 @@ def dev(
         if tls:
             agent_args += ["--ca-file", str(tls[0])]
         agent = subprocess.Popen(_daemon(*agent_args), start_new_session=True)
-        admin = (state_dir / "admin.token").resolve()
-        try_cmd = "berth run busybox -- echo hello"
-        if tls:
-            ca = tls[0].resolve()
-            try_cmd = f"BERTH_ADDR=https://{host}:{port} BERTH_CA_FILE={ca} {try_cmd}"
+        admin = (state_dir / ADMIN_TOKEN_FILE).resolve()
         lines = [
             "",
             "Berth is running.",
             f"  dashboard and API: {scheme}://{host}:{port}/",
             f"  admin token:       {admin}",
-            f"  try:               {try_cmd}",
         ]
+        first = first_job(executor, local_images())
+        if first.command is not None:
+            env = client_env(urls, state_dir, tls[0] if tls else None)
+            lines.append(f"  try:               {' '.join([*env, first.command])}")
+        if first.note is not None:
+            lines.append(f"  {first.note}")
         if standbys:
-            try_cmd = try_cmd.replace("berth run", f"BERTH_ADDR={','.join(urls)} berth run", 1)
-            lines[-1] = f"  try:               {try_cmd}"
             for url, proc in zip(urls, schedulers, strict=True):
                 lines.append(f"  scheduler {url} (pid {proc.pid})")
             lines.append(

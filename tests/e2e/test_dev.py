@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +22,10 @@ async def test_berth_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(
     tmp_path: Path, docker_image: str
 ) -> None:
     port = free_port()
-    proc = berth_dev(tmp_path / "state", port, "--executor", "docker")
+    state = tmp_path / "state"
+    proc = berth_dev(state, port, "--executor", "docker")
     try:
-        token_file = tmp_path / "state" / "admin.token"
+        token_file = state / "admin.token"
         await wait_until(token_file.exists, timeout=30)
         async with aiohttp.ClientSession() as http:
             api = Api(http, f"http://127.0.0.1:{port}", token_file.read_text().strip())
@@ -48,26 +50,120 @@ async def test_berth_dev_runs_a_job_and_stops_cleanly_on_ctrl_c(
             _, logs = await api.call("GET", f"/api/v1/jobs/{job['id']}/logs")
             assert logs == b"hello\n" or logs == "hello\n"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = out.decode()
+    text = dev_output(state)
     assert f"http://127.0.0.1:{port}/" in text and "admin.token" in text
     # Both daemons are gone: nothing listens on the port any more.
     await wait_until(lambda: not _listening(port), timeout=10)
 
 
-def berth_dev(state_dir: Path, port: int, *flags: str) -> subprocess.Popen[bytes]:
-    """`berth dev` on a loopback port, its output kept for the test to read."""
+async def test_berth_dev_suggests_a_first_job_with_an_image_docker_already_has(
+    tmp_path: Path, docker_image: str
+) -> None:
+    """No registry here: the suggested `berth run` names a small image that is present
+    (the suite's own busybox image at least), so it runs without a pull."""
+    port = free_port()
+    state = tmp_path / "state"
+    proc = berth_dev(state, port)
+    try:
+        command = suggested(await banner(state))
+        image = command.split("berth run ", 1)[1].split()[0]
+        present = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+        assert present.returncode == 0, f"{image} is not a local image: {command}"
+        done = run_as_a_user_would(command)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "hello\n"
+    finally:
+        _interrupt(proc)
+    assert "local processes" not in dev_output(state)
+
+
+async def test_berth_dev_without_dockerd_suggests_a_job_of_the_host(tmp_path: Path) -> None:
+    """dockerd out of reach: the agent runs jobs as processes, and the suggested command
+    is one of this host's; it works as printed."""
+    port = free_port()
+    state = tmp_path / "state"
+    proc = berth_dev(state, port, env={"DOCKER_HOST": f"unix://{tmp_path}/no-dockerd.sock"})
+    try:
+        lines = await banner(state)
+        assert any("jobs run as local processes" in line for line in lines), lines
+        done = run_as_a_user_would(suggested(lines))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "hello\n"
+    finally:
+        _interrupt(proc)
+    assert "falling back to the process executor" in dev_output(state)
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, then a kill if it is not gone in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def berth_dev(
+    state_dir: Path, port: int, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`berth dev` on a loopback port; its output goes to dev.log beside the state
+    directory (see dev_output), where a test reads it while it runs."""
     berth = [sys.executable, "-c", "from cli.main import main; main()"]
     where = ["--state-dir", str(state_dir), "--listen", f"127.0.0.1:{port}"]
-    return subprocess.Popen(
-        [*berth, "dev", *where, *flags],
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    with dev_log(state_dir).open("wb") as log:
+        return subprocess.Popen(
+            [*berth, "dev", *where, *flags],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def dev_log(state_dir: Path) -> Path:
+    return state_dir.parent / "dev.log"
+
+
+def dev_output(state_dir: Path) -> str:
+    return dev_log(state_dir).read_text(errors="replace")
+
+
+async def banner(state_dir: Path) -> list[str]:
+    """The lines `berth dev` prints once both daemons run."""
+    await wait_until(lambda: "Ctrl-C stops" in dev_output(state_dir), timeout=60, interval=0.1)
+    text = dev_output(state_dir)
+    start = text.index("Berth is running.")
+    return text[start : text.index("Ctrl-C stops", start)].splitlines()
+
+
+def suggested(lines: list[str]) -> str:
+    """The command after `try:` in the banner."""
+    tried = [line.split("try:", 1)[1].strip() for line in lines if "try:" in line]
+    assert len(tried) == 1, lines
+    return tried[0]
+
+
+def run_as_a_user_would(command: str) -> subprocess.CompletedProcess[str]:
+    """A suggested command line run by a shell in the directory `berth dev` ran in,
+    with the installed `berth` first on PATH."""
+    scripts = str(Path(sys.executable).parent)
+    path = f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
+    assert shutil.which("berth", path=path), "pip install -e . puts berth beside python"
+    return subprocess.run(
+        ["bash", "-c", command],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -144,12 +240,12 @@ async def test_berth_dev_with_standbys_keeps_running_jobs_after_the_leader_is_ki
             await _run_one(Api(http, second["url"], token))
         assert proc.poll() is None, "berth dev must keep running while a scheduler is left"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = out.decode()
+    text = dev_output(tmp_path / "state")
     assert all(url in text for url in urls)
     await wait_until(lambda: not any(_listening(port + n) for n in range(3)), timeout=10)
 
