@@ -90,3 +90,9 @@ export function logUrl(id, attempt, { download = false } = {}) {
   if (download) q.set("download", "1");
   return `/api/v1/jobs/${encodeURIComponent(id)}/logs?${q}`;
 }
+
+export const submitJob = (spec) => post("/api/v1/jobs", spec);
+
+/** A job's outputs archive; a plain GET, so a link carries the session cookie. */
+export const outputsUrl = (id) => `/api/v1/jobs/${encodeURIComponent(id)}/outputs`;
+export const blobUrl = (digest) => `/api/v1/blobs/${encodeURIComponent(digest)}`;

@@ -42,6 +42,11 @@ export class LogView {
     );
     this.scroller = h("div.log-scroll", { tabindex: "0" }, this.trimmed, this.placeholder, this.lines);
     this.el = h("div.log", null, this.scroller, this.jump);
+    // ::progress:: lines are the job telling its progress; they can be hidden from the
+    // view (they stay counted and numbered, and in the download).
+    const progress = h("input", { type: "checkbox", checked: true, "data-testid": "show-progress" });
+    progress.addEventListener("change", () => this.setShowProgress(progress.checked));
+    this.progressToggle = h("label.toggle", { title: "Show the ::progress:: lines the job wrote" }, progress, "Progress lines");
     this.jump.addEventListener("click", () => this.toEnd());
     this.scroller.addEventListener("scroll", () => {
       this.stick = this.atEnd();
@@ -202,5 +207,10 @@ export class LogView {
 
   setWrap(on) {
     this.el.classList.toggle("log-wrap", on);
+  }
+
+  setShowProgress(on) {
+    this.el.classList.toggle("log-hide-progress", !on);
+    if (this.stick) this.toEnd();
   }
 }

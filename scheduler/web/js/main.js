@@ -3,6 +3,7 @@
 // Routes (in the URL fragment, so the scheduler serves one page):
 //   #/            the overview: stats, nodes, jobs
 //   #/jobs/<id>   one job: spec, attempts, progress and its live log
+//   #/submit      submit a job; #/submit?from=<id>: run that job again with changes
 //   #/arrays, #/arrays/<id>          job arrays, and one array's tasks
 //   #/schedules, #/schedules/<name>  periodic jobs, and one schedule
 //   #/secrets     secrets by name (never a value)
@@ -18,6 +19,7 @@ import { arrayView, arraysView } from "./views/arrays.js";
 import { jobView } from "./views/job.js";
 import { loginView } from "./views/login.js";
 import { overviewView } from "./views/overview.js";
+import { submitView } from "./views/submit.js";
 import { schedulersView } from "./views/schedulers.js";
 import { scheduleView, schedulesView } from "./views/schedules.js";
 import { secretsView } from "./views/secrets.js";
@@ -198,6 +200,13 @@ function route() {
     link.classList.toggle("active", link.dataset.route === active);
   }
   window.scrollTo(0, 0);
+  const submit = hash.match(/^\/submit(?:\?from=([^&]+))?$/);
+  if (submit) {
+    store.closeJob();
+    for (const link of shell.header.querySelectorAll(".nav-link")) link.classList.remove("active");
+    view = submitView(shell.main, { from: submit[1] ? decodeURIComponent(submit[1]) : null });
+    return;
+  }
   if (admin) {
     store.closeJob();
     view = admin.view(shell.main, ...admin.args);

@@ -24,13 +24,16 @@ import {
   setVariant,
   setWidth,
 } from "../dom.js";
+import { ACTION_FROM, mayChangeJobs, maySubmit } from "../jobactions.js";
 import { LogView } from "../logview.js";
 import * as notify from "../notify.js";
 import { state, want } from "../store.js";
 import { toast } from "../toast.js";
+import { depGraph } from "./depgraph.js";
+import { jobFiles } from "./jobfiles.js";
 
-const CAN_CANCEL = new Set(["queued", "assigned", "running", "paused"]);
-const CAN_RETRY = new Set(["failed", "cancelled", "timed_out"]);
+const CAN_CANCEL = ACTION_FROM.cancel;
+const CAN_RETRY = ACTION_FROM.retry;
 // The keys of a queued job's ``pending`` counts, in the scheduler's order of precedence:
 // a node counts under the first that applies.
 const PENDING_CAUSES = [
@@ -65,6 +68,23 @@ export function jobView(container, jobId) {
     icon("x"),
     "Cancel",
   );
+  const pauseBtn = h(
+    "button.btn.btn-outline",
+    { type: "button", "data-testid": "pause-job", hidden: true, onclick: () => act("pause") },
+    "Pause",
+  );
+  const resumeBtn = h(
+    "button.btn.btn-outline",
+    { type: "button", "data-testid": "resume-job", hidden: true, onclick: () => act("resume") },
+    "Resume",
+  );
+  const runAgain = h(
+    "a.btn.btn-ghost",
+    { href: `#/submit?from=${encodeURIComponent(jobId)}`, "data-testid": "run-again", hidden: true },
+    "Run again with changes",
+  );
+  const graph = depGraph(jobId);
+  const files = jobFiles();
   const callout = h("div.callout", { hidden: true, "data-testid": "job-reason" });
   // A queued job's nodes counted by why they cannot take it.
   const pendingBody = h("tbody");
@@ -118,6 +138,7 @@ export function jobView(container, jobId) {
         "div.log-tools",
         null,
         h("label.toggle", null, wrapToggle, "Wrap"),
+        log.progressToggle,
         attemptSelect,
         download,
       ),
@@ -138,12 +159,13 @@ export function jobView(container, jobId) {
       "header.job-head",
       null,
       h("div.job-head-main", null, h("div.job-title-row", null, title, statePill), meta),
-      h("div.job-actions", null, watchBtn, retryBtn, cancelBtn),
+      h("div.job-actions", null, watchBtn, runAgain, pauseBtn, resumeBtn, retryBtn, cancelBtn),
     ),
     callout,
     pendingPanel,
     reservationPanel,
     progressPanel,
+    graph.el,
     h(
       "div.job-grid",
       null,
@@ -152,6 +174,7 @@ export function jobView(container, jobId) {
         "div.job-side",
         null,
         h("section.panel", null, h("div.panel-head", null, h("h2", { text: "Details" })), details),
+        files.el,
         h(
           "section.panel",
           null,
@@ -209,11 +232,12 @@ export function jobView(container, jobId) {
   }
 
   async function act(action) {
-    retryBtn.disabled = cancelBtn.disabled = true;
+    retryBtn.disabled = cancelBtn.disabled = pauseBtn.disabled = resumeBtn.disabled = true;
     try {
       const job = await api.actOnJob(action, jobId);
       if (!state.job || job.index >= state.job.index) state.job = job;
-      toast(action === "cancel" ? "Job cancelled" : `Job queued again (attempt ${job.attempt})`, "success");
+      const done = { cancel: "Job cancelled", pause: "Job paused", resume: "Job resumed" }[action];
+      toast(done || `Job queued again (attempt ${job.attempt})`, "success");
       want("jobs", "stats");
     } catch (e) {
       toast(`Could not ${action}: ${e.message}`, "error");
@@ -246,7 +270,7 @@ export function jobView(container, jobId) {
   }
 
   function render(parts) {
-    if (!parts.has("job") && !parts.has("nodes")) return;
+    if (!parts.has("job") && !parts.has("nodes") && !parts.has("jobs")) return;
     const job = state.job && state.job.id === jobId ? state.job : null;
     if (!job) {
       if (state.jobMissing) showMissing();
@@ -267,11 +291,17 @@ export function jobView(container, jobId) {
       node ? h("span", null, "on ", h("b", { text: node.name })) : null,
     );
 
-    const mayChange = state.me && state.me.role !== "read";
-    cancelBtn.disabled = !mayChange || !CAN_CANCEL.has(job.state);
-    retryBtn.disabled = !mayChange || !CAN_RETRY.has(job.state);
-    setHidden(cancelBtn, TERMINAL.has(job.state));
-    setHidden(retryBtn, !TERMINAL.has(job.state) || job.state === "completed");
+    // What this login may not do is not offered at all; the scheduler refuses it anyway.
+    const mayChange = mayChangeJobs(state.me);
+    cancelBtn.disabled = !CAN_CANCEL.has(job.state);
+    retryBtn.disabled = !CAN_RETRY.has(job.state);
+    pauseBtn.disabled = !ACTION_FROM.pause.has(job.state);
+    resumeBtn.disabled = !ACTION_FROM.resume.has(job.state);
+    setHidden(cancelBtn, !mayChange || TERMINAL.has(job.state));
+    setHidden(retryBtn, !mayChange || !TERMINAL.has(job.state) || job.state === "completed");
+    setHidden(pauseBtn, !mayChange || !ACTION_FROM.pause.has(job.state));
+    setHidden(resumeBtn, !mayChange || !ACTION_FROM.resume.has(job.state));
+    setHidden(runAgain, !maySubmit(state.me));
     renderWatch(job);
 
     const why = [job.reason, job.error && job.error !== job.reason ? job.error : null].filter(Boolean).join(" — ");
@@ -285,6 +315,8 @@ export function jobView(container, jobId) {
     renderDetails(job, node);
     renderAttempts(job);
     renderSpec(job);
+    graph.update(job);
+    files.update(job);
 
     // Follow the current attempt's log; a retry starts a new one.
     const options = [];

@@ -22,11 +22,12 @@ import {
   setText,
   setWidth,
 } from "../dom.js";
+import { ACTION_FROM, actOnMany, canAct, mayChangeJobs, maySubmit, summarise } from "../jobactions.js";
 import { MAX_JOBS, closeArray, loadArray, loadMoreJobs, setTab, state, want } from "../store.js";
 import { toast } from "../toast.js";
 
 const TABS = ["", "queued", "assigned", "running", "paused", "completed", "failed", "cancelled", "timed_out"];
-const CAN_CANCEL = new Set(["queued", "assigned", "running", "paused"]);
+const CAN_CANCEL = ACTION_FROM.cancel;
 //: rows shown at first, and added by "Show more"
 const ROWS = 50;
 //: an array's name opens it: a button that looks like the jobs' name links
@@ -91,6 +92,17 @@ export function jobTable() {
     icon("retry"),
     "Retry",
   );
+  const pauseBtn = h(
+    "button.btn.btn-outline.btn-sm",
+    { type: "button", "data-testid": "pause-selected", onclick: () => act("pause") },
+    "Pause",
+  );
+  const resumeBtn = h(
+    "button.btn.btn-outline.btn-sm",
+    { type: "button", "data-testid": "resume-selected", onclick: () => act("resume") },
+    "Resume",
+  );
+  const submitLink = h("a.btn.btn-primary.btn-sm", { href: "#/submit", "data-testid": "new-job", hidden: true }, "Submit a job");
   const clearBtn = h("button.btn.btn-ghost.btn-sm", { type: "button", onclick: () => clearSelection() }, "Clear");
 
   const all = h("input", { type: "checkbox", "aria-label": "Select every job shown" });
@@ -138,6 +150,7 @@ export function jobTable() {
       "div.panel-head",
       null,
       h("h2#jobs-title", { text: "Jobs" }),
+      submitLink,
       h("div.search", null, icon("search"), search),
     ),
     h("div.tabs", { role: "tablist" }, ...tabs.map((t) => t.el)),
@@ -145,7 +158,7 @@ export function jobTable() {
       "div.toolbar",
       null,
       selCount,
-      h("div.toolbar-actions", null, clearBtn, retryBtn, cancelBtn),
+      h("div.toolbar-actions", null, clearBtn, pauseBtn, resumeBtn, retryBtn, cancelBtn),
     ),
     wrap,
     loading,
@@ -199,13 +212,18 @@ export function jobTable() {
     all.checked = jobs.length > 0 && shownSelected === jobs.length;
     all.indeterminate = shownSelected > 0 && shownSelected < jobs.length;
 
-    const mayChange = state.me && state.me.role !== "read";
+    // What this login may not do is not offered; the scheduler refuses it anyway.
+    const mayChange = mayChangeJobs(state.me);
     const chosen = [...selected].map((id) => state.jobs.get(id)).filter(Boolean);
-    cancelBtn.disabled = !mayChange || !chosen.some((j) => CAN_CANCEL.has(j.state));
-    retryBtn.disabled = !mayChange || !chosen.some((j) => TERMINAL.has(j.state) && j.state !== "completed");
+    cancelBtn.disabled = !chosen.some((j) => CAN_CANCEL.has(j.state));
+    retryBtn.disabled = !chosen.some((j) => TERMINAL.has(j.state) && j.state !== "completed");
+    pauseBtn.disabled = !chosen.some((j) => canAct("pause", j));
+    resumeBtn.disabled = !chosen.some((j) => canAct("resume", j));
+    for (const btn of [cancelBtn, retryBtn, pauseBtn, resumeBtn]) setHidden(btn, !mayChange);
+    setHidden(submitLink, !maySubmit(state.me));
     clearBtn.hidden = selected.size === 0;
-    if (!mayChange) cancelBtn.title = retryBtn.title = "a read token may not change jobs";
-    setText(selCount, selected.size ? `${selected.size} selected` : "Select jobs to cancel or retry them");
+    const hint = mayChange ? "Select jobs to pause, resume, cancel or retry them" : "";
+    setText(selCount, selected.size ? `${selected.size} selected` : hint);
     selCount.classList.toggle("muted", selected.size === 0);
 
     setHidden(loading, state.jobsLoaded);
@@ -339,24 +357,14 @@ export function jobTable() {
   }
 
   async function act(action) {
-    const ids = [...selected].filter((id) => {
-      const j = state.jobs.get(id);
-      return j && (action === "cancel" ? CAN_CANCEL.has(j.state) : TERMINAL.has(j.state) && j.state !== "completed");
-    });
-    if (!ids.length) return;
-    cancelBtn.disabled = retryBtn.disabled = true;
+    const jobs = [...selected].map((id) => state.jobs.get(id)).filter(Boolean);
+    if (!jobs.some((j) => canAct(action, j))) return;
+    cancelBtn.disabled = retryBtn.disabled = pauseBtn.disabled = resumeBtn.disabled = true;
     try {
-      const { results } = await api.actOn(action, ids);
-      const ok = results.filter((r) => r.ok);
-      const refused = results.filter((r) => !r.ok);
-      for (const r of ok) selected.delete(r.job_id);
-      const verb = action === "cancel" ? "Cancelled" : "Retried";
-      if (refused.length) {
-        const why = refused[0].error?.message || "refused";
-        toast(`${verb} ${ok.length}, ${refused.length} refused: ${why}`, ok.length ? "warn" : "error");
-      } else {
-        toast(`${verb} ${ok.length} job${ok.length === 1 ? "" : "s"}`, "success");
-      }
+      const result = await actOnMany(action, jobs);
+      for (const r of result.ok) selected.delete(r.job_id);
+      const [text, kind] = summarise(action, result);
+      toast(text, kind);
       want("jobs", "stats");
     } catch (e) {
       toast(`Could not ${action}: ${e.message}`, "error");
