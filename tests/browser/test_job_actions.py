@@ -366,3 +366,55 @@ async def test_a_read_login_is_offered_no_changes_and_is_refused_them(
     assert await job_state(admin, job_id) == "running"
     status, listing = await admin.get("/api/v1/jobs")
     assert [j["id"] for j in listing["jobs"]] == [job_id]
+
+
+#: specs the scheduler refuses, each for one field, and one it takes
+CHECKED_SPECS: list[dict[str, object]] = [
+    {"image": ""},
+    {"image": "two words"},
+    {"image": "x", "resources": {"cpu": 0}},
+    {"image": "x", "resources": {"memory_mb": 1.5}},
+    {"image": "x", "priority": 101},
+    {"image": "x", "network": "wifi"},
+    {"image": "x", "bogus": 1},
+    {"image": "x", "env": {"1BAD": "v"}},
+    {"image": "x", "labels": {"k": "v" * 300}},
+    {"image": "x", "command": [1]},
+    {"image": "x", "depends_on": [{"job": "a", "when": "never"}]},
+    {"image": "x", "timeout_s": 0},
+    {"image": "x", "array": {"count": 0}},
+    {"name": "no image"},
+    {"image": "x", "command": ["echo", "hi"], "priority": 0, "env": {"A": "1"}, "max_retries": 2},
+]
+
+
+async def test_the_pages_checks_agree_with_the_scheduler(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    """The form's checks come from the schema alone: for each spec, the page and the
+    scheduler agree whether it is refused and on the field at fault."""
+    p, _ = page
+    await login(p, sched)
+    page_says = await p.evaluate(
+        """async (specs) => {
+          const schema = await import("/ui/js/jobschema.js");
+          const components = await schema.loadComponents();
+          return specs.map((spec) =>
+            schema.validate(components, components.JobSpec, spec).map((e) => e.path));
+        }""",
+        CHECKED_SPECS,
+    )
+    for spec, paths in zip(CHECKED_SPECS, page_says, strict=True):
+        status, body = await admin.post("/api/v1/jobs", spec)
+        if status == 201:
+            assert paths == [], (spec, paths)
+            continue
+        assert status == 400, (spec, body)
+        field_at_fault = body["error"]["details"]["field"]
+        assert paths, (spec, field_at_fault)
+        assert top_field(paths[0]) == top_field(field_at_fault), (spec, paths, field_at_fault)
+
+
+def top_field(path: str) -> str:
+    """$.resources.cpu -> resources; $.depends_on[0] -> depends_on"""
+    return re.split(r"[.\[]", path.removeprefix("$."), maxsplit=1)[0]
