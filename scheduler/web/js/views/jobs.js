@@ -102,7 +102,7 @@ export function jobTable() {
     { type: "button", "data-testid": "resume-selected", onclick: () => act("resume") },
     "Resume",
   );
-  const submitLink = h("a.btn.btn-primary.btn-sm", { href: "#/submit", "data-testid": "new-job", hidden: true }, "Submit a job");
+  const submitLink = h("a.btn.btn-primary.btn-sm.new-job", { href: "#/submit", "data-testid": "new-job", hidden: true }, "Submit a job");
   const clearBtn = h("button.btn.btn-ghost.btn-sm", { type: "button", onclick: () => clearSelection() }, "Clear");
 
   const all = h("input", { type: "checkbox", "aria-label": "Select every job shown" });
