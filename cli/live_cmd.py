@@ -290,8 +290,8 @@ def _topics(raw: str | None) -> list[str] | None:
         return None
     topics = [t.strip() for t in raw.split(",") if t.strip()]
     for t in topics:
-        if t not in ("jobs", "nodes"):
-            raise click.BadParameter(f"{t!r} is not jobs or nodes", param_hint="--topics")
+        if t not in ("jobs", "nodes", "stats"):
+            raise click.BadParameter(f"{t!r} is not jobs, nodes or stats", param_hint="--topics")
     return topics
 
 
@@ -322,7 +322,11 @@ async def _events(
 
 @click.command()
 @client_options
-@click.option("--topics", default=None, help="jobs, nodes or jobs,nodes [default: both].")
+@click.option(
+    "--topics",
+    default=None,
+    help="Some of jobs, nodes, stats, comma-separated [default: all three].",
+)
 @click.option("--job", "job_id", default=None, help="Only the events of this job.")
 @click.option(
     "--since",

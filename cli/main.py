@@ -32,6 +32,7 @@ COMMANDS = {
     "drain": "cli.jobs_cmd:drain",
     "node": "cli.node_cmd:node",
     "schedulers": "cli.jobs_cmd:schedulers",
+    "stats": "cli.stats_cmd:stats",
     "token": "cli.token_cmd:token",
     "schedule": "cli.schedule_cmd:schedule",
     "secret": "cli.secret_cmd:secret",

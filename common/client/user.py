@@ -26,6 +26,7 @@ from common.client.errors import SchedulerUnreachable, SchedulerUntrusted, descr
 from common.client.sse import sse_frames
 from common.client.transport import Transport
 from common.errors import BerthError, Unavailable
+from common.history_models import History, JobUsage
 from common.models import (
     ActionResults,
     AuditPage,
@@ -171,6 +172,19 @@ class UserAPI(Transport):
 
     async def stats(self) -> Stats:
         return await self._typed(Stats, "GET", "/api/v1/stats")
+
+    async def stats_history(self, since: str = "1h", step: int | None = None) -> History:
+        """The cluster's history (``since``: a duration such as ``1h`` or a Unix time;
+        ``step``: seconds per point, default the server's choice)."""
+        params: Params = {"since": since}
+        if step is not None:
+            params["step"] = step
+        return await self._typed(History, "GET", "/api/v1/stats/history", params=params)
+
+    async def job_usage(self, job_id: str, attempt: int | None = None) -> JobUsage:
+        """An attempt's usage samples, by default of the latest attempt."""
+        params: Params = {} if attempt is None else {"attempt": attempt}
+        return await self._typed(JobUsage, "GET", f"/api/v1/jobs/{job_id}/usage", params=params)
 
     async def healthz(self) -> Any:
         return codec.loads(await self.request("GET", "/healthz"))

@@ -6,6 +6,8 @@ stream without taking an event index of their own."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import Api, SchedulerProcess, SimAgent, wait_until
+from tests.support import REPO, Api, SchedulerProcess, SimAgent, wait_until
 
 SPEC = {"image": "busybox", "command": ["true"], "resources": {"cpu": 1, "memory_mb": 64}}
 DEADLINE_S = 60.0
@@ -169,3 +171,46 @@ async def test_history_and_usage_are_served_told_live_and_survive_a_restart(
     assert sum(p["ended"] for p in again["points"]) >= 1
     status, usage_again = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
     assert (status, usage_again) == (200, usage)
+
+
+def _berth(sched: SchedulerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "120"}
+    env.update(BERTH_ADDR=sched.url, BERTH_TOKEN=sched.admin_token)
+    return subprocess.run(
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.stores("sqlite")
+async def test_berth_stats_prints_the_history_as_json_or_a_table(
+    sched: SchedulerProcess, http: aiohttp.ClientSession
+) -> None:
+    admin = Api(http, sched.url, sched.admin_token)
+    agent = SimAgent(http, sched.url, sched.join_token, "stats-a")
+    await agent.register()
+
+    async def with_node() -> bool:
+        return bool((await _history(admin, step="1"))["nodes"])
+
+    await wait_until(with_node, timeout=DEADLINE_S, interval=0.2)
+    done = _berth(sched, "stats", "--since", "5m", "--step", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    h = orjson.loads(done.stdout)
+    assert h["step"] == 1
+    assert h["points"] and h["points"][-1]["cpu"]["capacity"] == 4.0
+    assert h["nodes"][0]["name"] == "stats-a"
+
+    done = _berth(sched, "stats", "--since", "5m", "--step", "1")
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:5] == ["TIME", "(UTC)", "QUEUED", "RUNNING", "STARTED"]
+    assert rows and rows[-1].split()[-2].endswith("/4")
+
+    done = _berth(sched, "stats", "--since", "banana")
+    assert done.returncode != 0
+    assert "since" in done.stderr
