@@ -79,6 +79,23 @@ async def test_an_admin_drains_a_node_with_a_reason_and_undrains_it(
     _, audit = await admin.get("/api/v1/audit", params={"target": agent.node_id})
     assert [e["action"] for e in audit["entries"]] == ["node.drain", "node.undrain"]
 
+    # The node's own page drains it too, and lists what was done to it, newest first.
+    await card.locator(".node-link").click()
+    await expect(p).to_have_url(f"{sched.url}/#/nodes/{agent.node_id}")
+    node_page = p.locator('[data-node="gpu-box-1"]')
+    history = node_page.get_by_test_id("history-row")
+    await expect(history).to_have_count(2)
+    await expect(history.nth(0)).to_contain_text("undrain")
+    await expect(history.nth(1)).to_contain_text("replacing a fan")
+    await node_page.get_by_test_id("drain").click()
+    await node_page.get_by_test_id("drain-reason").fill("kernel update")
+    await node_page.get_by_test_id("drain-confirm").click()
+    await expect(node_page.get_by_test_id("node-reason")).to_have_text("draining: kernel update")
+    await expect(history).to_have_count(3)
+    await expect(history.nth(0)).to_contain_text("kernel update")
+    await expect(node_page.get_by_test_id("drained-by")).to_contain_text("drained by admin")
+    await screenshot(p, "admin-node-page")
+
 
 async def test_the_arrays_view_lists_an_array_and_its_page_cancels_the_rest(
     page: tuple[Page, PageErrors],
@@ -125,7 +142,7 @@ async def test_the_arrays_view_lists_an_array_and_its_page_cancels_the_rest(
     await expect(p.get_by_test_id("array-percent")).to_contain_text("2 / 4")
 
     await p.get_by_test_id("array-cancel").click()
-    await expect(p.locator(".toast")).to_contain_text("2 tasks cancelled")
+    await expect(p.locator(".toast", has_text="2 tasks cancelled")).to_be_visible()
     await expect(p.locator('[data-testid="array-task"][data-state="cancelled"]')).to_have_count(2)
     await expect(p.get_by_test_id("array-percent")).to_contain_text("4 / 4")
     await expect(p.get_by_test_id("array-cancel")).to_be_disabled()

@@ -8,6 +8,7 @@
 //   #/schedules, #/schedules/<name>  periodic jobs, and one schedule
 //   #/secrets     secrets by name (never a value)
 //   #/schedulers  the schedulers sharing the store: leader and standbys
+//   #/nodes/<id>  one node, with its drain controls and history
 
 import * as api from "./api.js";
 import { h, icon, setText, setVariant } from "./dom.js";
@@ -17,6 +18,7 @@ import * as store from "./store.js";
 import { toast } from "./toast.js";
 import { arrayView, arraysView } from "./views/arrays.js";
 import { jobView } from "./views/job.js";
+import { nodeView } from "./views/node.js";
 import { loginView } from "./views/login.js";
 import { overviewView } from "./views/overview.js";
 import { submitView } from "./views/submit.js";
@@ -38,6 +40,7 @@ const ADMIN_ROUTES = [
   [/^\/schedules\/([^/]+)$/, "schedules", scheduleView],
   [/^\/secrets$/, "secrets", secretsView],
   [/^\/schedulers$/, "schedulers", schedulersView],
+  [/^\/nodes\/([^/]+)$/, "overview", nodeView],
 ];
 // Every role sees these; what a role may not change is hidden inside each (roles.js).
 const ADMIN_NAV = [

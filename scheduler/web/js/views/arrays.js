@@ -250,7 +250,7 @@ export function arrayView(container, id) {
   );
   const actions = h("div.job-actions", { hidden: !can("act") }, ...buttons);
   const page = h(
-    "div",
+    "div.page-body",
     { hidden: true },
     h("div.job-head", null, h("div.job-head-main", null, h("div.job-title-row", null, title), meta), actions),
     h(

@@ -81,7 +81,7 @@ export function nodeGrid() {
 function createCard(node) {
   const refs = {
     dot: h("span.node-dot"),
-    name: h("h3.node-name"),
+    name: h("a.node-link"),
     host: h("div.node-host"),
     pill: pill(node.state),
     drain: h("span.badge.badge-drain", { text: "draining", hidden: true }),
@@ -102,7 +102,7 @@ function createCard(node) {
       "header.node-head",
       null,
       refs.dot,
-      h("div.node-title", null, refs.name, refs.host),
+      h("div.node-title", null, h("h3.node-name", null, refs.name), refs.host),
       h("div.node-badges", null, refs.drain, refs.pill),
     ),
     refs.reason,
@@ -129,6 +129,7 @@ function updateCard(el, node) {
   el.dataset.state = node.state;
   setVariant(el, "node-", node.state);
   setText(r.name, node.name);
+  r.name.href = `#/nodes/${encodeURIComponent(node.id)}`;
   const host = [node.hostname && node.hostname !== node.name ? node.hostname : null, `${node.executor} executor`, node.version ? `v${node.version}` : null];
   setText(r.host, host.filter(Boolean).join(" · "));
   setPill(r.pill, node.state);

@@ -351,7 +351,7 @@ export function scheduleView(container, name) {
   );
   const actions = h("div.job-actions", { hidden: true }, pauseBtn, runBtn, delBtn);
   const page = h(
-    "div",
+    "div.page-body",
     { hidden: true },
     h("div.job-head", null, h("div.job-head-main", null, h("div.job-title-row", null, title, badge)), actions),
     h(
