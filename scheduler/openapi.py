@@ -49,6 +49,7 @@ TAGS: dict[str, str] = {
     "schedules": "Periodic jobs",
     "secrets": "Secrets jobs read in their environment",
     "system": "Probes, metrics, statistics, the schedulers sharing a store",
+    "history": "The cluster's history and jobs' usage samples over time",
 }
 ERROR_REF = "#/components/schemas/Error"
 #: Berth's one error body (common.errors.BerthError.to_body)

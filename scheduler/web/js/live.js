@@ -16,7 +16,11 @@ export const EVENT_TYPES = [
   "node.forgotten",
   "node.state",
   "node.metrics",
+  "stats.sample",
+  "job.usage",
 ];
+//: events sent to live subscribers only
+const LIVE_ONLY = new Set(["stats.sample", "job.usage"]);
 
 //: after the stream was closed for good (an HTTP error), wait this long, doubling
 const RETRY_MIN_MS = 1000;
@@ -58,6 +62,12 @@ export class LiveStream {
       try {
         event = JSON.parse(msg.data);
       } catch {
+        return;
+      }
+      // Samples are sent live and never kept: their index is not theirs (the last kept
+      // event's), they are not replayed, and they move nothing on.
+      if (LIVE_ONLY.has(event.type)) {
+        this.onEvent(event);
         return;
       }
       if (event.index <= this.last) return;

@@ -271,9 +271,26 @@ export function onJobEnd(fn) {
   endListeners.add(fn);
 }
 
+const typeListeners = new Map();
+
+/** fn(event) for every event of this type (charts take samples this way); returns an unsubscribe. */
+export function onEvent(type, fn) {
+  if (!typeListeners.has(type)) typeListeners.set(type, new Set());
+  typeListeners.get(type).add(fn);
+  return () => typeListeners.get(type).delete(fn);
+}
+
 export function apply(event) {
   const { type, data = {}, job_id: jobId, node_id: nodeId } = event;
-  if (type.startsWith("job.")) {
+  for (const fn of typeListeners.get(type) || []) {
+    try {
+      fn(event);
+    } catch (e) {
+      console.error(e);
+    }
+  }
+  // Usage samples change no job record: they must not advance its index past a load.
+  if (type.startsWith("job.") && type !== "job.usage") {
     applyToJob(state.jobs.get(jobId), event);
     if (state.job && state.job.id === jobId && state.job !== state.jobs.get(jobId)) {
       applyToJob(state.job, event);

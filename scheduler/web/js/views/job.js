@@ -31,6 +31,7 @@ import { state, want } from "../store.js";
 import { toast } from "../toast.js";
 import { depGraph } from "./depgraph.js";
 import { jobFiles } from "./jobfiles.js";
+import { usagePanel } from "./usage.js";
 
 const CAN_CANCEL = ACTION_FROM.cancel;
 const CAN_RETRY = ACTION_FROM.retry;
@@ -147,6 +148,7 @@ export function jobView(container, jobId) {
   );
   wrapToggle.addEventListener("change", () => log.setWrap(wrapToggle.checked));
 
+  const usage = usagePanel(jobId);
   const details = h("dl.details");
   const attemptsBody = h("tbody");
   const specBox = h("div.spec");
@@ -166,6 +168,7 @@ export function jobView(container, jobId) {
     reservationPanel,
     progressPanel,
     graph.el,
+    usage.el,
     h(
       "div.job-grid",
       null,
@@ -312,6 +315,7 @@ export function jobView(container, jobId) {
     renderPending(job);
     renderReservation(job);
     renderProgress(job);
+    usage.render(job);
     renderDetails(job, node);
     renderAttempts(job);
     renderSpec(job);
@@ -534,6 +538,7 @@ export function jobView(container, jobId) {
     unmount() {
       clearInterval(timer);
       log.destroy();
+      usage.unmount();
     },
   };
 }

@@ -17,6 +17,7 @@ import {
   setWidth,
 } from "../dom.js";
 import { state } from "../store.js";
+import { nodeSpark } from "./nodespark.js";
 import { drainControls } from "./drain.js";
 
 //: cards shown before "Show all"
@@ -88,6 +89,7 @@ function createCard(node) {
     reason: h("p.node-reason"),
     cpu: resourceMeter("CPU"),
     mem: resourceMeter("Memory"),
+    spark: nodeSpark(),
     gpus: h("div.node-gpus", { "aria-label": "GPUs" }),
     slots: h("span"),
     heartbeat: h("span", { "data-heartbeat": "" }),
@@ -108,6 +110,7 @@ function createCard(node) {
     refs.reason,
     refs.cpu.el,
     refs.mem.el,
+    refs.spark.el,
     refs.gpus,
     refs.jobs,
     h(
@@ -167,6 +170,8 @@ function updateCard(el, node) {
       ramUsed !== null && !offline ? `${fmtMb(ramUsed)} of ${fmtMb(m.ram_total_mb)} in use` : "no live figures",
     reserved: res.memory_mb > 0 ? `${fmtMb(res.memory_mb)} reserved for the host` : "",
   });
+
+  r.spark.update(node);
 
   const gpus = gpuRows(node);
   keyed(r.gpus, gpus, (g) => g.index, createGpu, (row, g) => updateGpu(row, g, offline));

@@ -3,16 +3,18 @@
 
 import { fill, fmtCores, fmtCount, fmtMb, h, icon, setHidden, setText, setWidth } from "../dom.js";
 import { state } from "../store.js";
+import { clusterCharts } from "./clustercharts.js";
 import { jobTable } from "./jobs.js";
 import { nodeGrid } from "./nodes.js";
 
 export function overviewView(container) {
   const banner = unhealthyBanner();
   const stats = statsCards();
+  const charts = clusterCharts();
   const nodes = nodeGrid();
   const jobs = jobTable();
   container.replaceChildren(
-    h("div.page", null, banner.el, stats.el, nodes.el, jobs.el),
+    h("div.page", null, banner.el, stats.el, charts.el, nodes.el, jobs.el),
   );
   const tick = setInterval(() => {
     nodes.tick();
@@ -20,16 +22,16 @@ export function overviewView(container) {
   }, 1000);
   return {
     render(parts) {
-      if (parts.has("nodes")) {
-        banner.render();
-        nodes.render();
-      }
+      if (parts.has("nodes")) banner.render();
+      if (parts.has("nodes") || parts.has("history")) nodes.render();
+      if (parts.has("history")) charts.render();
       if (parts.has("stats") || parts.has("nodes")) stats.render();
       if (parts.has("jobs") || parts.has("stats") || parts.has("nodes")) jobs.render();
     },
     unmount() {
       clearInterval(tick);
       jobs.unmount();
+      charts.unmount();
     },
   };
 }
