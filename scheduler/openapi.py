@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from common import __version__
+from scheduler.fielddocs import describe_fields
 from scheduler.routes.registry import ROUTES
 from scheduler.routes.table import Route
 
@@ -111,6 +112,7 @@ def document(routes: Sequence[Route] = ROUTES) -> dict[str, Any]:
         models, ref_template="#/components/schemas/{name}"
     )
     refs = dict(zip(models, schemas, strict=True))
+    describe_fields(models, components)
     clash = _ERROR_SCHEMAS.keys() & components.keys()
     if clash:
         raise ValueError(f"a model is named as the error schema: {', '.join(sorted(clash))}")

@@ -79,6 +79,9 @@ async def test_submit_form_checks_the_schema_and_shows_the_schedulers_errors(
     # Drawn from the schema: image is required, priority's bounds and network's choices.
     await expect(field(p, "$.image").locator(".required")).to_have_count(1)
     await expect(field(p, "$.priority").locator(".field-hint")).to_contain_text("integer, 0 to 100")
+    await expect(field(p, "$.depends_on").locator(".field-desc")).to_have_text(
+        re.compile("^jobs that must end before this one may start")
+    )
     await expect(field(p, "$.network").locator("option")).to_have_text(
         ["(default: none)", "bridge", "host", "none"]
     )

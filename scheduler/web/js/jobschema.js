@@ -44,7 +44,8 @@ export function branches(components, schema) {
 export function describe(components, schema) {
   const { options, nullable } = branches(components, schema);
   const s = deref(components, schema);
-  const base = { schema: s, nullable, default: s.default, description: s.description || null };
+  // A property's own description (its field's) comes before its type's.
+  const base = { schema: s, nullable, default: s.default, description: schema?.description || s.description || null };
   const [first] = options;
   if (!first) return { ...base, kind: "json" };
   const types = options.map((o) => (o.enum ? "enum" : o.type));
