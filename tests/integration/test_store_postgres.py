@@ -98,7 +98,7 @@ async def test_a_database_of_an_earlier_schema_gains_the_secrets_table(
         assert loaded.secrets == []
         assert await admin.fetchval("SELECT to_regclass('secrets')") is not None
         version = "SELECT value FROM meta WHERE key = 'schema_version'"
-        assert await admin.fetchval(version) == SCHEMA_VERSION == 4
+        assert await admin.fetchval(version) == SCHEMA_VERSION == 5
     finally:
         await again.close()
 
