@@ -65,7 +65,7 @@ class Service:
         #: refuses writes up front while the state directory cannot take them
         self.guard = WriteGuard(config.state_dir, store)
         self.bus = EventBus(owner_of=state.submitter_of)
-        self.metrics = Metrics(state)
+        self.metrics = Metrics(state, self.bus, store)
         self._job_waiters: dict[str, asyncio.Event] = {}
         self.webhooks: WebhookSender | None = None
         self.blobs = open_blobs(config)
@@ -282,8 +282,7 @@ class Service:
         if events:
             self.sampler.tally.see(events)
             self.bus.publish(events)
-            for e in events:
-                self.metrics.events.labels(e.type).inc()
+            self.metrics.observe(events)
             for e in events:
                 if e.job_id is not None:
                     self._wake_job(e.job_id)

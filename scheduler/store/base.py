@@ -68,7 +68,7 @@ from common.schedule_models import Schedule
 from common.states import TERMINAL
 from scheduler.events import Event
 from scheduler.limits import spec_bytes
-from scheduler.store.commit import GroupCommit
+from scheduler.store.commit import CommitStats, GroupCommit
 from scheduler.store.records import (
     BLOB_TAGS,
     AuditRecord,
@@ -158,6 +158,11 @@ class Store(ABC):
     @failure.setter
     def failure(self, value: str | None) -> None:
         self._group.failure = value
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """The batches written since the start: their time and size (for metrics)."""
+        return self._group.stats
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ then at the database never misses the newest version of a record.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -37,6 +39,40 @@ log = logging.getLogger(__name__)
 RETRY_S = 1.0
 
 Rows = TypeVar("Rows")
+
+#: upper bounds of the buckets of a batch's transaction time (seconds) ...
+COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: ... and of the callers' commits it held
+COMMIT_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+class Tally:
+    """Observations counted into fixed buckets: what a histogram metric is made from,
+    read at scrape time (the store knows no metrics library)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        #: per bucket, the last one past every bound
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def add(self, value: float) -> None:
+        # A value equal to a bound belongs to that bound's bucket (Prometheus' "le").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class CommitStats:
+    """Every batch tried since the start: its transaction time, its size, failures."""
+
+    __slots__ = ("batch", "failures", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = Tally(COMMIT_SECONDS_BUCKETS)
+        self.batch = Tally(COMMIT_BATCH_BUCKETS)
+        self.failures = 0
 
 
 class _Batch:
@@ -85,6 +121,7 @@ class GroupCommit(Generic[Rows]):
         self._closing = False
         #: while set, nothing is written and commits fail with it (see ``discard``)
         self._discarding: BerthError | None = None
+        self.stats = CommitStats()
 
     def start(self) -> None:
         """Start the writer task (on the running event loop)."""
@@ -183,14 +220,18 @@ class GroupCommit(Generic[Rows]):
         # The batch stays visible to readers until its transaction has committed (or,
         # failed, until its changes are staged again): no window shows an older row.
         self._in_flight = batch.changes
+        started = time.perf_counter()
         try:
             rows = self._encode(batch.changes)
             await self._write(rows)
         except Exception as e:  # the disk is full, the file is gone, ...
+            self.stats.failures += 1
             self._failed_batch(batch, e)
             return
         finally:
             self._in_flight = None
+        self.stats.seconds.add(time.perf_counter() - started)
+        self.stats.batch.add(len(batch.sets))
         if self.failure is not None:
             log.warning("the state is written again (it failed: %s)", self.failure)
             self.failure = None
