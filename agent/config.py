@@ -107,6 +107,8 @@ class AgentConfig:
     allow: list[str] = field(default_factory=list)
     #: the GPUs offered to jobs (``--gpus``)
     gpus: GpuSelection = "auto"
+    #: (host, port) to serve the agent's Prometheus metrics on; None: not served
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def work_dir(self) -> Path:

@@ -3,7 +3,8 @@
 The daemon is a thin loop over small pieces: :mod:`agent.metrics` for capacity and
 live metrics, :mod:`agent.runner` for one attempt's lifecycle, :mod:`agent.link` for
 calls that retry while the scheduler is away, :mod:`agent.state` for what must survive
-a restart. Its tasks:
+a restart, :mod:`agent.exporter` for its own Prometheus metrics (served with
+``--metrics-listen``). Its tasks:
 
 - heartbeat: at the interval the scheduler gives, send metrics and the attempts this
   node holds (saying which are paused); obey the ``cancel``/``pause``/``resume``
@@ -34,6 +35,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
@@ -47,6 +49,7 @@ from agent.config import (
     AgentConfig,
 )
 from agent.executors.base import AttemptInfo, Execution, Executor
+from agent.exporter import AgentFigures, AgentMetrics, TimedStarts
 from agent.link import Link
 from agent.policy import NodePolicy
 from agent.reports import Delivery
@@ -109,6 +112,29 @@ class Agent:
         self._adopted = False
         self._previous: NodeIdentity | None = None
         self.link: Link | None = None
+        self.metrics = AgentMetrics(self.figures)
+        #: what runners start attempts with: the executor, its starts timed
+        self._timed = TimedStarts(executor, self.metrics)
+
+    def figures(self) -> AgentFigures:
+        """What this agent is doing now, for its metrics."""
+        runners = list(self.runners.values())
+        link = self.link
+        return AgentFigures(
+            name=self.config.name,
+            executor=self.executor.kind,
+            running=sum(1 for r in runners if r.execution is not None and not r.exited.is_set()),
+            attempts=len(runners),
+            slots=self.slots.limit,
+            slots_used=self.slots.used,
+            unshipped_log_bytes=sum(r.shipper.pending for r in runners),
+            registered=link is not None and link.registered.is_set(),
+            reachable=link is not None and link.reachable,
+            draining=self._drain.is_set(),
+            executor_broken=self._executor_error is not None,
+            gpus=len(self.gpus.devices),
+            reports_dir=self.state.reports_dir,
+        )
 
     # --- the main loop -----------------------------------------------------------------
 
@@ -118,6 +144,21 @@ class Agent:
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         metrics.prime()
         self._install_signals()
+        exporter = None
+        if self.config.metrics_listen is not None:
+            host, port = self.config.metrics_listen
+            try:
+                exporter = await self.metrics.serve(host, port)
+            except OSError as e:
+                log.error("cannot serve metrics on %s:%d: %s", host, port, e)
+                return 2
+        try:
+            return await self._run()
+        finally:
+            if exporter is not None:
+                await exporter.cleanup()
+
+    async def _run(self) -> int:
         async with BerthClient(self.config.schedulers, None, ca_file=self.config.ca_file) as client:
             link = self.link = Link(client)
             link.on_commands = self._obey_all
@@ -369,6 +410,7 @@ class Agent:
                 executor_error=self._executor_error,
                 draining=self._drain.is_set(),
             )
+            sent = time.perf_counter()
             try:
                 reply = await link.client.heartbeat(
                     link.node_id,
@@ -376,12 +418,15 @@ class Agent:
                     timeout=min(HEARTBEAT_TIMEOUT_S, 2 * link.heartbeat_interval_s),
                 )
             except (NotFound, Unauthorized) as e:
+                self.metrics.heartbeat_failures.inc()
                 link.lost_registration(e.message)
                 continue
             except BerthError as e:
+                self.metrics.heartbeat_failures.inc()
                 link.note_reachable(False, e.message)
                 await asyncio.sleep(min(backoff.next(), link.heartbeat_interval_s))
                 continue
+            self.metrics.heartbeat_seconds.observe(time.perf_counter() - sent)
             backoff.reset()
             link.note_reachable(True)
             link.heartbeat_interval_s = reply.heartbeat_interval_s
@@ -508,7 +553,7 @@ class Agent:
         return Runner(
             info,
             spec,
-            executor=self.executor,
+            executor=self._timed,
             link=link,
             state=self.state,
             slots=self.slots,
@@ -530,7 +575,9 @@ class Agent:
         task.add_done_callback(functools.partial(self._runner_done, key))
 
     def _runner_done(self, key: Key, _task: asyncio.Task[None]) -> None:
-        self.runners.pop(key, None)
+        runner = self.runners.pop(key, None)
+        if runner is not None and runner.result is not None:
+            self.metrics.ended(runner.result.state)
         self._runner_tasks.pop(key, None)
         self._remember(key)
 

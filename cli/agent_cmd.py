@@ -45,6 +45,16 @@ def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+def _listen(value: str | None) -> tuple[str, int] | None:
+    """``--metrics-listen``: HOST:PORT, or nothing."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--metrics-listen")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def _gpus(value: str) -> GpuSelection:
     """``--gpus``: auto, none, or GPU indices."""
     from agent.gpus import parse_selection
@@ -181,6 +191,14 @@ def _gpus(value: str) -> GpuSelection:
     help="Most MiB one job may write into its container's filesystem, workspace and "
     "checkpoint; past it the job fails (disk quota exceeded).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    show_envvar=True,
+    callback=lambda _ctx, _param, value: _listen(value),
+    help="HOST:PORT to serve the agent's Prometheus metrics on, at /metrics, without "
+    "authentication (bind it to loopback or a private network) [default: not served].",
+)
 @click.option("--log-level", default="info", show_default=True, show_envvar=True)
 def agent(
     schedulers: str,
@@ -200,6 +218,7 @@ def agent(
     allow: tuple[str, ...],
     pids_limit: int,
     max_job_disk_mb: int,
+    metrics_listen: tuple[str, int] | None,
     log_level: str,
 ) -> None:
     """Run the agent daemon: register with the scheduler and run the jobs it assigns.
@@ -243,6 +262,7 @@ def agent(
         allow=allow_list(allow),
         pids_limit=pids_limit,
         max_job_disk_mb=max_job_disk_mb,
+        metrics_listen=metrics_listen,
     )
     if name:
         config.name = name
