@@ -421,3 +421,24 @@ async def test_the_pages_checks_agree_with_the_scheduler(
 def top_field(path: str) -> str:
     """$.resources.cpu -> resources; $.depends_on[0] -> depends_on"""
     return re.split(r"[.\[]", path.removeprefix("$."), maxsplit=1)[0]
+
+
+async def test_run_again_of_an_array_task_submits_a_new_array(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
+) -> None:
+    p, _ = page
+    array = {"count": 2, "max_concurrent": 1}
+    status, first = await admin.post("/api/v1/jobs", {**SPEC, "array": array})
+    assert status == 201, first
+    await login(p, sched)
+    await open_job(p, sched, first["id"])
+    await p.get_by_test_id("run-again").click()
+    # The array's own concurrency group is not carried over: the new array gets its own.
+    await expect(p.locator('[name="$.array.count"]')).to_have_value("2")
+    await expect(p.locator('[name="$.array.max_concurrent"]')).to_have_value("1")
+    await expect(p.locator('[name="$.group"]')).to_have_value("")
+    await p.get_by_test_id("submit-job").click()
+    await expect(p.locator(".job-title")).to_have_text("etl-nightly")
+    _, listing = await admin.get("/api/v1/jobs")
+    arrays = {j["array_id"] for j in listing["jobs"]}
+    assert len(listing["jobs"]) == 4 and len(arrays) == 2, listing["jobs"]

@@ -12,6 +12,8 @@ import { toast } from "../toast.js";
 
 //: fields shown first, in this order; the rest go under "More options"
 const PRIMARY = ["name", "image", "command", "resources", "env", "labels", "constraints", "depends_on", "priority", "timeout_s"];
+//: the prefix of the concurrency group of an array with max_concurrent (scheduler/arrays.py)
+const ARRAY_GROUP = "array:";
 //: the words a field is labelled with, where its name alone says less
 const LABELS = {
   timeout_s: "Timeout (s)",
@@ -84,7 +86,13 @@ export function submitView(container, { from = null } = {}) {
 async function sourceSpec(id) {
   const known = state.job?.id === id ? state.job : state.jobs.get(id);
   const job = known || (await api.getJob(id));
-  return job.spec;
+  const spec = { ...job.spec };
+  // An array's tasks share the group that holds them to its max_concurrent; a new
+  // array gets a group of its own.
+  if (job.array_id && spec.array?.max_concurrent && spec.group === `${ARRAY_GROUP}${job.array_id}`) {
+    delete spec.group;
+  }
+  return spec;
 }
 
 /** The form: one widget per JobSpec field, and the JSON editor beside them. */
