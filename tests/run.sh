@@ -51,6 +51,26 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/berth-test-dockerd.log"; exit 1; }
 fi
 
+# --- deploy images, in the background -----------------------------------------------
+# The deploy tests (tests/deploy, run last) need the images of deploy/build-images.sh,
+# which take minutes: they build meanwhile, at the lowest priority, and the tests wait
+# for the marker (done or failed) in this directory.
+export BERTH_DEPLOY_BUILD_DIR="${TMPDIR:-/tmp}/berth-deploy-build"
+rm -rf "$BERTH_DEPLOY_BUILD_DIR"
+mkdir -p "$BERTH_DEPLOY_BUILD_DIR"
+log "building the deploy images in the background (log: $BERTH_DEPLOY_BUILD_DIR/log)"
+# setsid: its own process group, so that it can be stopped as a whole below.
+setsid nice -n 19 ionice -c 3 bash -c '
+  if bash deploy/build-images.sh >"$BERTH_DEPLOY_BUILD_DIR/log" 2>&1 </dev/null; then
+    touch "$BERTH_DEPLOY_BUILD_DIR/done"
+  else
+    touch "$BERTH_DEPLOY_BUILD_DIR/failed"
+  fi' &
+deploy_build=$!
+echo "$deploy_build" >"$BERTH_DEPLOY_BUILD_DIR/pid"
+# A run that ends before the deploy tests (a selection, a failure) stops the build.
+trap 'kill -- "-$deploy_build" 2>/dev/null || true' EXIT
+
 # --- Python packages ------------------------------------------------------------------
 log "installing berth with its test dependencies"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
