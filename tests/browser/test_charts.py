@@ -27,6 +27,7 @@ from tests.browser.conftest import (
     login,
     screenshot,
 )
+from tests.browser.test_gpus import GpuAgent
 from tests.support import Api, SchedulerProcess, SimAgent
 
 T = TypeVar("T")
@@ -261,3 +262,23 @@ async def test_a_job_page_charts_cpu_and_memory_over_each_attempt(
     await expect(usage).to_have_attribute("data-samples", "4")
     await picker.select_option("2")
     await expect(usage).to_have_attribute("data-samples", "2")
+
+
+async def test_a_cluster_with_gpus_charts_them(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    http: aiohttp.ClientSession,
+    agents: list[Heartbeats],
+) -> None:
+    p, _ = page
+    agent = GpuAgent(http, sched.url, sched.join_token, "gpu-1", use={0: (50.0, 1024), 1: (0.0, 0)})
+    await agent.register()
+    await agent.heartbeat()
+    agents.append(Heartbeats(agent).start())
+    await login(p, sched)
+    gpus = p.get_by_test_id("cluster-charts").locator('[data-chart="gpus"]')
+    await expect(gpus).to_be_visible()
+    await expect(gpus.locator("canvas")).to_have_count(1)
+    # Two GPUs, one half busy: half a GPU's worth used.
+    await expect(gpus.locator(".chart-note")).to_have_text("0.5 of 2 busy")
+    await expect(p.get_by_test_id("chart-gpus")).not_to_have_attribute("data-points", "0")
