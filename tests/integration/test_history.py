@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.integration.conftest import StartAgent
 from tests.support import REPO, Api, SchedulerProcess, SimAgent, wait_until
 
 SPEC = {"image": "busybox", "command": ["true"], "resources": {"cpu": 1, "memory_mb": 64}}
@@ -214,3 +215,27 @@ async def test_berth_stats_prints_the_history_as_json_or_a_table(
     done = _berth(sched, "stats", "--since", "banana")
     assert done.returncode != 0
     assert "since" in done.stderr
+
+
+@pytest.mark.stores("sqlite")
+async def test_a_real_agent_sends_the_samples_of_the_attempt_it_runs(
+    sched: SchedulerProcess, http: aiohttp.ClientSession, agents: StartAgent
+) -> None:
+    admin = Api(http, sched.url, sched.admin_token)
+    agents("usage-a")
+    spec = {**SPEC, "command": ["sleep", "3"]}
+    status, job = await admin.post("/api/v1/jobs", spec)
+    assert status == 201, job
+
+    async def ended() -> bool:
+        return (await admin.get(f"/api/v1/jobs/{job['id']}"))[1]["state"] == "completed"
+
+    await wait_until(ended, timeout=DEADLINE_S, interval=0.2)
+    status, usage = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
+    assert status == 200, usage
+    # The first sample goes out at once, the rest with the attempt's end.
+    samples = usage["samples"]
+    assert len(samples) >= 2, usage
+    times = [s["t"] for s in samples]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert all(s["memory_mb"] >= 0 and s["cpu_percent"] >= 0 for s in samples)
