@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.ha import READY_S, ready, start_standby
 from tests.integration.conftest import StartAgent
 from tests.support import REPO, Api, SchedulerProcess, SimAgent, wait_until
 
@@ -239,3 +240,39 @@ async def test_a_real_agent_sends_the_samples_of_the_attempt_it_runs(
     times = [s["t"] for s in samples]
     assert times == sorted(times) and len(set(times)) == len(times)
     assert all(s["memory_mb"] >= 0 and s["cpu_percent"] >= 0 for s in samples)
+
+
+@pytest.mark.stores("postgresql")
+async def test_a_standby_serves_the_leaders_history_and_keeps_it_going_once_it_leads(
+    pg_dsn: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    flags = ("--store", pg_dsn, "--history-interval", "0.5")
+    leader = SchedulerProcess(tmp_path / "one", *flags)
+    standby = SchedulerProcess(tmp_path / "two", *flags)
+    try:
+        await asyncio.to_thread(leader.start, READY_S)
+        await ready(http, leader, "ready")
+        await start_standby(http, leader, standby)
+        on_leader = Api(http, leader.url, leader.admin_token)
+        on_standby = Api(http, standby.url, leader.admin_token)
+
+        async def sampled() -> dict[str, Any] | None:
+            h = await _history(on_leader, step="1")
+            return h if len(h["points"]) >= 2 else None
+
+        first = (await wait_until(sampled, timeout=DEADLINE_S, interval=0.2))["points"][0]
+        served = await _history(on_standby, step="1")
+        assert served["points"][0] == first
+
+        leader.kill()
+        killed = time.time()
+        await ready(http, standby, "ready")
+
+        async def sampled_by_the_new_leader() -> bool:
+            h = await _history(on_standby, step="1")
+            return h["points"][0] == first and h["points"][-1]["t"] > killed
+
+        await wait_until(sampled_by_the_new_leader, timeout=DEADLINE_S, interval=0.2)
+    finally:
+        standby.kill()
+        leader.kill()
