@@ -87,13 +87,23 @@ async def test_an_admin_drains_a_node_with_a_reason_and_undrains_it(
     await expect(history).to_have_count(2)
     await expect(history.nth(0)).to_contain_text("undrain")
     await expect(history.nth(1)).to_contain_text("replacing a fan")
+    # With "requeue", the job running there is stopped and queued again elsewhere.
+    status, job = await admin.post("/api/v1/jobs", {"name": "long", "image": "busybox"})
+    assert status == 201, job
+    assert [a["job_id"] for a in await agent.poll(wait=5)] == [job["id"]]
+    await agent.report(job["id"], "running")
+    await expect(node_page.get_by_test_id("node-jobs").locator("a")).to_have_text("long")
     await node_page.get_by_test_id("drain").click()
     await node_page.get_by_test_id("drain-reason").fill("kernel update")
+    await node_page.get_by_test_id("drain-requeue").check()
     await node_page.get_by_test_id("drain-confirm").click()
     await expect(node_page.get_by_test_id("node-reason")).to_have_text("draining: kernel update")
     await expect(history).to_have_count(3)
     await expect(history.nth(0)).to_contain_text("kernel update")
     await expect(node_page.get_by_test_id("drained-by")).to_contain_text("drained by admin")
+    await expect(node_page.get_by_test_id("node-jobs")).to_have_text("none")
+    _, requeued = await admin.get(f"/api/v1/jobs/{job['id']}")
+    assert requeued["state"] == "queued" and requeued["requeues"] == 1
     await screenshot(p, "admin-node-page")
 
 
