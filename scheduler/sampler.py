@@ -5,8 +5,13 @@ Every ``--history-interval`` seconds the leader samples the cluster from memory
 rows that came due and the cut of rows past keeping, commits that like any change,
 and then tells the sample live (``stats.sample``). Only the leader runs the loop (it
 is one of the tasks of ``Service.lead``), so a standby never writes; it reads the
-rows the leader stored. A sample that could not be written is not retried: the next
-one comes an interval later.
+rows the leader stored. A sample that could not be written stays staged and is
+written with the next batch that succeeds, like any change.
+
+A standby tells its own subscribers the samples the leader stored (``relay``), read
+from the store each interval, so a dashboard connected to a standby still sees
+``stats.sample``; ``job.usage`` comes from agents' reports, which only the leader
+takes.
 """
 
 from __future__ import annotations
@@ -80,6 +85,26 @@ class Sampler:
         await svc.commit()
         for tier, _, end in due:
             roller.stored(tier, end)
+
+    async def relay(self) -> None:
+        """While this scheduler stands by, tell the samples the leader stored since the
+        last look; until cancelled (for every scheduler sharing a store)."""
+        seen = self.now()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.svc.leading():
+                # Its own samples are told as they are taken.
+                seen = self.now()
+                continue
+            try:
+                rows = await self.svc.store.read_history(0, seen, self.now() + 86400)
+            except Exception as e:
+                log.debug("the leader's samples could not be read: %s", e)
+                continue
+            fresh = [r for r in rows if r.t > seen]
+            if fresh:
+                seen = fresh[-1].t
+                self.svc.publish_live([_event(r) for r in fresh])
 
     def now(self) -> float:
         return self.svc.state.clock()

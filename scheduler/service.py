@@ -77,6 +77,8 @@ class Service:
         self._webhooks_pending: list[str] = []
         #: the cluster's history: the leader's sampling loop, and its reads
         self.sampler = Sampler(self)
+        #: a standby's telling of the leader's samples (only with a shared store)
+        self._relay: asyncio.Task[None] | None = None
         #: seals and opens stored secrets' values; its key is read at start
         self.secret_box: SecretBox | None = None
         #: who leads, when several schedulers share the store (None: this one alone)
@@ -111,6 +113,7 @@ class Service:
         self.secret_box = await open_box(self.config, self.store, keys)
         if self.roles is not None:
             # Shared by several schedulers: lead, or stand by until elected.
+            self._relay = asyncio.create_task(self.sampler.relay(), name="berth-history-relay")
             await self.roles.start()
             self.ready = True
             return
@@ -215,6 +218,10 @@ class Service:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._relay is not None:
+            self._relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay
         await self.stop_leading()
         # What the leader staged is written (fenced) before the lead is let go.
         with contextlib.suppress(Exception):
@@ -254,7 +261,7 @@ class Service:
         await written
         self._announce_recovered()
         self._announce(changes)
-        self._publish_live(effects.live)
+        self.publish_live(effects.live)
         # Agents hear of assignments and commands only once those are durable.
         for node_id in effects.wake_nodes:
             self.wake_node(node_id)
@@ -287,7 +294,7 @@ class Service:
                 if e.job_id is not None:
                     self._wake_job(e.job_id)
 
-    def _publish_live(self, events: list[Event]) -> None:
+    def publish_live(self, events: list[Event]) -> None:
         """Live-only events (scheduler.bus), after the stored ones committed with them."""
         if events:
             index = self.state.events.committed_index

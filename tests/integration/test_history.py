@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ async def test_history_and_usage_are_served_told_live_and_survive_a_restart(
         h = await _history(admin, step="1")
         ends = sum(p["ended"] for p in h["points"])
         starts = sum(p["started"] for p in h["points"])
-        return h if starts >= 1 and ends >= 1 and h["nodes"] else None
+        # The newest point may average samples from before the end: wait for one after.
+        done = h["points"] and h["points"][-1]["jobs"].get("completed") == 1
+        return h if starts >= 1 and ends >= 1 and h["nodes"] and done else None
 
     h = await wait_until(counted, timeout=DEADLINE_S, interval=0.2)
     assert h["step"] == 1
@@ -224,22 +227,25 @@ async def test_a_real_agent_sends_the_samples_of_the_attempt_it_runs(
 ) -> None:
     admin = Api(http, sched.url, sched.admin_token)
     agents("usage-a")
-    spec = {**SPEC, "command": ["sleep", "3"]}
-    status, job = await admin.post("/api/v1/jobs", spec)
+    status, job = await admin.post("/api/v1/jobs", {**SPEC, "command": ["sleep", "120"]})
     assert status == 201, job
 
-    async def ended() -> bool:
-        return (await admin.get(f"/api/v1/jobs/{job['id']}"))[1]["state"] == "completed"
+    # The first sample goes out at once, the next ones with the next usage report.
+    async def samples() -> list[dict[str, Any]] | None:
+        status, usage = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
+        assert status == 200, usage
+        assert (usage["attempt"], usage["interval_s"]) == (1, 2.0)
+        return usage["samples"] if len(usage["samples"]) >= 2 else None
 
-    await wait_until(ended, timeout=DEADLINE_S, interval=0.2)
-    status, usage = await admin.get(f"/api/v1/jobs/{job['id']}/usage")
-    assert status == 200, usage
-    # The first sample goes out at once, the rest with the attempt's end.
-    samples = usage["samples"]
-    assert len(samples) >= 2, usage
-    times = [s["t"] for s in samples]
+    got = await wait_until(samples, timeout=DEADLINE_S, interval=0.5)
+    times = [s["t"] for s in got]
     assert times == sorted(times) and len(set(times)) == len(times)
-    assert all(s["memory_mb"] >= 0 and s["cpu_percent"] >= 0 for s in samples)
+    _, running = await admin.get(f"/api/v1/jobs/{job['id']}")
+    started = datetime.fromisoformat(running["started_at"].replace("Z", "+00:00")).timestamp()
+    assert times[0] >= started - 5
+    assert all(s["memory_mb"] >= 0 and s["cpu_percent"] >= 0 for s in got)
+    status, body = await admin.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert status == 200, body
 
 
 @pytest.mark.stores("postgresql")
@@ -263,6 +269,12 @@ async def test_a_standby_serves_the_leaders_history_and_keeps_it_going_once_it_l
         first = (await wait_until(sampled, timeout=DEADLINE_S, interval=0.2))["points"][0]
         served = await _history(on_standby, step="1")
         assert served["points"][0] == first
+        # The standby tells its own subscribers the samples the leader stores.
+        frames = await _sse_frames(
+            http, standby.url + "/api/v1/events", leader.admin_token, {"stats.sample"}
+        )
+        (told,) = [data for _, event, data in frames if event == "stats.sample"]
+        assert told["data"]["t"] > first["t"]
 
         leader.kill()
         killed = time.time()
