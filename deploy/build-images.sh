@@ -83,6 +83,14 @@ cp deploy/postgres-entrypoint.sh "$context/"
 # --- the images -----------------------------------------------------------------------
 for name in scheduler agent postgres; do
   log "building berth-$name:$TAG"
+  old=$(docker image inspect -f '{{.Id}}' "berth-$name:$TAG" 2>/dev/null || true)
   docker build --force-rm -f "deploy/Containerfile.$name" -t "berth-$name:$TAG" "$context"
+  new=$(docker image inspect -f '{{.Id}}' "berth-$name:$TAG")
+  # The image this one replaced, unless a container still uses it: rebuilds do not pile up.
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    docker image rm "$old" >/dev/null 2>&1 || true
+  fi
 done
+# The build stages' images (labelled in the Containerfiles): their venv is in the images.
+docker image prune --force --filter label=berth.stage=build >/dev/null
 log "built berth-scheduler:$TAG, berth-agent:$TAG and berth-postgres:$TAG on $BASE"
