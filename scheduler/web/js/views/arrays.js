@@ -73,25 +73,44 @@ function stateBar() {
   };
 }
 
-/** Reload at most every ``minMs`` when asked, and every POLL_MS anyway. */
+/**
+ * Reload at most every ``minMs`` when asked, and every POLL_MS anyway; one load at a
+ * time, so an older answer never lands after a newer one.
+ */
 function reloader(load, minMs) {
   let last = 0;
   let timer = 0;
   let stopped = false;
+  let running = false;
+  let again = false;
   const run = async () => {
     timer = 0;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
     last = performance.now();
-    await load();
+    try {
+      await load();
+    } finally {
+      running = false;
+    }
+    if (again) {
+      again = false;
+      soon();
+    }
+  };
+  const soon = () => {
+    if (stopped || timer) return;
+    timer = setTimeout(run, Math.max(0, last + minMs - performance.now()));
   };
   const poll = setInterval(() => {
     if (document.visibilityState === "visible" && state.me) run();
   }, POLL_MS);
   run();
   return {
-    soon() {
-      if (stopped || timer) return;
-      timer = setTimeout(run, Math.max(0, last + minMs - performance.now()));
-    },
+    soon,
     stop() {
       stopped = true;
       clearTimeout(timer);
