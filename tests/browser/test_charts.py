@@ -130,11 +130,11 @@ async def test_overview_charts_draw_grow_live_and_reload_for_another_range(
     cpu = p.get_by_test_id("chart-cpu")
     await expect(cpu).not_to_have_attribute("data-points", "0")
     points = int(await cpu.get_attribute("data-points") or 0)
-    # More samples arrive every second; a new step adds a point.
-    await expect(cpu).not_to_have_attribute("data-points", str(points))
+    # More samples arrive every second; a new step (5 s for an hour) adds a point.
+    await expect(cpu).not_to_have_attribute("data-points", str(points), timeout=TIMEOUT_MS)
     await expect(panel.locator(".u-legend").first).to_contain_text("Capacity")
     cpu_note = panel.locator('[data-chart="cpu"] .chart-note')
-    await expect(cpu_note).to_have_text("0.2 of 4 cores used")
+    await expect(cpu_note).to_have_text("0.2 of 4 cores used", timeout=TIMEOUT_MS)
 
     # The node card draws its CPU and memory from the same history.
     spark = p.locator('[data-testid="node-card"][data-node="worker-1"] [data-testid="node-spark"]')
@@ -280,5 +280,5 @@ async def test_a_cluster_with_gpus_charts_them(
     await expect(gpus).to_be_visible()
     await expect(gpus.locator("canvas")).to_have_count(1)
     # Two GPUs, one half busy: half a GPU's worth used.
-    await expect(gpus.locator(".chart-note")).to_have_text("0.5 of 2 busy")
+    await expect(gpus.locator(".chart-note")).to_have_text("0.5 of 2 busy", timeout=TIMEOUT_MS)
     await expect(p.get_by_test_id("chart-gpus")).not_to_have_attribute("data-points", "0")
