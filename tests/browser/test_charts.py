@@ -28,7 +28,7 @@ from tests.browser.conftest import (
     screenshot,
 )
 from tests.browser.test_gpus import GpuAgent
-from tests.support import Api, SchedulerProcess, SimAgent
+from tests.support import Api, SchedulerProcess, SimAgent, start_process_agent
 
 T = TypeVar("T")
 #: an SVG path that draws something
@@ -282,3 +282,41 @@ async def test_a_cluster_with_gpus_charts_them(
     # Two GPUs, one half busy: half a GPU's worth used.
     await expect(gpus.locator(".chart-note")).to_have_text("0.5 of 2 busy", timeout=TIMEOUT_MS)
     await expect(p.get_by_test_id("chart-gpus")).not_to_have_attribute("data-points", "0")
+
+
+async def test_a_real_agent_s_samples_reach_the_job_page(
+    page: tuple[Page, PageErrors],
+    sched: SchedulerProcess,
+    admin: Api,
+    tmp_path: Path,
+) -> None:
+    """A process agent samples its job every 2 s and sends the samples every 5 s."""
+    p, _ = page
+    agent = start_process_agent(sched, tmp_path, "proc-1")
+    try:
+        spec = {**SPEC, "name": "sampled", "command": ["sleep", "7"]}
+        status, job = await admin.post("/api/v1/jobs", spec)
+        assert status == 201, job
+        await login(p, sched)
+        await p.goto(f"{sched.url}/#/jobs/{job['id']}")
+        await expect(p.get_by_test_id("job-page")).to_have_attribute(
+            "data-state", "running", timeout=TIMEOUT_MS
+        )
+        usage = p.get_by_test_id("job-usage")
+        await expect(usage).not_to_have_attribute("data-samples", "0", timeout=TIMEOUT_MS)
+        await expect(p.get_by_test_id("usage-memory").locator("canvas")).to_have_count(1)
+        await expect(usage.locator('[data-chart="memory"] .chart-note')).to_contain_text(
+            "of 256 MiB"
+        )
+        await expect(p.get_by_test_id("job-page")).to_have_attribute(
+            "data-state", "completed", timeout=TIMEOUT_MS
+        )
+        # The last samples go with the end; a reload finds them all stored.
+        shown = int(await usage.get_attribute("data-samples") or 0)
+        await p.reload()
+        await expect(usage).to_have_attribute("data-samples", re.compile(r"^[1-9]\d*$"))
+        stored = int(await usage.get_attribute("data-samples") or 0)
+        assert stored >= shown >= 1
+    finally:
+        agent.kill()
+        agent.wait(timeout=30)
