@@ -106,21 +106,27 @@ def tiers_for(interval_s: float) -> tuple[Tier, ...]:
 
 
 def choose(since: float, until: float, interval_s: float, step: int | None) -> tuple[int, int]:
-    """(tier, step) that answer a range: the finest tier that still keeps ``since``
-    (the coarsest when none does); the step asked for, else the tier's own, coarsened
-    so that the reply holds at most ``MAX_POINTS``. Raises ValueError when the step
-    asked for would make too many points."""
+    """(tier, step) that answer a range. The step: the one asked for, else the step of
+    the finest tier that still keeps ``since`` (the coarsest when none does), coarsened
+    so that the reply holds at most ``MAX_POINTS``. The tier: the coarsest that keeps
+    ``since`` and whose step divides the reply's (fewest rows to read). Raises
+    ValueError when the step asked for would make too many points."""
     tiers = tiers_for(interval_s)
     span = max(0.0, until - since)
-    tier = next((i for i, t in enumerate(tiers) if t.keep_s >= span), len(tiers) - 1)
-    base = tiers[tier].step_s
+    finest = next((i for i, t in enumerate(tiers) if t.keep_s >= span), len(tiers) - 1)
     if step is not None:
         if span / step > MAX_ASKED_POINTS:
             raise ValueError(f"step is too small for this range: at most {MAX_ASKED_POINTS} points")
-        return tier, step
-    wanted = max(base, span / MAX_POINTS)
-    # A whole number of stored steps per point, so each point averages alike.
-    return tier, max(1, math.ceil(math.ceil(wanted / base - 1e-9) * base - 1e-9))
+    else:
+        base = tiers[finest].step_s
+        wanted = max(base, span / MAX_POINTS)
+        # A whole number of stored steps per point, so each point averages alike.
+        step = max(1, math.ceil(math.ceil(wanted / base - 1e-9) * base - 1e-9))
+    tier = finest
+    for i in range(finest + 1, len(tiers)):
+        if step % tiers[i].step_s == 0:
+            tier = i
+    return tier, step
 
 
 # --- samples -------------------------------------------------------------------------

@@ -112,7 +112,13 @@ class Sampler:
     async def history(self, since: float, until: float, step: int | None) -> History:
         """The reply of GET /api/v1/stats/history; ValueError for a step too small."""
         tier, step = history.choose(since, until, self.interval_s, step)
-        rows = await self.svc.store.read_history(tier, since, until + 1e-6)
+        store, end = self.svc.store, until + 1e-6
+        rows = await store.read_history(tier, since, end)
+        if tier > 0:
+            # A coarser tier holds complete steps only: the samples after its last one
+            # (the last minutes) come from tier 0.
+            covered = rows[-1].t + history.TIERS[tier].step_s if rows else since
+            rows += await store.read_history(0, covered, end)
         return history.history(rows, since, until, step)
 
     async def usage(self, job_id: str, attempt: int | None) -> JobUsage:

@@ -40,7 +40,8 @@ usage_thin                usage         per (job id, attempt): past ``USAGE_KEPT
 ========================  ============  =============================================
 
 The history and usage tables are read by the API straight from the store (by every
-scheduler sharing it); a standby does not follow them into memory.
+scheduler sharing it); a standby does not follow them into memory. A history row's
+document is its sample's JSON, zlib-compressed (``history_doc``).
 
 The jobs table keeps, beside each job's document, columns the store fills from the
 Job on every write, so that ended jobs need not be decoded (or held) to be counted,

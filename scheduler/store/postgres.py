@@ -31,6 +31,7 @@ import asyncio
 import gc
 import logging
 import sys
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ from scheduler.store.postgres_schema import (
     WRITES,
     prepare,
 )
-from scheduler.store.records import USAGE_KEPT
+from scheduler.store.records import USAGE_KEPT, history_doc
 from scheduler.tokens import TokenRow
 
 log = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ class PostgresStore(Store):
             owners=[(o.name, enc(o)) for o in c.owners.values()],
             secrets=[(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
             deleted_secrets=[(n,) for n in c.deleted_secrets],
-            history=[(h.tier, h.sample.t, enc(h.sample)) for h in c.history],
+            history=[(h.tier, h.sample.t, history_doc(h)) for h in c.history],
             history_cut=list(c.history_cut.items()),
             usage=[
                 (u.job_id, u.attempt, u.point.t, u.point.cpu_percent, u.point.memory_mb)
@@ -616,7 +617,7 @@ class PostgresStore(Store):
             start,
             end,
         )
-        return [dec.decode(r[0]) for r in rows]
+        return [dec.decode(zlib.decompress(r[0])) for r in rows]
 
     async def history_end(self, tier: int) -> float | None:
         t = await self._reads.fetchval("SELECT MAX(t) FROM history WHERE tier = $1", tier)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from common.history_models import StatsSample, UsagePoint
 from common.models import Job, Node, Owner
@@ -156,6 +159,12 @@ class HistoryRow:
 
     tier: int
     sample: StatsSample
+
+
+def history_doc(row: HistoryRow) -> bytes:
+    """A history row's document as stored: its JSON, compressed (a sample repeats the
+    same keys for every node)."""
+    return zlib.compress(msgspec.json.encode(row.sample), 1)
 
 
 @dataclass(slots=True, frozen=True)

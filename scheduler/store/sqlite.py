@@ -20,6 +20,7 @@ import asyncio
 import gc
 import sqlite3
 import sys
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from scheduler.store.base import (
     cutoff_seconds,
     job_columns,
 )
-from scheduler.store.records import USAGE_KEPT
+from scheduler.store.records import USAGE_KEPT, history_doc
 from scheduler.store.sqlite_schema import prepare
 from scheduler.tokens import TokenRow
 
@@ -241,7 +242,7 @@ class SQLiteStore(Store):
             "owners": [(o.name, enc(o)) for o in c.owners.values()],
             "secrets": [(x.name, enc(x.info), x.key_id, x.sealed) for x in c.secrets.values()],
             "deleted_secrets": [(n,) for n in c.deleted_secrets],
-            "history": [(h.tier, h.sample.t, enc(h.sample)) for h in c.history],
+            "history": [(h.tier, h.sample.t, history_doc(h)) for h in c.history],
             "history_cut": list(c.history_cut.items()),
             "usage": [
                 (u.job_id, u.attempt, u.point.t, u.point.cpu_percent, u.point.memory_mb)
@@ -432,7 +433,7 @@ class SQLiteStore(Store):
             "SELECT doc FROM history WHERE tier = ? AND t >= ? AND t < ? ORDER BY t",
             (tier, start, end),
         )
-        return [dec.decode(d) for (d,) in rows]
+        return [dec.decode(zlib.decompress(d)) for (d,) in rows]
 
     async def history_end(self, tier: int) -> float | None:
         loop = asyncio.get_running_loop()

@@ -108,6 +108,11 @@ async def test_history_and_usage_are_served_told_live_and_survive_a_restart(
         return h if starts >= 1 and ends >= 1 and h["nodes"] and done else None
 
     h = await wait_until(counted, timeout=DEADLINE_S, interval=0.2)
+    # Minutes are read from the minute averages, the last one from the samples.
+    coarse = await _history(admin, step="60")
+    assert coarse["step"] == 60 and coarse["points"]
+    for key in ("started", "ended"):
+        assert sum(p[key] for p in coarse["points"]) == sum(p[key] for p in h["points"])
     assert h["step"] == 1
     assert h["since"] < h["until"]
     point = h["points"][-1]

@@ -70,11 +70,13 @@ def test_a_step_must_be_whole_seconds_within_a_week(raw: str) -> None:
     assert history.parse_step(None) is None
 
 
-def test_a_range_is_served_from_the_finest_tier_that_keeps_it_in_at_most_720_points() -> None:
+def test_a_range_is_served_in_at_most_720_points_from_the_coarsest_tier_that_fits() -> None:
     # An hour of 10 s samples: every sample.
     assert history.choose(NOW - 3600, NOW, 10.0, None) == (0, 10)
-    # A day: still tier 0, two minutes a point.
-    assert history.choose(NOW - DAY, NOW, 10.0, None) == (0, 120)
+    # A day: two minutes a point, read from the minute averages.
+    assert history.choose(NOW - DAY, NOW, 10.0, None) == (1, 120)
+    # Six hours: 30 s a point, from the samples (a minute is coarser than that).
+    assert history.choose(NOW - 6 * 3600, NOW, 10.0, None) == (0, 30)
     # Two days: the minute averages, four minutes a point.
     assert history.choose(NOW - 2 * DAY, NOW, 10.0, None) == (1, 240)
     # A week: the five-minute averages, whole multiples of them.
@@ -88,6 +90,8 @@ def test_a_range_is_served_from_the_finest_tier_that_keeps_it_in_at_most_720_poi
 
 def test_a_step_asked_for_is_kept_unless_it_makes_too_many_points() -> None:
     assert history.choose(NOW - 3600, NOW, 10.0, 1) == (0, 1)
+    assert history.choose(NOW - 3600, NOW, 10.0, 300) == (2, 300)
+    assert history.choose(NOW - 3600, NOW, 10.0, 90) == (0, 90)
     with pytest.raises(ValueError, match="step"):
         history.choose(NOW - 7 * DAY, NOW, 10.0, 1)
 
