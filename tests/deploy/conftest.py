@@ -4,8 +4,9 @@ place at the end of the run.
 Building the base and the images takes minutes. tests/run.sh starts the script in the
 background as soon as dockerd answers and names its directory in
 ``BERTH_DEPLOY_BUILD_DIR`` (``log``, ``pid``, then ``done`` or ``failed``); these tests
-run last, so the build overlaps the rest of the suite, and wait for it. Run alone, they
-build the images themselves. Without dockerd (or mmdebstrap) they are skipped, except
+run last, so the build overlaps the rest of the suite, and wait for it; one that failed
+(a chaos test restarts dockerd meanwhile) is run once more here. Run alone, they build
+the images themselves. Without dockerd (or mmdebstrap) they are skipped, except
 under CI=true, where that is a failure.
 """
 
@@ -64,24 +65,24 @@ def _pid_alive(pid_file: Path) -> bool:
     return True
 
 
-def _wait_for_background_build(where: Path) -> None:
-    """Wait for tests/run.sh's build to end; fail with its log if it failed."""
+def _wait_for_background_build(where: Path) -> str | None:
+    """Wait for tests/run.sh's build to end: None when it succeeded, else why not."""
     deadline = time.monotonic() + BUILD_TIMEOUT_S
     while True:
         # The marker is written before the build's process ends: look after the pid.
         ended = not _pid_alive(where / "pid")
         if (where / "done").exists():
-            return
+            return None
         if (where / "failed").exists():
-            pytest.fail(f"deploy/build-images.sh failed:\n{_tail(where / 'log')}")
+            return f"deploy/build-images.sh failed in the background:\n{_tail(where / 'log')}"
         if ended:
-            pytest.fail(f"deploy/build-images.sh stopped unfinished:\n{_tail(where / 'log')}")
+            return f"deploy/build-images.sh stopped unfinished:\n{_tail(where / 'log')}"
         if time.monotonic() > deadline:
             pytest.fail(f"deploy/build-images.sh still runs after {BUILD_TIMEOUT_S:g} s")
         time.sleep(1)
 
 
-def _build_here(log: Path) -> None:
+def _build_here(log: Path, earlier: str = "") -> None:
     with open(log, "wb") as out:
         done = subprocess.run(
             ["bash", str(REPO / "deploy" / "build-images.sh")],
@@ -91,7 +92,7 @@ def _build_here(log: Path) -> None:
             timeout=BUILD_TIMEOUT_S,
         )
     if done.returncode != 0:
-        pytest.fail(f"deploy/build-images.sh failed:\n{_tail(log)}")
+        pytest.fail(f"{earlier}deploy/build-images.sh failed:\n{_tail(log)}")
 
 
 @pytest.fixture(scope="session")
@@ -99,13 +100,15 @@ def deploy_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
     """The scheduler, agent and PostgreSQL images, built from this checkout."""
     if not docker_answers():
         missing("dockerd does not answer (`docker info` failed)")
+    if shutil.which("mmdebstrap") is None:
+        missing("mmdebstrap is not installed")
     background = os.environ.get("BERTH_DEPLOY_BUILD_DIR")
-    if background:
-        _wait_for_background_build(Path(background))
-    else:
-        if shutil.which("mmdebstrap") is None:
-            missing("mmdebstrap is not installed")
-        _build_here(tmp_path_factory.mktemp("deploy-build") / "build.log")
+    failed = _wait_for_background_build(Path(background)) if background else ""
+    if failed is not None:
+        # Built again, once, with the rest of the suite over: the background build may
+        # have met dockerd restarted by a chaos test.
+        log = tmp_path_factory.mktemp("deploy-build") / "build.log"
+        _build_here(log, f"{failed}\n\nand again here:\n" if failed else "")
     for image in IMAGES:
         present = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         assert present.returncode == 0, f"the build left no {image}"
