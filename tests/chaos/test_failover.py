@@ -423,6 +423,9 @@ class Follower:
             if ev.get("type") == "reset":
                 self.resets.append(ev)
                 continue
+            if ev["type"] in ("stats.sample", "job.usage"):
+                # Told live only: they carry the index of the last stored event.
+                continue
             self.seen.append(int(ev["index"]))
             data = ev.get("data") or {}
             if ev["type"] == "job.state" and data.get("state") == "completed":
