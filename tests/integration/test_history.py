@@ -94,6 +94,11 @@ async def test_history_and_usage_are_served_told_live_and_survive_a_restart(
     ]
     status, body = await agent.report(job["id"], "running", samples=samples)
     assert status == 200, body
+    # A report holds a bounded number of well-formed samples, or is refused whole.
+    for bad in ([samples[0]] * 65, [{**samples[0], "cpu_percent": -1}], [{"cpu_percent": 1}]):
+        status, err = await agent.report(job["id"], None, samples=bad)
+        assert status == 400, err
+        assert err["error"]["details"]["field"].startswith("$.samples"), err
     await agent.heartbeat(ram_free_mb=6144)
     status, body = await agent.report(job["id"], "completed", exit_code=0)
     assert status == 200, body
