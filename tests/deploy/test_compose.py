@@ -141,6 +141,10 @@ async def test_compose_stack_runs_jobs_and_survives_the_leaders_death(
         token = stack.compose("exec", "-T", "scheduler-a", "cat", "/var/lib/berth/admin.token")
         token = token.strip()
         assert token
+        # The schedulers run as the image's unprivileged user, not as root.
+        for service in ("scheduler-a", "scheduler-b"):
+            assert stack.compose("exec", "-T", service, "id", "-un").strip() == "berth"
+            assert stack.compose("exec", "-T", service, "id", "-u").strip() == "10001"
         async with aiohttp.ClientSession() as http:
             first = await leader_of(http, stack, ["scheduler-a", "scheduler-b"])
             async with BerthClient(stack.url(first), token, timeout=30) as client:
