@@ -67,6 +67,13 @@ class Sampler:
 
     async def tick(self, roller: history.Roller) -> None:
         svc, state = self.svc, self.svc.state
+        if svc.guard.refusal() is not None:
+            # The disk is full or failing: the history does without this sample (the
+            # reserve is for agents' bookkeeping); it is still told live.
+            started, ended = self.tally.take()
+            now, nodes = self.now(), state.nodes.values()
+            svc.publish_live([_event(history.sample(now, state.counts, nodes, started, ended))])
+            return
         # Coarser rows first: reading tier 0 awaits, the sample is taken after it.
         due = roller.due(state.clock())
         rolled: list[HistoryRow] = []
