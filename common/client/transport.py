@@ -17,6 +17,10 @@ the call raises SchedulerUnreachable from the last refusal.
 Parameters of :class:`Transport` and their defaults:
 
 - ``timeout``: seconds for one request (``DEFAULT_TIMEOUT_S``); long polls add their wait.
+  Making the connection has its own bound (``CONNECT_TIMEOUT_S``): a scheduler whose host
+  vanished (a killed container, a powered-off machine) drops the connection attempt
+  without an answer, and without that bound a long poll would wait its whole timeout
+  before it tried the next URL.
 - ``retries``: extra passes over the URLs for an idempotent call (``DEFAULT_RETRIES``).
 - ``ca_file``: a CA bundle for https URLs signed by a private CA (default: the system's
   trust store). The context is built by :func:`common.tls.client_context`; a scheduler
@@ -56,6 +60,8 @@ Receive = Callable[[aiohttp.ClientResponse], Awaitable[T]]
 
 #: seconds for one request, connection included
 DEFAULT_TIMEOUT_S = 30.0
+#: seconds to make a connection (TCP and TLS handshakes) before trying the next URL
+CONNECT_TIMEOUT_S = 5.0
 #: extra passes over the scheduler URLs for an idempotent call
 DEFAULT_RETRIES = 3
 #: a stream (events, a log follow) that stays silent this long is taken as dropped; the
@@ -188,7 +194,7 @@ class Transport:
                 error = error_from_body(status, await resp.read())
             except aiohttp.ClientConnectorCertificateError as e:
                 raise self._untrusted(e) from e
-            except aiohttp.ClientConnectorError as e:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
                 # Nothing was sent: safe to try elsewhere, idempotent or not.
                 last = e
                 tries.failed()
@@ -244,7 +250,9 @@ class Transport:
             path,
             _read,
             idempotent=method.upper() == "GET" if idempotent is None else idempotent,
-            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=timeout or self.timeout, sock_connect=self._connect_timeout()
+            ),
             passes=(self.retries if retries is None else retries) + 1,
             params=params,
             body=body,
@@ -313,17 +321,25 @@ class Transport:
             path,
             _as_is,
             idempotent=True,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.timeout,
+                sock_connect=self._connect_timeout(),
+                sock_read=read_timeout,
+            ),
             passes=retries + 1,
             params=params,
             headers=headers,
             keep_open=True,
         )
 
+    def _connect_timeout(self) -> float:
+        return min(self.timeout, CONNECT_TIMEOUT_S)
+
     def _transfer_timeout(self) -> aiohttp.ClientTimeout:
         # A large file may take long in all; only a silent connection is given up.
         return aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeout, sock_read=TRANSFER_IDLE_TIMEOUT_S
+            total=None, sock_connect=self._connect_timeout(), sock_read=TRANSFER_IDLE_TIMEOUT_S
         )
 
     def _unreachable(self, method: str, path: str, last: BaseException | None) -> NoReturn:

@@ -6,8 +6,11 @@ Each stand-in scheduler is a small aiohttp server: a standby refuses every call 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +23,7 @@ from aiohttp import web
 from cli.jobs_cmd import scheduler_rows
 from cli.main import cli
 from common import codec
-from common.client import BerthClient, NotLeader, SchedulerUnreachable, error_from_body
+from common.client import BerthClient, NotLeader, SchedulerUnreachable, error_from_body, transport
 from common.models import HeartbeatRequest, JobSpec
 
 JOB = {
@@ -253,3 +256,49 @@ def test_a_not_leader_reply_comes_back_as_not_leader() -> None:
     )
     error = error_from_body(503, body)
     assert isinstance(error, NotLeader) and error.details["leader_url"] == "http://x"
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A URL whose host drops connection attempts unanswered, as a scheduler's vanished
+    host does: a listening socket whose full accept queue drops every further SYN."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield f"http://127.0.0.1:{port}"
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+async def test_a_long_poll_moves_on_from_a_scheduler_that_never_answers_the_connection(
+    start: Start, silent_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The poll's own timeout (an hour here) is not what bounds the attempt on the silent
+    # URL: the connection bound is.
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT_S", 0.3)
+    leader = await start(is_leader=True)
+    async with BerthClient([silent_url, leader.url], "tok") as client:
+        reply = await asyncio.wait_for(
+            client.request("GET", "/api/v1/nodes/n1/assignments", timeout=3600), 30
+        )
+    assert codec.decode(reply, dict)["index"] == 3
+    assert leader.calls() == [("GET", "/api/v1/nodes/n1/assignments")]
+
+
+async def test_a_submit_is_sent_on_when_the_first_scheduler_never_answers_the_connection(
+    start: Start, silent_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing was sent to the silent URL, so even a call not safe to send twice moves on.
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT_S", 0.3)
+    leader = await start(is_leader=True)
+    async with BerthClient([silent_url, leader.url], "tok") as client:
+        job = await client.submit_job(JobSpec(image="busybox"))
+    assert job.id == "j1"
