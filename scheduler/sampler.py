@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: how often an agent samples a running attempt (agent.config.USAGE_SAMPLE_INTERVAL_S)
 USAGE_INTERVAL_S = 2.0
+#: a time after every sample (Unix seconds, in the year 33658)
+_FAR_FUTURE = 1e12
 
 
 class Sampler:
@@ -48,22 +50,28 @@ class Sampler:
 
     async def run(self) -> None:
         """Sample every interval until cancelled (while this scheduler leads)."""
-        store = self.svc.store
-        tiers = history.tiers_for(self.interval_s)
-        done = []
-        for i in range(1, len(tiers)):
-            end = await store.history_end(i)
-            done.append(None if end is None else end + tiers[i].step_s)
-        roller = history.Roller(self.interval_s, done)
         self.tally.take()
+        roller: history.Roller | None = None
         while True:
             await asyncio.sleep(self.interval_s)
             try:
+                if roller is None:
+                    roller = await self._roller()
                 await self.tick(roller)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("the cluster's history could not be sampled: %s", e)
+
+    async def _roller(self) -> history.Roller:
+        """Where the coarser tiers' stored rows end (another leader may have written
+        them)."""
+        tiers = history.tiers_for(self.interval_s)
+        done = []
+        for i in range(1, len(tiers)):
+            end = await self.svc.store.history_end(i)
+            done.append(None if end is None else end + tiers[i].step_s)
+        return history.Roller(self.interval_s, done)
 
     async def tick(self, roller: history.Roller) -> None:
         svc, state = self.svc, self.svc.state
@@ -96,15 +104,20 @@ class Sampler:
     async def relay(self) -> None:
         """While this scheduler stands by, tell the samples the leader stored since the
         last look; until cancelled (for every scheduler sharing a store)."""
-        seen = self.now()
+        #: the time of the newest sample told (the leader's clock); None: not known yet
+        seen: float | None = None
         while True:
             await asyncio.sleep(self.interval_s)
             if self.svc.leading():
                 # Its own samples are told as they are taken.
-                seen = self.now()
+                seen = None
                 continue
+            store = self.svc.store
             try:
-                rows = await self.svc.store.read_history(0, seen, self.now() + 86400)
+                if seen is None:
+                    seen = await store.history_end(0) or 0.0
+                    continue
+                rows = await store.read_history(0, seen, _FAR_FUTURE)
             except Exception as e:
                 log.debug("the leader's samples could not be read: %s", e)
                 continue
