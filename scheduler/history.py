@@ -2,15 +2,15 @@
 steps, which stored resolution answers a range, and when coarser rows are due.
 
 Pure: plain records in, plain records out, no clock, no I/O (the leader's loop in
-``scheduler.service`` takes the samples and stores them; ``scheduler.store`` keeps
+``scheduler.sampler`` takes the samples and stores them; ``scheduler.store`` keeps
 them as rows of ``(tier, t, document)``).
 
 Resolutions, like an RRD archive (Munin, collectd): tier 0 keeps every sample (one per
 ``--history-interval``, 10 s by default) for a day; tier 1 one-minute averages for
 three days; tier 2 five-minute averages for a week. Coarser tiers are averaged from
-tier 0 as each of their steps completes, so every tier covers its whole span and a
-range is answered from one tier, never stitched. Counters (jobs started and ended) are
-summed over a step, everything else is averaged.
+tier 0 as each of their steps completes, so every tier covers its whole span: a range
+is answered from one tier, and only its last, incomplete step from tier 0. Counters
+(jobs started and ended) are summed over a step, everything else is averaged.
 """
 
 from __future__ import annotations
