@@ -128,6 +128,7 @@ class Agent:
             slots=self.slots.limit,
             slots_used=self.slots.used,
             unshipped_log_bytes=sum(r.shipper.pending for r in runners),
+            log_ship_lag_s=max((r.shipper.lag_s() for r in runners), default=0.0),
             registered=link is not None and link.registered.is_set(),
             reachable=link is not None and link.reachable,
             draining=self._drain.is_set(),

@@ -55,6 +55,8 @@ class AgentFigures:
     slots_used: int
     #: output read from attempts and not yet acknowledged by the scheduler
     unshipped_log_bytes: int
+    #: how long the oldest of those bytes has waited, over every attempt (seconds)
+    log_ship_lag_s: float
     registered: bool
     reachable: bool
     draining: bool
@@ -103,6 +105,12 @@ class _FiguresCollector(Collector):
             "Output read from attempts that the scheduler has not acknowledged yet: how far "
             "log shipping lags behind.",
             f.unshipped_log_bytes,
+        )
+        yield gauge(
+            "berth_agent_log_ship_lag_seconds",
+            "How long the oldest output not yet acknowledged by the scheduler has waited, "
+            "over every attempt (0 when all is shipped).",
+            f.log_ship_lag_s,
         )
         yield gauge(
             "berth_agent_reports_unacknowledged",

@@ -11,6 +11,8 @@ nothing; the caller just flushes again later.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from agent.config import LOG_FLUSH_BYTES, LOG_MAX_APPEND
@@ -33,8 +35,10 @@ class LogShipper:
         *,
         flush_bytes: int = LOG_FLUSH_BYTES,
         max_append: int = LOG_MAX_APPEND,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
+        self._clock = clock
         self.flush_bytes = flush_bytes
         self.max_append = max_append
         #: the server's end offset as last acknowledged
@@ -45,11 +49,23 @@ class LogShipper:
         self.stream_pos = 0
         #: the server stores no more output of this attempt (its per-job cap)
         self.capped = False
+        #: bytes ever put in the buffer, and ever taken out of it as acknowledged
+        self._buffered = 0
+        self._acked = 0
+        #: (self._buffered after a write, when it was written), oldest first, for the
+        #: writes not wholly acknowledged: the first one dates the oldest waiting byte
+        self._writes: deque[tuple[int, float]] = deque()
 
     @property
     def pending(self) -> int:
         """Bytes not yet acknowledged."""
         return len(self._buf)
+
+    def lag_s(self) -> float:
+        """Seconds the oldest byte not yet acknowledged has waited (0 when none waits)."""
+        if not self._buf or not self._writes:
+            return 0.0
+        return max(0.0, self._clock() - self._writes[0][1])
 
     def should_flush(self) -> bool:
         return len(self._buf) >= self.flush_bytes
@@ -72,8 +88,10 @@ class LogShipper:
             cut = min(self._skip, len(data))
             self._skip -= cut
             data = data[cut:]
-        if not self.capped:
+        if not self.capped and data:
             self._buf += data
+            self._buffered += len(data)
+            self._writes.append((self._buffered, self._clock()))
         return data
 
     async def flush(self) -> None:
@@ -88,6 +106,7 @@ class LogShipper:
                 # reached, and nothing more of this attempt will be stored.
                 log.info("log of this attempt reached the scheduler's cap at %d bytes", end)
                 self.capped = True
+                self._taken(len(self._buf))
                 self._buf.clear()
                 self.offset = end
                 return
@@ -111,6 +130,7 @@ class LogShipper:
             done = end - self.offset
             take = min(done, len(self._buf))
             del self._buf[:take]
+            self._taken(take)
             self.offset = end
             # The server had more than this shipper held: skip that much future output.
             self._skip += done - take
@@ -121,6 +141,15 @@ class LogShipper:
             log.warning(
                 "the scheduler lost %d acknowledged log bytes; resending from %d", lost, end
             )
-            self._buf[:0] = _LOST_MARKER % lost
+            marker = _LOST_MARKER % lost
+            self._buf[:0] = marker
+            # The marker waits ahead of what is buffered, dated by the oldest write.
+            self._acked -= len(marker)
             self.offset = end
             return False
+
+    def _taken(self, n: int) -> None:
+        """``n`` bytes left the buffer acknowledged: forget the writes they finish."""
+        self._acked += n
+        while self._writes and self._writes[0][0] <= self._acked:
+            self._writes.popleft()

@@ -183,6 +183,7 @@ def test_the_agent_counts_its_starts_ends_and_slots(scraped: Scraped) -> None:
     assert value(got, "berth_agent_slots") == 2
     assert value(got, "berth_agent_slots_used") == 0
     assert value(got, "berth_agent_log_unshipped_bytes") == 0
+    assert value(got, "berth_agent_log_ship_lag_seconds") == 0
     assert value(got, "berth_agent_reports_unacknowledged") == 0
     assert value(got, "berth_agent_registered") == 1
     assert value(got, "berth_agent_scheduler_reachable") == 1
@@ -356,5 +357,5 @@ def test_the_dashboard_parses_and_asks_only_for_exported_metrics(
         "berth_stream_subscribers",
         "berth_agent_running_jobs",
         "berth_agent_container_start_seconds_bucket",
-        "berth_agent_log_unshipped_bytes",
+        "berth_agent_log_ship_lag_seconds",
     } <= set(used)

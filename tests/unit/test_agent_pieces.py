@@ -117,6 +117,34 @@ async def test_shipper_sends_everything_in_order_in_batches() -> None:
     assert ship.offset == len(store.data)
 
 
+async def test_shipper_lag_is_the_age_of_the_oldest_byte_not_yet_acknowledged() -> None:
+    store = LogStore()
+    now = [100.0]
+    calls = 0
+
+    async def second_append_fails(offset: int, chunk: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Unavailable("scheduler away")
+        return await store.append(offset, chunk)
+
+    ship = LogShipper(second_append_fails, max_append=4, clock=lambda: now[0])
+    assert ship.lag_s() == 0.0
+    ship.write(b"abcd")
+    now[0] = 103.0
+    ship.write(b"efgh")
+    now[0] = 110.0
+    assert ship.lag_s() == 10.0
+    with pytest.raises(Unavailable):
+        await ship.flush()  # "abcd" is acknowledged, "efgh" is not
+    assert ship.pending == 4
+    assert ship.lag_s() == 7.0  # dated by the second write now
+    await ship.flush()
+    assert ship.lag_s() == 0.0 and ship.pending == 0
+    assert bytes(store.data) == b"abcdefgh"
+
+
 async def test_shipper_loses_nothing_when_appends_fail_or_replies_are_lost() -> None:
     store = LogStore()
     ship = LogShipper(store.append)
