@@ -88,3 +88,18 @@ async def test_the_indicator_shows_reconnecting_and_a_restart_asks_to_log_in_aga
     await p.fill("#token", sched.admin_token)
     await p.click("button[type=submit]")
     await expect(p.get_by_test_id("connection")).to_have_text("Live")
+
+
+async def test_a_file_of_the_page_that_does_not_arrive_is_said_and_a_reload_recovers(
+    page: tuple[Page, PageErrors], sched: SchedulerProcess
+) -> None:
+    p, _ = page
+    lost = "**/ui/js/views/job.js"
+    await p.route(lost, lambda route: route.abort("connectionreset"))
+    await p.goto(sched.url + "/")
+    alert = p.get_by_role("alert")
+    await expect(alert).to_contain_text("The dashboard could not be loaded")
+    await screenshot(p, "boot-file-lost")
+    await p.unroute(lost)
+    await alert.get_by_role("button", name="Load again").click()
+    await expect(p).to_have_title("Log in · Berth")
