@@ -120,14 +120,35 @@ async def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-async def login(page: Page, sched: SchedulerProcess) -> None:
-    """Open the dashboard, paste the admin token, wait for the live overview."""
+async def login(page: Page, sched: SchedulerProcess, token: str | None = None) -> None:
+    """Open the dashboard, paste ``token`` (the admin token unless given), wait for the
+    live overview."""
     from playwright.async_api import expect
 
     await page.goto(sched.url + "/")
-    await page.fill("#token", sched.admin_token)
+    await page.fill("#token", token or sched.admin_token)
     await page.click("button[type=submit]")
     await expect(page.get_by_test_id("connection")).to_have_text("Live")
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+async def submit_job(admin: Api, spec: dict[str, Any], **fields: object) -> str:
+    """Submit ``spec`` with ``fields`` over it; the new job's id."""
+    status, job = await admin.post("/api/v1/jobs", {**spec, **fields})
+    assert status == 201, job
+    job_id: str = job["id"]
+    return job_id
+
+
+async def running_job(admin: Api, agent: SimAgent, spec: dict[str, Any], **fields: object) -> str:
+    """Submit a job that ``agent`` takes and reports running; its id."""
+    job_id = await submit_job(admin, spec, **fields)
+    await agent.poll()
+    status, body = await agent.report(job_id, "running")
+    assert status == 200, body
+    return job_id
 
 
 # --- simulated agents ------------------------------------------------------------------

@@ -36,13 +36,6 @@ async def _token(admin: Api, role: str, name: str) -> str:
     return token
 
 
-async def _login_as(p: Page, sched: SchedulerProcess, token: str) -> None:
-    await p.goto(sched.url + "/")
-    await p.fill("#token", token)
-    await p.click("button[type=submit]")
-    await expect(p.get_by_test_id("connection")).to_have_text("Live")
-
-
 async def test_an_admin_drains_a_node_with_a_reason_and_undrains_it(
     page: tuple[Page, PageErrors],
     sched: SchedulerProcess,
@@ -329,7 +322,7 @@ async def test_a_read_only_login_is_offered_no_changes_and_the_scheduler_refuses
     assert status == 201
     token = await _token(admin, "read", "ops-viewer")
 
-    await _login_as(p, sched, token)
+    await login(p, sched, token)
     await expect(p.locator(".role")).to_have_text("read")
     card = p.locator('[data-testid="node-card"][data-node="worker-1"]')
     # The reason shows; no drain control, nor who drained it (the audit log is admin's).
@@ -377,7 +370,7 @@ async def test_a_submit_login_changes_its_own_secrets_and_not_shared_ones(
         "/api/v1/secrets", {"name": "shared-key", "value": "x", "shared": True}
     )
     assert status == 201
-    await _login_as(p, sched, await _token(admin, "submit", "alice"))
+    await login(p, sched, await _token(admin, "submit", "alice"))
     await p.get_by_role("link", name="Secrets", exact=True).click()
     form = p.get_by_test_id("secret-form")
     # Only an admin makes a shared secret: alice is not offered it.

@@ -20,9 +20,11 @@ from tests.browser.conftest import (
     add_agent,
     append_log,
     login,
+    running_job,
     screenshot,
+    submit_job,
 )
-from tests.support import Api, SchedulerProcess, SimAgent
+from tests.support import Api, SchedulerProcess
 
 #: a job's row in the job table, and its box in the dependency graph
 ROW = 'tr[data-job="{}"]'
@@ -33,21 +35,6 @@ SPEC = {
     "command": ["sh", "-c", "run-etl"],
     "resources": {"cpu": 1, "memory_mb": 256},
 }
-
-
-async def submitted(admin: Api, **fields: object) -> str:
-    status, job = await admin.post("/api/v1/jobs", {**SPEC, **fields})
-    assert status == 201, job
-    job_id: str = job["id"]
-    return job_id
-
-
-async def running(admin: Api, agent: SimAgent, **fields: object) -> str:
-    job_id = await submitted(admin, **fields)
-    await agent.poll()
-    status, body = await agent.report(job_id, "running")
-    assert status == 200, body
-    return job_id
 
 
 async def job_state(admin: Api, job_id: str) -> str:
@@ -138,8 +125,9 @@ async def test_run_again_opens_the_form_with_the_jobs_spec(
     page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
 ) -> None:
     p, _ = page
-    first = await submitted(
+    first = await submit_job(
         admin,
+        SPEC,
         env={"SHARD": "7"},
         labels={"team": "data"},
         priority=80,
@@ -180,7 +168,7 @@ async def test_pause_and_resume_from_the_job_page_and_in_bulk(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    one, two, three = [await running(admin, agent, name=f"job-{i}") for i in range(3)]
+    one, two, three = [await running_job(admin, agent, SPEC, name=f"job-{i}") for i in range(3)]
     await login(p, sched)
     await open_job(p, sched, one)
     pill = p.locator(".job-title-row .pill")
@@ -218,7 +206,7 @@ async def test_outputs_download_through_the_session(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running(admin, agent)
+    job_id = await running_job(admin, agent, SPEC)
     archive = b"\x1f\x8b outputs of the job " + os.urandom(64)
     status, body = await agent.api.post("/api/v1/blobs", data=archive)
     assert status == 201, body
@@ -248,9 +236,11 @@ async def test_the_dependency_graph_of_a_three_job_chain(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    first = await running(admin, agent, name="extract")
-    second = await submitted(admin, name="transform", depends_on=[first])
-    third = await submitted(admin, name="load", depends_on=[{"job": second, "when": "ended"}])
+    first = await running_job(admin, agent, SPEC, name="extract")
+    second = await submit_job(admin, SPEC, name="transform", depends_on=[first])
+    third = await submit_job(
+        admin, SPEC, name="load", depends_on=[{"job": second, "when": "ended"}]
+    )
     status, body = await agent.report(first, "completed", exit_code=0)
     assert status == 200, body
 
@@ -294,7 +284,7 @@ async def test_progress_lines_can_be_hidden_and_shown(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running(admin, agent)
+    job_id = await running_job(admin, agent, SPEC)
     await append_log(
         agent, job_id, 0, "reading rows\n::progress::50 half way\nwriting rows\n::progress::90\n"
     )
@@ -323,7 +313,7 @@ async def test_a_read_login_is_offered_no_changes_and_is_refused_them(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running(admin, agent)
+    job_id = await running_job(admin, agent, SPEC)
     status, token = await admin.post("/api/v1/tokens", {"name": "viewer", "role": "read"})
     assert status == 201, token
 

@@ -14,9 +14,10 @@ from tests.browser.conftest import (
     add_agent,
     append_log,
     login,
+    running_job,
     screenshot,
 )
-from tests.support import Api, SchedulerProcess, SimAgent
+from tests.support import Api, SchedulerProcess
 
 SPEC = {
     "name": "index-build",
@@ -37,16 +38,6 @@ window.Notification = class {
 """
 
 
-async def running_job(admin: Api, agent: SimAgent, **fields: object) -> str:
-    status, job = await admin.post("/api/v1/jobs", {**SPEC, **fields})
-    assert status == 201, job
-    await agent.poll()
-    status, body = await agent.report(job["id"], "running")
-    assert status == 200, body
-    job_id: str = job["id"]
-    return job_id
-
-
 async def open_job(p: Page, sched: SchedulerProcess, job_id: str) -> None:
     await login(p, sched)
     await p.click(f'tr[data-job="{job_id}"] a.job-name')
@@ -62,7 +53,7 @@ async def test_progress_and_log_lines_arrive_live(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running_job(admin, agent)
+    job_id = await running_job(admin, agent, SPEC)
     offset = await append_log(agent, job_id, 0, "starting the build\nreading 1,204 files\n")
     await open_job(p, sched, job_id)
     await expect(p.locator(".job-title")).to_have_text("index-build")
@@ -115,7 +106,7 @@ async def test_cancel_from_the_job_page_then_retry_starts_a_new_attempt(
 ) -> None:
     p, _ = page
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running_job(admin, agent, max_retries=2)
+    job_id = await running_job(admin, agent, SPEC, max_retries=2)
     await append_log(agent, job_id, 0, "attempt one says hello\n")
     await open_job(p, sched, job_id)
     await expect(p.get_by_test_id("log").locator(".ll")).to_have_count(1)
@@ -153,7 +144,7 @@ async def test_a_watched_job_notifies_when_it_ends(
     p, _ = page
     await p.add_init_script(NOTIFICATION_STUB)
     agent = await add_agent(agents, sched, http, "worker-1")
-    job_id = await running_job(admin, agent)
+    job_id = await running_job(admin, agent, SPEC)
     await open_job(p, sched, job_id)
     await p.get_by_test_id("watch").click()
     await expect(p.get_by_test_id("watch")).to_have_text("Watching")
@@ -208,7 +199,7 @@ async def test_a_queued_job_that_fits_nowhere_shows_its_nodes_counted_by_cause(
     p, _ = page
     # No node could ever take it (so it gets no reservation): the counts say why.
     full = await add_agent(agents, sched, http, "full", max_parallel=1, memory_mb=1024)
-    await running_job(admin, full)
+    await running_job(admin, full, SPEC)
     await add_agent(agents, sched, http, "small-1", memory_mb=1024)
     await add_agent(agents, sched, http, "small-2", memory_mb=1024)
     status, job = await admin.post(
@@ -293,7 +284,7 @@ async def test_a_queued_job_shows_the_node_reserved_for_it_and_when_it_should_st
     p, _ = page
     whole = {"cpu": 2, "memory_mb": 256}
     worker = await add_agent(agents, sched, http, "worker-1", cpu=2)
-    await running_job(admin, worker, resources=whole, expected_runtime_s=600)
+    await running_job(admin, worker, SPEC, resources=whole, expected_runtime_s=600)
     # The big job waits on another first, so that its reservation comes live.
     _, first = await admin.post("/api/v1/jobs", {**SPEC, "constraints": {"labels": {"x": "y"}}})
     status, job = await admin.post(

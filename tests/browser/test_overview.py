@@ -7,7 +7,7 @@ import time
 import aiohttp
 from playwright.async_api import Locator, Page, expect
 
-from tests.browser.conftest import Heartbeats, PageErrors, add_agent, login, screenshot
+from tests.browser.conftest import Heartbeats, PageErrors, add_agent, login, screenshot, submit_job
 from tests.support import Api, SchedulerProcess, SimAgent
 
 SPEC = {"image": "busybox", "command": ["true"], "resources": {"cpu": 0.5, "memory_mb": 64}}
@@ -17,13 +17,6 @@ UNPLACED = {**SPEC, "constraints": {"labels": {"pool": "nowhere"}}}
 
 def row(p: Page, job_id: str) -> Locator:
     return p.locator(f'tr[data-job="{job_id}"]')
-
-
-async def submit(admin: Api, spec: dict[str, object] | None = None, **fields: object) -> str:
-    status, job = await admin.post("/api/v1/jobs", {**(spec or SPEC), **fields})
-    assert status == 201, job
-    job_id: str = job["id"]
-    return job_id
 
 
 async def test_a_submitted_job_appears_and_moves_through_its_states_live(
@@ -37,7 +30,7 @@ async def test_a_submitted_job_appears_and_moves_through_its_states_live(
     await login(p, sched)
     await expect(p.locator(".empty-table")).to_contain_text("No jobs yet")
 
-    job_id = await submit(admin, name="nightly-report")
+    job_id = await submit_job(admin, SPEC, name="nightly-report")
     await expect(row(p, job_id)).to_contain_text("nightly-report")
     await expect(row(p, job_id).locator(".pill")).to_have_text("Queued")
     await expect(p.get_by_test_id("stat-queued").locator(".stat-value")).to_have_text("1")
@@ -62,9 +55,9 @@ async def test_tabs_and_the_filter_narrow_the_table_newest_first(
     page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
 ) -> None:
     p, _ = page
-    first = await submit(admin, UNPLACED, name="alpha-etl")
-    second = await submit(admin, UNPLACED, name="beta-train", image="python:3.12")
-    third = await submit(admin, UNPLACED, name="gamma-etl")
+    first = await submit_job(admin, UNPLACED, name="alpha-etl")
+    second = await submit_job(admin, UNPLACED, name="beta-train", image="python:3.12")
+    third = await submit_job(admin, UNPLACED, name="gamma-etl")
     status, _ = await admin.post(f"/api/v1/jobs/{second}/cancel")
     assert status == 200
     await login(p, sched)
@@ -92,8 +85,8 @@ async def test_cancel_and_retry_the_selected_jobs(
     page: tuple[Page, PageErrors], sched: SchedulerProcess, admin: Api
 ) -> None:
     p, _ = page
-    keep = await submit(admin, UNPLACED, name="keep-me")
-    ids = [await submit(admin, UNPLACED, name=f"stop-me-{i}") for i in range(2)]
+    keep = await submit_job(admin, UNPLACED, name="keep-me")
+    ids = [await submit_job(admin, UNPLACED, name=f"stop-me-{i}") for i in range(2)]
     await login(p, sched)
     await expect(p.get_by_test_id("cancel-selected")).to_be_disabled()
     for job_id in ids:
@@ -168,8 +161,9 @@ async def test_the_overview_shows_load_reasons_and_draining(
     assert status == 200
     running = []
     for i in range(3):
-        job_id = await submit(
+        job_id = await submit_job(
             admin,
+            SPEC,
             name=f"train-{i}",
             resources={"cpu": 4, "memory_mb": 8192},
             constraints={"labels": {}},
@@ -179,7 +173,7 @@ async def test_the_overview_shows_load_reasons_and_draining(
     for job_id in running:
         await busy.report(job_id, "running")
     await busy.report(running[0], None, progress={"percent": 40, "message": "epoch 4 of 10"})
-    await submit(admin, UNPLACED, name="waits-forever")
+    await submit_job(admin, UNPLACED, name="waits-forever")
 
     await login(p, sched)
     gpu = p.locator('[data-testid="node-card"][data-node="gpu-01"]')
